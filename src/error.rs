@@ -1,0 +1,215 @@
+//! The error taxonomy callers match on.
+//!
+//! Layers return `tower::BoxError` (tower's convention for middleware that adds errors
+//! of its own); the crate's errors inside it are [`Error`], reachable with
+//! [`Error::find`] or `downcast_ref`, and the inner service's own errors stay boxed as
+//! they were, never stringified.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+/// An authorization failure a caller can act on.
+///
+/// `ReauthRequired` means the user must log in again; `Transient` means the
+/// authorization server could not be reached or failed, the stored credentials are
+/// kept, and retrying later can succeed. Neither contains any token.
+///
+/// ```
+/// use tower_mcp_auth::{Error, ReauthReason};
+///
+/// fn next_step(err: &tower::BoxError) -> &'static str {
+///     match Error::find(err) {
+///         Some(Error::ReauthRequired { .. }) => "send the user to log in",
+///         Some(Error::Transient { .. }) => "retry later, credentials are kept",
+///         _ => "something else",
+///     }
+/// }
+/// let err: tower::BoxError = Error::reauth(ReauthReason::NoCredentials).into();
+/// assert_eq!(next_step(&err), "send the user to log in");
+/// ```
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request carried no [`Principal`](crate::Principal) and the layer has no
+    /// default one. The request was not sent.
+    #[error("request has no Principal in its extensions and no default principal is configured")]
+    MissingPrincipal,
+    /// Silent refresh is impossible; an interactive authorization is needed.
+    #[error("re-authorization required: {reason}")]
+    ReauthRequired {
+        /// Why.
+        reason: ReauthReason,
+        /// The `WWW-Authenticate` fields of the 401 that triggered the refresh, if any.
+        www_authenticate: Vec<HeaderValue>,
+    },
+    /// The authorization server is unavailable or failing; credentials are kept.
+    #[error("authorization server unavailable: {reason}")]
+    Transient {
+        /// What failed.
+        reason: TransientReason,
+        /// When trying again makes sense, if known (cooldown or `Retry-After`).
+        retry_after: Option<Duration>,
+        /// The `WWW-Authenticate` fields of the 401 that triggered the refresh, if any.
+        www_authenticate: Vec<HeaderValue>,
+    },
+    /// The credential store failed.
+    #[error("credential store failed")]
+    Store(#[source] StoreError),
+}
+
+impl Error {
+    /// A [`Error::ReauthRequired`] without a challenge.
+    pub fn reauth(reason: ReauthReason) -> Self {
+        Error::ReauthRequired {
+            reason,
+            www_authenticate: Vec::new(),
+        }
+    }
+
+    pub(crate) fn transient(reason: TransientReason, retry_after: Option<Duration>) -> Self {
+        Error::Transient {
+            reason,
+            retry_after,
+            www_authenticate: Vec::new(),
+        }
+    }
+
+    /// Finds this crate's [`Error`] in a boxed error or its source chain.
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+        let mut current = Some(err);
+        while let Some(e) = current {
+            if let Some(found) = e.downcast_ref::<Error>() {
+                return Some(found);
+            }
+            current = e.source();
+        }
+        None
+    }
+
+    /// Whether a new interactive authorization is needed.
+    pub fn is_reauth_required(&self) -> bool {
+        matches!(self, Error::ReauthRequired { .. })
+    }
+
+    /// Whether the failure is transient (credentials kept; retry later).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transient { .. })
+    }
+
+    /// The `WWW-Authenticate` fields of the 401 that led to this error.
+    pub fn www_authenticate(&self) -> &[HeaderValue] {
+        match self {
+            Error::ReauthRequired {
+                www_authenticate, ..
+            }
+            | Error::Transient {
+                www_authenticate, ..
+            } => www_authenticate,
+            _ => &[],
+        }
+    }
+
+    pub(crate) fn with_challenge(mut self, challenge: Vec<HeaderValue>) -> Self {
+        if let Error::ReauthRequired {
+            www_authenticate, ..
+        }
+        | Error::Transient {
+            www_authenticate, ..
+        } = &mut self
+        {
+            *www_authenticate = challenge;
+        }
+        self
+    }
+}
+
+/// Why silent refresh cannot help.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReauthReason {
+    /// No credentials are stored for this key.
+    #[error("no credentials stored")]
+    NoCredentials,
+    /// The access token is expired or rejected and there is no refresh token.
+    #[error("no refresh token")]
+    NoRefreshToken,
+    /// The authorization server rejected the refresh token (`invalid_grant`); it has
+    /// been retired.
+    #[error("refresh token rejected (invalid_grant)")]
+    InvalidGrant,
+    /// The authorization server rejected the client (`invalid_client`,
+    /// `unauthorized_client`). Stored tokens are kept.
+    #[error("client rejected ({code})")]
+    ClientRejected {
+        /// The OAuth error code.
+        code: String,
+    },
+    /// The token endpoint answered a refresh with another OAuth error.
+    #[error("refresh failed ({code})")]
+    OAuth {
+        /// The OAuth error code.
+        code: String,
+    },
+}
+
+/// What went wrong talking to the authorization server.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransientReason {
+    /// Connecting, sending or receiving failed.
+    #[error("network error: {0}")]
+    Network(Arc<dyn std::error::Error + Send + Sync>),
+    /// The redemption did not finish within its timeout.
+    #[error("refresh timed out after {0:?}")]
+    Timeout(Duration),
+    /// The server answered with a 5xx status.
+    #[error("server error (HTTP {0})")]
+    ServerError(u16),
+    /// The server answered 429.
+    #[error("rate limited (HTTP 429)")]
+    RateLimited,
+    /// The response was not a well-formed token response.
+    #[error("malformed token endpoint response: {0}")]
+    InvalidResponse(String),
+    /// A recent attempt failed; the key is cooling down and no request was sent.
+    #[error("cooling down after a failed refresh ({0})")]
+    CoolingDown(Box<TransientReason>),
+    /// The redemption task ended without a result (it panicked or the runtime shut down).
+    #[error("refresh abandoned")]
+    Abandoned,
+}
+
+/// A credential store failure.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn new(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(source))
+    }
+}
+
+/// A configuration value was rejected when building a binding or layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A URL did not parse.
+    #[error("{field}: invalid URL")]
+    InvalidUrl {
+        /// Which setting.
+        field: &'static str,
+        /// The parse error.
+        #[source]
+        source: url::ParseError,
+    },
+    /// A URL is not an absolute http(s) URL with a host.
+    #[error("{field}: not an absolute http(s) URL")]
+    UnsupportedUrl {
+        /// Which setting.
+        field: &'static str,
+    },
+}

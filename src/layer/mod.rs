@@ -1,0 +1,3 @@
+//! The Tower layers.
+
+pub mod silent_refresh;

@@ -1,0 +1,381 @@
+//! Attach the stored bearer token; on a 401, refresh once (single-flight) and replay once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
+use pin_project::pin_project;
+use tower::util::Oneshot;
+use tower::{BoxError, Layer, Service};
+use tracing::debug;
+
+use crate::binding::ServerBinding;
+use crate::error::{Error, TransientReason};
+use crate::key::{AuthKey, Principal};
+use crate::refresh::RefreshCoordinator;
+use crate::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayTemplate, make_replayable};
+use crate::store::BoxFuture;
+use crate::token::{Generation, TokenSet};
+
+/// Adds `Authorization: Bearer` from the credential store to requests for one MCP
+/// server, refreshing ahead of expiry, and recovers from a 401 by one single-flight
+/// refresh and one replay.
+///
+/// * Requests for other origins or paths pass through untouched: tokens go only to the
+///   resource they were issued for.
+/// * The principal comes from the request's extensions ([`Principal`]) or the
+///   layer's default; without either the request fails with
+///   [`Error::MissingPrincipal`] and is not sent.
+/// * Bodies up to 1 MiB (configurable) with a known size are buffered for the replay;
+///   larger or streaming bodies are sent once and a 401 is returned as it is.
+/// * When refresh cannot help, the call fails with [`Error::ReauthRequired`] or
+///   [`Error::Transient`], carrying the 401's `WWW-Authenticate`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_mcp_auth::{store::MemoryStore, Principal, RefreshCoordinator, ServerBinding, SilentRefreshLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let binding = ServerBinding::public_client(
+///     "https://mcp.example.com/mcp",
+///     "https://auth.example.com/token",
+///     "my-client",
+/// )?;
+/// let coordinator = RefreshCoordinator::new(Arc::new(MemoryStore::new()));
+/// let client = ServiceBuilder::new()
+///     .layer(SilentRefreshLayer::new(coordinator, binding).with_default_principal(Principal::new("acme", "alice")))
+///     .service_fn(|request: http::Request<Full<Bytes>>| async move {
+///         // Your HTTP client goes here (hyper, reqwest, ...). No token stored yet:
+///         assert!(request.headers().get("authorization").is_none());
+///         Ok::<_, tower::BoxError>(http::Response::new(()))
+///     });
+/// let request = http::Request::post("https://mcp.example.com/mcp").body(Full::new(Bytes::new()))?;
+/// client.oneshot(request).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SilentRefreshLayer {
+    coordinator: RefreshCoordinator,
+    binding: Arc<ServerBinding>,
+    default_principal: Option<Principal>,
+    max_replay_body: usize,
+}
+
+impl SilentRefreshLayer {
+    /// A layer for the MCP server of `binding`, refreshing through `coordinator`.
+    pub fn new(coordinator: RefreshCoordinator, binding: ServerBinding) -> Self {
+        Self {
+            coordinator,
+            binding: Arc::new(binding),
+            default_principal: None,
+            max_replay_body: DEFAULT_MAX_REPLAY_BODY,
+        }
+    }
+
+    /// The principal for requests that carry none (single-user clients).
+    pub fn with_default_principal(mut self, principal: Principal) -> Self {
+        self.default_principal = Some(principal);
+        self
+    }
+
+    /// The largest request body buffered for a replay (default 1 MiB).
+    pub fn with_max_replay_body(mut self, max: usize) -> Self {
+        self.max_replay_body = max;
+        self
+    }
+}
+
+impl<S> Layer<S> for SilentRefreshLayer {
+    type Service = SilentRefresh<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SilentRefresh {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`SilentRefreshLayer`].
+#[derive(Clone, Debug)]
+pub struct SilentRefresh<S> {
+    inner: S,
+    layer: SilentRefreshLayer,
+}
+
+impl<S> SilentRefresh<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SilentRefresh<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The readied service goes into the future; `self` keeps a fresh clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = &self.layer;
+        if !layer.binding.covers(request.uri()) {
+            return ResponseFuture::calling(inner.call(request));
+        }
+        let principal = Principal::from_extensions(request.extensions())
+            .or(layer.default_principal.as_ref());
+        let Some(principal) = principal else {
+            return ResponseFuture::failed(Error::MissingPrincipal.into());
+        };
+        let context = RefreshContext {
+            coordinator: layer.coordinator.clone(),
+            key: AuthKey::new(principal, layer.binding.id()),
+            binding: layer.binding.clone(),
+        };
+        let prepare = Box::pin(prepare(context.clone(), request, layer.max_replay_body));
+        ResponseFuture {
+            state: State::Preparing { prepare },
+            service: Some(inner),
+            context: Some(context),
+            replay: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RefreshContext {
+    coordinator: RefreshCoordinator,
+    key: AuthKey,
+    binding: Arc<ServerBinding>,
+}
+
+struct Prepared<B> {
+    request: Request<B>,
+    replay: Option<ReplayTemplate>,
+    generation: Option<Generation>,
+}
+
+async fn prepare<B>(
+    context: RefreshContext,
+    request: Request<B>,
+    max_replay_body: usize,
+) -> Result<Prepared<B>, BoxError>
+where
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let token = context.coordinator.token(&context.key, &context.binding).await?;
+    let (mut request, replay) = make_replayable(request, max_replay_body).await?;
+    let generation = match &token {
+        Some(token) => {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, bearer(token)?);
+            Some(token.generation)
+        }
+        None => None,
+    };
+    Ok(Prepared {
+        request,
+        replay,
+        generation,
+    })
+}
+
+fn bearer(token: &TokenSet) -> Result<HeaderValue, Error> {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", token.access_token.expose()))
+        .map_err(|_| {
+            Error::transient(
+                TransientReason::InvalidResponse(
+                    "access token is not a valid header value".into(),
+                ),
+                None,
+            )
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Response future of [`SilentRefresh`].
+#[pin_project]
+pub struct ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    #[pin]
+    state: State<S, B>,
+    /// The service for the replay (not yet readied; `Oneshot` readies it).
+    service: Option<S>,
+    context: Option<RefreshContext>,
+    replay: Option<(ReplayTemplate, Option<Generation>)>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<S, B>
+where
+    S: Service<Request<B>>,
+{
+    Preparing {
+        prepare: BoxFuture<'static, Result<Prepared<B>, BoxError>>,
+    },
+    Calling {
+        #[pin]
+        call: S::Future,
+    },
+    Refreshing {
+        refresh: BoxFuture<'static, Result<Arc<TokenSet>, Error>>,
+        www_authenticate: Vec<HeaderValue>,
+    },
+    Replaying {
+        #[pin]
+        call: Oneshot<S, Request<B>>,
+    },
+    Failed {
+        error: Option<BoxError>,
+    },
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn calling(call: S::Future) -> Self {
+        Self {
+            state: State::Calling { call },
+            service: None,
+            context: None,
+            replay: None,
+        }
+    }
+
+    fn failed(error: BoxError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+            service: None,
+            context: None,
+            replay: None,
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    B: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Preparing { prepare } => {
+                    let prepared = ready!(prepare.as_mut().poll(cx))?;
+                    let Some(mut service) = this.service.take() else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    if let Some(template) = prepared.replay {
+                        *this.replay = Some((template, prepared.generation));
+                        *this.service = Some(service.clone());
+                    }
+                    let call = service.call(prepared.request);
+                    this.state.set(State::Calling { call });
+                }
+                StateProj::Calling { call } => {
+                    let response = ready!(call.poll(cx)).map_err(Into::into)?;
+                    if response.status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let (Some(context), Some((_, generation))) = (this.context.as_ref(), this.replay.as_ref())
+                    else {
+                        debug!("401 on a request that cannot be replayed; returned as is");
+                        return Poll::Ready(Ok(response));
+                    };
+                    let www_authenticate = response
+                        .headers()
+                        .get_all(header::WWW_AUTHENTICATE)
+                        .iter()
+                        .cloned()
+                        .collect();
+                    let context = context.clone();
+                    let generation = *generation;
+                    debug!(key = %context.key, "401 from the resource server; refreshing");
+                    let refresh = Box::pin(async move {
+                        context
+                            .coordinator
+                            .refresh_rejected(&context.key, &context.binding, generation)
+                            .await
+                    });
+                    this.state.set(State::Refreshing {
+                        refresh,
+                        www_authenticate,
+                    });
+                }
+                StateProj::Refreshing {
+                    refresh,
+                    www_authenticate,
+                } => {
+                    let token = match ready!(refresh.as_mut().poll(cx)) {
+                        Ok(token) => token,
+                        Err(error) => {
+                            let challenge = std::mem::take(www_authenticate);
+                            return Poll::Ready(Err(error.with_challenge(challenge).into()));
+                        }
+                    };
+                    let (Some((template, _)), Some(service)) = (this.replay.take(), this.service.take())
+                    else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    let mut request = template.request();
+                    request
+                        .headers_mut()
+                        .insert(header::AUTHORIZATION, bearer(&token)?);
+                    this.state.set(State::Replaying {
+                        call: Oneshot::new(service, request),
+                    });
+                }
+                StateProj::Replaying { call } => {
+                    return call.poll(cx).map_err(Into::into);
+                }
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .unwrap_or_else(|| "response future polled after completion".into());
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Composable [Tower](https://docs.rs/tower) layers that give any MCP (Model Context
+//! Protocol) client speaking HTTP production-grade OAuth.
+//!
+//! [`SilentRefreshLayer`] attaches the stored bearer token to every request for an MCP
+//! server, refreshes it ahead of expiry, and recovers from a 401 with exactly one
+//! refresh-token redemption per rejected token, however many requests saw the 401, and
+//! one replay. The redemption is run by a [`RefreshCoordinator`]: keyed single-flight,
+//! detached from the callers (a cancelled caller never cancels or repeats it), bounded
+//! by a timeout, written back by compare-and-swap so a late result never overwrites
+//! newer credentials, and with failures classified (`invalid_grant` retires the refresh
+//! token; outages keep credentials and cool the key down).
+//!
+//! One stack serves many users: each request carries its [`Principal`] (tenant and
+//! user) in its extensions, and all state is keyed by principal and server binding.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_mcp_auth::store::{CredentialStore, MemoryStore};
+//! use tower_mcp_auth::{AuthKey, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer, TokenSet};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let binding = ServerBinding::public_client(
+//!     "https://mcp.example.com/mcp",
+//!     "https://auth.example.com/token",
+//!     "my-client",
+//! )?;
+//! let store = Arc::new(MemoryStore::new());
+//!
+//! // Tokens from an earlier login, stored for alice.
+//! let alice = Principal::new("acme", "alice");
+//! let key = AuthKey::new(&alice, binding.id());
+//! store.compare_and_swap(&key, None, TokenSet::new(Secret::new("alice-token"))).await?;
+//!
+//! let client = ServiceBuilder::new()
+//!     .layer(SilentRefreshLayer::new(RefreshCoordinator::new(store), binding))
+//!     .service_fn(|request: http::Request<Full<Bytes>>| async move {
+//!         assert_eq!(request.headers()["authorization"], "Bearer alice-token");
+//!         Ok::<_, tower::BoxError>(http::Response::new(()))
+//!     });
+//!
+//! let mut request = http::Request::post("https://mcp.example.com/mcp").body(Full::new(Bytes::new()))?;
+//! request.extensions_mut().insert(alice);
+//! client.oneshot(request).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! * `test-util`: real loopback fixtures — an OAuth authorization server with rotating
+//!   refresh tokens and reuse detection, and an MCP server over Streamable HTTP — for
+//!   tests, benchmarks and examples ([`testing`]).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+#![deny(unsafe_code)]
+
+mod binding;
+mod error;
+mod http_client;
+mod key;
+pub mod layer;
+mod oauth;
+mod refresh;
+mod replay;
+mod single_flight;
+pub mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
+mod token;
+
+/// Synchronisation primitives of the single-flight core (swapped for loom's in its
+/// model-checking test).
+mod sync {
+    pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+}
+
+pub use binding::{ClientAuthMethod, ServerBinding};
+pub use error::{ConfigError, Error, ReauthReason, StoreError, TransientReason};
+pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
+pub use key::{AuthKey, BindingId, Principal};
+#[doc(inline)]
+pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};
+pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};
+pub use replay::DEFAULT_MAX_REPLAY_BODY;
+pub use token::{Generation, Secret, TokenSet};

@@ -1,0 +1,188 @@
+//! Token endpoint grants and the classification of their failures.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{
+    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken, RequestTokenError,
+    Scope, TokenResponse, TokenUrl,
+};
+
+use crate::binding::{ClientAuthMethod, ServerBinding};
+use crate::error::TransientReason;
+use crate::http_client::{AuthHttpClient, HttpError};
+use crate::store::BoxFuture;
+use crate::token::Secret;
+
+/// A successful token response, secrets wrapped.
+#[derive(Debug)]
+pub(crate) struct GrantedTokens {
+    pub(crate) access_token: Secret,
+    pub(crate) refresh_token: Option<Secret>,
+    pub(crate) expires_in: Option<Duration>,
+    pub(crate) scope: Option<String>,
+}
+
+/// What a failed grant means for the stored credentials (DESIGN invariant 4).
+#[derive(Debug)]
+pub(crate) enum GrantError {
+    /// `invalid_grant`: the refresh token is dead; retire it.
+    InvalidGrant,
+    /// `invalid_client`, `unauthorized_client` or a vendor's "unknown client".
+    ClientRejected(String),
+    /// Any other OAuth error code.
+    OAuth(String),
+    /// Network, timeout, 5xx, 429, or a response that is not OAuth: keep credentials.
+    Transient {
+        reason: TransientReason,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// `grant_type=refresh_token` (RFC 6749 §6) with `resource` (RFC 8707) and the granted
+/// scope, authenticated as the binding's client is registered.
+pub(crate) async fn refresh(
+    http: &AuthHttpClient,
+    binding: &ServerBinding,
+    refresh_token: &Secret,
+    scope: Option<&str>,
+) -> Result<GrantedTokens, GrantError> {
+    let mut client = BasicClient::new(ClientId::new(binding.client_id().to_owned()))
+        .set_token_uri(TokenUrl::from_url(binding.token_endpoint().clone()))
+        .set_auth_type(match binding.auth_method() {
+            ClientAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+            _ => AuthType::RequestBody,
+        });
+    if let (Some(secret), false) = (
+        binding.client_secret(),
+        binding.auth_method() == ClientAuthMethod::None,
+    ) {
+        client = client.set_client_secret(ClientSecret::new(secret.expose().to_owned()));
+    }
+    let refresh_token = RefreshToken::new(refresh_token.expose().to_owned());
+    let mut request = client.exchange_refresh_token(&refresh_token);
+    if let Some(scope) = scope {
+        request = request.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())));
+    }
+    if binding.sends_resource() {
+        request = request.add_extra_param("resource", binding.resource().as_str());
+    }
+    let transport = Transport(http);
+    let response = request.request_async(&transport).await.map_err(classify)?;
+    Ok(GrantedTokens {
+        access_token: Secret::new(response.access_token().secret().as_str()),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| Secret::new(t.secret().as_str())),
+        expires_in: response.expires_in(),
+        scope: response.scopes().map(|scopes| {
+            scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }),
+    })
+}
+
+/// The oauth2 crate's view of [`AuthHttpClient`].
+struct Transport<'a>(&'a AuthHttpClient);
+
+impl<'c> AsyncHttpClient<'c> for Transport<'_> {
+    type Error = HttpError;
+    type Future = BoxFuture<'c, Result<HttpResponse, HttpError>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let response = self.0.send(request.map(Bytes::from)).await?;
+            Ok(response.map(|body| body.to_vec()))
+        })
+    }
+}
+
+/// Vendor spellings of "this client does not exist" (seen from Auth0, Okta, Keycloak
+/// and others in `error` or `error_description`).
+fn is_unknown_client(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["client not found", "unknown client", "client_id mismatch", "invalid_client"]
+        .iter()
+        .any(|pattern| text.contains(pattern))
+}
+
+fn classify(
+    error: RequestTokenError<HttpError, oauth2::StandardErrorResponse<BasicErrorResponseType>>,
+) -> GrantError {
+    match error {
+        RequestTokenError::ServerResponse(response) => {
+            let description = response.error_description().map(String::as_str).unwrap_or("");
+            match response.error() {
+                BasicErrorResponseType::InvalidGrant => GrantError::InvalidGrant,
+                code @ (BasicErrorResponseType::InvalidClient
+                | BasicErrorResponseType::UnauthorizedClient) => {
+                    GrantError::ClientRejected(code.as_ref().to_owned())
+                }
+                BasicErrorResponseType::Extension(code)
+                    if code == "server_error" || code == "temporarily_unavailable" =>
+                {
+                    GrantError::Transient {
+                        reason: TransientReason::InvalidResponse(code.clone()),
+                        retry_after: None,
+                    }
+                }
+                code if is_unknown_client(code.as_ref()) || is_unknown_client(description) => {
+                    GrantError::ClientRejected(code.as_ref().to_owned())
+                }
+                code => GrantError::OAuth(code.as_ref().to_owned()),
+            }
+        }
+        RequestTokenError::Request(http) => {
+            let (reason, retry_after) = match http {
+                HttpError::Network(e) => (TransientReason::Network(e.into()), None),
+                HttpError::Timeout(after) => (TransientReason::Timeout(after), None),
+                HttpError::TooLarge(max) => (
+                    TransientReason::InvalidResponse(format!("response over {max} bytes")),
+                    None,
+                ),
+                HttpError::Status {
+                    status,
+                    retry_after,
+                } if status == http::StatusCode::TOO_MANY_REQUESTS => {
+                    (TransientReason::RateLimited, retry_after)
+                }
+                HttpError::Status {
+                    status,
+                    retry_after,
+                } => (TransientReason::ServerError(status.as_u16()), retry_after),
+            };
+            GrantError::Transient {
+                reason,
+                retry_after,
+            }
+        }
+        // Only the path of a parse error is reported: the body may hold tokens.
+        RequestTokenError::Parse(e, _body) => GrantError::Transient {
+            reason: TransientReason::InvalidResponse(format!(
+                "unexpected token response at `{}`",
+                e.path()
+            )),
+            retry_after: None,
+        },
+        RequestTokenError::Other(message) => GrantError::Transient {
+            reason: TransientReason::InvalidResponse(message),
+            retry_after: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_client_patterns_are_case_insensitive() {
+        assert!(is_unknown_client("Client Not Found"));
+        assert!(is_unknown_client("the client_id mismatch was detected"));
+        assert!(!is_unknown_client("invalid scope"));
+    }
+}

@@ -1,0 +1,3 @@
+//! OAuth protocol code. Knows nothing of Tower.
+
+pub(crate) mod grants;

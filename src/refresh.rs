@@ -1,0 +1,560 @@
+//! The refresh coordinator: at most one refresh-token redemption per rejected token.
+//!
+//! How it keeps the invariants of `DESIGN.md`:
+//!
+//! * **One redemption per rejected token.** A caller names the generation it sent. If
+//!   the store already holds another generation, the caller replays with that one and
+//!   nothing is redeemed. Otherwise it joins the key's single flight.
+//! * **Owner-neutral.** The flight's work is `tokio::spawn`ed and owns its completer;
+//!   callers only await. A dropped or timed-out caller abandons its own wait and nothing
+//!   else.
+//! * **Read at redemption, write by CAS.** The redemption loads the refresh token from
+//!   the store when it starts and writes the result with a compare-and-swap on the
+//!   generation it read. If something newer was stored meanwhile, the newer one wins and
+//!   is returned. The rotated refresh token is stored before any caller sees the new
+//!   access token.
+//! * **Classified failures.** `invalid_grant` retires the refresh token; client
+//!   rejection keeps tokens; transient failures keep everything and put the key into a
+//!   cooldown (exponential, honouring `Retry-After`) during which callers get the failure
+//!   at once instead of making another attempt.
+//! * **Refresh ahead.** Inside a margin before expiry the current token is served and
+//!   one background redemption runs; callers block only once the token has expired.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::binding::ServerBinding;
+use crate::error::{Error, ReauthReason, TransientReason};
+use crate::http_client::AuthHttpClient;
+use crate::key::AuthKey;
+use crate::oauth::grants::{self, GrantError};
+use crate::single_flight::{Completer, SingleFlight};
+use crate::store::{CredentialStore, Swap};
+use crate::token::{Generation, TokenSet};
+
+type Outcome = Result<Arc<TokenSet>, Error>;
+
+/// Timeouts, cooldowns and the refresh-ahead margin of a [`RefreshCoordinator`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_mcp_auth::RefreshConfig;
+///
+/// let config = RefreshConfig::default()
+///     .with_timeout(Duration::from_secs(10))
+///     .with_cooldown(Duration::from_secs(2), Duration::from_secs(60));
+/// assert_eq!(config.timeout(), Duration::from_secs(10));
+/// ```
+#[derive(Clone, Debug)]
+pub struct RefreshConfig {
+    timeout: Duration,
+    cooldown: Duration,
+    max_cooldown: Duration,
+    max_margin: Duration,
+}
+
+impl Default for RefreshConfig {
+    /// 30 s redemption timeout; 5 s cooldown doubling up to 5 min; refresh ahead by
+    /// min(60 s, 10% of the token's lifetime) plus up to half that again as jitter.
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(300),
+            max_margin: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RefreshConfig {
+    /// The longest one redemption may take, end to end.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Cooldown after a failed redemption: `base`, doubling per consecutive failure,
+    /// capped at `max`.
+    pub fn with_cooldown(mut self, base: Duration, max: Duration) -> Self {
+        self.cooldown = base;
+        self.max_cooldown = max.max(base);
+        self
+    }
+
+    /// The most a token is refreshed ahead of its expiry (default 60 s; never more than
+    /// 10% of its lifetime).
+    pub fn with_max_margin(mut self, margin: Duration) -> Self {
+        self.max_margin = margin;
+        self
+    }
+
+    /// The redemption timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn cooldown_after(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        let doubled = self
+            .cooldown
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        doubled.max(retry_after.unwrap_or_default()).min(self.max_cooldown)
+    }
+
+    /// When to start refreshing `tokens`: before expiry by the margin plus a jitter
+    /// that is fixed per generation, so every request agrees on the instant.
+    fn refresh_at(&self, tokens: &TokenSet) -> Option<SystemTime> {
+        let expires_at = tokens.expires_at?;
+        let margin = self.max_margin.min(tokens.lifetime()? / 10);
+        let jitter = margin.mul_f64(unit_hash(tokens.generation.0) / 2.0);
+        Some(expires_at.checked_sub(margin + jitter).unwrap_or(tokens.obtained_at))
+    }
+}
+
+/// A value in [0, 1) derived from `x` (splitmix64).
+fn unit_hash(x: u64) -> f64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Counters since the coordinator was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefreshStats {
+    /// Refresh-token redemptions sent to a token endpoint.
+    pub redemptions: u64,
+    /// Redemptions started ahead of expiry, in the background.
+    pub background_refreshes: u64,
+    /// Callers that had to wait for a redemption.
+    pub blocked_waits: u64,
+    /// Callers answered from a cooldown without any request.
+    pub cooled_down: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    redemptions: AtomicU64,
+    background_refreshes: AtomicU64,
+    blocked_waits: AtomicU64,
+    cooled_down: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Cooldown {
+    generation: Generation,
+    until: Instant,
+    failures: u32,
+    error: Error,
+}
+
+/// Builds a [`RefreshCoordinator`].
+pub struct RefreshCoordinatorBuilder {
+    store: Arc<dyn CredentialStore>,
+    http: Option<AuthHttpClient>,
+    config: RefreshConfig,
+}
+
+impl RefreshCoordinatorBuilder {
+    /// Uses `http` for token requests (default: [`AuthHttpClient::reqwest`]).
+    pub fn http_client(mut self, http: AuthHttpClient) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Uses `config` (default: [`RefreshConfig::default`]).
+    pub fn config(mut self, config: RefreshConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Builds the coordinator.
+    pub fn build(self) -> RefreshCoordinator {
+        let config = self.config;
+        let cooldowns = moka::sync::Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(config.max_cooldown)
+            .build();
+        RefreshCoordinator {
+            inner: Arc::new(Inner {
+                store: self.store,
+                http: self.http.unwrap_or_default(),
+                config,
+                flights: Arc::new(SingleFlight::new()),
+                cooldowns,
+                counters: Counters::default(),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for RefreshCoordinatorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshCoordinatorBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keyed single-flight refresh of stored credentials. Cheap to clone; clones share
+/// everything.
+///
+/// Most users never call it directly: [`SilentRefreshLayer`](crate::SilentRefreshLayer)
+/// does. Build one per process (or per store) and share it between layers, so that
+/// every path that refreshes a key joins the same flight.
+///
+/// Redemptions run on `tokio::spawn`: use it inside a tokio runtime.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_mcp_auth::{AuthHttpClient, RefreshConfig, RefreshCoordinator, store::MemoryStore};
+///
+/// let coordinator = RefreshCoordinator::builder(Arc::new(MemoryStore::new()))
+///     .http_client(AuthHttpClient::reqwest())
+///     .config(RefreshConfig::default())
+///     .build();
+/// assert_eq!(coordinator.stats().redemptions, 0);
+/// ```
+#[derive(Clone)]
+pub struct RefreshCoordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn CredentialStore>,
+    http: AuthHttpClient,
+    config: RefreshConfig,
+    flights: Arc<SingleFlight<AuthKey, Outcome>>,
+    cooldowns: moka::sync::Cache<AuthKey, Cooldown>,
+    counters: Counters,
+}
+
+impl fmt::Debug for RefreshCoordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshCoordinator")
+            .field("config", &self.inner.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RefreshCoordinator {
+    /// A coordinator over `store`, with the default HTTP client and configuration.
+    pub fn new(store: Arc<dyn CredentialStore>) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// Configures a coordinator over `store`.
+    pub fn builder(store: Arc<dyn CredentialStore>) -> RefreshCoordinatorBuilder {
+        RefreshCoordinatorBuilder {
+            store,
+            http: None,
+            config: RefreshConfig::default(),
+        }
+    }
+
+    /// The credential store.
+    pub fn store(&self) -> &Arc<dyn CredentialStore> {
+        &self.inner.store
+    }
+
+    /// Counters since the coordinator was built.
+    pub fn stats(&self) -> RefreshStats {
+        let c = &self.inner.counters;
+        RefreshStats {
+            redemptions: c.redemptions.load(Ordering::Relaxed),
+            background_refreshes: c.background_refreshes.load(Ordering::Relaxed),
+            blocked_waits: c.blocked_waits.load(Ordering::Relaxed),
+            cooled_down: c.cooled_down.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The token to send for `key`: the stored one while it is valid (starting a
+    /// background refresh inside the margin), a freshly redeemed one once it has
+    /// expired, or `None` when nothing usable is stored and nothing can be redeemed.
+    pub async fn token(
+        &self,
+        key: &AuthKey,
+        binding: &Arc<ServerBinding>,
+    ) -> Result<Option<Arc<TokenSet>>, Error> {
+        let Some(stored) = self.inner.store.load(key).await.map_err(Error::Store)? else {
+            return Ok(None);
+        };
+        let now = SystemTime::now();
+        if stored.is_usable_at(now) {
+            let due = self.inner.config.refresh_at(&stored).is_some_and(|at| now >= at);
+            if due && stored.refresh_token.is_some() {
+                self.refresh_in_background(key, binding, stored.generation);
+            }
+            return Ok(Some(stored));
+        }
+        if stored.refresh_token.is_none() {
+            return Ok(None);
+        }
+        self.redeem(key, binding, stored.generation).await.map(Some)
+    }
+
+    /// The token to replay with after the resource server rejected the one of
+    /// generation `rejected` (`None`: the request carried no token).
+    ///
+    /// If the store already holds another usable generation, that one is returned and
+    /// nothing is redeemed. Otherwise this joins (or starts) the key's single redemption.
+    pub async fn refresh_rejected(
+        &self,
+        key: &AuthKey,
+        binding: &Arc<ServerBinding>,
+        rejected: Option<Generation>,
+    ) -> Result<Arc<TokenSet>, Error> {
+        let Some(stored) = self.inner.store.load(key).await.map_err(Error::Store)? else {
+            return Err(Error::reauth(ReauthReason::NoCredentials));
+        };
+        if Some(stored.generation) != rejected && stored.is_usable() {
+            return Ok(stored);
+        }
+        if stored.refresh_token.is_none() {
+            return Err(Error::reauth(ReauthReason::NoRefreshToken));
+        }
+        self.redeem(key, binding, stored.generation).await
+    }
+
+    /// Joins the flight that redeems generation `trigger` of `key`, starting it unless
+    /// the key is cooling down from a failure of that same generation.
+    async fn redeem(
+        &self,
+        key: &AuthKey,
+        binding: &Arc<ServerBinding>,
+        trigger: Generation,
+    ) -> Outcome {
+        if let Some(error) = self.cooling_down(key, trigger) {
+            return Err(error);
+        }
+        let (waiter, completer) = self.inner.flights.join(key);
+        if let Some(completer) = completer {
+            self.spawn_redemption(completer, key, binding, trigger);
+        }
+        self.inner
+            .counters
+            .blocked_waits
+            .fetch_add(1, Ordering::Relaxed);
+        waiter
+            .await
+            .unwrap_or_else(|| Err(Error::transient(TransientReason::Abandoned, None)))
+    }
+
+    fn refresh_in_background(&self, key: &AuthKey, binding: &Arc<ServerBinding>, generation: Generation) {
+        if self.inner.flights.is_in_flight(key) || self.cooling_down(key, generation).is_some() {
+            return;
+        }
+        // The waiter is dropped at once: nobody waits, the flight still runs to the end.
+        if let (_, Some(completer)) = self.inner.flights.join(key) {
+            self.inner
+                .counters
+                .background_refreshes
+                .fetch_add(1, Ordering::Relaxed);
+            self.spawn_redemption(completer, key, binding, generation);
+        }
+    }
+
+    fn cooling_down(&self, key: &AuthKey, generation: Generation) -> Option<Error> {
+        let cooldown = self.inner.cooldowns.get(key)?;
+        let now = Instant::now();
+        if cooldown.generation != generation || now >= cooldown.until {
+            return None;
+        }
+        self.inner.counters.cooled_down.fetch_add(1, Ordering::Relaxed);
+        Some(match cooldown.error {
+            Error::Transient {
+                reason,
+                www_authenticate,
+                ..
+            } => Error::Transient {
+                reason: match reason {
+                    TransientReason::CoolingDown(_) => reason,
+                    other => TransientReason::CoolingDown(Box::new(other)),
+                },
+                retry_after: Some(cooldown.until - now),
+                www_authenticate,
+            },
+            other => other,
+        })
+    }
+
+    fn spawn_redemption(
+        &self,
+        completer: Completer<AuthKey, Outcome>,
+        key: &AuthKey,
+        binding: &Arc<ServerBinding>,
+        trigger: Generation,
+    ) {
+        let this = self.clone();
+        let key = key.clone();
+        let binding = binding.clone();
+        let span = info_span!("refresh", key = %key, generation = %trigger);
+        tokio::spawn(
+            async move {
+                let timeout = this.inner.config.timeout;
+                let outcome = tokio::time::timeout(timeout, this.redemption(&key, &binding, trigger))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::transient(TransientReason::Timeout(timeout), None))
+                    });
+                this.record(&key, trigger, &outcome);
+                completer.complete(outcome);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// One redemption: read the refresh token now, redeem it, CAS the result.
+    async fn redemption(&self, key: &AuthKey, binding: &ServerBinding, trigger: Generation) -> Outcome {
+        let store = &self.inner.store;
+        let Some(current) = store.load(key).await.map_err(Error::Store)? else {
+            return Err(Error::reauth(ReauthReason::NoCredentials));
+        };
+        if current.generation != trigger && current.is_usable() {
+            debug!(stored = %current.generation, "newer credentials already stored");
+            return Ok(current);
+        }
+        let Some(refresh_token) = &current.refresh_token else {
+            return Err(Error::reauth(ReauthReason::NoRefreshToken));
+        };
+        self.inner.counters.redemptions.fetch_add(1, Ordering::Relaxed);
+        debug!("redeeming refresh token");
+        let granted =
+            grants::refresh(&self.inner.http, binding, refresh_token, current.scope.as_deref()).await;
+        match granted {
+            Ok(granted) => {
+                let obtained_at = SystemTime::now();
+                let next = TokenSet {
+                    access_token: granted.access_token,
+                    // No new refresh token means the old one stays valid (RFC 6749 §6).
+                    refresh_token: granted.refresh_token.or_else(|| current.refresh_token.clone()),
+                    scope: granted.scope.or_else(|| current.scope.clone()),
+                    obtained_at,
+                    expires_at: granted.expires_in.map(|d| obtained_at + d),
+                    generation: current.generation,
+                };
+                match store
+                    .compare_and_swap(key, Some(current.generation), next)
+                    .await
+                    .map_err(Error::Store)?
+                {
+                    Swap::Stored(stored) => {
+                        debug!(stored = %stored.generation, "refreshed");
+                        Ok(stored)
+                    }
+                    Swap::Conflict(Some(newer)) if newer.is_usable() => {
+                        debug!(stored = %newer.generation, "a newer generation won; refresh result discarded");
+                        Ok(newer)
+                    }
+                    Swap::Conflict(_) => Err(Error::reauth(ReauthReason::NoCredentials)),
+                }
+            }
+            Err(GrantError::InvalidGrant) => {
+                warn!("refresh token rejected (invalid_grant); retiring it");
+                let retired = TokenSet {
+                    refresh_token: None,
+                    ..(*current).clone()
+                };
+                // A conflict means newer credentials arrived: they stay untouched.
+                store
+                    .compare_and_swap(key, Some(current.generation), retired)
+                    .await
+                    .map_err(Error::Store)?;
+                Err(Error::reauth(ReauthReason::InvalidGrant))
+            }
+            Err(GrantError::ClientRejected(code)) => {
+                warn!(%code, "client rejected by the authorization server");
+                Err(Error::reauth(ReauthReason::ClientRejected { code }))
+            }
+            Err(GrantError::OAuth(code)) => {
+                warn!(%code, "refresh failed");
+                Err(Error::reauth(ReauthReason::OAuth { code }))
+            }
+            Err(GrantError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                warn!(%reason, "authorization server unavailable; credentials kept");
+                Err(Error::transient(reason, retry_after))
+            }
+        }
+    }
+
+    /// Starts or clears the key's cooldown after a redemption of `trigger`.
+    fn record(&self, key: &AuthKey, trigger: Generation, outcome: &Outcome) {
+        let cooldowns = &self.inner.cooldowns;
+        let error = match outcome {
+            Ok(_) => return cooldowns.invalidate(key),
+            // Nothing left to redeem: later callers fail fast without any cooldown.
+            Err(Error::ReauthRequired {
+                reason:
+                    ReauthReason::InvalidGrant | ReauthReason::NoCredentials | ReauthReason::NoRefreshToken,
+                ..
+            }) => return,
+            Err(error) => error,
+        };
+        let failures = cooldowns
+            .get(key)
+            .filter(|c| c.generation == trigger)
+            .map_or(1, |c| c.failures + 1);
+        let retry_after = match error {
+            Error::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let wait = self.inner.config.cooldown_after(failures, retry_after);
+        debug!(?wait, failures, "cooling down");
+        cooldowns.insert(
+            key.clone(),
+            Cooldown {
+                generation: trigger,
+                until: Instant::now() + wait,
+                failures,
+                error: error.clone(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Secret;
+
+    #[test]
+    fn cooldown_doubles_honours_retry_after_and_caps() {
+        let config = RefreshConfig::default()
+            .with_cooldown(Duration::from_secs(5), Duration::from_secs(60));
+        let waits: Vec<u64> = (1..=6)
+            .map(|n| config.cooldown_after(n, None).as_secs())
+            .collect();
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(config.cooldown_after(1, Some(Duration::from_secs(30))).as_secs(), 30);
+        assert_eq!(config.cooldown_after(1, Some(Duration::from_secs(999))).as_secs(), 60);
+    }
+
+    #[test]
+    fn refresh_margin_is_bounded_by_lifetime_and_jittered() {
+        let config = RefreshConfig::default();
+        let mut tokens = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(3600));
+        let mut margins = Vec::new();
+        for generation in 0..50 {
+            tokens.generation = Generation(generation);
+            let at = config.refresh_at(&tokens).unwrap();
+            let margin = tokens.expires_at.unwrap().duration_since(at).unwrap();
+            assert!(margin >= Duration::from_secs(60) && margin < Duration::from_secs(90), "{margin:?}");
+            margins.push(margin);
+        }
+        margins.dedup();
+        assert!(margins.len() > 10, "jitter spreads refreshes");
+
+        let short = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(2));
+        let margin = short.expires_at.unwrap().duration_since(config.refresh_at(&short).unwrap()).unwrap();
+        assert!(margin >= Duration::from_millis(200) && margin < Duration::from_millis(300));
+    }
+}

@@ -1,0 +1,161 @@
+//! Token sets, secrets and credential generations.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// A secret string (access token, refresh token, client secret) whose `Debug` and
+/// `Display` never show the value.
+///
+/// Cloning is cheap: the value is shared.
+///
+/// ```
+/// use tower_mcp_auth::Secret;
+///
+/// let secret = Secret::new("s3cr3t");
+/// assert_eq!(format!("{secret:?}"), "Secret(\"[redacted]\")");
+/// assert_eq!(secret.expose(), "s3cr3t");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value itself. Every call site is a place where the secret leaves
+    /// its wrapper, so keep them few.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(\"[redacted]\")")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The generation of a stored credential.
+///
+/// Every write to a [`CredentialStore`](crate::store::CredentialStore) gets a new,
+/// strictly larger generation. Writers say which generation they expect to replace
+/// (compare-and-swap), so a late refresh can never overwrite a newer credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation(pub u64);
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "g{}", self.0)
+    }
+}
+
+/// The tokens held for one [`AuthKey`](crate::AuthKey).
+///
+/// `expires_at` is absolute, so a stored token set means the same thing whenever and
+/// wherever it is read. `generation` is assigned by the store on write.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_mcp_auth::{Secret, TokenSet};
+///
+/// let tokens = TokenSet::new(Secret::new("at"))
+///     .with_refresh_token(Secret::new("rt"))
+///     .with_expires_in(Duration::from_secs(3600))
+///     .with_scope("tools.read");
+/// assert!(tokens.is_usable());
+/// // Debug shows the shape, never the secrets.
+/// assert!(!format!("{tokens:?}").contains("rt\""));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSet {
+    /// The bearer token sent to the resource server.
+    pub access_token: Secret,
+    /// The refresh token, if the authorization server issued one.
+    pub refresh_token: Option<Secret>,
+    /// The scope granted, space separated, as the authorization server reported it.
+    pub scope: Option<String>,
+    /// When the access token was obtained.
+    pub obtained_at: SystemTime,
+    /// When the access token expires; `None` when the server did not say.
+    pub expires_at: Option<SystemTime>,
+    /// Assigned by the store on every write.
+    pub generation: Generation,
+}
+
+impl TokenSet {
+    /// A token set holding only an access token, obtained now, with no known expiry.
+    pub fn new(access_token: Secret) -> Self {
+        Self {
+            access_token,
+            refresh_token: None,
+            scope: None,
+            obtained_at: SystemTime::now(),
+            expires_at: None,
+            generation: Generation(0),
+        }
+    }
+
+    /// Sets the refresh token.
+    pub fn with_refresh_token(mut self, refresh_token: Secret) -> Self {
+        self.refresh_token = Some(refresh_token);
+        self
+    }
+
+    /// Sets the expiry relative to `obtained_at`.
+    pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
+        self.expires_at = Some(self.obtained_at + expires_in);
+        self
+    }
+
+    /// Sets the granted scope.
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Whether the access token has not expired yet.
+    pub fn is_usable(&self) -> bool {
+        self.is_usable_at(SystemTime::now())
+    }
+
+    pub(crate) fn is_usable_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
+
+    /// The lifetime the server granted, if it gave an expiry.
+    pub(crate) fn lifetime(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|at| at.duration_since(self.obtained_at).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_redact() {
+        let tokens = TokenSet::new(Secret::new("access-xyz"))
+            .with_refresh_token(Secret::new("refresh-xyz"));
+        let debug = format!("{tokens:?} {}", tokens.access_token);
+        assert!(!debug.contains("access-xyz"), "{debug}");
+        assert!(!debug.contains("refresh-xyz"), "{debug}");
+    }
+
+    #[test]
+    fn expiry_is_absolute() {
+        let tokens = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(10));
+        assert_eq!(tokens.lifetime(), Some(Duration::from_secs(10)));
+        assert!(tokens.is_usable_at(tokens.obtained_at + Duration::from_secs(9)));
+        assert!(!tokens.is_usable_at(tokens.obtained_at + Duration::from_secs(10)));
+    }
+}
