@@ -1,0 +1,488 @@
+//! A real OAuth 2.0 authorization server on loopback, with failure knobs.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::json;
+
+use super::{ServerHandle, lock, random_token};
+use crate::token::{Secret, TokenSet};
+
+/// A failure the authorization server injects into token requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// `500 Internal Server Error`.
+    ServerError,
+    /// `429 Too Many Requests` with `Retry-After: <seconds>`.
+    TooManyRequests {
+        /// The `Retry-After` value.
+        retry_after_secs: u64,
+    },
+    /// `400 {"error":"invalid_grant"}`.
+    InvalidGrant,
+    /// `401 {"error":"invalid_client"}`.
+    InvalidClient,
+    /// Never answers.
+    Hang,
+}
+
+/// Counters of the token endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthServerStats {
+    /// `grant_type=refresh_token` requests received.
+    pub refresh_requests: u64,
+    /// Refresh requests that returned new tokens.
+    pub refresh_successes: u64,
+    /// `invalid_grant` answers (reuse of a rotated token, revoked family, or injected).
+    pub invalid_grants: u64,
+    /// Refresh-token replays detected (each revokes the whole grant family).
+    pub reuse_detected: u64,
+    /// Requests answered with an injected fault.
+    pub faults: u64,
+}
+
+/// What one refresh request carried (secrets left out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecordedTokenRequest {
+    /// `grant_type`.
+    pub grant_type: String,
+    /// The client id, from Basic auth or the body.
+    pub client_id: Option<String>,
+    /// How the client authenticated: `"basic"`, `"post"` or `"none"`.
+    pub client_auth: &'static str,
+    /// The `resource` parameter (RFC 8707).
+    pub resource: Option<String>,
+    /// The `scope` parameter.
+    pub scope: Option<String>,
+}
+
+/// The identity behind a valid access token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenInfo {
+    /// The user the grant was issued to.
+    pub subject: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The granted scope.
+    pub scope: Option<String>,
+}
+
+#[derive(Clone)]
+struct Grant {
+    family: u64,
+    subject: String,
+    client_id: String,
+    scope: Option<String>,
+}
+
+struct AccessEntry {
+    grant: Grant,
+    expires_at: Instant,
+    revoked: bool,
+}
+
+struct RefreshEntry {
+    grant: Grant,
+    used: bool,
+}
+
+#[derive(Default)]
+struct Tokens {
+    access: HashMap<String, AccessEntry>,
+    refresh: HashMap<String, RefreshEntry>,
+    revoked_families: HashSet<u64>,
+    clients: HashMap<String, Option<String>>,
+}
+
+struct Knobs {
+    access_token_lifetime: Duration,
+    latency: Duration,
+    rotate_refresh_tokens: bool,
+    fault: Option<(Fault, Option<u64>)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    refresh_requests: AtomicU64,
+    refresh_successes: AtomicU64,
+    invalid_grants: AtomicU64,
+    reuse_detected: AtomicU64,
+    faults: AtomicU64,
+    next_family: AtomicU64,
+}
+
+pub(crate) struct AuthState {
+    tokens: Mutex<Tokens>,
+    knobs: Mutex<Knobs>,
+    counters: Counters,
+    refreshes_by_subject: Mutex<HashMap<String, u64>>,
+    recorded: Mutex<Vec<RecordedTokenRequest>>,
+}
+
+impl AuthState {
+    pub(crate) fn validate(&self, access_token: &str) -> Option<TokenInfo> {
+        let tokens = lock(&self.tokens);
+        let entry = tokens.access.get(access_token)?;
+        let valid = !entry.revoked
+            && entry.expires_at > Instant::now()
+            && !tokens.revoked_families.contains(&entry.grant.family);
+        valid.then(|| TokenInfo {
+            subject: entry.grant.subject.clone(),
+            client_id: entry.grant.client_id.clone(),
+            scope: entry.grant.scope.clone(),
+        })
+    }
+
+    fn mint(&self, tokens: &mut Tokens, grant: &Grant) -> (String, String, Duration) {
+        let lifetime = lock(&self.knobs).access_token_lifetime;
+        let access = random_token("at");
+        let refresh = random_token("rt");
+        tokens.access.insert(
+            access.clone(),
+            AccessEntry {
+                grant: grant.clone(),
+                expires_at: Instant::now() + lifetime,
+                revoked: false,
+            },
+        );
+        tokens.refresh.insert(
+            refresh.clone(),
+            RefreshEntry {
+                grant: grant.clone(),
+                used: false,
+            },
+        );
+        (access, refresh, lifetime)
+    }
+}
+
+/// An OAuth 2.0 authorization server on `127.0.0.1`, for tests, benchmarks and examples.
+///
+/// Its token endpoint (`POST /token`) serves `grant_type=refresh_token` with rotating,
+/// single-use refresh tokens: presenting a used one is detected as reuse and revokes the
+/// whole grant family, access tokens included (RFC 9700 §4.14.2), exactly as strict
+/// production servers do. Knobs inject latency and failures; counters tell how many
+/// redemptions happened. Dropping it stops the server.
+///
+/// ```
+/// use tower_mcp_auth::testing::TestAuthServer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let auth = TestAuthServer::start().await?;
+/// let tokens = auth.issue("client", "alice", Some("tools"));
+/// assert_eq!(auth.validate(tokens.access_token.expose()).unwrap().subject, "alice");
+/// # Ok(())
+/// # }
+/// ```
+pub struct TestAuthServer {
+    state: Arc<AuthState>,
+    handle: ServerHandle,
+}
+
+impl TestAuthServer {
+    /// Starts a server on an ephemeral loopback port. Access tokens live 1 hour unless
+    /// [`set_access_token_lifetime`](Self::set_access_token_lifetime) says otherwise.
+    pub async fn start() -> std::io::Result<Self> {
+        let state = Arc::new(AuthState {
+            tokens: Mutex::new(Tokens::default()),
+            knobs: Mutex::new(Knobs {
+                access_token_lifetime: Duration::from_secs(3600),
+                latency: Duration::ZERO,
+                rotate_refresh_tokens: true,
+                fault: None,
+            }),
+            counters: Counters::default(),
+            refreshes_by_subject: Mutex::new(HashMap::new()),
+            recorded: Mutex::new(Vec::new()),
+        });
+        let router = Router::new()
+            .route("/token", post(token_endpoint))
+            .with_state(state.clone());
+        let handle = ServerHandle::spawn(router).await?;
+        Ok(Self { state, handle })
+    }
+
+    /// The issuer, `http://127.0.0.1:<port>`.
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.handle.addr)
+    }
+
+    /// The token endpoint URL.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/token", self.issuer())
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+
+    /// Registers a confidential client; token requests for it must authenticate with
+    /// `secret` (Basic or form body). Clients not registered this way are public.
+    pub fn register_client(&self, client_id: &str, secret: Option<&str>) {
+        lock(&self.state.tokens)
+            .clients
+            .insert(client_id.to_owned(), secret.map(str::to_owned));
+    }
+
+    /// Issues a new grant (as an interactive login would) and returns its tokens.
+    pub fn issue(&self, client_id: &str, subject: &str, scope: Option<&str>) -> TokenSet {
+        let grant = Grant {
+            family: self.state.counters.next_family.fetch_add(1, Ordering::Relaxed),
+            subject: subject.to_owned(),
+            client_id: client_id.to_owned(),
+            scope: scope.map(str::to_owned),
+        };
+        let mut tokens = lock(&self.state.tokens);
+        tokens.clients.entry(client_id.to_owned()).or_insert(None);
+        let (access, refresh, lifetime) = self.state.mint(&mut tokens, &grant);
+        let mut set = TokenSet::new(Secret::new(access))
+            .with_refresh_token(Secret::new(refresh))
+            .with_expires_in(lifetime);
+        set.scope = grant.scope;
+        set
+    }
+
+    /// The identity behind `access_token`, if it is valid now.
+    pub fn validate(&self, access_token: &str) -> Option<TokenInfo> {
+        self.state.validate(access_token)
+    }
+
+    /// Revokes every access token issued to `subject` (refresh tokens stay valid), so
+    /// the resource server answers 401 mid-session.
+    pub fn revoke_access_tokens(&self, subject: &str) {
+        let mut tokens = lock(&self.state.tokens);
+        for entry in tokens.access.values_mut() {
+            if entry.grant.subject == subject {
+                entry.revoked = true;
+            }
+        }
+    }
+
+    /// Lifetime of access tokens issued from now on.
+    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
+        lock(&self.state.knobs).access_token_lifetime = lifetime;
+    }
+
+    /// Delay before the token endpoint answers.
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.state.knobs).latency = latency;
+    }
+
+    /// Whether refresh responses carry a new refresh token (default: yes, and the old one
+    /// becomes single-use-spent). Without rotation the refresh token is reusable.
+    pub fn set_rotation(&self, rotate: bool) {
+        lock(&self.state.knobs).rotate_refresh_tokens = rotate;
+    }
+
+    /// Injects `fault` into every token request until [`heal`](Self::heal).
+    pub fn fail_always(&self, fault: Fault) {
+        lock(&self.state.knobs).fault = Some((fault, None));
+    }
+
+    /// Injects `fault` into the next `count` token requests.
+    pub fn fail_next(&self, fault: Fault, count: u64) {
+        lock(&self.state.knobs).fault = Some((fault, Some(count)));
+    }
+
+    /// Stops injecting faults.
+    pub fn heal(&self) {
+        lock(&self.state.knobs).fault = None;
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> AuthServerStats {
+        let c = &self.state.counters;
+        AuthServerStats {
+            refresh_requests: c.refresh_requests.load(Ordering::SeqCst),
+            refresh_successes: c.refresh_successes.load(Ordering::SeqCst),
+            invalid_grants: c.invalid_grants.load(Ordering::SeqCst),
+            reuse_detected: c.reuse_detected.load(Ordering::SeqCst),
+            faults: c.faults.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Refresh requests received for `subject`'s grants.
+    pub fn refresh_requests_for(&self, subject: &str) -> u64 {
+        lock(&self.state.refreshes_by_subject)
+            .get(subject)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The token requests received so far, in order.
+    pub fn recorded_requests(&self) -> Vec<RecordedTokenRequest> {
+        lock(&self.state.recorded).clone()
+    }
+
+    pub(crate) fn state(&self) -> Arc<AuthState> {
+        self.state.clone()
+    }
+}
+
+impl std::fmt::Debug for TestAuthServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestAuthServer")
+            .field("addr", &self.handle.addr)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn oauth_error(status: StatusCode, code: &str) -> Response {
+    (status, Json(json!({ "error": code }))).into_response()
+}
+
+/// The client id and how it authenticated, or `None` when authentication failed.
+fn authenticate(
+    tokens: &Tokens,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Option<(String, &'static str)> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let (client_id, secret, method) = match basic {
+        Some(pair) => {
+            let (id, secret) = pair.split_once(':')?;
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            (decode(id)?, decode(secret), "basic")
+        }
+        None => {
+            let secret = form.get("client_secret").cloned();
+            let method = if secret.is_some() { "post" } else { "none" };
+            (form.get("client_id")?.clone(), secret, method)
+        }
+    };
+    match tokens.clients.get(&client_id)? {
+        Some(expected) if secret.as_deref() != Some(expected.as_str()) => None,
+        _ => Some((client_id, method)),
+    }
+}
+
+async fn token_endpoint(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    if grant_type == "refresh_token" {
+        state.counters.refresh_requests.fetch_add(1, Ordering::SeqCst);
+    }
+    let (latency, fault) = {
+        let mut knobs = lock(&state.knobs);
+        let fault = match &mut knobs.fault {
+            Some((fault, None)) => Some(fault.clone()),
+            Some((fault, Some(remaining))) if *remaining > 0 => {
+                *remaining -= 1;
+                Some(fault.clone())
+            }
+            _ => None,
+        };
+        (knobs.latency, fault)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(fault) = fault {
+        state.counters.faults.fetch_add(1, Ordering::SeqCst);
+        return match fault {
+            Fault::ServerError => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+            Fault::TooManyRequests { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry_after_secs.to_string())],
+            )
+                .into_response(),
+            Fault::InvalidGrant => {
+                state.counters.invalid_grants.fetch_add(1, Ordering::SeqCst);
+                oauth_error(StatusCode::BAD_REQUEST, "invalid_grant")
+            }
+            Fault::InvalidClient => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+            Fault::Hang => std::future::pending().await,
+        };
+    }
+    match grant_type.as_str() {
+        "refresh_token" => refresh_grant(&state, &headers, &form),
+        _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    }
+}
+
+fn refresh_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, String>) -> Response {
+    let mut tokens = lock(&state.tokens);
+    let Some((client_id, client_auth)) = authenticate(&tokens, headers, form) else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    };
+    lock(&state.recorded).push(RecordedTokenRequest {
+        grant_type: "refresh_token".into(),
+        client_id: Some(client_id.clone()),
+        client_auth,
+        resource: form.get("resource").cloned(),
+        scope: form.get("scope").cloned(),
+    });
+    let presented = form.get("refresh_token").map(String::as_str).unwrap_or("");
+    let rotate = lock(&state.knobs).rotate_refresh_tokens;
+    let invalid_grant = |state: &AuthState| {
+        state.counters.invalid_grants.fetch_add(1, Ordering::SeqCst);
+        oauth_error(StatusCode::BAD_REQUEST, "invalid_grant")
+    };
+    let Some(entry) = tokens.refresh.get(presented) else {
+        return invalid_grant(state);
+    };
+    let (grant, used) = (entry.grant.clone(), entry.used);
+    *lock(&state.refreshes_by_subject)
+        .entry(grant.subject.clone())
+        .or_default() += 1;
+    if used {
+        // Reuse of a rotated refresh token: revoke the whole family.
+        state.counters.reuse_detected.fetch_add(1, Ordering::SeqCst);
+        tokens.revoked_families.insert(grant.family);
+        return invalid_grant(state);
+    }
+    if tokens.revoked_families.contains(&grant.family) || grant.client_id != client_id {
+        return invalid_grant(state);
+    }
+    if let (true, Some(entry)) = (rotate, tokens.refresh.get_mut(presented)) {
+        entry.used = true;
+    }
+    let (access, refresh, lifetime) = state.mint(&mut tokens, &grant);
+    if !rotate {
+        tokens.refresh.remove(&refresh);
+    }
+    state.counters.refresh_successes.fetch_add(1, Ordering::SeqCst);
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs_f64().ceil() as u64,
+    });
+    if lifetime < Duration::from_secs(1) {
+        body["expires_in"] = json!(0);
+    }
+    if rotate {
+        body["refresh_token"] = json!(refresh);
+    }
+    if let Some(scope) = &grant.scope {
+        body["scope"] = json!(scope);
+    }
+    Json(body).into_response()
+}

@@ -1,0 +1,240 @@
+//! A real MCP resource server (Streamable HTTP, JSON-RPC) on loopback.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::auth_server::{AuthState, TestAuthServer};
+use super::{ServerHandle, lock, random_token};
+
+/// Counters of the MCP server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct McpServerStats {
+    /// JSON-RPC requests received.
+    pub requests: u64,
+    /// Requests answered 401.
+    pub unauthorized: u64,
+    /// Requests answered with a result.
+    pub ok: u64,
+}
+
+struct McpState {
+    auth: Arc<AuthState>,
+    issuer: String,
+    resource: Mutex<String>,
+    sse: AtomicBool,
+    requests: AtomicU64,
+    unauthorized: AtomicU64,
+    ok: AtomicU64,
+    seen_tokens: Mutex<Vec<String>>,
+}
+
+/// An MCP server speaking Streamable HTTP JSON-RPC at `/mcp` — `initialize`,
+/// `tools/list`, `tools/call` (tools `echo` and `whoami`), notifications — that accepts
+/// only bearer tokens the paired [`TestAuthServer`] issued and that are still valid.
+///
+/// Missing, expired or revoked tokens get `401` with a `WWW-Authenticate: Bearer`
+/// challenge naming its protected resource metadata (RFC 9728), which it also serves.
+/// Answers are JSON, or SSE when [`set_sse`](Self::set_sse) is on and the client
+/// accepts `text/event-stream`.
+///
+/// ```
+/// use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let auth = TestAuthServer::start().await?;
+/// let mcp = TestMcpServer::start(&auth).await?;
+/// assert!(mcp.url().ends_with("/mcp"));
+/// # Ok(())
+/// # }
+/// ```
+pub struct TestMcpServer {
+    state: Arc<McpState>,
+    handle: ServerHandle,
+}
+
+impl TestMcpServer {
+    /// Starts a server on an ephemeral loopback port, trusting `auth`'s tokens.
+    pub async fn start(auth: &TestAuthServer) -> std::io::Result<Self> {
+        let state = Arc::new(McpState {
+            auth: auth.state(),
+            issuer: auth.issuer(),
+            resource: Mutex::new(String::new()),
+            sse: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            seen_tokens: Mutex::new(Vec::new()),
+        });
+        let router = Router::new()
+            .route("/mcp", post(mcp_endpoint))
+            .route(
+                "/.well-known/oauth-protected-resource/mcp",
+                get(resource_metadata),
+            )
+            .with_state(state.clone());
+        let handle = ServerHandle::spawn(router).await?;
+        *lock(&state.resource) = format!("http://{}/mcp", handle.addr);
+        Ok(Self { state, handle })
+    }
+
+    /// The MCP endpoint, `http://127.0.0.1:<port>/mcp`.
+    pub fn url(&self) -> String {
+        lock(&self.state.resource).clone()
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+
+    /// Answer with SSE streams (one `message` event) when the client accepts them.
+    pub fn set_sse(&self, sse: bool) {
+        self.state.sse.store(sse, Ordering::SeqCst);
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> McpServerStats {
+        McpServerStats {
+            requests: self.state.requests.load(Ordering::SeqCst),
+            unauthorized: self.state.unauthorized.load(Ordering::SeqCst),
+            ok: self.state.ok.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Every bearer token received so far, in order (valid or not).
+    pub fn seen_tokens(&self) -> Vec<String> {
+        lock(&self.state.seen_tokens).clone()
+    }
+}
+
+impl std::fmt::Debug for TestMcpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestMcpServer")
+            .field("addr", &self.handle.addr)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+async fn resource_metadata(State(state): State<Arc<McpState>>) -> Json<Value> {
+    Json(json!({
+        "resource": *lock(&state.resource),
+        "authorization_servers": [state.issuer],
+        "bearer_methods_supported": ["header"],
+    }))
+}
+
+fn unauthorized(state: &McpState, had_token: bool) -> Response {
+    state.unauthorized.fetch_add(1, Ordering::SeqCst);
+    let resource = lock(&state.resource).clone();
+    let metadata = resource.replacen("/mcp", "/.well-known/oauth-protected-resource/mcp", 1);
+    let challenge = if had_token {
+        format!(
+            "Bearer error=\"invalid_token\", error_description=\"token expired or revoked\", resource_metadata=\"{metadata}\""
+        )
+    } else {
+        format!("Bearer resource_metadata=\"{metadata}\"")
+    };
+    let mut response = (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+async fn mcp_endpoint(
+    State(state): State<Arc<McpState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let Some(token) = bearer else {
+        return unauthorized(&state, false);
+    };
+    lock(&state.seen_tokens).push(token.clone());
+    let Some(identity) = state.auth.validate(&token) else {
+        return unauthorized(&state, true);
+    };
+    let Ok(message) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}})),
+        )
+            .into_response();
+    };
+    let Some(id) = message.get("id").cloned() else {
+        // A notification: accepted, no body.
+        state.ok.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+    let params = message.get("params").cloned().unwrap_or(Value::Null);
+    let result = match method {
+        "initialize" => Ok(json!({
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "tower-mcp-auth-fixture", "version": env!("CARGO_PKG_VERSION")},
+        })),
+        "tools/list" => Ok(json!({"tools": [
+            {"name": "echo", "description": "Echoes `text`.",
+             "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
+            {"name": "whoami", "description": "The user the bearer token was issued to.",
+             "inputSchema": {"type": "object"}},
+        ]})),
+        "tools/call" => match params.get("name").and_then(Value::as_str) {
+            Some("echo") => {
+                let text = params
+                    .pointer("/arguments/text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                Ok(json!({"content": [{"type": "text", "text": text}]}))
+            }
+            Some("whoami") => Ok(json!({"content": [{"type": "text", "text": identity.subject}]})),
+            _ => Err((-32602, "unknown tool")),
+        },
+        _ => Err((-32601, "method not found")),
+    };
+    state.ok.fetch_add(1, Ordering::SeqCst);
+    let reply = match result {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err((code, message)) => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+        }
+    };
+    let accepts_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let mut response = if state.sse.load(Ordering::SeqCst) && accepts_sse {
+        (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            format!("event: message\ndata: {reply}\n\n"),
+        )
+            .into_response()
+    } else {
+        Json(reply).into_response()
+    };
+    if method == "initialize" {
+        if let Ok(session) = HeaderValue::from_str(&random_token("session")) {
+            response.headers_mut().insert("mcp-session-id", session);
+        }
+    }
+    response
+}

@@ -1,0 +1,160 @@
+//! Real loopback fixtures for tests, benchmarks and examples (feature `test-util`).
+//!
+//! * [`TestAuthServer`]: an OAuth authorization server with rotating single-use refresh
+//!   tokens, reuse detection, latency and failure knobs, and counters.
+//! * [`TestMcpServer`]: an MCP server over Streamable HTTP that validates the
+//!   authorization server's tokens and answers 401 with a Bearer challenge.
+//! * [`ReqwestTransport`]: a plain HTTP client as a tower service, the innermost
+//!   service of a layer stack; [`jsonrpc_request`] and [`read_jsonrpc`] build and read
+//!   MCP messages.
+//!
+//! ```
+//! use tower::ServiceExt;
+//! use tower_mcp_auth::testing::{jsonrpc_request, read_jsonrpc, ReqwestTransport, TestAuthServer, TestMcpServer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let auth = TestAuthServer::start().await?;
+//! let mcp = TestMcpServer::start(&auth).await?;
+//! let tokens = auth.issue("client", "alice", None);
+//!
+//! let mut request = jsonrpc_request(&mcp.url(), 1, "tools/list", serde_json::json!({}));
+//! let bearer = format!("Bearer {}", tokens.access_token.expose());
+//! request.headers_mut().insert("authorization", bearer.parse()?);
+//! let response = ReqwestTransport::new().oneshot(request).await?;
+//! assert_eq!(read_jsonrpc(&response)?["result"]["tools"][0]["name"], "echo");
+//! # Ok(())
+//! # }
+//! ```
+
+mod auth_server;
+mod mcp_server;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+pub use auth_server::{AuthServerStats, Fault, RecordedTokenRequest, TestAuthServer, TokenInfo};
+pub use mcp_server::{McpServerStats, TestMcpServer};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn random_token(prefix: &str) -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::thread_rng().r#gen();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
+}
+
+/// A server task on loopback, stopped on drop.
+struct ServerHandle {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    async fn spawn(router: axum::Router) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::warn!(%error, "fixture server stopped");
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// reqwest as a `tower::Service<http::Request<reqwest::Body>>`, answering
+/// `http::Response<Bytes>`: the innermost service of a client stack in the examples,
+/// tests and benchmarks.
+#[derive(Clone, Debug, Default)]
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl ReqwestTransport {
+    /// A transport on a new reqwest client.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A transport on `client`.
+    pub fn from_client(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+}
+
+impl tower::Service<http::Request<reqwest::Body>> for ReqwestTransport {
+    type Response = http::Response<Bytes>;
+    type Error = reqwest::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<reqwest::Body>) -> Self::Future {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request)?;
+            let mut response = client.execute(request).await?;
+            let mut converted = http::Response::new(Bytes::new());
+            *converted.status_mut() = response.status();
+            *converted.headers_mut() = std::mem::take(response.headers_mut());
+            *converted.body_mut() = response.bytes().await?;
+            Ok(converted)
+        })
+    }
+}
+
+/// A JSON-RPC request to an MCP endpoint, accepting JSON and SSE answers.
+pub fn jsonrpc_request(url: &str, id: u64, method: &str, params: Value) -> http::Request<reqwest::Body> {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let mut request = http::Request::new(reqwest::Body::from(body.to_string()));
+    *request.method_mut() = http::Method::POST;
+    if let Ok(uri) = url.parse() {
+        *request.uri_mut() = uri;
+    }
+    let headers = request.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    headers.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    request
+}
+
+/// Reads a JSON-RPC message from a JSON or an SSE (`data:` lines) response body.
+pub fn read_jsonrpc(response: &http::Response<Bytes>) -> Result<Value, serde_json::Error> {
+    let body = response.body();
+    let is_sse = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse {
+        return serde_json::from_slice(body);
+    }
+    let text = String::from_utf8_lossy(body);
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect();
+    serde_json::from_str(&data.join("\n"))
+}
