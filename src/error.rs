@@ -20,7 +20,7 @@ use http::HeaderValue;
 /// use tower_mcp_auth::{Error, ReauthReason};
 ///
 /// fn next_step(err: &tower::BoxError) -> &'static str {
-///     match Error::find(err) {
+///     match Error::find(err.as_ref()) {
 ///         Some(Error::ReauthRequired { .. }) => "send the user to log in",
 ///         Some(Error::Transient { .. }) => "retry later, credentials are kept",
 ///         _ => "something else",

@@ -333,7 +333,7 @@ impl RefreshCoordinator {
         if let Some(error) = self.cooling_down(key, trigger) {
             return Err(error);
         }
-        let (waiter, completer) = self.inner.flights.join(key);
+        let (waiter, completer) = SingleFlight::join(&self.inner.flights, key);
         if let Some(completer) = completer {
             self.spawn_redemption(completer, key, binding, trigger);
         }
@@ -351,7 +351,7 @@ impl RefreshCoordinator {
             return;
         }
         // The waiter is dropped at once: nobody waits, the flight still runs to the end.
-        if let (_, Some(completer)) = self.inner.flights.join(key) {
+        if let (_, Some(completer)) = SingleFlight::join(&self.inner.flights, key) {
             self.inner
                 .counters
                 .background_refreshes

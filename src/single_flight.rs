@@ -48,8 +48,8 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
 
     /// Joins the flight for `key`, starting one if there is none. Returns the wait and,
     /// for the caller that started the flight, the completer.
-    pub(crate) fn join(self: &Arc<Self>, key: &K) -> (Waiter<V>, Option<Completer<K, V>>) {
-        let mut flights = lock(&self.flights);
+    pub(crate) fn join(this: &Arc<Self>, key: &K) -> (Waiter<V>, Option<Completer<K, V>>) {
+        let mut flights = lock(&this.flights);
         if let Some(flight) = flights.get(key) {
             return (Waiter::new(flight.clone()), None);
         }
@@ -62,7 +62,7 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
         flights.insert(key.clone(), flight.clone());
         drop(flights);
         let completer = Completer {
-            owner: self.clone(),
+            owner: this.clone(),
             key: key.clone(),
             flight: flight.clone(),
             done: false,
