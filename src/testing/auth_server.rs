@@ -386,6 +386,18 @@ async fn token_endpoint(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    // Like a real server's database transaction, a token request runs to the end even
+    // if the client hangs up: a redemption the client gave up on still rotates tokens.
+    let work = tokio::spawn(handle_token_request(state, headers, form));
+    work.await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn handle_token_request(
+    state: Arc<AuthState>,
+    headers: HeaderMap,
+    form: HashMap<String, String>,
+) -> Response {
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     if grant_type == "refresh_token" {
         state.counters.refresh_requests.fetch_add(1, Ordering::SeqCst);
