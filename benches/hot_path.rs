@@ -1,1 +1,152 @@
-fn main(){}
+//! Cached-token overhead of `SilentRefreshLayer` against the bare inner service and
+//! against a plain `RwLock<HashMap>` header injector, with 1 and 100k keys.
+//!
+//! Run: `cargo bench --bench hot_path`.
+
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service, ServiceExt};
+use tower_mcp_auth::store::{CredentialStore, MemoryStore};
+use tower_mcp_auth::{
+    AuthKey, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer, TokenSet,
+};
+
+const URL: &str = "https://mcp.example.com/mcp";
+
+/// The inner service: answers at once, so only the layer's cost is measured.
+#[derive(Clone)]
+struct Instant200;
+
+impl Service<Request<Full<Bytes>>> for Instant200 {
+    type Response = Response<()>;
+    type Error = tower::BoxError;
+    type Future = Ready<Result<Response<()>, tower::BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        std::hint::black_box(request);
+        ready(Ok(Response::new(())))
+    }
+}
+
+/// The simplest correct-looking alternative: a header per principal behind a lock.
+#[derive(Clone)]
+struct RwLockInjector {
+    tokens: Arc<RwLock<HashMap<Principal, HeaderValue>>>,
+    inner: Instant200,
+}
+
+impl Service<Request<Full<Bytes>>> for RwLockInjector {
+    type Response = Response<()>;
+    type Error = tower::BoxError;
+    type Future = Ready<Result<Response<()>, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {
+        let header = request
+            .extensions()
+            .get::<Principal>()
+            .and_then(|p| self.tokens.read().unwrap().get(p).cloned());
+        if let Some(header) = header {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, header);
+        }
+        self.inner.call(request)
+    }
+}
+
+fn principals(n: usize) -> Vec<Principal> {
+    (0..n)
+        .map(|i| Principal::new("tenant", format!("user-{i}")))
+        .collect()
+}
+
+fn request(principal: &Principal) -> Request<Full<Bytes>> {
+    let mut request = Request::post(URL)
+        .body(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        )))
+        .unwrap();
+    request.extensions_mut().insert(principal.clone());
+    request
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let binding =
+        ServerBinding::public_client(URL, "https://auth.example.com/token", "client").unwrap();
+    let mut group = c.benchmark_group("hot_path");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30);
+
+    for keys in [1usize, 100_000] {
+        let users = Arc::new(principals(keys));
+        let store = Arc::new(MemoryStore::new());
+        let mut plain = HashMap::new();
+        runtime.block_on(async {
+            for user in users.iter() {
+                let tokens = TokenSet::new(Secret::new(format!("token-of-{}", user.subject())))
+                    .with_expires_in(Duration::from_secs(3600));
+                let key = AuthKey::new(user, binding.id());
+                store.compare_and_swap(&key, None, tokens).await.unwrap();
+                let mut header =
+                    HeaderValue::from_str(&format!("Bearer token-of-{}", user.subject())).unwrap();
+                header.set_sensitive(true);
+                plain.insert(user.clone(), header);
+            }
+        });
+        let layered = SilentRefreshLayer::new(RefreshCoordinator::new(store), binding.clone())
+            .layer(Instant200);
+        let injector = RwLockInjector {
+            tokens: Arc::new(RwLock::new(plain)),
+            inner: Instant200,
+        };
+        let next = Arc::new(AtomicUsize::new(0));
+        let pick = {
+            let (users, next) = (users.clone(), next.clone());
+            move || users[next.fetch_add(1, Ordering::Relaxed) % users.len()].clone()
+        };
+
+        group.bench_function(BenchmarkId::new("bare inner service", keys), |b| {
+            let pick = pick.clone();
+            b.to_async(&runtime)
+                .iter(|| Instant200.oneshot(request(&pick())));
+        });
+        group.bench_function(BenchmarkId::new("RwLock<HashMap> injector", keys), |b| {
+            let pick = pick.clone();
+            b.to_async(&runtime)
+                .iter(|| injector.clone().oneshot(request(&pick())));
+        });
+        group.bench_function(BenchmarkId::new("SilentRefreshLayer", keys), |b| {
+            let pick = pick.clone();
+            b.to_async(&runtime)
+                .iter(|| layered.clone().oneshot(request(&pick())));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_smithy_runtime::expiring_cache::ExpiringCache;
 use tower_mcp_auth::store::{CredentialStore, MemoryStore, Swap};
 use tower_mcp_auth::testing::{Fault, TestAuthServer};
-use tower_mcp_auth::{AuthKey, Generation, Principal, RefreshConfig, RefreshCoordinator, ServerBinding, TokenSet};
+use tower_mcp_auth::{
+    AuthKey, Generation, Principal, RefreshConfig, RefreshCoordinator, ServerBinding, TokenSet,
+};
 
 const CLIENT: &str = "bench-client";
 const RESOURCE: &str = "http://127.0.0.1:1/mcp";
@@ -48,7 +50,11 @@ impl Slot {
 async fn redeem(http: &reqwest::Client, endpoint: &str, refresh: &str) -> Result<Slot, String> {
     let response = http
         .post(endpoint)
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh), ("client_id", CLIENT)])
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", CLIENT),
+        ])
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -61,7 +67,8 @@ async fn redeem(http: &reqwest::Client, endpoint: &str, refresh: &str) -> Result
     Ok(Slot {
         access: json["access_token"].as_str().unwrap_or_default().to_owned(),
         refresh: json["refresh_token"].as_str().unwrap_or(refresh).to_owned(),
-        expires_at: SystemTime::now() + Duration::from_secs(json["expires_in"].as_u64().unwrap_or(3600)),
+        expires_at: SystemTime::now()
+            + Duration::from_secs(json["expires_in"].as_u64().unwrap_or(3600)),
     })
 }
 
@@ -176,7 +183,11 @@ struct SmithyCache {
 impl Strategy for SmithyCache {
     fn token(&self) -> BoxFuture<'_, TokenResult> {
         Box::pin(async move {
-            if let Some(token) = self.cache.yield_or_clear_if_expired(SystemTime::now()).await {
+            if let Some(token) = self
+                .cache
+                .yield_or_clear_if_expired(SystemTime::now())
+                .await
+            {
                 return Ok(token);
             }
             self.cache
@@ -238,38 +249,68 @@ async fn build(name: &str, auth: &TestAuthServer, expired: bool) -> Arc<dyn Stra
     }
     let slot = Slot {
         access: tokens.access_token.expose().to_owned(),
-        refresh: tokens.refresh_token.as_ref().map(|t| t.expose().to_owned()).unwrap_or_default(),
+        refresh: tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose().to_owned())
+            .unwrap_or_default(),
         expires_at: tokens.expires_at.unwrap_or(SystemTime::now()),
     };
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .unwrap();
     let endpoint = auth.token_endpoint();
     match name {
         "tower-mcp-auth" => Arc::new(ours(auth, tokens, RefreshConfig::default()).await),
-        "no-coordination" => Arc::new(NoCoordination { http, endpoint, slot: Mutex::new(slot) }),
-        "write-lock-no-recheck" => {
-            Arc::new(WriteLockNoRecheck { http, endpoint, slot: tokio::sync::RwLock::new(slot) })
-        }
-        "global-mutex" => Arc::new(GlobalMutex { http, endpoint, manager: tokio::sync::Mutex::new(slot) }),
+        "no-coordination" => Arc::new(NoCoordination {
+            http,
+            endpoint,
+            slot: Mutex::new(slot),
+        }),
+        "write-lock-no-recheck" => Arc::new(WriteLockNoRecheck {
+            http,
+            endpoint,
+            slot: tokio::sync::RwLock::new(slot),
+        }),
+        "global-mutex" => Arc::new(GlobalMutex {
+            http,
+            endpoint,
+            manager: tokio::sync::Mutex::new(slot),
+        }),
         _ => {
             let cache = ExpiringCache::new(Duration::from_secs(10));
             if !expired {
                 let (access, expires_at) = (slot.access.clone(), slot.expires_at);
-                let _ = cache.get_or_load(|| async move { Ok::<_, String>((access, expires_at)) }).await;
+                let _ = cache
+                    .get_or_load(|| async move { Ok::<_, String>((access, expires_at)) })
+                    .await;
             }
-            Arc::new(SmithyCache { http, endpoint, storage: Mutex::new(slot), cache })
+            Arc::new(SmithyCache {
+                http,
+                endpoint,
+                storage: Mutex::new(slot),
+                cache,
+            })
         }
     }
 }
 
 async fn ours(auth: &TestAuthServer, tokens: TokenSet, config: RefreshConfig) -> Ours {
-    let binding = Arc::new(ServerBinding::public_client(RESOURCE, &auth.token_endpoint(), CLIENT).unwrap());
+    let binding =
+        Arc::new(ServerBinding::public_client(RESOURCE, &auth.token_endpoint(), CLIENT).unwrap());
     let store = Arc::new(MemoryStore::new());
     let key = AuthKey::new(&Principal::new("bench", "user"), binding.id());
     let Ok(Swap::Stored(stored)) = store.compare_and_swap(&key, None, tokens).await else {
         panic!("fresh store")
     };
     let coordinator = RefreshCoordinator::builder(store).config(config).build();
-    Ours { coordinator, key, binding, rejected_generation: stored.generation }
+    Ours {
+        coordinator,
+        key,
+        binding,
+        rejected_generation: stored.generation,
+    }
 }
 
 struct Row {
@@ -364,7 +405,13 @@ async fn expiry_storm(k: usize) -> Vec<Row> {
         auth.set_latency(Duration::from_millis(5));
         let strategy = build(name, &auth, true).await;
         let results = storm(&strategy, k, false, Duration::ZERO, None).await;
-        rows.push(summarize(&auth, &format!("expiry storm K={k}"), name, &results, String::new()));
+        rows.push(summarize(
+            &auth,
+            &format!("expiry storm K={k}"),
+            name,
+            &results,
+            String::new(),
+        ));
     }
     rows
 }
@@ -391,7 +438,13 @@ async fn unauthorized_storm(k: usize) -> Vec<Row> {
             continue;
         }
         let results = storm(&strategy, k, true, Duration::ZERO, None).await;
-        rows.push(summarize(&auth, &format!("401 storm K={k}"), name, &results, String::new()));
+        rows.push(summarize(
+            &auth,
+            &format!("401 storm K={k}"),
+            name,
+            &results,
+            String::new(),
+        ));
     }
     rows
 }
@@ -423,12 +476,28 @@ async fn leader_cancellation(k: usize) -> Vec<Row> {
         auth.set_latency(Duration::from_millis(100));
         let strategy = build(name, &auth, true).await;
         // Callers arrive over 150 ms and give up after 30 ms; the server takes 100 ms.
-        let results = storm(&strategy, k, false, Duration::from_millis(150), Some(Duration::from_millis(30))).await;
+        let results = storm(
+            &strategy,
+            k,
+            false,
+            Duration::from_millis(150),
+            Some(Duration::from_millis(30)),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let after = strategy.token().await;
         let usable = matches!(&after, Ok(token) if auth.validate(token).is_some());
-        let mut row = summarize(&auth, &format!("leader cancellation K={k}"), name, &results, String::new());
-        row.note = format!("next call after the storm: {}", if usable { "ok" } else { "FAILS (grant lost)" });
+        let mut row = summarize(
+            &auth,
+            &format!("leader cancellation K={k}"),
+            name,
+            &results,
+            String::new(),
+        );
+        row.note = format!(
+            "next call after the storm: {}",
+            if usable { "ok" } else { "FAILS (grant lost)" }
+        );
         row.ok = usize::from(usable);
         row.calls = 1;
         rows.push(row);
@@ -473,18 +542,30 @@ fn main() {
         rows.extend(leader_cancellation(512).await);
         rows
     });
-    println!("refresh contention (loopback authorization server, rotating refresh tokens with reuse detection)");
-    println!("machine: {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "refresh contention (loopback authorization server, rotating refresh tokens with reuse detection)"
+    );
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     print(&rows);
 
     let violations: Vec<&Row> = rows
         .iter()
         .filter(|r| r.strategy == "tower-mcp-auth")
-        .filter(|r| r.redemptions != 1 || r.invalid_grants != 0 || r.ok != r.calls && !r.scenario.starts_with("failure"))
+        .filter(|r| {
+            r.redemptions != 1
+                || r.invalid_grants != 0
+                || r.ok != r.calls && !r.scenario.starts_with("failure")
+        })
         .collect();
     if !violations.is_empty() {
         for r in violations {
-            eprintln!("VIOLATION: tower-mcp-auth in `{}`: {} redemptions, {} invalid_grant, {}/{} ok", r.scenario, r.redemptions, r.invalid_grants, r.ok, r.calls);
+            eprintln!(
+                "VIOLATION: tower-mcp-auth in `{}`: {} redemptions, {} invalid_grant, {}/{} ok",
+                r.scenario, r.redemptions, r.invalid_grants, r.ok, r.calls
+            );
         }
         std::process::exit(1);
     }

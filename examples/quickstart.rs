@@ -1,1 +1,138 @@
-fn main(){}
+//! Quickstart: a real authorization server and MCP server on loopback, and a client
+//! stack with `SilentRefreshLayer` that survives a revoked token and a 100-call refresh
+//! storm with a single refresh-token redemption.
+//!
+//! Run: `cargo run --example quickstart`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_mcp_auth::store::{CredentialStore, MemoryStore};
+use tower_mcp_auth::testing::{
+    ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
+};
+use tower_mcp_auth::{
+    AuthKey, Error, Principal, RefreshCoordinator, ServerBinding, SilentRefreshLayer,
+};
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    // 1. The servers: OAuth with rotating single-use refresh tokens, and an MCP server.
+    let auth = TestAuthServer::start().await?;
+    let mcp = TestMcpServer::start(&auth).await?;
+    println!("authorization server  {}", auth.issuer());
+    println!("MCP server            {}", mcp.url());
+
+    // 2. The client stack: one coordinator and store for the process, one layer per server.
+    let binding = ServerBinding::public_client(&mcp.url(), &auth.token_endpoint(), "quickstart")?
+        .with_issuer(auth.issuer());
+    let store = Arc::new(MemoryStore::new());
+    let coordinator = RefreshCoordinator::new(store.clone());
+    let client = ServiceBuilder::new()
+        .layer(SilentRefreshLayer::new(
+            coordinator.clone(),
+            binding.clone(),
+        ))
+        .service(ReqwestTransport::new());
+
+    // 3. Alice logged in earlier (an interactive flow stored her tokens).
+    let alice = Principal::new("acme", "alice");
+    let key = AuthKey::new(&alice, binding.id());
+    store
+        .compare_and_swap(&key, None, auth.issue("quickstart", "alice", Some("tools")))
+        .await?;
+
+    let call = |method: &'static str, params: Value| {
+        let (client, url, alice) = (client.clone(), mcp.url(), alice.clone());
+        async move {
+            let mut request = jsonrpc_request(&url, 1, method, params);
+            request.extensions_mut().insert(alice);
+            let response = client.oneshot(request).await?;
+            Ok::<Value, BoxError>(read_jsonrpc(&response)?)
+        }
+    };
+
+    let init = call("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "quickstart", "version": "0"}})).await?;
+    println!(
+        "\ninitialize            server {}",
+        init["result"]["serverInfo"]["name"]
+    );
+    let tools = call("tools/list", json!({})).await?;
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    println!("tools/list            {names:?}");
+    let echo = call(
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hello"}}),
+    )
+    .await?;
+    println!(
+        "tools/call echo       {}",
+        echo["result"]["content"][0]["text"]
+    );
+
+    // 4. The server revokes the access token mid-session: the next call gets a 401,
+    //    the layer refreshes silently and replays.
+    auth.revoke_access_tokens("alice");
+    let whoami = call("tools/call", json!({"name": "whoami", "arguments": {}})).await?;
+    println!(
+        "\nafter revocation      whoami = {} (refreshed silently)",
+        whoami["result"]["content"][0]["text"]
+    );
+
+    // 5. Revoked again, and 100 calls at once hit the 401 together.
+    auth.revoke_access_tokens("alice");
+    auth.set_latency(Duration::from_millis(50));
+    let before = auth.stats();
+    let started = Instant::now();
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            tokio::spawn(call(
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": format!("call {i}")}}),
+            ))
+        })
+        .collect();
+    let mut ok = 0;
+    for task in calls {
+        if task.await?.is_ok() {
+            ok += 1;
+        }
+    }
+    let after = auth.stats();
+    println!(
+        "100 concurrent calls  {ok}/100 ok in {:?}; refresh-token redemptions: {}, invalid_grant: {}",
+        started.elapsed(),
+        after.refresh_requests - before.refresh_requests,
+        after.invalid_grants - before.invalid_grants
+    );
+
+    // 6. When the refresh token itself is rejected, the caller gets a typed error.
+    auth.revoke_access_tokens("alice");
+    auth.fail_next(tower_mcp_auth::testing::Fault::InvalidGrant, 1);
+    let failed = call("tools/call", json!({"name": "whoami", "arguments": {}})).await;
+    let outcome = match failed.as_ref().err().and_then(|e| Error::find(e.as_ref())) {
+        Some(error @ Error::ReauthRequired { .. }) => format!("{error} -> send the user to log in"),
+        other => format!("unexpected: {other:?}"),
+    };
+    println!("refresh token revoked {outcome}");
+
+    let stats = coordinator.stats();
+    println!(
+        "\nreport: {} redemptions in all, {} callers waited on one, MCP server saw {} requests ({} answered 401)",
+        stats.redemptions,
+        stats.blocked_waits,
+        mcp.stats().requests,
+        mcp.stats().unauthorized
+    );
+    if ok != 100 || after.refresh_requests - before.refresh_requests != 1 {
+        return Err("the storm should make exactly one redemption and succeed".into());
+    }
+    Ok(())
+}

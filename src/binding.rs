@@ -242,8 +242,12 @@ mod tests {
     fn identity_changes_with_issuer_and_client() {
         let a = binding("https://mcp.example/mcp");
         let b = a.clone().with_issuer("https://as.example");
-        let c = ServerBinding::public_client("https://mcp.example/mcp", "https://as.example/token", "d")
-            .unwrap();
+        let c = ServerBinding::public_client(
+            "https://mcp.example/mcp",
+            "https://as.example/token",
+            "d",
+        )
+        .unwrap();
         assert_ne!(a.id(), b.id());
         assert_ne!(a.id(), c.id());
         assert_eq!(a.id(), binding("https://mcp.example/mcp").id());

@@ -214,7 +214,10 @@ mod tests {
         }))
         .with_max_response_bytes(1024);
         let request = || http::Request::new(Bytes::new());
-        assert!(matches!(big.send(request()).await, Err(HttpError::TooLarge(1024))));
+        assert!(matches!(
+            big.send(request()).await,
+            Err(HttpError::TooLarge(1024))
+        ));
 
         let busy = AuthHttpClient::from_service(tower::service_fn(|_| async {
             let mut response = http::Response::new(Bytes::new());

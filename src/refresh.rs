@@ -102,7 +102,9 @@ impl RefreshConfig {
         let doubled = self
             .cooldown
             .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-        doubled.max(retry_after.unwrap_or_default()).min(self.max_cooldown)
+        doubled
+            .max(retry_after.unwrap_or_default())
+            .min(self.max_cooldown)
     }
 
     /// When to start refreshing `tokens`: before expiry by the margin plus a jitter
@@ -111,7 +113,11 @@ impl RefreshConfig {
         let expires_at = tokens.expires_at?;
         let margin = self.max_margin.min(tokens.lifetime()? / 10);
         let jitter = margin.mul_f64(unit_hash(tokens.generation.0) / 2.0);
-        Some(expires_at.checked_sub(margin + jitter).unwrap_or(tokens.obtained_at))
+        Some(
+            expires_at
+                .checked_sub(margin + jitter)
+                .unwrap_or(tokens.obtained_at),
+        )
     }
 }
 
@@ -287,7 +293,11 @@ impl RefreshCoordinator {
         };
         let now = SystemTime::now();
         if stored.is_usable_at(now) {
-            let due = self.inner.config.refresh_at(&stored).is_some_and(|at| now >= at);
+            let due = self
+                .inner
+                .config
+                .refresh_at(&stored)
+                .is_some_and(|at| now >= at);
             if due && stored.refresh_token.is_some() {
                 self.refresh_in_background(key, binding, stored.generation);
             }
@@ -346,7 +356,12 @@ impl RefreshCoordinator {
             .unwrap_or_else(|| Err(Error::transient(TransientReason::Abandoned, None)))
     }
 
-    fn refresh_in_background(&self, key: &AuthKey, binding: &Arc<ServerBinding>, generation: Generation) {
+    fn refresh_in_background(
+        &self,
+        key: &AuthKey,
+        binding: &Arc<ServerBinding>,
+        generation: Generation,
+    ) {
         if self.inner.flights.is_in_flight(key) || self.cooling_down(key, generation).is_some() {
             return;
         }
@@ -366,7 +381,10 @@ impl RefreshCoordinator {
         if cooldown.generation != generation || now >= cooldown.until {
             return None;
         }
-        self.inner.counters.cooled_down.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .cooled_down
+            .fetch_add(1, Ordering::Relaxed);
         Some(match cooldown.error {
             Error::Transient {
                 reason,
@@ -398,11 +416,12 @@ impl RefreshCoordinator {
         tokio::spawn(
             async move {
                 let timeout = this.inner.config.timeout;
-                let outcome = tokio::time::timeout(timeout, this.redemption(&key, &binding, trigger))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::transient(TransientReason::Timeout(timeout), None))
-                    });
+                let outcome =
+                    tokio::time::timeout(timeout, this.redemption(&key, &binding, trigger))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Error::transient(TransientReason::Timeout(timeout), None))
+                        });
                 this.record(&key, trigger, &outcome);
                 completer.complete(outcome);
             }
@@ -411,7 +430,12 @@ impl RefreshCoordinator {
     }
 
     /// One redemption: read the refresh token now, redeem it, CAS the result.
-    async fn redemption(&self, key: &AuthKey, binding: &ServerBinding, trigger: Generation) -> Outcome {
+    async fn redemption(
+        &self,
+        key: &AuthKey,
+        binding: &ServerBinding,
+        trigger: Generation,
+    ) -> Outcome {
         let store = &self.inner.store;
         let Some(current) = store.load(key).await.map_err(Error::Store)? else {
             return Err(Error::reauth(ReauthReason::NoCredentials));
@@ -423,17 +447,27 @@ impl RefreshCoordinator {
         let Some(refresh_token) = &current.refresh_token else {
             return Err(Error::reauth(ReauthReason::NoRefreshToken));
         };
-        self.inner.counters.redemptions.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .redemptions
+            .fetch_add(1, Ordering::Relaxed);
         debug!("redeeming refresh token");
-        let granted =
-            grants::refresh(&self.inner.http, binding, refresh_token, current.scope.as_deref()).await;
+        let granted = grants::refresh(
+            &self.inner.http,
+            binding,
+            refresh_token,
+            current.scope.as_deref(),
+        )
+        .await;
         match granted {
             Ok(granted) => {
                 let obtained_at = SystemTime::now();
                 let next = TokenSet {
                     access_token: granted.access_token,
                     // No new refresh token means the old one stays valid (RFC 6749 §6).
-                    refresh_token: granted.refresh_token.or_else(|| current.refresh_token.clone()),
+                    refresh_token: granted
+                        .refresh_token
+                        .or_else(|| current.refresh_token.clone()),
                     scope: granted.scope.or_else(|| current.scope.clone()),
                     obtained_at,
                     expires_at: granted.expires_in.map(|d| obtained_at + d),
@@ -494,7 +528,9 @@ impl RefreshCoordinator {
             // Nothing left to redeem: later callers fail fast without any cooldown.
             Err(Error::ReauthRequired {
                 reason:
-                    ReauthReason::InvalidGrant | ReauthReason::NoCredentials | ReauthReason::NoRefreshToken,
+                    ReauthReason::InvalidGrant
+                    | ReauthReason::NoCredentials
+                    | ReauthReason::NoRefreshToken,
                 ..
             }) => return,
             Err(error) => error,
@@ -528,14 +564,24 @@ mod tests {
 
     #[test]
     fn cooldown_doubles_honours_retry_after_and_caps() {
-        let config = RefreshConfig::default()
-            .with_cooldown(Duration::from_secs(5), Duration::from_secs(60));
+        let config =
+            RefreshConfig::default().with_cooldown(Duration::from_secs(5), Duration::from_secs(60));
         let waits: Vec<u64> = (1..=6)
             .map(|n| config.cooldown_after(n, None).as_secs())
             .collect();
         assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
-        assert_eq!(config.cooldown_after(1, Some(Duration::from_secs(30))).as_secs(), 30);
-        assert_eq!(config.cooldown_after(1, Some(Duration::from_secs(999))).as_secs(), 60);
+        assert_eq!(
+            config
+                .cooldown_after(1, Some(Duration::from_secs(30)))
+                .as_secs(),
+            30
+        );
+        assert_eq!(
+            config
+                .cooldown_after(1, Some(Duration::from_secs(999)))
+                .as_secs(),
+            60
+        );
     }
 
     #[test]
@@ -547,14 +593,21 @@ mod tests {
             tokens.generation = Generation(generation);
             let at = config.refresh_at(&tokens).unwrap();
             let margin = tokens.expires_at.unwrap().duration_since(at).unwrap();
-            assert!(margin >= Duration::from_secs(60) && margin < Duration::from_secs(90), "{margin:?}");
+            assert!(
+                margin >= Duration::from_secs(60) && margin < Duration::from_secs(90),
+                "{margin:?}"
+            );
             margins.push(margin);
         }
         margins.dedup();
         assert!(margins.len() > 10, "jitter spreads refreshes");
 
         let short = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(2));
-        let margin = short.expires_at.unwrap().duration_since(config.refresh_at(&short).unwrap()).unwrap();
+        let margin = short
+            .expires_at
+            .unwrap()
+            .duration_since(config.refresh_at(&short).unwrap())
+            .unwrap();
         assert!(margin >= Duration::from_millis(200) && margin < Duration::from_millis(300));
     }
 }

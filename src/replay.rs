@@ -94,12 +94,22 @@ mod tests {
         let request = Request::new(Full::new(Bytes::from(vec![0u8; 2048])));
         let (request, template) = make_replayable(request, 1024).await.unwrap();
         assert!(template.is_none());
-        assert_eq!(request.into_body().collect().await.unwrap().to_bytes().len(), 2048);
+        assert_eq!(
+            request
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .len(),
+            2048
+        );
     }
 
     #[tokio::test]
     async fn streams_without_a_bound_are_sent_once() {
-        type Chunks = futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, BoxError>>>;
+        type Chunks =
+            futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, BoxError>>>;
         struct Stream(StreamBody<Chunks>);
         impl From<Bytes> for Stream {
             fn from(_: Bytes) -> Self {

@@ -21,7 +21,9 @@ use crate::sync::{Arc, Mutex, MutexGuard};
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent state (every critical
     // section is a single map or vec operation), so poisoning is ignored.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// In-flight work, one per key at a time.

@@ -144,8 +144,8 @@ mod tests {
 
     #[test]
     fn debug_and_display_redact() {
-        let tokens = TokenSet::new(Secret::new("access-xyz"))
-            .with_refresh_token(Secret::new("refresh-xyz"));
+        let tokens =
+            TokenSet::new(Secret::new("access-xyz")).with_refresh_token(Secret::new("refresh-xyz"));
         let debug = format!("{tokens:?} {}", tokens.access_token);
         assert!(!debug.contains("access-xyz"), "{debug}");
         assert!(!debug.contains("refresh-xyz"), "{debug}");

@@ -18,10 +18,18 @@ use single_flight::SingleFlight;
 
 /// Joins `key`; a leader "redeems" (checking that no other leader is active) and
 /// completes with its ticket. Returns what the caller's wait resolved to.
-fn caller(flights: &Arc<SingleFlight<u8, usize>>, active: &AtomicUsize, redemptions: &AtomicUsize) -> Option<usize> {
+fn caller(
+    flights: &Arc<SingleFlight<u8, usize>>,
+    active: &AtomicUsize,
+    redemptions: &AtomicUsize,
+) -> Option<usize> {
     let (waiter, completer) = SingleFlight::join(flights, &1);
     if let Some(completer) = completer {
-        assert_eq!(active.fetch_add(1, Ordering::SeqCst), 0, "two redemptions in flight at once");
+        assert_eq!(
+            active.fetch_add(1, Ordering::SeqCst),
+            0,
+            "two redemptions in flight at once"
+        );
         let ticket = redemptions.fetch_add(1, Ordering::SeqCst) + 1;
         active.fetch_sub(1, Ordering::SeqCst);
         completer.complete(ticket);
@@ -37,7 +45,8 @@ fn one_flight_at_a_time_and_every_caller_gets_an_outcome() {
         let redemptions = Arc::new(AtomicUsize::new(0));
         let others: Vec<_> = (0..1)
             .map(|_| {
-                let (flights, active, redemptions) = (flights.clone(), active.clone(), redemptions.clone());
+                let (flights, active, redemptions) =
+                    (flights.clone(), active.clone(), redemptions.clone());
                 loom::thread::spawn(move || caller(&flights, &active, &redemptions))
             })
             .collect();
@@ -52,7 +61,10 @@ fn one_flight_at_a_time_and_every_caller_gets_an_outcome() {
             let ticket = outcome.expect("no flight was abandoned");
             assert!(ticket >= 1 && ticket <= total);
         }
-        assert!(!flights.is_in_flight(&1), "finished flights leave no slot behind");
+        assert!(
+            !flights.is_in_flight(&1),
+            "finished flights leave no slot behind"
+        );
     });
 }
 
@@ -127,14 +139,19 @@ fn three_callers_with_bounded_preemption() {
         let redemptions = Arc::new(AtomicUsize::new(0));
         let others: Vec<_> = (0..2)
             .map(|_| {
-                let (flights, active, redemptions) = (flights.clone(), active.clone(), redemptions.clone());
+                let (flights, active, redemptions) =
+                    (flights.clone(), active.clone(), redemptions.clone());
                 loom::thread::spawn(move || caller(&flights, &active, &redemptions))
             })
             .collect();
         let mut outcomes = vec![caller(&flights, &active, &redemptions)];
         outcomes.extend(others.into_iter().map(|t| t.join().unwrap()));
         let total = redemptions.load(Ordering::SeqCst);
-        assert!(outcomes.iter().all(|o| o.is_some_and(|t| t >= 1 && t <= total)));
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.is_some_and(|t| t >= 1 && t <= total))
+        );
         assert!(!flights.is_in_flight(&1));
     });
 }

@@ -54,7 +54,10 @@ async fn no_secret_in_debug_display_errors_or_traces() {
         secrets.push(tokens.access_token.expose().to_owned());
         secrets.extend(tokens.refresh_token.iter().map(|t| t.expose().to_owned()));
         texts.push(format!("{tokens:?}"));
-        texts.push(format!("{} {:?}", tokens.access_token, tokens.refresh_token));
+        texts.push(format!(
+            "{} {:?}",
+            tokens.access_token, tokens.refresh_token
+        ));
     }
     secrets.extend(h.mcp.seen_tokens());
     for error in [&reauth, &transient] {
@@ -63,16 +66,25 @@ async fn no_secret_in_debug_display_errors_or_traces() {
     }
     let binding = ServerBinding::public_client(&h.mcp.url(), &h.auth.token_endpoint(), CLIENT_ID)
         .unwrap()
-        .with_client_secret(Secret::new("client-secret-value"), ClientAuthMethod::ClientSecretPost);
+        .with_client_secret(
+            Secret::new("client-secret-value"),
+            ClientAuthMethod::ClientSecretPost,
+        );
     texts.push(format!("{binding:?} {:?}", h.coordinator));
 
     let traces = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(traces.contains("refresh"), "tracing captured the refresh path:\n{traces}");
+    assert!(
+        traces.contains("refresh"),
+        "tracing captured the refresh path:\n{traces}"
+    );
     texts.push(traces);
     assert!(secrets.len() > 6);
     for secret in &secrets {
         for text in &texts {
-            assert!(!text.contains(secret.as_str()), "a secret leaked into: {text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret leaked into: {text}"
+            );
         }
     }
 }

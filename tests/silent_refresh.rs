@@ -39,7 +39,11 @@ async fn expiry_storm_of_512_makes_one_redemption() {
 
     let results = storm(&h, &alice(), 512).await;
 
-    assert!(results.iter().all(|r| r.as_deref().ok() == Some("alice")), "{:?}", results.iter().find(|r| r.is_err()));
+    assert!(
+        results.iter().all(|r| r.as_deref().ok() == Some("alice")),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
     let stats = h.auth.stats();
     assert_eq!(stats.refresh_requests, 1);
     assert_eq!(stats.invalid_grants, 0);
@@ -47,7 +51,10 @@ async fn expiry_storm_of_512_makes_one_redemption() {
     assert_eq!(h.mcp.stats().unauthorized, 0, "no expired token was sent");
     let stored = h.stored(&alice()).await.unwrap();
     assert!(stored.generation > expired.generation);
-    assert_ne!(stored.refresh_token, expired.refresh_token, "the rotated refresh token was persisted");
+    assert_ne!(
+        stored.refresh_token, expired.refresh_token,
+        "the rotated refresh token was persisted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,7 +67,11 @@ async fn revoked_token_storm_of_512_makes_one_redemption_and_late_401s_none() {
 
     let results = storm(&h, &alice(), 512).await;
 
-    assert!(results.iter().all(|r| r.as_deref().ok() == Some("alice")), "{:?}", results.iter().find(|r| r.is_err()));
+    assert!(
+        results.iter().all(|r| r.as_deref().ok() == Some("alice")),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
     assert_eq!(h.auth.stats().refresh_requests, 1);
     assert_eq!(h.auth.stats().invalid_grants, 0);
     assert!(h.mcp.stats().unauthorized >= 1);
@@ -74,7 +85,10 @@ async fn revoked_token_storm_of_512_makes_one_redemption_and_late_401s_none() {
         .refresh_rejected(&key, &binding, Some(old.generation))
         .await
         .unwrap();
-    assert_eq!(Some(replay_with.generation), h.stored(&alice()).await.map(|t| t.generation));
+    assert_eq!(
+        Some(replay_with.generation),
+        h.stored(&alice()).await.map(|t| t.generation)
+    );
     assert_eq!(h.auth.stats().refresh_requests, 1);
 }
 
@@ -139,7 +153,10 @@ async fn hung_authorization_server_ends_at_the_timeout_and_keeps_credentials() {
     let result = h.whoami(&alice()).await;
     let waited = started.elapsed();
 
-    assert!(matches!(transient_reason(&result), Some(TransientReason::Timeout(t)) if t == timeout), "{result:?}");
+    assert!(
+        matches!(transient_reason(&result), Some(TransientReason::Timeout(t)) if t == timeout),
+        "{result:?}"
+    );
     assert!(waited >= timeout && waited < timeout * 5, "{waited:?}");
     let kept = h.stored(&alice()).await.unwrap();
     assert_eq!(kept.generation, expired.generation);
@@ -162,30 +179,52 @@ async fn late_refresh_never_overwrites_a_newer_generation() {
     let newer = h.login(&alice()).await;
 
     assert_eq!(pending.await.unwrap().unwrap(), "alice");
-    assert_eq!(h.auth.stats().refresh_successes, 1, "the slow refresh did succeed");
+    assert_eq!(
+        h.auth.stats().refresh_successes,
+        1,
+        "the slow refresh did succeed"
+    );
     let stored = h.stored(&alice()).await.unwrap();
-    assert_eq!(stored.generation, newer.generation, "the newer login was kept");
+    assert_eq!(
+        stored.generation, newer.generation,
+        "the newer login was kept"
+    );
     assert_eq!(stored.access_token, newer.access_token);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failing_authorization_server_gets_one_attempt_per_cooldown_window() {
     let cooldown = Duration::from_millis(800);
-    let h = Harness::new(RefreshConfig::default().with_cooldown(cooldown, Duration::from_secs(10))).await;
+    let h = Harness::new(RefreshConfig::default().with_cooldown(cooldown, Duration::from_secs(10)))
+        .await;
     h.login(&alice()).await;
     let expired = h.expire(&alice()).await;
     h.auth.fail_always(Fault::ServerError);
 
     let wave = storm(&h, &alice(), 512).await;
-    assert!(wave.iter().all(|r| matches!(transient_reason(r), Some(TransientReason::ServerError(500)) | Some(TransientReason::CoolingDown(_)))), "{:?}", wave.iter().find(|r| transient_reason(r).is_none()));
+    assert!(
+        wave.iter().all(|r| matches!(
+            transient_reason(r),
+            Some(TransientReason::ServerError(500)) | Some(TransientReason::CoolingDown(_))
+        )),
+        "{:?}",
+        wave.iter().find(|r| transient_reason(r).is_none())
+    );
     assert_eq!(h.auth.stats().refresh_requests, 1);
 
     // Inside the window nothing reaches the authorization server.
     let second = storm(&h, &alice(), 512).await;
-    assert!(second.iter().all(|r| matches!(transient_reason(r), Some(TransientReason::CoolingDown(_)))));
+    assert!(
+        second
+            .iter()
+            .all(|r| matches!(transient_reason(r), Some(TransientReason::CoolingDown(_))))
+    );
     assert_eq!(h.auth.stats().refresh_requests, 1);
     let kept = h.stored(&alice()).await.unwrap();
-    assert_eq!((kept.generation, &kept.refresh_token), (expired.generation, &expired.refresh_token));
+    assert_eq!(
+        (kept.generation, &kept.refresh_token),
+        (expired.generation, &expired.refresh_token)
+    );
 
     // Once it heals and the window has passed, one redemption recovers everyone.
     h.auth.heal();
@@ -198,17 +237,29 @@ async fn failing_authorization_server_gets_one_attempt_per_cooldown_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limited_refresh_honours_retry_after() {
-    let h = Harness::new(RefreshConfig::default().with_cooldown(Duration::from_millis(10), Duration::from_secs(60))).await;
+    let h = Harness::new(
+        RefreshConfig::default().with_cooldown(Duration::from_millis(10), Duration::from_secs(60)),
+    )
+    .await;
     h.login(&alice()).await;
     h.expire(&alice()).await;
-    h.auth.fail_always(Fault::TooManyRequests { retry_after_secs: 30 });
+    h.auth.fail_always(Fault::TooManyRequests {
+        retry_after_secs: 30,
+    });
 
     let first = h.whoami(&alice()).await;
-    assert!(matches!(transient_reason(&first), Some(TransientReason::RateLimited)), "{first:?}");
+    assert!(
+        matches!(transient_reason(&first), Some(TransientReason::RateLimited)),
+        "{first:?}"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     let second = h.whoami(&alice()).await;
     match second.as_ref().err().and_then(|e| Error::find(e.as_ref())) {
-        Some(Error::Transient { reason: TransientReason::CoolingDown(_), retry_after: Some(after), .. }) => {
+        Some(Error::Transient {
+            reason: TransientReason::CoolingDown(_),
+            retry_after: Some(after),
+            ..
+        }) => {
             assert!(*after > Duration::from_secs(25), "{after:?}");
         }
         other => panic!("{other:?}"),
@@ -224,11 +275,30 @@ async fn invalid_grant_retires_the_refresh_token_and_surfaces_reauth_with_the_ch
     h.auth.fail_always(Fault::InvalidGrant);
 
     let result = h.whoami(&alice()).await;
-    let error = result.as_ref().err().and_then(|e| Error::find(e.as_ref())).expect("typed error");
-    assert!(matches!(error, Error::ReauthRequired { reason: ReauthReason::InvalidGrant, .. }), "{error:?}");
+    let error = result
+        .as_ref()
+        .err()
+        .and_then(|e| Error::find(e.as_ref()))
+        .expect("typed error");
+    assert!(
+        matches!(
+            error,
+            Error::ReauthRequired {
+                reason: ReauthReason::InvalidGrant,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     let challenge = error.www_authenticate()[0].to_str().unwrap();
-    assert!(challenge.starts_with("Bearer ") && challenge.contains("invalid_token"), "{challenge}");
-    assert!(h.stored(&alice()).await.unwrap().refresh_token.is_none(), "refresh token retired");
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains("invalid_token"),
+        "{challenge}"
+    );
+    assert!(
+        h.stored(&alice()).await.unwrap().refresh_token.is_none(),
+        "refresh token retired"
+    );
 
     h.auth.heal();
     for _ in 0..10 {
@@ -246,14 +316,25 @@ async fn client_rejection_keeps_tokens_and_requires_reauth() {
     h.auth.fail_always(Fault::InvalidClient);
 
     let result = h.whoami(&alice()).await;
-    assert_eq!(reauth_reason(&result), Some(ReauthReason::ClientRejected { code: "invalid_client".into() }));
-    assert_eq!(h.stored(&alice()).await.unwrap().refresh_token, tokens.refresh_token);
+    assert_eq!(
+        reauth_reason(&result),
+        Some(ReauthReason::ClientRejected {
+            code: "invalid_client".into()
+        })
+    );
+    assert_eq!(
+        h.stored(&alice()).await.unwrap().refresh_token,
+        tokens.refresh_token
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenants_with_the_same_user_and_server_never_share_tokens_or_flights() {
     let h = Harness::new(RefreshConfig::default()).await;
-    let (acme, globex) = (Principal::new("acme", "alice"), Principal::new("globex", "alice"));
+    let (acme, globex) = (
+        Principal::new("acme", "alice"),
+        Principal::new("globex", "alice"),
+    );
     let acme_old = h.login(&acme).await;
     let globex_old = h.login(&globex).await;
     h.auth.revoke_access_tokens("alice");
@@ -262,9 +343,16 @@ async fn tenants_with_the_same_user_and_server_never_share_tokens_or_flights() {
     let (a, b) = tokio::join!(storm(&h, &acme, 256), storm(&h, &globex, 256));
 
     assert!(a.iter().chain(&b).all(|r| r.is_ok()));
-    assert_eq!(h.auth.stats().refresh_requests, 2, "one redemption per tenant");
+    assert_eq!(
+        h.auth.stats().refresh_requests,
+        2,
+        "one redemption per tenant"
+    );
     assert_eq!(h.auth.stats().invalid_grants, 0);
-    let (acme_new, globex_new) = (h.stored(&acme).await.unwrap(), h.stored(&globex).await.unwrap());
+    let (acme_new, globex_new) = (
+        h.stored(&acme).await.unwrap(),
+        h.stored(&globex).await.unwrap(),
+    );
     assert_ne!(acme_new.access_token, globex_new.access_token);
     assert_ne!(acme_new.access_token, acme_old.access_token);
     assert_ne!(globex_new.access_token, globex_old.access_token);
@@ -301,7 +389,10 @@ async fn a_request_without_principal_is_not_sent() {
     let h = Harness::new(RefreshConfig::default()).await;
     let request = jsonrpc_request(&h.mcp.url(), 1, "tools/list", json!({}));
     let error = h.client.clone().oneshot(request).await.unwrap_err();
-    assert!(matches!(Error::find(error.as_ref()), Some(Error::MissingPrincipal)));
+    assert!(matches!(
+        Error::find(error.as_ref()),
+        Some(Error::MissingPrincipal)
+    ));
     assert_eq!(h.mcp.stats().requests, 0);
 }
 
@@ -309,9 +400,24 @@ async fn a_request_without_principal_is_not_sent() {
 async fn no_credentials_surface_reauth_with_the_servers_challenge() {
     let h = Harness::new(RefreshConfig::default()).await;
     let result = h.whoami(&alice()).await;
-    let error = result.as_ref().err().and_then(|e| Error::find(e.as_ref())).unwrap();
-    assert!(matches!(error, Error::ReauthRequired { reason: ReauthReason::NoCredentials, .. }));
-    assert!(error.www_authenticate()[0].to_str().unwrap().contains("resource_metadata="));
+    let error = result
+        .as_ref()
+        .err()
+        .and_then(|e| Error::find(e.as_ref()))
+        .unwrap();
+    assert!(matches!(
+        error,
+        Error::ReauthRequired {
+            reason: ReauthReason::NoCredentials,
+            ..
+        }
+    ));
+    assert!(
+        error.www_authenticate()[0]
+            .to_str()
+            .unwrap()
+            .contains("resource_metadata=")
+    );
     assert_eq!(h.auth.stats().refresh_requests, 0);
 }
 
@@ -341,29 +447,45 @@ async fn refresh_request_carries_resource_scope_and_client_authentication() {
     assert_eq!(request.grant_type, "refresh_token");
     assert_eq!(request.resource.as_deref(), Some(h.mcp.url().as_str()));
     assert_eq!(request.scope.as_deref(), Some("tools"));
-    assert_eq!((request.client_id.as_deref(), request.client_auth), (Some(CLIENT_ID), "none"));
+    assert_eq!(
+        (request.client_id.as_deref(), request.client_auth),
+        (Some(CLIENT_ID), "none")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confidential_clients_authenticate_basic_or_post() {
     use tower::Layer;
     use tower_mcp_auth::testing::ReqwestTransport;
-    use tower_mcp_auth::{ClientAuthMethod, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer};
+    use tower_mcp_auth::{
+        ClientAuthMethod, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer,
+    };
 
-    for (method, expected) in [(ClientAuthMethod::ClientSecretBasic, "basic"), (ClientAuthMethod::ClientSecretPost, "post")] {
+    for (method, expected) in [
+        (ClientAuthMethod::ClientSecretBasic, "basic"),
+        (ClientAuthMethod::ClientSecretPost, "post"),
+    ] {
         let h = Harness::new(RefreshConfig::default()).await;
         h.auth.register_client("confidential", Some("s3cr3t:/+"));
-        let binding = ServerBinding::public_client(&h.mcp.url(), &h.auth.token_endpoint(), "confidential")
-            .unwrap()
-            .with_client_secret(Secret::new("s3cr3t:/+"), method);
+        let binding =
+            ServerBinding::public_client(&h.mcp.url(), &h.auth.token_endpoint(), "confidential")
+                .unwrap()
+                .with_client_secret(Secret::new("s3cr3t:/+"), method);
         let coordinator = RefreshCoordinator::new(h.store.clone());
-        let client = SilentRefreshLayer::new(coordinator, binding.clone()).layer(ReqwestTransport::new());
+        let client =
+            SilentRefreshLayer::new(coordinator, binding.clone()).layer(ReqwestTransport::new());
         let key = tower_mcp_auth::AuthKey::new(&alice(), binding.id());
         let mut tokens = h.auth.issue("confidential", "alice", None);
         tokens.expires_at = Some(std::time::SystemTime::now());
-        assert!(matches!(h.store.compare_and_swap(&key, None, tokens).await.unwrap(), Swap::Stored(_)));
+        assert!(matches!(
+            h.store.compare_and_swap(&key, None, tokens).await.unwrap(),
+            Swap::Stored(_)
+        ));
 
-        assert_eq!(call_whoami(client, &h.mcp.url(), &alice()).await.unwrap(), "alice");
+        assert_eq!(
+            call_whoami(client, &h.mcp.url(), &alice()).await.unwrap(),
+            "alice"
+        );
         let recorded = h.auth.recorded_requests();
         assert_eq!(recorded[0].client_auth, expected);
         assert_eq!(h.auth.stats().refresh_successes, 1);

@@ -153,8 +153,8 @@ where
         if !layer.binding.covers(request.uri()) {
             return ResponseFuture::calling(inner.call(request));
         }
-        let principal = Principal::from_extensions(request.extensions())
-            .or(layer.default_principal.as_ref());
+        let principal =
+            Principal::from_extensions(request.extensions()).or(layer.default_principal.as_ref());
         let Some(principal) = principal else {
             return ResponseFuture::failed(Error::MissingPrincipal.into());
         };
@@ -195,7 +195,10 @@ where
     B: Body + From<Bytes>,
     B::Error: Into<BoxError>,
 {
-    let token = context.coordinator.token(&context.key, &context.binding).await?;
+    let token = context
+        .coordinator
+        .token(&context.key, &context.binding)
+        .await?;
     let (mut request, replay) = make_replayable(request, max_replay_body).await?;
     let generation = match &token {
         Some(token) => {
@@ -217,9 +220,7 @@ fn bearer(token: &TokenSet) -> Result<HeaderValue, Error> {
     let mut value = HeaderValue::try_from(format!("Bearer {}", token.access_token.expose()))
         .map_err(|_| {
             Error::transient(
-                TransientReason::InvalidResponse(
-                    "access token is not a valid header value".into(),
-                ),
+                TransientReason::InvalidResponse("access token is not a valid header value".into()),
                 None,
             )
         })?;
@@ -318,7 +319,8 @@ where
                     if response.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(response));
                     }
-                    let (Some(context), Some((_, generation))) = (this.context.as_ref(), this.replay.as_ref())
+                    let (Some(context), Some((_, generation))) =
+                        (this.context.as_ref(), this.replay.as_ref())
                     else {
                         debug!("401 on a request that cannot be replayed; returned as is");
                         return Poll::Ready(Ok(response));
@@ -354,7 +356,8 @@ where
                             return Poll::Ready(Err(error.with_challenge(challenge).into()));
                         }
                     };
-                    let (Some((template, _)), Some(service)) = (this.replay.take(), this.service.take())
+                    let (Some((template, _)), Some(service)) =
+                        (this.replay.take(), this.service.take())
                     else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };

@@ -5,8 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
-    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken, RequestTokenError,
-    Scope, TokenResponse, TokenUrl,
+    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken,
+    RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 
 use crate::binding::{ClientAuthMethod, ServerBinding};
@@ -105,9 +105,14 @@ impl<'c> AsyncHttpClient<'c> for Transport<'_> {
 /// and others in `error` or `error_description`).
 fn is_unknown_client(text: &str) -> bool {
     let text = text.to_ascii_lowercase();
-    ["client not found", "unknown client", "client_id mismatch", "invalid_client"]
-        .iter()
-        .any(|pattern| text.contains(pattern))
+    [
+        "client not found",
+        "unknown client",
+        "client_id mismatch",
+        "invalid_client",
+    ]
+    .iter()
+    .any(|pattern| text.contains(pattern))
 }
 
 fn classify(
@@ -115,7 +120,10 @@ fn classify(
 ) -> GrantError {
     match error {
         RequestTokenError::ServerResponse(response) => {
-            let description = response.error_description().map(String::as_str).unwrap_or("");
+            let description = response
+                .error_description()
+                .map(String::as_str)
+                .unwrap_or("");
             match response.error() {
                 BasicErrorResponseType::InvalidGrant => GrantError::InvalidGrant,
                 code @ (BasicErrorResponseType::InvalidClient

@@ -243,14 +243,22 @@ mod tests {
         assert!(!store.delete(&k, g1.generation).await.unwrap());
         assert!(store.delete(&k, g2.generation).await.unwrap());
         let g3 = put(&store, &k, TokenSet::new(Secret::new("3"))).await;
-        assert!(g3.generation > g2.generation, "no generation reuse after delete");
+        assert!(
+            g3.generation > g2.generation,
+            "no generation reuse after delete"
+        );
     }
 
     #[tokio::test]
     async fn refresh_token_outlives_access_token() {
         let store = MemoryStore::new();
         let expired = TokenSet::new(Secret::new("a")).with_expires_in(Duration::ZERO);
-        put(&store, &key("with"), expired.clone().with_refresh_token(Secret::new("r"))).await;
+        put(
+            &store,
+            &key("with"),
+            expired.clone().with_refresh_token(Secret::new("r")),
+        )
+        .await;
         put(&store, &key("without"), expired).await;
         assert!(store.load(&key("with")).await.unwrap().is_some());
         assert!(store.load(&key("without")).await.unwrap().is_none());

@@ -57,8 +57,10 @@ pub enum Swap {
 /// ```
 pub trait CredentialStore: Send + Sync + 'static {
     /// The token set stored for `key`.
-    fn load<'a>(&'a self, key: &'a AuthKey)
-    -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>>;
+    fn load<'a>(
+        &'a self,
+        key: &'a AuthKey,
+    ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>>;
 
     /// Stores `new` (its `generation` is ignored and replaced) if the stored generation
     /// is `expected` (`None`: nothing stored).

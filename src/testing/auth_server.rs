@@ -242,7 +242,11 @@ impl TestAuthServer {
     /// Issues a new grant (as an interactive login would) and returns its tokens.
     pub fn issue(&self, client_id: &str, subject: &str, scope: Option<&str>) -> TokenSet {
         let grant = Grant {
-            family: self.state.counters.next_family.fetch_add(1, Ordering::Relaxed),
+            family: self
+                .state
+                .counters
+                .next_family
+                .fetch_add(1, Ordering::Relaxed),
             subject: subject.to_owned(),
             client_id: client_id.to_owned(),
             scope: scope.map(str::to_owned),
@@ -400,7 +404,10 @@ async fn handle_token_request(
 ) -> Response {
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     if grant_type == "refresh_token" {
-        state.counters.refresh_requests.fetch_add(1, Ordering::SeqCst);
+        state
+            .counters
+            .refresh_requests
+            .fetch_add(1, Ordering::SeqCst);
     }
     let (latency, fault) = {
         let mut knobs = lock(&state.knobs);
@@ -440,7 +447,11 @@ async fn handle_token_request(
     }
 }
 
-fn refresh_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, String>) -> Response {
+fn refresh_grant(
+    state: &AuthState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Response {
     let mut tokens = lock(&state.tokens);
     let Some((client_id, client_auth)) = authenticate(&tokens, headers, form) else {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
@@ -481,7 +492,10 @@ fn refresh_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, 
     if !rotate {
         tokens.refresh.remove(&refresh);
     }
-    state.counters.refresh_successes.fetch_add(1, Ordering::SeqCst);
+    state
+        .counters
+        .refresh_successes
+        .fetch_add(1, Ordering::SeqCst);
     let mut body = json!({
         "access_token": access,
         "token_type": "Bearer",

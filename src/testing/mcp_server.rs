@@ -231,10 +231,10 @@ async fn mcp_endpoint(
     } else {
         Json(reply).into_response()
     };
-    if method == "initialize" {
-        if let Ok(session) = HeaderValue::from_str(&random_token("session")) {
-            response.headers_mut().insert("mcp-session-id", session);
-        }
+    if method == "initialize"
+        && let Ok(session) = HeaderValue::from_str(&random_token("session"))
+    {
+        response.headers_mut().insert("mcp-session-id", session);
     }
     response
 }

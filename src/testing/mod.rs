@@ -44,7 +44,9 @@ pub use auth_server::{AuthServerStats, Fault, RecordedTokenRequest, TestAuthServ
 pub use mcp_server::{McpServerStats, TestMcpServer};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn random_token(prefix: &str) -> String {
@@ -123,7 +125,12 @@ impl tower::Service<http::Request<reqwest::Body>> for ReqwestTransport {
 }
 
 /// A JSON-RPC request to an MCP endpoint, accepting JSON and SSE answers.
-pub fn jsonrpc_request(url: &str, id: u64, method: &str, params: Value) -> http::Request<reqwest::Body> {
+pub fn jsonrpc_request(
+    url: &str,
+    id: u64,
+    method: &str,
+    params: Value,
+) -> http::Request<reqwest::Body> {
     let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
     let mut request = http::Request::new(reqwest::Body::from(body.to_string()));
     *request.method_mut() = http::Method::POST;
@@ -131,7 +138,10 @@ pub fn jsonrpc_request(url: &str, id: u64, method: &str, params: Value) -> http:
         *request.uri_mut() = uri;
     }
     let headers = request.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     headers.insert(
         http::header::ACCEPT,
         http::HeaderValue::from_static("application/json, text/event-stream"),

@@ -7,9 +7,12 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 use tower::{BoxError, Layer, ServiceExt};
 use tower_mcp_auth::store::{CredentialStore, MemoryStore, Swap};
-use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc};
+use tower_mcp_auth::testing::{
+    ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
+};
 use tower_mcp_auth::{
-    AuthKey, Principal, RefreshConfig, RefreshCoordinator, ServerBinding, SilentRefresh, SilentRefreshLayer, TokenSet,
+    AuthKey, Principal, RefreshConfig, RefreshCoordinator, ServerBinding, SilentRefresh,
+    SilentRefreshLayer, TokenSet,
 };
 
 pub const CLIENT_ID: &str = "test-client";
@@ -31,12 +34,24 @@ impl Harness {
             .unwrap()
             .with_issuer(auth.issuer());
         let store = Arc::new(MemoryStore::new());
-        let coordinator = RefreshCoordinator::builder(store.clone()).config(config).build();
+        let coordinator = RefreshCoordinator::builder(store.clone())
+            .config(config)
+            .build();
         // A pool big enough that 512 concurrent calls do not queue on connections.
-        let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .build()
+            .unwrap();
         let client = SilentRefreshLayer::new(coordinator.clone(), binding.clone())
             .layer(ReqwestTransport::from_client(http));
-        Self { auth, mcp, store, coordinator, binding, client }
+        Self {
+            auth,
+            mcp,
+            store,
+            coordinator,
+            binding,
+            client,
+        }
     }
 
     pub fn key(&self, principal: &Principal) -> AuthKey {
@@ -45,14 +60,21 @@ impl Harness {
 
     /// An interactive login's result, stored as the newest generation.
     pub async fn login(&self, principal: &Principal) -> Arc<TokenSet> {
-        let tokens = self.auth.issue(CLIENT_ID, principal.subject(), Some("tools"));
+        let tokens = self
+            .auth
+            .issue(CLIENT_ID, principal.subject(), Some("tools"));
         self.store_tokens(principal, tokens).await
     }
 
     pub async fn store_tokens(&self, principal: &Principal, tokens: TokenSet) -> Arc<TokenSet> {
         let key = self.key(principal);
         let expected = self.store.load(&key).await.unwrap().map(|t| t.generation);
-        match self.store.compare_and_swap(&key, expected, tokens).await.unwrap() {
+        match self
+            .store
+            .compare_and_swap(&key, expected, tokens)
+            .await
+            .unwrap()
+        {
             Swap::Stored(stored) => stored,
             Swap::Conflict(_) => panic!("conflicting login"),
         }
@@ -81,14 +103,22 @@ pub async fn call_whoami(
     url: &str,
     principal: &Principal,
 ) -> Result<String, BoxError> {
-    let mut request = jsonrpc_request(url, 1, "tools/call", json!({"name": "whoami", "arguments": {}}));
+    let mut request = jsonrpc_request(
+        url,
+        1,
+        "tools/call",
+        json!({"name": "whoami", "arguments": {}}),
+    );
     request.extensions_mut().insert(principal.clone());
     let response = client.oneshot(request).await?;
     if response.status() != 200 {
         return Err(format!("HTTP {}", response.status()).into());
     }
     let message: Value = read_jsonrpc(&response)?;
-    Ok(message["result"]["content"][0]["text"].as_str().unwrap_or_default().to_owned())
+    Ok(message["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 /// Runs `n` concurrent `whoami` calls released together by a barrier.
@@ -96,8 +126,12 @@ pub async fn storm(h: &Harness, principal: &Principal, n: usize) -> Vec<Result<S
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let (client, url, principal, barrier) =
-                (h.client.clone(), h.mcp.url(), principal.clone(), barrier.clone());
+            let (client, url, principal, barrier) = (
+                h.client.clone(),
+                h.mcp.url(),
+                principal.clone(),
+                barrier.clone(),
+            );
             tokio::spawn(async move {
                 barrier.wait().await;
                 call_whoami(client, &url, &principal).await

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every test of tower-mcp-auth, in the order a failure is cheapest to see. Fails loudly
+# on the first failure. Needs only the Rust toolchain (with rustfmt and clippy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (all targets, all features, warnings are errors)"
+cargo clippy --all-targets --all-features -- -D warnings
+
+step "docs (broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+
+step "unit, integration, loom model-checking and doc tests"
+cargo test --all-features
+
+step "quickstart (the README's main command)"
+cargo run --quiet --example quickstart
+
+step "refresh contention bench (exits non-zero if our coordinator redeems twice)"
+cargo bench --bench refresh_contention
+
+step "hot path bench (each benchmark run once as a smoke test)"
+cargo bench --bench hot_path -- --test
+
+printf '\nall tests passed\n'
