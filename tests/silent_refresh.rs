@@ -500,3 +500,98 @@ async fn sse_responses_pass_through_the_stack() {
     h.auth.revoke_access_tokens("alice");
     assert_eq!(h.whoami(&alice()).await.unwrap(), "alice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooldown_doubles_after_consecutive_failures() {
+    let base = Duration::from_millis(300);
+    let h =
+        Harness::new(RefreshConfig::default().with_cooldown(base, Duration::from_secs(10))).await;
+    h.login(&alice()).await;
+    h.expire(&alice()).await;
+    h.auth.fail_always(Fault::ServerError);
+    let attempts = || h.auth.stats().refresh_requests;
+
+    assert!(h.whoami(&alice()).await.is_err());
+    assert_eq!(attempts(), 1);
+    tokio::time::sleep(base + Duration::from_millis(50)).await;
+    assert!(h.whoami(&alice()).await.is_err());
+    assert_eq!(
+        attempts(),
+        2,
+        "first window (300 ms) over: one more attempt"
+    );
+    // The second window is twice as long: 350 ms in, still cooling down.
+    tokio::time::sleep(base + Duration::from_millis(50)).await;
+    assert!(h.whoami(&alice()).await.is_err());
+    assert_eq!(attempts(), 2, "second window is 600 ms");
+    tokio::time::sleep(base).await;
+    assert!(h.whoami(&alice()).await.is_err());
+    assert_eq!(attempts(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_body_is_sent_once_and_its_401_returned_as_is() {
+    let h = Harness::new(RefreshConfig::default()).await;
+    h.login(&alice()).await;
+    h.auth.revoke_access_tokens("alice");
+    let chunks: Vec<Result<&'static str, std::io::Error>> = vec![
+        Ok(r#"{"jsonrpc":"2.0","id":1,"#),
+        Ok(r#""method":"tools/list"}"#),
+    ];
+    let mut request = jsonrpc_request(&h.mcp.url(), 1, "tools/list", json!({}));
+    *request.body_mut() = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    request.extensions_mut().insert(alice());
+
+    let response = h.client.clone().oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+    assert_eq!(h.mcp.stats().requests, 1, "sent once, not replayed");
+    assert_eq!(h.auth.stats().refresh_requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_revokes_the_grant_family_when_a_rotated_refresh_token_is_replayed() {
+    // The fixture must punish replays the way strict servers do, or the storm tests above
+    // would prove nothing.
+    let h = Harness::new(RefreshConfig::default()).await;
+    let tokens = h.auth.issue(CLIENT_ID, "mallory", None);
+    let form = |refresh: &str| {
+        [
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh.to_owned()),
+            ("client_id", CLIENT_ID.to_owned()),
+        ]
+    };
+    let http = reqwest::Client::new();
+    let refresh = tokens.refresh_token.as_ref().unwrap().expose();
+    let first = http
+        .post(h.auth.token_endpoint())
+        .form(&form(refresh))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let rotated: serde_json::Value = serde_json::from_slice(&first.bytes().await.unwrap()).unwrap();
+    let replay = http
+        .post(h.auth.token_endpoint())
+        .form(&form(refresh))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    assert_eq!(h.auth.stats().reuse_detected, 1);
+    // The whole family is dead: the new access token and the new refresh token too.
+    assert!(
+        h.auth
+            .validate(rotated["access_token"].as_str().unwrap())
+            .is_none()
+    );
+    let after = http
+        .post(h.auth.token_endpoint())
+        .form(&form(rotated["refresh_token"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 400);
+}
