@@ -37,35 +37,37 @@ fn caller(
     loom::future::block_on(waiter)
 }
 
+/// `callers` threads (this one included) race for one key; every one must get the
+/// result of a redemption that happened, and no slot may stay behind.
+fn race(callers: usize) {
+    let flights = Arc::new(SingleFlight::new());
+    let active = Arc::new(AtomicUsize::new(0));
+    let redemptions = Arc::new(AtomicUsize::new(0));
+    let others: Vec<_> = (1..callers)
+        .map(|_| {
+            let (flights, active, redemptions) =
+                (flights.clone(), active.clone(), redemptions.clone());
+            loom::thread::spawn(move || caller(&flights, &active, &redemptions))
+        })
+        .collect();
+    let mut outcomes = vec![caller(&flights, &active, &redemptions)];
+    outcomes.extend(others.into_iter().map(|t| t.join().unwrap()));
+    // A caller that joined a running flight shares its result instead of redeeming again.
+    let total = redemptions.load(Ordering::SeqCst);
+    assert!((1..=callers).contains(&total));
+    for outcome in outcomes {
+        let ticket = outcome.expect("no flight was abandoned");
+        assert!(ticket >= 1 && ticket <= total);
+    }
+    assert!(
+        !flights.is_in_flight(&1),
+        "finished flights leave no slot behind"
+    );
+}
+
 #[test]
 fn one_flight_at_a_time_and_every_caller_gets_an_outcome() {
-    loom::model(|| {
-        let flights = Arc::new(SingleFlight::new());
-        let active = Arc::new(AtomicUsize::new(0));
-        let redemptions = Arc::new(AtomicUsize::new(0));
-        let others: Vec<_> = (0..1)
-            .map(|_| {
-                let (flights, active, redemptions) =
-                    (flights.clone(), active.clone(), redemptions.clone());
-                loom::thread::spawn(move || caller(&flights, &active, &redemptions))
-            })
-            .collect();
-        let mine = caller(&flights, &active, &redemptions);
-        let mut outcomes = vec![mine];
-        outcomes.extend(others.into_iter().map(|t| t.join().unwrap()));
-        // Every caller got the result of a redemption that happened; a caller that
-        // joined a running flight shares its result instead of redeeming again.
-        let total = redemptions.load(Ordering::SeqCst);
-        assert!((1..=2).contains(&total));
-        for outcome in outcomes {
-            let ticket = outcome.expect("no flight was abandoned");
-            assert!(ticket >= 1 && ticket <= total);
-        }
-        assert!(
-            !flights.is_in_flight(&1),
-            "finished flights leave no slot behind"
-        );
-    });
+    loom::model(|| race(2));
 }
 
 #[test]
@@ -133,25 +135,5 @@ fn three_callers_with_bounded_preemption() {
     // every interleaving with up to two forced context switches, where races live.
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(2);
-    builder.check(|| {
-        let flights = Arc::new(SingleFlight::new());
-        let active = Arc::new(AtomicUsize::new(0));
-        let redemptions = Arc::new(AtomicUsize::new(0));
-        let others: Vec<_> = (0..2)
-            .map(|_| {
-                let (flights, active, redemptions) =
-                    (flights.clone(), active.clone(), redemptions.clone());
-                loom::thread::spawn(move || caller(&flights, &active, &redemptions))
-            })
-            .collect();
-        let mut outcomes = vec![caller(&flights, &active, &redemptions)];
-        outcomes.extend(others.into_iter().map(|t| t.join().unwrap()));
-        let total = redemptions.load(Ordering::SeqCst);
-        assert!(
-            outcomes
-                .iter()
-                .all(|o| o.is_some_and(|t| t >= 1 && t <= total))
-        );
-        assert!(!flights.is_in_flight(&1));
-    });
+    builder.check(|| race(3));
 }

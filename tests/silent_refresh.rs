@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{CLIENT_ID, Harness, call_whoami, storm};
+use common::{CLIENT_ID, Harness, assert_all_ok, call_whoami, storm};
 use serde_json::json;
 use tower::ServiceExt;
 use tower_mcp_auth::store::{CredentialStore, Swap};
@@ -39,11 +39,7 @@ async fn expiry_storm_of_512_makes_one_redemption() {
 
     let results = storm(&h, &alice(), 512).await;
 
-    assert!(
-        results.iter().all(|r| r.as_deref().ok() == Some("alice")),
-        "{:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    assert_all_ok(&results, "alice");
     let stats = h.auth.stats();
     assert_eq!(stats.refresh_requests, 1);
     assert_eq!(stats.invalid_grants, 0);
@@ -67,11 +63,7 @@ async fn revoked_token_storm_of_512_makes_one_redemption_and_late_401s_none() {
 
     let results = storm(&h, &alice(), 512).await;
 
-    assert!(
-        results.iter().all(|r| r.as_deref().ok() == Some("alice")),
-        "{:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    assert_all_ok(&results, "alice");
     assert_eq!(h.auth.stats().refresh_requests, 1);
     assert_eq!(h.auth.stats().invalid_grants, 0);
     assert!(h.mcp.stats().unauthorized >= 1);

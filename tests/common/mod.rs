@@ -144,3 +144,17 @@ pub async fn storm(h: &Harness, principal: &Principal, n: usize) -> Vec<Result<S
     }
     results
 }
+
+/// Every call succeeded as `user`; otherwise shows the first failure.
+pub fn assert_all_ok(results: &[Result<String, BoxError>], user: &str) {
+    if let Some(bad) = results.iter().find(|r| r.as_deref().ok() != Some(user)) {
+        panic!(
+            "{} of {} calls failed; first: {bad:?}",
+            results
+                .iter()
+                .filter(|r| r.as_deref().ok() != Some(user))
+                .count(),
+            results.len()
+        );
+    }
+}
