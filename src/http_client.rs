@@ -6,6 +6,7 @@
 //! also never follows redirects (a token request must not be replayed elsewhere).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -44,13 +45,24 @@ pub struct AuthHttpClient {
 
 impl AuthHttpClient {
     /// The default client: reqwest (rustls), redirects disabled.
+    ///
+    /// Should reqwest fail to initialise (no usable TLS backend), every call fails with
+    /// that error instead of falling back to a client with another redirect policy.
     pub fn reqwest() -> Self {
-        let client = reqwest::Client::builder()
+        match reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(DEFAULT_TIMEOUT)
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Self::from_reqwest(client)
+        {
+            Ok(client) => Self::from_reqwest(client),
+            Err(error) => {
+                let error: Arc<str> = format!("reqwest client unavailable: {error}").into();
+                Self::from_service(tower::service_fn(move |_: http::Request<Bytes>| {
+                    let error = error.clone();
+                    async move { Err::<http::Response<Bytes>, BoxError>(error.to_string().into()) }
+                }))
+            }
+        }
     }
 
     /// Uses a configured reqwest client. Configure it without redirects: token

@@ -84,20 +84,30 @@ impl Drop for ServerHandle {
 /// reqwest as a `tower::Service<http::Request<reqwest::Body>>`, answering
 /// `http::Response<Bytes>`: the innermost service of a client stack in the examples,
 /// tests and benchmarks.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReqwestTransport {
     client: reqwest::Client,
 }
 
 impl ReqwestTransport {
-    /// A transport on a new reqwest client.
+    /// A transport on a new reqwest client with a 30 s timeout per request.
     pub fn new() -> Self {
-        Self::default()
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Self { client }
     }
 
-    /// A transport on `client`.
+    /// A transport on `client` (give it a timeout).
     pub fn from_client(client: reqwest::Client) -> Self {
         Self { client }
+    }
+}
+
+impl Default for ReqwestTransport {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
