@@ -57,6 +57,17 @@ pub enum Error {
     /// The credential store failed.
     #[error("credential store failed")]
     Store(#[source] StoreError),
+    /// A [`CircuitBreakerLayer`](crate::CircuitBreakerLayer) refused the call without
+    /// sending it (or failed a half-open probe that timed out).
+    #[error("circuit for {key} refused the call: {reason} (retry after {retry_after:?})")]
+    CircuitOpen {
+        /// The circuit's key.
+        key: String,
+        /// Why.
+        reason: crate::breaker::Rejection,
+        /// When the key admits calls again.
+        retry_after: Duration,
+    },
 }
 
 impl Error {

@@ -59,6 +59,7 @@
 #![deny(unsafe_code)]
 
 mod binding;
+mod breaker;
 mod error;
 mod http_client;
 mod key;
@@ -80,9 +81,15 @@ mod sync {
 }
 
 pub use binding::{ClientAuthMethod, ServerBinding};
+pub use breaker::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
 pub use error::{ConfigError, Error, ReauthReason, StoreError, TransientReason};
 pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
 pub use key::{AuthKey, BindingId, Principal};
+#[doc(inline)]
+pub use layer::circuit_breaker::{
+    BreakerKeying, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, ClassifyOutcome, DefaultClassifier,
+    ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer,
+};
 #[doc(inline)]
 pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};
 pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};

@@ -1,3 +1,4 @@
 //! The Tower layers.
 
 pub mod silent_refresh;
+pub mod circuit_breaker;
