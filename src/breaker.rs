@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Thresholds and timings of a [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -86,7 +87,12 @@ impl BreakerConfig {
 
     /// Trip when at least `threshold` (0..=1) of the calls in the last `window` failed,
     /// once the window holds `minimum_calls` calls.
-    pub fn with_failure_rate(mut self, threshold: f64, window: Duration, minimum_calls: usize) -> Self {
+    pub fn with_failure_rate(
+        mut self,
+        threshold: f64,
+        window: Duration,
+        minimum_calls: usize,
+    ) -> Self {
         self.failure_rate = Some(FailureRate {
             threshold: threshold.clamp(0.0, 1.0),
             window,
@@ -123,7 +129,12 @@ impl BreakerConfig {
 
     /// More than `max_starts` session starts within `window` put the key into a
     /// `cooldown` during which every call fails fast.
-    pub fn with_storm_guard(mut self, max_starts: usize, window: Duration, cooldown: Duration) -> Self {
+    pub fn with_storm_guard(
+        mut self,
+        max_starts: usize,
+        window: Duration,
+        cooldown: Duration,
+    ) -> Self {
         self.storm = Some(StormGuard {
             max_starts,
             window,
@@ -240,6 +251,10 @@ enum Phase {
 struct State {
     phase: Phase,
     consecutive: u32,
+    /// Admitted normal calls not finished yet.
+    in_flight: u32,
+    /// Whether a call has succeeded since the circuit last opened (or ever).
+    proven: bool,
     window: VecDeque<(Instant, bool)>,
     opens: u32,
     throttled_until: Option<Instant>,
@@ -251,6 +266,8 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Breaker {
     state: Mutex<State>,
+    /// Bumped whenever a call finishes, so gated callers re-check.
+    changes: watch::Sender<u64>,
 }
 
 /// What `admit` let through.
@@ -260,12 +277,25 @@ pub(crate) enum Admission {
     Probe,
 }
 
+/// What `admit` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Admit(Admission),
+    Refuse(Rejection, Duration),
+    /// Closed, but the upstream is not proven healthy and as many calls are in flight
+    /// as failures it may still take before opening: wait for one to finish.
+    Wait,
+}
+
 impl Breaker {
     pub(crate) fn new() -> Self {
         Self {
+            changes: watch::channel(0).0,
             state: Mutex::new(State {
                 phase: Phase::Closed,
                 consecutive: 0,
+                in_flight: 0,
+                proven: false,
                 window: VecDeque::new(),
                 opens: 0,
                 throttled_until: None,
@@ -276,7 +306,20 @@ impl Breaker {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A receiver that sees every later change; take it before `admit` so a change
+    /// between the decision and the wait is not missed.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes
+            .send_modify(|version| *version = version.wrapping_add(1));
     }
 
     /// Admits a call or says why not and for how long. A session start counts toward
@@ -285,29 +328,52 @@ impl Breaker {
         &self,
         config: &BreakerConfig,
         session_start: bool,
-    ) -> (Result<Admission, (Rejection, Duration)>, Option<Transition>) {
+    ) -> (Decision, Option<Transition>) {
         let now = Instant::now();
         let mut state = self.lock();
         if let Some(until) = state.cooldown_until.filter(|until| now < *until) {
-            return (Err((Rejection::StormCooldown, until - now)), None);
+            return (
+                Decision::Refuse(Rejection::StormCooldown, until - now),
+                None,
+            );
         }
         if let Some(until) = state.throttled_until.filter(|until| now < *until) {
-            return (Err((Rejection::Throttled, until - now)), None);
+            return (Decision::Refuse(Rejection::Throttled, until - now), None);
         }
         if let (true, Some(storm)) = (session_start, config.storm) {
-            while state.starts.front().is_some_and(|t| now.duration_since(*t) >= storm.window) {
+            while state
+                .starts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= storm.window)
+            {
                 state.starts.pop_front();
             }
             state.starts.push_back(now);
             if state.starts.len() > storm.max_starts {
                 state.starts.clear();
                 state.cooldown_until = Some(now + storm.cooldown);
-                return (Err((Rejection::StormCooldown, storm.cooldown)), None);
+                return (
+                    Decision::Refuse(Rejection::StormCooldown, storm.cooldown),
+                    None,
+                );
             }
         }
         match state.phase {
-            Phase::Closed => (Ok(Admission::Normal), None),
-            Phase::Open { until } if now < until => (Err((Rejection::Open, until - now)), None),
+            Phase::Closed => {
+                // Until the upstream has answered, or once it has failed, never have more
+                // calls in flight than failures it may take before opening: a dead
+                // upstream sees `consecutive_failures` attempts, not a whole wave.
+                let healthy = state.proven && state.consecutive == 0;
+                if healthy || state.in_flight + state.consecutive < config.consecutive_failures {
+                    state.in_flight += 1;
+                    (Decision::Admit(Admission::Normal), None)
+                } else {
+                    (Decision::Wait, None)
+                }
+            }
+            Phase::Open { until } if now < until => {
+                (Decision::Refuse(Rejection::Open, until - now), None)
+            }
             Phase::Open { .. } => {
                 state.phase = Phase::HalfOpen { probing: true };
                 let transition = Transition {
@@ -315,14 +381,15 @@ impl Breaker {
                     to: CircuitState::HalfOpen,
                     open_for: None,
                 };
-                (Ok(Admission::Probe), Some(transition))
+                (Decision::Admit(Admission::Probe), Some(transition))
             }
-            Phase::HalfOpen { probing: true } => {
-                (Err((Rejection::ProbeInFlight, config.probe_timeout)), None)
-            }
+            Phase::HalfOpen { probing: true } => (
+                Decision::Refuse(Rejection::ProbeInFlight, config.probe_timeout),
+                None,
+            ),
             Phase::HalfOpen { probing: false } => {
                 state.phase = Phase::HalfOpen { probing: true };
-                (Ok(Admission::Probe), None)
+                (Decision::Admit(Admission::Probe), None)
             }
         }
     }
@@ -334,10 +401,26 @@ impl Breaker {
         admission: Admission,
         outcome: Outcome,
     ) -> Option<Transition> {
+        let transition = self.record_locked(config, admission, outcome);
+        self.changed();
+        transition
+    }
+
+    fn record_locked(
+        &self,
+        config: &BreakerConfig,
+        admission: Admission,
+        outcome: Outcome,
+    ) -> Option<Transition> {
         let now = Instant::now();
         let mut state = self.lock();
+        if admission == Admission::Normal {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
         if let Outcome::Throttle(retry_after) = outcome {
-            let wait = retry_after.unwrap_or(config.default_throttle).min(config.max_open);
+            let wait = retry_after
+                .unwrap_or(config.default_throttle)
+                .min(config.max_open);
             state.throttled_until = Some(now + wait);
         }
         match admission {
@@ -350,6 +433,7 @@ impl Breaker {
                 Outcome::Success | Outcome::Neutral => {
                     state.phase = Phase::Closed;
                     state.consecutive = 0;
+                    state.proven = true;
                     state.opens = 0;
                     state.window.clear();
                     Some(Transition {
@@ -360,14 +444,22 @@ impl Breaker {
                 }
             },
             Admission::Normal => {
+                // Any answer but a failure shows the upstream is up.
                 let failed = match outcome {
-                    Outcome::Success => false,
                     Outcome::Failure => true,
-                    Outcome::Throttle(_) | Outcome::Neutral => return None,
+                    Outcome::Throttle(_) => return None,
+                    Outcome::Success | Outcome::Neutral => {
+                        state.proven = true;
+                        false
+                    }
                 };
                 state.consecutive = if failed { state.consecutive + 1 } else { 0 };
                 if let Some(rate) = config.failure_rate {
-                    while state.window.front().is_some_and(|(t, _)| now.duration_since(*t) >= rate.window) {
+                    while state
+                        .window
+                        .front()
+                        .is_some_and(|(t, _)| now.duration_since(*t) >= rate.window)
+                    {
                         state.window.pop_front();
                     }
                     state.window.push_back((now, failed));
@@ -388,12 +480,20 @@ impl Breaker {
         }
     }
 
-    /// A probe ended without an outcome (its future was dropped): free the slot.
-    pub(crate) fn release_probe(&self) {
-        let mut state = self.lock();
-        if state.phase == (Phase::HalfOpen { probing: true }) {
-            state.phase = Phase::HalfOpen { probing: false };
+    /// An admitted call ended without an outcome (its future was dropped): free its
+    /// probe slot or in-flight count.
+    pub(crate) fn release(&self, admission: Admission) {
+        {
+            let mut state = self.lock();
+            match admission {
+                Admission::Normal => state.in_flight = state.in_flight.saturating_sub(1),
+                Admission::Probe if state.phase == (Phase::HalfOpen { probing: true }) => {
+                    state.phase = Phase::HalfOpen { probing: false };
+                }
+                Admission::Probe => {}
+            }
         }
+        self.changed();
     }
 
     pub(crate) fn snapshot(&self, key: &str) -> BreakerSnapshot {
@@ -422,8 +522,11 @@ impl Breaker {
 fn open(state: &mut State, config: &BreakerConfig, now: Instant, from: CircuitState) -> Transition {
     state.opens += 1;
     let period = config.jittered(config.open_period(state.opens));
-    state.phase = Phase::Open { until: now + period };
+    state.phase = Phase::Open {
+        until: now + period,
+    };
     state.consecutive = 0;
+    state.proven = false;
     state.window.clear();
     Transition {
         from,
@@ -444,9 +547,16 @@ mod tests {
             .with_open_backoff(Duration::from_secs(1), Duration::from_secs(8))
     }
 
+    fn admitted(decision: Decision) -> Admission {
+        match decision {
+            Decision::Admit(admission) => admission,
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
     fn fail(breaker: &Breaker, config: &BreakerConfig) -> Option<Transition> {
-        let (admitted, _) = breaker.admit(config, false);
-        breaker.record(config, admitted.expect("admitted"), Outcome::Failure)
+        let admission = admitted(breaker.admit(config, false).0);
+        breaker.record(config, admission, Outcome::Failure)
     }
 
     #[tokio::test(start_paused = true)]
@@ -461,26 +571,36 @@ mod tests {
         let mut periods = vec![];
         for _ in 0..5 {
             let wait = match breaker.admit(&config, false).0 {
-                Err((Rejection::Open, wait)) => wait,
+                Decision::Refuse(Rejection::Open, wait) => wait,
                 other => panic!("{other:?}"),
             };
             tokio::time::advance(wait).await;
             let (probe, transition) = breaker.admit(&config, false);
-            assert_eq!(probe, Ok(Admission::Probe));
+            assert_eq!(probe, Decision::Admit(Admission::Probe));
             assert_eq!(transition.unwrap().to, CircuitState::HalfOpen);
-            let reopened = breaker.record(&config, Admission::Probe, Outcome::Failure).unwrap();
+            let reopened = breaker
+                .record(&config, Admission::Probe, Outcome::Failure)
+                .unwrap();
             periods.push(reopened.open_for.unwrap().as_secs());
         }
         assert_eq!(periods, [2, 4, 8, 8, 8]);
 
         tokio::time::advance(Duration::from_secs(8)).await;
-        assert_eq!(breaker.admit(&config, false).0, Ok(Admission::Probe));
-        let closed = breaker.record(&config, Admission::Probe, Outcome::Neutral).unwrap();
+        assert_eq!(
+            breaker.admit(&config, false).0,
+            Decision::Admit(Admission::Probe)
+        );
+        let closed = breaker
+            .record(&config, Admission::Probe, Outcome::Neutral)
+            .unwrap();
         assert_eq!(closed.to, CircuitState::Closed);
         assert_eq!(breaker.snapshot("k").opens, 0);
         fail(&breaker, &config);
         fail(&breaker, &config);
-        assert_eq!(fail(&breaker, &config).unwrap().open_for, Some(Duration::from_secs(1)));
+        assert_eq!(
+            fail(&breaker, &config).unwrap().open_for,
+            Some(Duration::from_secs(1))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -491,10 +611,47 @@ mod tests {
             fail(&breaker, &config);
         });
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(breaker.admit(&config, false).0, Ok(Admission::Probe));
-        assert!(matches!(breaker.admit(&config, false).0, Err((Rejection::ProbeInFlight, _))));
-        breaker.release_probe();
-        assert_eq!(breaker.admit(&config, false).0, Ok(Admission::Probe));
+        assert_eq!(
+            breaker.admit(&config, false).0,
+            Decision::Admit(Admission::Probe)
+        );
+        assert!(matches!(
+            breaker.admit(&config, false).0,
+            Decision::Refuse(Rejection::ProbeInFlight, _)
+        ));
+        breaker.release(Admission::Probe);
+        assert_eq!(
+            breaker.admit(&config, false).0,
+            Decision::Admit(Admission::Probe)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unproven_or_failing_upstream_gets_at_most_n_calls_in_flight() {
+        let config = config();
+        let breaker = Breaker::new();
+        let first: Vec<Admission> = (0..3)
+            .map(|_| admitted(breaker.admit(&config, false).0))
+            .collect();
+        assert_eq!(
+            breaker.admit(&config, false).0,
+            Decision::Wait,
+            "a new key: 3 in flight at most"
+        );
+        // One answer proves the upstream: everyone may go.
+        breaker.record(&config, first[0], Outcome::Success);
+        for _ in 0..100 {
+            admitted(breaker.admit(&config, false).0);
+        }
+        // A failure makes it suspect again: in flight + failures stays under 3.
+        let fresh = Breaker::new();
+        let calls: Vec<Admission> = (0..3)
+            .map(|_| admitted(fresh.admit(&config, false).0))
+            .collect();
+        fresh.record(&config, calls[0], Outcome::Failure);
+        assert_eq!(fresh.admit(&config, false).0, Decision::Wait);
+        fresh.release(calls[1]);
+        admitted(fresh.admit(&config, false).0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -506,9 +663,13 @@ mod tests {
         let breaker = Breaker::new();
         let mut opened = None;
         for i in 0..10 {
-            let outcome = if i % 2 == 1 { Outcome::Failure } else { Outcome::Success };
-            let (admitted, _) = breaker.admit(&config, false);
-            opened = breaker.record(&config, admitted.unwrap(), outcome).or(opened);
+            let outcome = if i % 2 == 1 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            let admission = admitted(breaker.admit(&config, false).0);
+            opened = breaker.record(&config, admission, outcome).or(opened);
         }
         assert_eq!(opened.map(|t| t.to), Some(CircuitState::Open));
     }
@@ -518,12 +679,22 @@ mod tests {
         let config = config().with_storm_guard(7, Duration::from_secs(45), Duration::from_secs(15));
         let breaker = Breaker::new();
         for _ in 0..7 {
-            assert_eq!(breaker.admit(&config, true).0, Ok(Admission::Normal));
+            let admission = admitted(breaker.admit(&config, true).0);
+            breaker.record(&config, admission, Outcome::Success);
         }
-        assert_eq!(breaker.admit(&config, true).0, Err((Rejection::StormCooldown, Duration::from_secs(15))));
-        assert!(matches!(breaker.admit(&config, false).0, Err((Rejection::StormCooldown, _))));
+        assert_eq!(
+            breaker.admit(&config, true).0,
+            Decision::Refuse(Rejection::StormCooldown, Duration::from_secs(15))
+        );
+        assert!(matches!(
+            breaker.admit(&config, false).0,
+            Decision::Refuse(Rejection::StormCooldown, _)
+        ));
         tokio::time::advance(Duration::from_secs(15)).await;
-        assert_eq!(breaker.admit(&config, true).0, Ok(Admission::Normal));
+        assert_eq!(
+            breaker.admit(&config, true).0,
+            Decision::Admit(Admission::Normal)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -531,14 +702,26 @@ mod tests {
         let config = config();
         let breaker = Breaker::new();
         for _ in 0..10 {
-            let (admitted, _) = breaker.admit(&config, false);
-            if let Ok(admitted) = admitted {
-                assert_eq!(breaker.record(&config, admitted, Outcome::Throttle(Some(Duration::from_secs(2)))), None);
+            if let Decision::Admit(admission) = breaker.admit(&config, false).0 {
+                assert_eq!(
+                    breaker.record(
+                        &config,
+                        admission,
+                        Outcome::Throttle(Some(Duration::from_secs(2)))
+                    ),
+                    None
+                );
             }
         }
-        assert!(matches!(breaker.admit(&config, false).0, Err((Rejection::Throttled, _))));
+        assert!(matches!(
+            breaker.admit(&config, false).0,
+            Decision::Refuse(Rejection::Throttled, _)
+        ));
         assert_eq!(breaker.snapshot("k").state, CircuitState::Closed);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(breaker.admit(&config, false).0, Ok(Admission::Normal));
+        assert_eq!(
+            breaker.admit(&config, false).0,
+            Decision::Admit(Admission::Normal)
+        );
     }
 }

@@ -87,8 +87,8 @@ pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOU
 pub use key::{AuthKey, BindingId, Principal};
 #[doc(inline)]
 pub use layer::circuit_breaker::{
-    BreakerKeying, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, ClassifyOutcome, DefaultClassifier,
-    ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer,
+    BreakerKeying, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, ClassifyOutcome,
+    DefaultClassifier, ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer,
 };
 #[doc(inline)]
 pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};

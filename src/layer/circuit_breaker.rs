@@ -6,9 +6,20 @@
 //!
 //! `poll_ready` is passed through to the inner service: the key of a request is only
 //! known from the request, so admission happens in `call`. A refused call never reaches
-//! the inner service (its readiness is kept for the next call). A half-open probe holds
-//! the key's single probe slot until its response future completes; dropping the future
-//! releases the slot, so a cancelled probe never wedges the circuit half-open.
+//! the inner service (its readiness is kept for the next call). A call that must wait
+//! (see below) takes the readied service with it and leaves a clone behind. A half-open
+//! probe holds the key's single probe slot until its response future completes;
+//! dropping the future releases the slot, so a cancelled probe never wedges the circuit
+//! half-open.
+//!
+//! # Probe before flood
+//!
+//! While a key has not yet seen an answer from its upstream (a new key, or one just
+//! closed after opening) or has failures since its last success, it admits at most as
+//! many concurrent calls as failures it may still take before opening; further calls
+//! wait for one of those to finish. A dead upstream hit by a wave of 1,000 calls sees
+//! `consecutive_failures` of them, then the circuit opens and the rest fail fast; a
+//! healthy one is proven by the first answer and everyone proceeds.
 
 use std::fmt;
 use std::future::Future;
@@ -19,14 +30,20 @@ use std::time::Duration;
 
 use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri};
 use pin_project::pin_project;
+use tokio::sync::watch;
 use tokio::time::Sleep;
 use tower::{BoxError, Layer, Service};
 use tower_http::classify::{ClassifiedResponse, ClassifyResponse, ServerErrorsAsFailures};
 
-use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerSnapshot, Outcome, Rejection, Transition};
+use crate::breaker::{
+    Admission, Breaker, BreakerConfig, BreakerSnapshot, Decision, Outcome, Rejection, Transition,
+};
 use crate::error::Error;
 use crate::http_client::retry_after;
 use crate::key::Principal;
+
+/// Computes a circuit key from a request's URI and extensions.
+pub type KeyFn = Arc<dyn Fn(&Uri, &Extensions) -> String + Send + Sync>;
 
 /// How requests are grouped into circuits.
 #[derive(Clone, Default)]
@@ -39,7 +56,7 @@ pub enum BreakerKeying {
     /// grant, a bad credential) never open the circuit for everyone.
     OriginAndPrincipal,
     /// A key of your own.
-    Custom(Arc<dyn Fn(&Uri, &Extensions) -> String + Send + Sync>),
+    Custom(KeyFn),
 }
 
 impl fmt::Debug for BreakerKeying {
@@ -338,64 +355,105 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
 
 impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for CircuitBreaker<S, C>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     C: ClassifyOutcome<ResBody, S::Error>,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S, C, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = &self.shared;
+        let shared = self.shared.clone();
         let key = shared.keying.key(request.uri(), request.extensions());
         let breaker = shared
             .breakers
             .get_with_by_ref(&key, || Arc::new(Breaker::new()));
         let session_start = is_session_start(request.method(), request.headers());
-        let (admission, transition) = breaker.admit(&shared.config, session_start);
-        shared.notify(&key, transition);
-        match admission {
-            Err((reason, retry_after)) => {
-                tracing::debug!(key, %reason, ?retry_after, "call refused");
-                ResponseFuture {
-                    state: State::Refused {
-                        error: Some(Error::CircuitOpen {
-                            key,
-                            reason,
-                            retry_after,
-                        }),
-                    },
+        let gate = Gate {
+            breaker,
+            shared,
+            key,
+        };
+        let changes = gate.breaker.subscribe();
+        let state = match gate.admit(session_start) {
+            Decision::Refuse(reason, retry_after) => State::Refused {
+                error: Some(gate.refusal(reason, retry_after)),
+            },
+            Decision::Admit(admission) => State::Admitted {
+                probe_timeout: gate.probe_timeout(admission),
+                call: self.inner.call(request),
+                permit: gate.permit(admission),
+                classifier: self.classifier.clone(),
+            },
+            Decision::Wait => {
+                // The readied service waits with the request; `self` keeps a clone.
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                State::Gated {
+                    changed: wait_for_change(changes),
+                    pending: Some((service, request)),
+                    gate: Some(gate),
+                    classifier: self.classifier.clone(),
                 }
             }
-            Ok(admission) => {
-                let probe_timeout = (admission == Admission::Probe)
-                    .then(|| tokio::time::sleep(shared.config.probe_timeout));
-                ResponseFuture {
-                    state: State::Admitted {
-                        call: self.inner.call(request),
-                        probe_timeout,
-                        permit: Permit {
-                            breaker,
-                            shared: shared.clone(),
-                            key,
-                            admission,
-                            recorded: false,
-                        },
-                        classifier: self.classifier.clone(),
-                    },
-                }
-            }
+        };
+        ResponseFuture { state }
+    }
+}
+
+/// A key's breaker as seen by one call.
+struct Gate {
+    breaker: Arc<Breaker>,
+    shared: Arc<Shared>,
+    key: String,
+}
+
+impl Gate {
+    fn admit(&self, session_start: bool) -> Decision {
+        let (decision, transition) = self.breaker.admit(&self.shared.config, session_start);
+        self.shared.notify(&self.key, transition);
+        decision
+    }
+
+    fn refusal(&self, reason: Rejection, retry_after: Duration) -> Error {
+        tracing::debug!(key = self.key, %reason, ?retry_after, "call refused");
+        Error::CircuitOpen {
+            key: self.key.clone(),
+            reason,
+            retry_after,
+        }
+    }
+
+    fn probe_timeout(&self, admission: Admission) -> Option<Sleep> {
+        (admission == Admission::Probe)
+            .then(|| tokio::time::sleep(self.shared.config.probe_timeout))
+    }
+
+    fn permit(self, admission: Admission) -> Permit {
+        Permit {
+            breaker: self.breaker,
+            shared: self.shared,
+            key: self.key,
+            admission,
+            recorded: false,
         }
     }
 }
 
-/// An admitted call's claim on its breaker: records the outcome once, and frees a
-/// probe slot if dropped without one.
+fn wait_for_change(mut changes: watch::Receiver<u64>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        // The sender lives as long as the breaker this call holds.
+        let _ = changes.changed().await;
+    })
+}
+
+/// An admitted call's claim on its breaker: records the outcome once; dropped without
+/// one, it frees the probe slot or in-flight count it held.
 struct Permit {
     breaker: Arc<Breaker>,
     shared: Arc<Shared>,
@@ -407,7 +465,9 @@ struct Permit {
 impl Permit {
     fn record(&mut self, outcome: Outcome) -> Option<Transition> {
         self.recorded = true;
-        let transition = self.breaker.record(&self.shared.config, self.admission, outcome);
+        let transition = self
+            .breaker
+            .record(&self.shared.config, self.admission, outcome);
         self.shared.notify(&self.key, transition);
         transition
     }
@@ -415,27 +475,39 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.recorded && self.admission == Admission::Probe {
-            self.breaker.release_probe();
+        if !self.recorded {
+            self.breaker.release(self.admission);
         }
     }
 }
 
 /// Response future of [`CircuitBreaker`].
 #[pin_project]
-pub struct ResponseFuture<F, C> {
+pub struct ResponseFuture<S, C, B>
+where
+    S: Service<Request<B>>,
+{
     #[pin]
-    state: State<F, C>,
+    state: State<S, C, B>,
 }
 
 #[pin_project(project = StateProj)]
-enum State<F, C> {
+enum State<S, C, B>
+where
+    S: Service<Request<B>>,
+{
     Refused {
         error: Option<Error>,
     },
+    Gated {
+        changed: Pin<Box<dyn Future<Output = ()> + Send>>,
+        pending: Option<(S, Request<B>)>,
+        gate: Option<Gate>,
+        classifier: C,
+    },
     Admitted {
         #[pin]
-        call: F,
+        call: S::Future,
         #[pin]
         probe_timeout: Option<Sleep>,
         permit: Permit,
@@ -443,44 +515,85 @@ enum State<F, C> {
     },
 }
 
-impl<F, C, ResBody, E> Future for ResponseFuture<F, C>
+impl<S, C, B, ResBody> Future for ResponseFuture<S, C, B>
 where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    E: Into<BoxError>,
-    C: ClassifyOutcome<ResBody, E>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    C: ClassifyOutcome<ResBody, S::Error>,
 {
     type Output = Result<Response<ResBody>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .map_or_else(|| "response future polled after completion".into(), Into::into))),
-            StateProj::Admitted {
-                call,
-                probe_timeout,
-                permit,
-                classifier,
-            } => {
-                if let Some(timeout) = probe_timeout.as_pin_mut()
-                    && timeout.poll(cx).is_ready()
-                    && !permit.recorded
-                {
-                    let transition = permit.record(Outcome::Failure);
-                    return Poll::Ready(Err(Error::CircuitOpen {
-                        key: permit.key.clone(),
-                        reason: Rejection::ProbeTimedOut,
-                        retry_after: transition.and_then(|t| t.open_for).unwrap_or_default(),
-                    }
-                    .into()));
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Refused { error } => {
+                    return Poll::Ready(Err(error.take().map_or_else(
+                        || "response future polled after completion".into(),
+                        Into::into,
+                    )));
                 }
-                let result = ready!(call.poll(cx));
-                let outcome = match &result {
-                    Ok(response) => classifier.classify_response(response),
-                    Err(error) => classifier.classify_error(error),
-                };
-                permit.record(outcome);
-                Poll::Ready(result.map_err(Into::into))
+                StateProj::Gated {
+                    changed,
+                    pending,
+                    gate,
+                    classifier,
+                } => {
+                    ready!(changed.as_mut().poll(cx));
+                    let Some(current) = gate.take() else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    let changes = current.breaker.subscribe();
+                    match current.admit(false) {
+                        Decision::Wait => {
+                            *changed = wait_for_change(changes);
+                            *gate = Some(current);
+                        }
+                        Decision::Refuse(reason, retry_after) => {
+                            return Poll::Ready(Err(current.refusal(reason, retry_after).into()));
+                        }
+                        Decision::Admit(admission) => {
+                            let Some((mut service, request)) = pending.take() else {
+                                return Poll::Ready(Err(
+                                    "response future polled after completion".into()
+                                ));
+                            };
+                            let classifier = classifier.clone();
+                            state.set(State::Admitted {
+                                probe_timeout: current.probe_timeout(admission),
+                                call: service.call(request),
+                                permit: current.permit(admission),
+                                classifier,
+                            });
+                        }
+                    }
+                }
+                StateProj::Admitted {
+                    call,
+                    probe_timeout,
+                    permit,
+                    classifier,
+                } => {
+                    if let Some(timeout) = probe_timeout.as_pin_mut()
+                        && timeout.poll(cx).is_ready()
+                        && !permit.recorded
+                    {
+                        let transition = permit.record(Outcome::Failure);
+                        return Poll::Ready(Err(Error::CircuitOpen {
+                            key: permit.key.clone(),
+                            reason: Rejection::ProbeTimedOut,
+                            retry_after: transition.and_then(|t| t.open_for).unwrap_or_default(),
+                        }
+                        .into()));
+                    }
+                    let result = ready!(call.poll(cx));
+                    let outcome = match &result {
+                        Ok(response) => classifier.classify_response(response),
+                        Err(error) => classifier.classify_error(error),
+                    };
+                    permit.record(outcome);
+                    return Poll::Ready(result.map_err(Into::into));
+                }
             }
         }
     }

@@ -1,4 +1,4 @@
 //! The Tower layers.
 
-pub mod silent_refresh;
 pub mod circuit_breaker;
+pub mod silent_refresh;

@@ -212,7 +212,7 @@ impl TestAuthServer {
         let router = Router::new()
             .route("/token", post(token_endpoint))
             .with_state(state.clone());
-        let handle = ServerHandle::spawn(router).await?;
+        let handle = ServerHandle::spawn(router, ("127.0.0.1", 0)).await?;
         Ok(Self { state, handle })
     }
 

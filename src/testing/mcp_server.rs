@@ -82,7 +82,7 @@ impl TestMcpServer {
                 get(resource_metadata),
             )
             .with_state(state.clone());
-        let handle = ServerHandle::spawn(router).await?;
+        let handle = ServerHandle::spawn(router, ("127.0.0.1", 0)).await?;
         *lock(&state.resource) = format!("http://{}/mcp", handle.addr);
         Ok(Self { state, handle })
     }

@@ -29,6 +29,7 @@
 
 mod auth_server;
 mod mcp_server;
+mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use tokio::task::JoinHandle;
 
 pub use auth_server::{AuthServerStats, Fault, RecordedTokenRequest, TestAuthServer, TokenInfo};
 pub use mcp_server::{McpServerStats, TestMcpServer};
+pub use upstream::TestUpstream;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -63,8 +65,11 @@ struct ServerHandle {
 }
 
 impl ServerHandle {
-    async fn spawn(router: axum::Router) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    async fn spawn(
+        router: axum::Router,
+        addr: impl tokio::net::ToSocketAddrs,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, router).await {

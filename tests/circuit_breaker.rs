@@ -1,0 +1,440 @@
+//! CircuitBreakerLayer against real loopback upstreams.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_mcp_auth::testing::{ReqwestTransport, TestUpstream};
+use tower_mcp_auth::{
+    BreakerConfig, BreakerKeying, CircuitBreaker, CircuitBreakerLayer, CircuitState, Error,
+    Principal, Rejection, ServiceUnavailableOnOpenLayer,
+};
+
+/// A non-pooling transport (a killed upstream must refuse the next call) that counts
+/// the calls reaching it.
+#[derive(Clone)]
+struct Transport {
+    inner: ReqwestTransport,
+    attempts: Arc<AtomicU64>,
+}
+
+impl Service<http::Request<reqwest::Body>> for Transport {
+    type Response = http::Response<bytes::Bytes>;
+    type Error = reqwest::Error;
+    type Future = <ReqwestTransport as Service<http::Request<reqwest::Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<reqwest::Body>) -> Self::Future {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.inner.call(request)
+    }
+}
+
+fn transport(attempts: Arc<AtomicU64>) -> Transport {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    Transport {
+        inner: ReqwestTransport::from_client(http),
+        attempts,
+    }
+}
+
+fn config() -> BreakerConfig {
+    BreakerConfig::default()
+        .with_consecutive_failures(5)
+        .without_failure_rate()
+        .without_storm_guard()
+        .with_jitter(0.0)
+        .with_open_backoff(Duration::from_millis(300), Duration::from_secs(5))
+}
+
+fn get(url: &str) -> http::Request<reqwest::Body> {
+    let mut request = http::Request::new(reqwest::Body::from(""));
+    *request.uri_mut() = url.parse().unwrap();
+    request
+}
+
+fn rejection(result: &Result<http::Response<bytes::Bytes>, BoxError>) -> Option<Rejection> {
+    match result.as_ref().err().and_then(|e| Error::find(e.as_ref())) {
+        Some(Error::CircuitOpen { reason, .. }) => Some(*reason),
+        _ => None,
+    }
+}
+
+async fn wave(
+    client: &CircuitBreaker<Transport>,
+    url: &str,
+    n: usize,
+) -> Vec<Result<http::Response<bytes::Bytes>, BoxError>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, request, barrier) = (client.clone(), get(url), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client.oneshot(request).await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+fn origin(url: &str) -> String {
+    let uri: http::Uri = url.parse().unwrap();
+    format!("http://{}:{}", uri.host().unwrap(), uri.port_u16().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_upstream_sees_at_most_n_of_1000_concurrent_calls() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/mcp", listener.local_addr().unwrap())
+    };
+    let attempts = Arc::new(AtomicU64::new(0));
+    let layer = CircuitBreakerLayer::new(config());
+    let client = layer.layer(transport(attempts.clone()));
+
+    let results = wave(&client, &dead, 1000).await;
+
+    assert!(results.iter().all(|r| r.is_err()));
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        5,
+        "only the first 5 reached the dead upstream"
+    );
+    let refused = results
+        .iter()
+        .filter(|r| rejection(r) == Some(Rejection::Open))
+        .count();
+    assert_eq!(refused, 995);
+    assert_eq!(
+        layer.handle().snapshot(&origin(&dead)).unwrap().state,
+        CircuitState::Open
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_upstream_is_recovered_by_one_probe_not_a_stampede() {
+    let upstream = TestUpstream::start().await.unwrap();
+    let transitions = Arc::new(Mutex::new(Vec::new()));
+    let layer = CircuitBreakerLayer::new(config()).on_transition({
+        let transitions = transitions.clone();
+        move |_key, t| transitions.lock().unwrap().push(t.to)
+    });
+    let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    assert!(
+        wave(&client, &upstream.url(), 50)
+            .await
+            .iter()
+            .all(|r| r.is_ok())
+    );
+
+    upstream.stop();
+    let outage = wave(&client, &upstream.url(), 200).await;
+    assert!(outage.iter().all(|r| r.is_err()));
+    upstream.restart().await.unwrap();
+    let before = upstream.requests();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+
+    let recovery = wave(&client, &upstream.url(), 200).await;
+    let ok = recovery.iter().filter(|r| r.is_ok()).count();
+    let probing = recovery
+        .iter()
+        .filter(|r| rejection(r) == Some(Rejection::ProbeInFlight))
+        .count();
+    assert_eq!(upstream.requests() - before, ok as u64);
+    assert!(
+        ok >= 1 && ok + probing == 200,
+        "ok {ok}, refused while probing {probing}"
+    );
+    // Whatever was admitted went after the one probe answered.
+    assert_eq!(
+        layer
+            .handle()
+            .snapshot(&origin(&upstream.url()))
+            .unwrap()
+            .state,
+        CircuitState::Closed
+    );
+    assert!(
+        wave(&client, &upstream.url(), 200)
+            .await
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    assert_eq!(
+        *transitions.lock().unwrap(),
+        [
+            CircuitState::Open,
+            CircuitState::HalfOpen,
+            CircuitState::Closed
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_and_forbidden_never_open_the_circuit() {
+    let upstream = TestUpstream::start().await.unwrap();
+    let layer = CircuitBreakerLayer::new(config());
+    let mut client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    for status in [401, 403, 404] {
+        upstream.set_status(status);
+        for _ in 0..20 {
+            let response = client
+                .ready()
+                .await
+                .unwrap()
+                .call(get(&upstream.url()))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status);
+        }
+    }
+    assert_eq!(upstream.requests(), 60);
+    assert_eq!(
+        layer
+            .handle()
+            .snapshot(&origin(&upstream.url()))
+            .unwrap()
+            .state,
+        CircuitState::Closed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_throttles_the_key_until_retry_after() {
+    let upstream = TestUpstream::start().await.unwrap();
+    upstream.set_status(429);
+    upstream.set_retry_after(1);
+    let layer = CircuitBreakerLayer::new(config());
+    let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(get(&upstream.url()))
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    let throttled = client.clone().oneshot(get(&upstream.url())).await;
+    assert_eq!(rejection(&throttled), Some(Rejection::Throttled));
+    match throttled
+        .as_ref()
+        .err()
+        .and_then(|e| Error::find(e.as_ref()))
+    {
+        Some(Error::CircuitOpen { retry_after, .. }) => {
+            assert!(*retry_after <= Duration::from_secs(1))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(upstream.requests(), 1);
+    assert_eq!(
+        layer
+            .handle()
+            .snapshot(&origin(&upstream.url()))
+            .unwrap()
+            .state,
+        CircuitState::Closed
+    );
+
+    upstream.set_status(200);
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(get(&upstream.url()))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_upstream_down_does_not_affect_another() {
+    let (a, b) = (
+        TestUpstream::start().await.unwrap(),
+        TestUpstream::start().await.unwrap(),
+    );
+    let layer = CircuitBreakerLayer::new(config());
+    let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    a.stop();
+    let (a_url, b_url) = (a.url(), b.url());
+    let (down, up) = tokio::join!(wave(&client, &a_url, 100), wave(&client, &b_url, 100));
+    assert!(down.iter().all(|r| r.is_err()));
+    assert!(up.iter().all(|r| r.is_ok()));
+    let handle = layer.handle();
+    assert_eq!(
+        handle.snapshot(&origin(&a.url())).unwrap().state,
+        CircuitState::Open
+    );
+    assert_eq!(
+        handle.snapshot(&origin(&b.url())).unwrap().state,
+        CircuitState::Closed
+    );
+    assert_eq!(handle.snapshots().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keying_by_principal_keeps_one_users_failures_to_that_user() {
+    let upstream = TestUpstream::start().await.unwrap();
+    upstream.set_status(500);
+    let layer = CircuitBreakerLayer::new(config()).with_keying(BreakerKeying::OriginAndPrincipal);
+    let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    let as_user = |user: &str| {
+        let mut request = get(&upstream.url());
+        request
+            .extensions_mut()
+            .insert(Principal::new("acme", user));
+        request
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            client
+                .clone()
+                .oneshot(as_user("mallory"))
+                .await
+                .unwrap()
+                .status(),
+            500
+        );
+    }
+    assert_eq!(
+        rejection(&client.clone().oneshot(as_user("mallory")).await),
+        Some(Rejection::Open)
+    );
+    upstream.set_status(200);
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(as_user("alice"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_probe_frees_the_slot_and_a_hung_probe_times_out() {
+    let upstream = TestUpstream::start().await.unwrap();
+    upstream.set_status(500);
+    let layer = CircuitBreakerLayer::new(
+        config()
+            .with_consecutive_failures(1)
+            .with_probe_timeout(Duration::from_millis(200)),
+    );
+    let mut client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(get(&upstream.url()))
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+
+    // Admission happens in `call`: this call is the probe. Dropping it frees the slot.
+    let probe = client.ready().await.unwrap().call(get(&upstream.url()));
+    let refused = client.clone().oneshot(get(&upstream.url())).await;
+    assert_eq!(rejection(&refused), Some(Rejection::ProbeInFlight));
+    drop(probe);
+
+    upstream.set_hang(true);
+    let started = tokio::time::Instant::now();
+    let hung = client.clone().oneshot(get(&upstream.url())).await;
+    assert_eq!(
+        rejection(&hung),
+        Some(Rejection::ProbeTimedOut),
+        "the next call was admitted as the probe"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let snapshot = layer.handle().snapshot(&origin(&upstream.url())).unwrap();
+    assert_eq!(
+        (snapshot.state, snapshot.opens),
+        (CircuitState::Open, 2),
+        "re-opened with the doubled period"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_cooled_down_and_reset_clears_it() {
+    let upstream = TestUpstream::start().await.unwrap();
+    let layer = CircuitBreakerLayer::new(config().with_storm_guard(
+        7,
+        Duration::from_secs(45),
+        Duration::from_secs(15),
+    ));
+    let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    // A POST without Mcp-Session-Id starts a session (initialize).
+    let initialize = || {
+        let mut request = get(&upstream.url());
+        *request.method_mut() = http::Method::POST;
+        request
+    };
+    for _ in 0..7 {
+        assert_eq!(
+            client.clone().oneshot(initialize()).await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(
+        rejection(&client.clone().oneshot(initialize()).await),
+        Some(Rejection::StormCooldown)
+    );
+    assert_eq!(
+        rejection(&client.clone().oneshot(get(&upstream.url())).await),
+        Some(Rejection::StormCooldown)
+    );
+    assert_eq!(upstream.requests(), 7);
+
+    layer.handle().reset(&origin(&upstream.url()));
+    assert_eq!(
+        client.clone().oneshot(initialize()).await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_can_answer_503_with_retry_after_while_open() {
+    let upstream = TestUpstream::start().await.unwrap();
+    upstream.set_status(502);
+    let client = tower::ServiceBuilder::new()
+        .layer(ServiceUnavailableOnOpenLayer)
+        .layer(CircuitBreakerLayer::new(
+            config().with_consecutive_failures(1),
+        ))
+        .service(transport(Arc::new(AtomicU64::new(0))));
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(get(&upstream.url()))
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    let response = client.clone().oneshot(get(&upstream.url())).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(upstream.requests(), 1);
+}
