@@ -58,22 +58,38 @@ fn random_token(prefix: &str) -> String {
     format!("{prefix}-{hex}")
 }
 
-/// A server task on loopback, stopped on drop.
+/// A server on loopback. Dropping it kills it: the listener and every open connection
+/// close, as when a process dies (clients with pooled connections see it too).
 struct ServerHandle {
     addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
 impl ServerHandle {
-    async fn spawn(
-        router: axum::Router,
-        addr: impl tokio::net::ToSocketAddrs,
-    ) -> std::io::Result<Self> {
+    async fn spawn(router: axum::Router, addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::warn!(%error, "fixture server stopped");
+            // Connection tasks live in this set, so aborting the server aborts them all.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else {
+                            // Out of file descriptors or similar: back off instead of spinning.
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            continue;
+                        };
+                        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                        connections.spawn(async move {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
             }
         });
         Ok(Self { addr, task })
