@@ -66,7 +66,10 @@ struct ServerHandle {
 }
 
 impl ServerHandle {
-    async fn spawn(router: axum::Router, addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<Self> {
+    async fn spawn(
+        router: axum::Router,
+        addr: impl tokio::net::ToSocketAddrs,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {

@@ -1,0 +1,239 @@
+//! Reconnect storm: 512 clients keep calling an upstream that is down for a while, then
+//! comes back. Side by side: no breaker, tower-resilience's circuit breaker (one circuit
+//! for everything) and our keyed `CircuitBreakerLayer`.
+//!
+//! Reported per strategy: calls that reached the dead upstream (total and per second),
+//! and once it is back, the time until the first call succeeds and until every client
+//! has succeeded again.
+//!
+//! Run: `cargo bench --bench reconnect_storm`. Exits non-zero if our breaker lets more
+//! than one call per backoff window reach the dead upstream after it opened.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_mcp_auth::testing::{ReqwestTransport, TestUpstream};
+use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, CircuitState};
+
+const CLIENTS: usize = 512;
+const HEALTHY: Duration = Duration::from_secs(1);
+const OUTAGE: Duration = Duration::from_secs(4);
+const AFTER: Duration = Duration::from_secs(8);
+const RETRY_DELAY: Duration = Duration::from_millis(50);
+const TRIP_AFTER: u32 = 5;
+
+type Client = BoxCloneSyncService<http::Request<reqwest::Body>, http::Response<Bytes>, BoxError>;
+
+/// The HTTP transport, counting the calls that reach the network.
+#[derive(Clone)]
+struct Transport {
+    inner: ReqwestTransport,
+    attempts: Arc<AtomicU64>,
+}
+
+impl Service<http::Request<reqwest::Body>> for Transport {
+    type Response = http::Response<Bytes>;
+    type Error = reqwest::Error;
+    type Future = <ReqwestTransport as Service<http::Request<reqwest::Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<reqwest::Body>) -> Self::Future {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(request)
+    }
+}
+
+/// Builds the client; for ours, `opened_at` receives the attempt count when the circuit
+/// first opens.
+fn client(strategy: &str, transport: Transport, opened_at: Arc<AtomicU64>) -> Client {
+    match strategy {
+        "no breaker" => BoxCloneSyncService::new(transport.map_err(BoxError::from)),
+        "tower-resilience (unkeyed)" => {
+            let layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .sliding_window_size(20)
+                .minimum_number_of_calls(TRIP_AFTER as usize)
+                .wait_duration_in_open(Duration::from_secs(1))
+                .permitted_calls_in_half_open(1)
+                .build()
+                .expect("valid configuration");
+            BoxCloneSyncService::new(
+                layer
+                    .layer(transport)
+                    .map_err(|e| -> BoxError { format!("{e}").into() }),
+            )
+        }
+        _ => {
+            let config = BreakerConfig::default()
+                .with_consecutive_failures(TRIP_AFTER)
+                .with_open_backoff(Duration::from_secs(1), Duration::from_secs(300));
+            let attempts = transport.attempts.clone();
+            let layer = CircuitBreakerLayer::new(config).on_transition(move |_key, transition| {
+                if transition.to == CircuitState::Open {
+                    let now = attempts.load(Ordering::SeqCst);
+                    let _ = opened_at.compare_exchange(
+                        u64::MAX,
+                        now,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                }
+            });
+            BoxCloneSyncService::new(layer.layer(transport))
+        }
+    }
+}
+
+struct Row {
+    strategy: &'static str,
+    during_outage: u64,
+    /// Calls that reached the dead upstream after the circuit first opened.
+    after_open: Option<u64>,
+    first_success: Option<Duration>,
+    all_recovered: Option<Duration>,
+}
+
+async fn run(strategy: &'static str) -> Row {
+    let upstream = Arc::new(TestUpstream::start().await.expect("upstream"));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .expect("client");
+    let opened_at = Arc::new(AtomicU64::new(u64::MAX));
+    let transport = Transport {
+        inner: ReqwestTransport::from_client(http),
+        attempts: attempts.clone(),
+    };
+    let client = client(strategy, transport, opened_at.clone());
+    let url = upstream.url();
+    let start = Instant::now();
+    let end = start + HEALTHY + OUTAGE + AFTER;
+    let restarted_at = start + HEALTHY + OUTAGE;
+
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut recovered: Option<Instant> = None;
+                while Instant::now() < end {
+                    let mut request = http::Request::new(reqwest::Body::from(""));
+                    *request.uri_mut() = url.parse().expect("uri");
+                    let ok = matches!(client.clone().oneshot(request).await, Ok(r) if r.status().is_success());
+                    let now = Instant::now();
+                    if ok && now >= restarted_at && recovered.is_none() {
+                        recovered = Some(now);
+                    }
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                recovered
+            })
+        })
+        .collect();
+
+    tokio::time::sleep_until(start + HEALTHY).await;
+    upstream.stop();
+    let at_stop = attempts.load(Ordering::Relaxed);
+    tokio::time::sleep_until(restarted_at).await;
+    let at_restart = attempts.load(Ordering::SeqCst);
+    let during_outage = at_restart - at_stop;
+    let opened = opened_at.load(Ordering::SeqCst);
+    let after_open = (opened != u64::MAX).then(|| at_restart - opened);
+    upstream.restart().await.expect("restart");
+
+    let mut recoveries = Vec::new();
+    for task in tasks {
+        if let Some(at) = task.await.expect("client task") {
+            recoveries.push(at - restarted_at);
+        }
+    }
+    recoveries.sort();
+    Row {
+        strategy,
+        during_outage,
+        after_open,
+        first_success: recoveries.first().copied(),
+        all_recovered: (recoveries.len() == CLIENTS).then(|| recoveries[CLIENTS - 1]),
+    }
+}
+
+/// Backoff windows that start within the outage: periods 1, 2, 4, ... s, each cut by at
+/// most 10% jitter.
+fn windows_within(outage: Duration) -> u64 {
+    let (mut elapsed, mut period, mut windows) = (Duration::ZERO, Duration::from_secs(1), 0);
+    loop {
+        elapsed += period.mul_f64(0.9);
+        if elapsed > outage {
+            return windows;
+        }
+        windows += 1;
+        period *= 2;
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rows: Vec<Row> = runtime.block_on(async {
+        let mut rows = Vec::new();
+        for strategy in [
+            "no breaker",
+            "tower-resilience (unkeyed)",
+            "tower-mcp-auth (keyed)",
+        ] {
+            rows.push(run(strategy).await);
+        }
+        rows
+    });
+
+    println!(
+        "reconnect storm: {CLIENTS} clients retrying every {RETRY_DELAY:?}; upstream down {OUTAGE:?}, then back (2 cores)"
+    );
+    println!(
+        "{:<28} {:>16} {:>14} {:>22} {:>24}",
+        "strategy", "calls reaching", "per second", "first success after", "all clients recovered"
+    );
+    println!(
+        "{:<28} {:>16} {:>14} {:>22} {:>24}",
+        "", "dead upstream", "", "restart", "after restart"
+    );
+    for r in &rows {
+        let show = |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{d:.2?}"));
+        println!(
+            "{:<28} {:>16} {:>14.1} {:>22} {:>24}",
+            r.strategy,
+            r.during_outage,
+            r.during_outage as f64 / OUTAGE.as_secs_f64(),
+            show(r.first_success),
+            show(r.all_recovered)
+        );
+    }
+
+    let ours = rows.last().expect("our row");
+    let windows = windows_within(OUTAGE);
+    let after_open = ours.after_open.unwrap_or(u64::MAX);
+    println!(
+        "tower-mcp-auth: after the circuit opened, {after_open} calls reached the dead upstream in {windows} backoff windows \
+         (the rest of the {} were in flight or admitted before the first failure came back)",
+        ours.during_outage
+    );
+    if after_open > windows || ours.all_recovered.is_none() {
+        eprintln!(
+            "VIOLATION: more than one attempt per backoff window, or clients never recovered"
+        );
+        std::process::exit(1);
+    }
+}
