@@ -24,6 +24,9 @@ cargo run --quiet --example quickstart
 step "refresh contention bench (exits non-zero if our coordinator redeems twice)"
 cargo bench --bench refresh_contention
 
+step "reconnect storm bench (exits non-zero if our breaker lets more than one call per backoff window through)"
+cargo bench --bench reconnect_storm
+
 step "hot path bench (each benchmark run once as a smoke test)"
 cargo bench --bench hot_path -- --test
 

@@ -10,6 +10,10 @@
 //! newer credentials, and with failures classified (`invalid_grant` retires the refresh
 //! token; outages keep credentials and cool the key down).
 //!
+//! [`CircuitBreakerLayer`] keeps a circuit per upstream (or per upstream and user): it
+//! fails fast while an upstream is down, lets one probe at a time find out when it is
+//! back, throttles on 429, and cools down keys caught in a reconnect storm.
+//!
 //! One stack serves many users: each request carries its [`Principal`] (tenant and
 //! user) in its extensions, and all state is keyed by principal and server binding.
 //!
