@@ -196,6 +196,10 @@ pub enum Rejection {
     /// A half-open probe did not finish within the probe timeout.
     #[error("half-open probe timed out")]
     ProbeTimedOut,
+    /// The upstream is not proven healthy and the calls in flight to find out did not
+    /// finish within the probe timeout.
+    #[error("upstream unproven; earlier calls still in flight")]
+    Unproven,
 }
 
 /// How a finished call counts.

@@ -438,3 +438,29 @@ async fn proxies_can_answer_503_with_retry_after_while_open() {
     assert_eq!(response.headers()["retry-after"], "1");
     assert_eq!(upstream.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_behind_hung_unproven_calls_give_up_at_the_probe_timeout() {
+    let upstream = TestUpstream::start().await.unwrap();
+    upstream.set_hang(true);
+    let layer = CircuitBreakerLayer::new(
+        config()
+            .with_consecutive_failures(2)
+            .with_probe_timeout(Duration::from_millis(200)),
+    );
+    let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    // A new key admits 2 calls; both hang. The third waits, bounded.
+    let hung: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(client.clone().oneshot(get(&upstream.url()))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = tokio::time::Instant::now();
+    let waited = client.clone().oneshot(get(&upstream.url())).await;
+    assert_eq!(rejection(&waited), Some(Rejection::Unproven));
+    assert!(
+        started.elapsed() >= Duration::from_millis(150)
+            && started.elapsed() < Duration::from_secs(2)
+    );
+    assert_eq!(upstream.requests(), 2);
+    hung.iter().for_each(|task| task.abort());
+}

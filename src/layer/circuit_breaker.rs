@@ -17,7 +17,8 @@
 //! While a key has not yet seen an answer from its upstream (a new key, or one just
 //! closed after opening) or has failures since its last success, it admits at most as
 //! many concurrent calls as failures it may still take before opening; further calls
-//! wait for one of those to finish. A dead upstream hit by a wave of 1,000 calls sees
+//! wait for one of those to finish (at most the probe timeout, then they fail with
+//! [`Rejection::Unproven`]). A dead upstream hit by a wave of 1,000 calls sees
 //! `consecutive_failures` of them, then the circuit opens and the rest fail fast; a
 //! healthy one is proven by the first answer and everyone proceeds.
 
@@ -396,6 +397,7 @@ where
                 let service = std::mem::replace(&mut self.inner, clone);
                 State::Gated {
                     changed: wait_for_change(changes),
+                    deadline: Box::pin(tokio::time::sleep(gate.shared.config.probe_timeout)),
                     pending: Some((service, request)),
                     gate: Some(gate),
                     classifier: self.classifier.clone(),
@@ -501,6 +503,8 @@ where
     },
     Gated {
         changed: Pin<Box<dyn Future<Output = ()> + Send>>,
+        /// Waiting is bounded like a probe: calls in flight may hang.
+        deadline: Pin<Box<Sleep>>,
         pending: Option<(S, Request<B>)>,
         gate: Option<Gate>,
         classifier: C,
@@ -535,11 +539,23 @@ where
                 }
                 StateProj::Gated {
                     changed,
+                    deadline,
                     pending,
                     gate,
                     classifier,
                 } => {
-                    ready!(changed.as_mut().poll(cx));
+                    if changed.as_mut().poll(cx).is_pending() {
+                        ready!(deadline.as_mut().poll(cx));
+                        let Some(current) = gate.as_ref() else {
+                            return Poll::Ready(Err(
+                                "response future polled after completion".into()
+                            ));
+                        };
+                        let retry_after = current.shared.config.probe_timeout;
+                        return Poll::Ready(Err(current
+                            .refusal(Rejection::Unproven, retry_after)
+                            .into()));
+                    }
                     let Some(current) = gate.take() else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
