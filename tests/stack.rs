@@ -1,0 +1,94 @@
+//! The layers stacked as the README shows, against the loopback fixtures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_mcp_auth::store::{CredentialStore, MemoryStore};
+use tower_mcp_auth::testing::{
+    ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
+};
+use tower_mcp_auth::{
+    AuthKey, BreakerConfig, BreakerKeying, CircuitBreakerLayer, CircuitState, Error, Principal,
+    RefreshCoordinator, ServerBinding, SilentRefreshLayer,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_outside_silent_refresh_ignores_401s_and_opens_on_outages() {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let url = mcp.url();
+    let binding = ServerBinding::public_client(&url, &auth.token_endpoint(), "c").unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let alice = Principal::new("acme", "alice");
+    let key = AuthKey::new(&alice, binding.id());
+    store
+        .compare_and_swap(&key, None, auth.issue("c", "alice", None))
+        .await
+        .unwrap();
+    let breaker = CircuitBreakerLayer::new(
+        BreakerConfig::default()
+            .with_consecutive_failures(2)
+            .with_open_backoff(Duration::from_secs(30), Duration::from_secs(60)),
+    )
+    .with_keying(BreakerKeying::OriginAndPrincipal);
+    let handle = breaker.handle();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(breaker)
+        .layer(SilentRefreshLayer::new(
+            RefreshCoordinator::new(store.clone()),
+            binding,
+        ))
+        .service(ReqwestTransport::from_client(http));
+    let call = || {
+        let mut request = jsonrpc_request(
+            &url,
+            1,
+            "tools/call",
+            json!({"name": "whoami", "arguments": {}}),
+        );
+        request.extensions_mut().insert(alice.clone());
+        client.clone().oneshot(request)
+    };
+
+    // Revoked tokens: the 401s are handled inside; the circuit never sees a failure.
+    for _ in 0..5 {
+        auth.revoke_access_tokens("alice");
+        let response = call().await.unwrap();
+        assert_eq!(
+            read_jsonrpc(&response).unwrap()["result"]["content"][0]["text"],
+            "alice"
+        );
+    }
+    assert_eq!(auth.stats().refresh_requests, 5);
+    let snapshot = &handle.snapshots()[0];
+    assert_eq!(
+        (snapshot.state, snapshot.consecutive_failures),
+        (CircuitState::Closed, 0)
+    );
+
+    // The MCP server goes away: two failures open alice's circuit; the third call fails fast.
+    let before = store.load(&key).await.unwrap().unwrap();
+    drop(mcp);
+    assert!(call().await.is_err());
+    assert!(call().await.is_err());
+    let refused = call().await.unwrap_err();
+    assert!(
+        matches!(
+            Error::find(refused.as_ref()),
+            Some(Error::CircuitOpen { .. })
+        ),
+        "{refused}"
+    );
+    assert_eq!(handle.snapshots()[0].state, CircuitState::Open);
+    let after = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        after.generation, before.generation,
+        "an outage never touches credentials"
+    );
+}
