@@ -93,6 +93,25 @@ async fn wave(
     results
 }
 
+/// One call that must get an answer; its status.
+async fn status(client: &CircuitBreaker<Transport>, url: &str) -> u16 {
+    client
+        .clone()
+        .oneshot(get(url))
+        .await
+        .expect("an answer")
+        .status()
+        .as_u16()
+}
+
+fn state_of(layer: &CircuitBreakerLayer, url: &str) -> CircuitState {
+    layer
+        .handle()
+        .snapshot(&origin(url))
+        .expect("a circuit for the url")
+        .state
+}
+
 fn origin(url: &str) -> String {
     let uri: http::Uri = url.parse().unwrap();
     format!("http://{}:{}", uri.host().unwrap(), uri.port_u16().unwrap())
@@ -162,14 +181,7 @@ async fn a_restarted_upstream_is_recovered_by_one_probe_not_a_stampede() {
         "ok {ok}, refused while probing {probing}"
     );
     // Whatever was admitted went after the one probe answered.
-    assert_eq!(
-        layer
-            .handle()
-            .snapshot(&origin(&upstream.url()))
-            .unwrap()
-            .state,
-        CircuitState::Closed
-    );
+    assert_eq!(state_of(&layer, &upstream.url()), CircuitState::Closed);
     assert!(
         wave(&client, &upstream.url(), 200)
             .await
@@ -205,14 +217,7 @@ async fn unauthorized_and_forbidden_never_open_the_circuit() {
         }
     }
     assert_eq!(upstream.requests(), 60);
-    assert_eq!(
-        layer
-            .handle()
-            .snapshot(&origin(&upstream.url()))
-            .unwrap()
-            .state,
-        CircuitState::Closed
-    );
+    assert_eq!(state_of(&layer, &upstream.url()), CircuitState::Closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,15 +228,7 @@ async fn too_many_requests_throttles_the_key_until_retry_after() {
     let layer = CircuitBreakerLayer::new(config());
     let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
 
-    assert_eq!(
-        client
-            .clone()
-            .oneshot(get(&upstream.url()))
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(status(&client, &upstream.url()).await, 429);
     let throttled = client.clone().oneshot(get(&upstream.url())).await;
     assert_eq!(rejection(&throttled), Some(Rejection::Throttled));
     match throttled
@@ -245,26 +242,11 @@ async fn too_many_requests_throttles_the_key_until_retry_after() {
         other => panic!("{other:?}"),
     }
     assert_eq!(upstream.requests(), 1);
-    assert_eq!(
-        layer
-            .handle()
-            .snapshot(&origin(&upstream.url()))
-            .unwrap()
-            .state,
-        CircuitState::Closed
-    );
+    assert_eq!(state_of(&layer, &upstream.url()), CircuitState::Closed);
 
     upstream.set_status(200);
     tokio::time::sleep(Duration::from_millis(1050)).await;
-    assert_eq!(
-        client
-            .clone()
-            .oneshot(get(&upstream.url()))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(&client, &upstream.url()).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -342,15 +324,7 @@ async fn a_dropped_probe_frees_the_slot_and_a_hung_probe_times_out() {
             .with_probe_timeout(Duration::from_millis(200)),
     );
     let mut client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
-    assert_eq!(
-        client
-            .clone()
-            .oneshot(get(&upstream.url()))
-            .await
-            .unwrap()
-            .status(),
-        500
-    );
+    assert_eq!(status(&client, &upstream.url()).await, 500);
     tokio::time::sleep(Duration::from_millis(350)).await;
 
     // Admission happens in `call`: this call is the probe. Dropping it frees the slot.
