@@ -122,6 +122,16 @@ impl Error {
         }
     }
 
+    /// The Bearer challenge of the 401 that led to this error, parsed (RFC 6750 §3,
+    /// RFC 9728 §5.1).
+    pub fn bearer_challenge(&self) -> Option<crate::challenge::BearerChallenge> {
+        let mut headers = http::HeaderMap::new();
+        for value in self.www_authenticate() {
+            headers.append(http::header::WWW_AUTHENTICATE, value.clone());
+        }
+        crate::challenge::BearerChallenge::from_headers(&headers)
+    }
+
     pub(crate) fn with_challenge(mut self, challenge: Vec<HeaderValue>) -> Self {
         if let Error::ReauthRequired {
             www_authenticate, ..

@@ -64,6 +64,7 @@
 
 mod binding;
 mod breaker;
+mod challenge;
 mod error;
 mod http_client;
 mod key;
@@ -86,6 +87,7 @@ mod sync {
 
 pub use binding::{ClientAuthMethod, ServerBinding};
 pub use breaker::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
+pub use challenge::{BearerChallenge, Challenge};
 pub use error::{ConfigError, Error, ReauthReason, StoreError, TransientReason};
 pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
 pub use key::{AuthKey, BindingId, Principal};

@@ -282,11 +282,11 @@ async fn invalid_grant_retires_the_refresh_token_and_surfaces_reauth_with_the_ch
         ),
         "{error:?}"
     );
-    let challenge = error.www_authenticate()[0].to_str().unwrap();
-    assert!(
-        challenge.starts_with("Bearer ") && challenge.contains("invalid_token"),
-        "{challenge}"
-    );
+    let challenge = error
+        .bearer_challenge()
+        .expect("the 401's Bearer challenge");
+    assert_eq!(challenge.error.as_deref(), Some("invalid_token"));
+    assert!(challenge.resource_metadata.is_some());
     assert!(
         h.stored(&alice()).await.unwrap().refresh_token.is_none(),
         "refresh token retired"
