@@ -57,6 +57,9 @@ pub enum Error {
     /// The credential store failed.
     #[error("credential store failed")]
     Store(#[source] StoreError),
+    /// Discovering the resource's or authorization server's metadata failed.
+    #[error("discovery failed")]
+    Discovery(#[source] crate::oauth::discovery::DiscoveryError),
     /// A [`CircuitBreakerLayer`](crate::CircuitBreakerLayer) refused the call without
     /// sending it (or failed a half-open probe that timed out).
     #[error("circuit for {key} refused the call: {reason} (retry after {retry_after:?})")]

@@ -78,6 +78,7 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 mod token;
+mod url_policy;
 
 /// Synchronisation primitives of the single-flight core (swapped for loom's in its
 /// model-checking test).
@@ -98,6 +99,11 @@ pub use layer::circuit_breaker::{
 };
 #[doc(inline)]
 pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};
+pub use oauth::discovery::{
+    AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,
+    authorization_server_metadata_urls, protected_resource_metadata_urls,
+};
 pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};
 pub use replay::DEFAULT_MAX_REPLAY_BODY;
 pub use token::{Generation, Secret, TokenSet};
+pub use url_policy::{UrlPolicy, UrlRefused};

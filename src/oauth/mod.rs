@@ -1,3 +1,4 @@
 //! OAuth protocol code. Knows nothing of Tower.
 
+pub(crate) mod discovery;
 pub(crate) mod grants;

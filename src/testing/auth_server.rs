@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::json;
@@ -50,6 +50,8 @@ pub struct AuthServerStats {
     pub reuse_detected: u64,
     /// Requests answered with an injected fault.
     pub faults: u64,
+    /// Requests for the metadata document (RFC 8414).
+    pub metadata_requests: u64,
 }
 
 /// What one refresh request carried (secrets left out).
@@ -108,6 +110,8 @@ struct Tokens {
 }
 
 struct Knobs {
+    /// The `issuer` the metadata document claims (default: the real one).
+    metadata_issuer: Option<String>,
     access_token_lifetime: Duration,
     latency: Duration,
     rotate_refresh_tokens: bool,
@@ -121,10 +125,12 @@ struct Counters {
     invalid_grants: AtomicU64,
     reuse_detected: AtomicU64,
     faults: AtomicU64,
+    metadata_requests: AtomicU64,
     next_family: AtomicU64,
 }
 
 pub(crate) struct AuthState {
+    issuer: Mutex<String>,
     tokens: Mutex<Tokens>,
     knobs: Mutex<Knobs>,
     counters: Counters,
@@ -198,8 +204,10 @@ impl TestAuthServer {
     /// [`set_access_token_lifetime`](Self::set_access_token_lifetime) says otherwise.
     pub async fn start() -> std::io::Result<Self> {
         let state = Arc::new(AuthState {
+            issuer: Mutex::new(String::new()),
             tokens: Mutex::new(Tokens::default()),
             knobs: Mutex::new(Knobs {
+                metadata_issuer: None,
                 access_token_lifetime: Duration::from_secs(3600),
                 latency: Duration::ZERO,
                 rotate_refresh_tokens: true,
@@ -211,8 +219,10 @@ impl TestAuthServer {
         });
         let router = Router::new()
             .route("/token", post(token_endpoint))
+            .route("/.well-known/oauth-authorization-server", get(metadata))
             .with_state(state.clone());
         let handle = ServerHandle::spawn(router, ("127.0.0.1", 0)).await?;
+        *lock(&state.issuer) = format!("http://{}", handle.addr);
         Ok(Self { state, handle })
     }
 
@@ -277,6 +287,11 @@ impl TestAuthServer {
         }
     }
 
+    /// Makes the metadata document claim another `issuer` (to test issuer validation).
+    pub fn set_metadata_issuer(&self, issuer: &str) {
+        lock(&self.state.knobs).metadata_issuer = Some(issuer.to_owned());
+    }
+
     /// Lifetime of access tokens issued from now on.
     pub fn set_access_token_lifetime(&self, lifetime: Duration) {
         lock(&self.state.knobs).access_token_lifetime = lifetime;
@@ -317,6 +332,7 @@ impl TestAuthServer {
             invalid_grants: c.invalid_grants.load(Ordering::SeqCst),
             reuse_detected: c.reuse_detected.load(Ordering::SeqCst),
             faults: c.faults.load(Ordering::SeqCst),
+            metadata_requests: c.metadata_requests.load(Ordering::SeqCst),
         }
     }
 
@@ -345,6 +361,25 @@ impl std::fmt::Debug for TestAuthServer {
             .field("stats", &self.stats())
             .finish()
     }
+}
+
+async fn metadata(State(state): State<Arc<AuthState>>) -> Json<serde_json::Value> {
+    state
+        .counters
+        .metadata_requests
+        .fetch_add(1, Ordering::SeqCst);
+    let real = lock(&state.issuer).clone();
+    let claimed = lock(&state.knobs)
+        .metadata_issuer
+        .clone()
+        .unwrap_or_else(|| real.clone());
+    Json(json!({
+        "issuer": claimed,
+        "token_endpoint": format!("{real}/token"),
+        "grant_types_supported": ["refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+    }))
 }
 
 fn oauth_error(status: StatusCode, code: &str) -> Response {

@@ -1,0 +1,401 @@
+//! Discovery: protected resource metadata (RFC 9728) and authorization server metadata
+//! (RFC 8414, OpenID Connect Discovery), in the MCP 2025-11-25 order, cached in moka.
+//!
+//! The 2025-03-26 back-compat forms (metadata at the MCP server root, default
+//! `/authorize`, `/token`, `/register`) are not tried here yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use url::Url;
+
+use crate::challenge::BearerChallenge;
+use crate::error::TransientReason;
+use crate::http_client::{AuthHttpClient, HttpError};
+use crate::url_policy::{UrlPolicy, UrlRefused};
+
+/// Protected resource metadata (RFC 9728 §2).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProtectedResourceMetadata {
+    /// The resource identifier.
+    pub resource: String,
+    /// Issuers of the authorization servers that protect it.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// Scopes the resource understands.
+    #[serde(default)]
+    pub scopes_supported: Option<Vec<String>>,
+}
+
+/// Authorization server metadata (RFC 8414 §2, the fields MCP clients use).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthorizationServerMetadata {
+    /// The issuer identifier.
+    pub issuer: String,
+    /// The authorization endpoint.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    /// The token endpoint.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// The dynamic client registration endpoint (RFC 7591).
+    #[serde(default)]
+    pub registration_endpoint: Option<String>,
+    /// Scopes the server supports.
+    #[serde(default)]
+    pub scopes_supported: Option<Vec<String>>,
+    /// Grant types the server supports.
+    #[serde(default)]
+    pub grant_types_supported: Option<Vec<String>>,
+    /// PKCE methods; MCP clients require `S256`.
+    #[serde(default)]
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// Client authentication methods at the token endpoint.
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    /// Whether Client ID Metadata Documents are accepted.
+    #[serde(default)]
+    pub client_id_metadata_document_supported: Option<bool>,
+}
+
+impl AuthorizationServerMetadata {
+    /// Whether PKCE `S256` is advertised (`None`: the server did not list methods).
+    pub fn supports_s256(&self) -> Option<bool> {
+        self.code_challenge_methods_supported
+            .as_ref()
+            .map(|methods| methods.iter().any(|m| m == "S256"))
+    }
+}
+
+/// Why discovery failed.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// A URL was refused by the [`UrlPolicy`].
+    #[error("refused URL: {0}")]
+    Refused(#[from] UrlRefused),
+    /// `resource_metadata` pointed at another origin than the MCP server.
+    #[error("resource_metadata on another origin than the server ({0})")]
+    CrossOriginMetadata(String),
+    /// No candidate URL served a usable document.
+    #[error("no metadata found (tried {})", .tried.join(", "))]
+    NotFound {
+        /// The URLs tried, in order.
+        tried: Vec<String>,
+    },
+    /// The protected resource metadata names another resource.
+    #[error("metadata is for resource {found}, not {expected}")]
+    ResourceMismatch {
+        /// The MCP server URL.
+        expected: String,
+        /// What the document said.
+        found: String,
+    },
+    /// The authorization server metadata names another issuer.
+    #[error("metadata is for issuer {found}, not {expected}")]
+    IssuerMismatch {
+        /// The issuer asked for.
+        expected: String,
+        /// What the document said.
+        found: String,
+    },
+    /// The protected resource metadata lists no authorization server.
+    #[error("no authorization_servers in the protected resource metadata")]
+    NoAuthorizationServer,
+    /// A server could not be reached (network, timeout, 5xx, 429).
+    #[error("metadata unavailable: {0}")]
+    Unavailable(TransientReason),
+}
+
+/// The well-known URLs of a resource's protected resource metadata, in the order MCP
+/// clients try them: path-inserted, then at the root (RFC 9728 §3.1).
+pub fn protected_resource_metadata_urls(server: &Url) -> Vec<Url> {
+    let path = server.path().trim_end_matches('/');
+    let mut urls = Vec::with_capacity(2);
+    for suffix in [path, ""] {
+        let mut url = server.clone();
+        url.set_path(&format!("/.well-known/oauth-protected-resource{suffix}"));
+        url.set_query(None);
+        url.set_fragment(None);
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    urls
+}
+
+/// The well-known URLs of an issuer's metadata, in the MCP 2025-11-25 order: RFC 8414
+/// path insertion, OIDC path insertion, OIDC path appending; for an issuer without a
+/// path, RFC 8414 then OIDC at the root.
+pub fn authorization_server_metadata_urls(issuer: &Url) -> Vec<Url> {
+    let path = issuer.path().trim_end_matches('/');
+    let at = |path: String| {
+        let mut url = issuer.clone();
+        url.set_path(&path);
+        url.set_query(None);
+        url.set_fragment(None);
+        url
+    };
+    if path.is_empty() {
+        return vec![
+            at("/.well-known/oauth-authorization-server".into()),
+            at("/.well-known/openid-configuration".into()),
+        ];
+    }
+    vec![
+        at(format!("/.well-known/oauth-authorization-server{path}")),
+        at(format!("/.well-known/openid-configuration{path}")),
+        at(format!("{path}/.well-known/openid-configuration")),
+    ]
+}
+
+/// Whether `resource` (from metadata) identifies `server`: the same URL, or the same
+/// origin with a path that is a parent of the server's at a segment boundary (the
+/// origin-level resource the spec allows).
+fn resource_matches(resource: &str, server: &Url) -> bool {
+    let Ok(resource) = Url::parse(resource) else {
+        return false;
+    };
+    if resource.origin() != server.origin() {
+        return false;
+    }
+    let parent = resource.path().trim_end_matches('/');
+    let path = server.path().trim_end_matches('/');
+    path == parent || path.starts_with(&format!("{parent}/"))
+}
+
+fn same_issuer(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// Discovers and caches metadata. Clones share the caches.
+///
+/// ```no_run
+/// use tower_mcp_auth::{AuthHttpClient, Discovery, UrlPolicy};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let discovery = Discovery::new(AuthHttpClient::reqwest(), UrlPolicy::default());
+/// let server = "https://mcp.example.com/mcp".parse()?;
+/// let resource = discovery.protected_resource(&server, None).await?;
+/// let issuer = resource.authorization_servers[0].parse()?;
+/// let metadata = discovery.authorization_server(&issuer).await?;
+/// println!("token endpoint: {:?}", metadata.token_endpoint);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Discovery {
+    http: AuthHttpClient,
+    policy: UrlPolicy,
+    resources: moka::future::Cache<String, Arc<ProtectedResourceMetadata>>,
+    issuers: moka::future::Cache<String, Arc<AuthorizationServerMetadata>>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    /// Discovery through `http` under `policy`, caching documents for 10 minutes.
+    pub fn new(http: AuthHttpClient, policy: UrlPolicy) -> Self {
+        Self::with_ttl(http, policy, Duration::from_secs(600))
+    }
+
+    /// As [`new`](Self::new) with another cache lifetime.
+    pub fn with_ttl(http: AuthHttpClient, policy: UrlPolicy, ttl: Duration) -> Self {
+        Self {
+            http,
+            policy,
+            resources: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build(),
+            issuers: moka::future::Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    /// The protected resource metadata of the MCP server at `server`: from the
+    /// challenge's `resource_metadata` if given (same origin only), else from the
+    /// well-known URLs. The document's `resource` must identify `server`.
+    pub async fn protected_resource(
+        &self,
+        server: &Url,
+        challenge: Option<&BearerChallenge>,
+    ) -> Result<Arc<ProtectedResourceMetadata>, DiscoveryError> {
+        let hinted = challenge.and_then(|c| c.resource_metadata.as_deref());
+        let cache_key = format!("{server} {}", hinted.unwrap_or(""));
+        self.resources
+            .try_get_with(cache_key, async {
+                let candidates = match hinted {
+                    Some(hint) => {
+                        let url = server.join(hint).map_err(|_| DiscoveryError::NotFound {
+                            tried: vec![hint.to_owned()],
+                        })?;
+                        if url.origin() != server.origin() {
+                            return Err(DiscoveryError::CrossOriginMetadata(url.to_string()));
+                        }
+                        vec![url]
+                    }
+                    None => protected_resource_metadata_urls(server),
+                };
+                let document: ProtectedResourceMetadata = self.first_document(&candidates).await?;
+                if !resource_matches(&document.resource, server) {
+                    return Err(DiscoveryError::ResourceMismatch {
+                        expected: server.to_string(),
+                        found: document.resource,
+                    });
+                }
+                if document.authorization_servers.is_empty() {
+                    return Err(DiscoveryError::NoAuthorizationServer);
+                }
+                Ok(Arc::new(document))
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// The metadata of the authorization server `issuer`; its `issuer` must match.
+    pub async fn authorization_server(
+        &self,
+        issuer: &Url,
+    ) -> Result<Arc<AuthorizationServerMetadata>, DiscoveryError> {
+        self.issuers
+            .try_get_with(issuer.to_string(), async {
+                let candidates = authorization_server_metadata_urls(issuer);
+                let document: AuthorizationServerMetadata =
+                    self.first_document(&candidates).await?;
+                if !same_issuer(&document.issuer, issuer.as_str()) {
+                    return Err(DiscoveryError::IssuerMismatch {
+                        expected: issuer.to_string(),
+                        found: document.issuer,
+                    });
+                }
+                Ok(Arc::new(document))
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// The first candidate that answers 200 with a document of type `T`. Unreachable
+    /// servers end the search; 4xx, redirects and unparsable documents move on.
+    async fn first_document<T: serde::de::DeserializeOwned>(
+        &self,
+        candidates: &[Url],
+    ) -> Result<T, DiscoveryError> {
+        let mut tried = Vec::new();
+        for url in candidates {
+            self.policy.check(url)?;
+            tried.push(url.to_string());
+            let mut request = http::Request::new(Bytes::new());
+            *request.uri_mut() = match url.as_str().parse() {
+                Ok(uri) => uri,
+                Err(_) => continue,
+            };
+            request.headers_mut().insert(
+                http::header::ACCEPT,
+                http::HeaderValue::from_static("application/json"),
+            );
+            let response = match self.http.send(request).await {
+                Ok(response) => response,
+                Err(HttpError::Status {
+                    status,
+                    retry_after: _,
+                }) if status.as_u16() == 429 => {
+                    return Err(DiscoveryError::Unavailable(TransientReason::RateLimited));
+                }
+                Err(HttpError::Status { status, .. }) => {
+                    return Err(DiscoveryError::Unavailable(TransientReason::ServerError(
+                        status.as_u16(),
+                    )));
+                }
+                Err(HttpError::Timeout(after)) => {
+                    return Err(DiscoveryError::Unavailable(TransientReason::Timeout(after)));
+                }
+                Err(HttpError::Network(e)) => {
+                    return Err(DiscoveryError::Unavailable(TransientReason::Network(
+                        e.into(),
+                    )));
+                }
+                Err(HttpError::TooLarge(max)) => {
+                    tracing::debug!(%url, max, "metadata document too large");
+                    continue;
+                }
+            };
+            if response.status() != http::StatusCode::OK {
+                continue;
+            }
+            match serde_json::from_slice(response.body()) {
+                Ok(document) => return Ok(document),
+                Err(error) => tracing::debug!(%url, %error, "unusable metadata document"),
+            }
+        }
+        Err(DiscoveryError::NotFound { tried })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(list: Vec<Url>) -> Vec<String> {
+        list.into_iter().map(String::from).collect()
+    }
+
+    #[test]
+    fn protected_resource_candidates_insert_the_path() {
+        let server: Url = "https://mcp.example.com/public/mcp?x=1".parse().unwrap();
+        assert_eq!(
+            urls(protected_resource_metadata_urls(&server)),
+            [
+                "https://mcp.example.com/.well-known/oauth-protected-resource/public/mcp",
+                "https://mcp.example.com/.well-known/oauth-protected-resource",
+            ]
+        );
+        let root: Url = "https://mcp.example.com/".parse().unwrap();
+        assert_eq!(protected_resource_metadata_urls(&root).len(), 1);
+    }
+
+    #[test]
+    fn authorization_server_candidates_follow_the_2025_11_25_order() {
+        let with_path: Url = "https://auth.example.com/tenant1".parse().unwrap();
+        assert_eq!(
+            urls(authorization_server_metadata_urls(&with_path)),
+            [
+                "https://auth.example.com/.well-known/oauth-authorization-server/tenant1",
+                "https://auth.example.com/.well-known/openid-configuration/tenant1",
+                "https://auth.example.com/tenant1/.well-known/openid-configuration",
+            ]
+        );
+        let root: Url = "https://auth.example.com".parse().unwrap();
+        assert_eq!(
+            urls(authorization_server_metadata_urls(&root)),
+            [
+                "https://auth.example.com/.well-known/oauth-authorization-server",
+                "https://auth.example.com/.well-known/openid-configuration",
+            ]
+        );
+    }
+
+    #[test]
+    fn resource_identity_allows_the_origin_level_resource() {
+        let server: Url = "https://mcp.example.com/mcp".parse().unwrap();
+        assert!(resource_matches("https://mcp.example.com/mcp", &server));
+        assert!(resource_matches("https://mcp.example.com/mcp/", &server));
+        assert!(resource_matches("https://mcp.example.com", &server));
+        assert!(!resource_matches("https://mcp.example.com/other", &server));
+        assert!(!resource_matches("https://mcp.example.com/mc", &server));
+        assert!(!resource_matches("https://evil.example.com/mcp", &server));
+        assert!(!resource_matches("not a url", &server));
+    }
+}
