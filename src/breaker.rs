@@ -217,7 +217,19 @@ pub enum Outcome {
     Neutral,
 }
 
-/// A state change of one key's circuit.
+/// A state change of one key's circuit, as given to
+/// [`CircuitBreakerLayer::on_transition`](crate::CircuitBreakerLayer::on_transition).
+///
+/// ```
+/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, CircuitState};
+///
+/// let layer = CircuitBreakerLayer::new(BreakerConfig::default()).on_transition(|key, transition| {
+///     if transition.to == CircuitState::Open {
+///         eprintln!("{key} is down; next probe in {:?}", transition.open_for);
+///     }
+/// });
+/// # drop(layer);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
     /// The state before.

@@ -47,6 +47,18 @@ use crate::key::Principal;
 pub type KeyFn = Arc<dyn Fn(&Uri, &Extensions) -> String + Send + Sync>;
 
 /// How requests are grouped into circuits.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_mcp_auth::{BreakerConfig, BreakerKeying, CircuitBreakerLayer};
+///
+/// // One circuit per host, whatever the port or scheme.
+/// let by_host = BreakerKeying::Custom(Arc::new(|uri: &http::Uri, _: &http::Extensions| {
+///     uri.host().unwrap_or_default().to_owned()
+/// }));
+/// let layer = CircuitBreakerLayer::new(BreakerConfig::default()).with_keying(by_host);
+/// # drop(layer);
+/// ```
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum BreakerKeying {
@@ -93,6 +105,30 @@ impl BreakerKeying {
 
 /// Decides how a finished call counts for its circuit, in the manner of tower-http's
 /// `classify`.
+///
+/// ```
+/// use http::Response;
+/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, ClassifyOutcome, DefaultClassifier, Outcome};
+///
+/// /// Also treats 408 Request Timeout as the upstream failing.
+/// #[derive(Clone)]
+/// struct TimeoutsFail;
+///
+/// impl<B, E> ClassifyOutcome<B, E> for TimeoutsFail {
+///     fn classify_response(&self, response: &Response<B>) -> Outcome {
+///         match response.status().as_u16() {
+///             408 => Outcome::Failure,
+///             _ => ClassifyOutcome::<B, E>::classify_response(&DefaultClassifier, response),
+///         }
+///     }
+///     fn classify_error(&self, _: &E) -> Outcome {
+///         Outcome::Failure
+///     }
+/// }
+///
+/// let layer = CircuitBreakerLayer::new(BreakerConfig::default()).with_classifier(TimeoutsFail);
+/// # drop(layer);
+/// ```
 pub trait ClassifyOutcome<ResBody, E>: Clone + Send + Sync + 'static {
     /// How a response counts.
     fn classify_response(&self, response: &Response<ResBody>) -> Outcome;
@@ -282,6 +318,20 @@ impl<C> CircuitBreakerLayer<C> {
 }
 
 /// Control and visibility of a [`CircuitBreakerLayer`]'s circuits.
+///
+/// ```
+/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, CircuitState};
+///
+/// let layer = CircuitBreakerLayer::new(BreakerConfig::default());
+/// let handle = layer.handle();
+/// // A status page:
+/// for circuit in handle.snapshots() {
+///     if circuit.state != CircuitState::Closed {
+///         println!("{} is {:?}, retry in {:?}", circuit.key, circuit.state, circuit.retry_after);
+///     }
+/// }
+/// assert!(handle.snapshot("https://mcp.example.com:443").is_none());
+/// ```
 #[derive(Clone)]
 pub struct CircuitBreakerHandle {
     shared: Arc<Shared>,

@@ -20,7 +20,7 @@ use crate::token::{Generation, TokenSet};
 /// A boxed, `Send` future, as returned by the store traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The outcome of [`CredentialStore::compare_and_swap`].
+/// The outcome of [`CredentialStore::compare_and_swap`]; see the example there.
 #[derive(Clone, Debug)]
 pub enum Swap {
     /// The new token set was stored under a fresh generation.
