@@ -103,6 +103,7 @@ pub use oauth::discovery::{
     AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,
     authorization_server_metadata_urls, protected_resource_metadata_urls,
 };
+pub use oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore, PendingFlow};
 pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};
 pub use replay::DEFAULT_MAX_REPLAY_BODY;
 pub use token::{Generation, Secret, TokenSet};

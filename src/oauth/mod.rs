@@ -1,4 +1,5 @@
 //! OAuth protocol code. Knows nothing of Tower.
 
 pub(crate) mod discovery;
+pub(crate) mod flow;
 pub(crate) mod grants;

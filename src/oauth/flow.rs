@@ -1,0 +1,310 @@
+//! Interactive authorization flows whose state is persisted PENDING before their
+//! authorization URL is handed to anyone (DESIGN invariant 7).
+//!
+//! LibreChat shipped a race where the OAuth callback arrived before the flow state was
+//! stored. Here [`FlowStore::start_or_join`] returns only after the flow is findable by
+//! its key and by its `state`, so a callback that arrives the instant the URL is shown
+//! finds it. Concurrent starts for one key join the PENDING flow and get the same URL;
+//! completion is first-wins.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use moka::ops::compute::Op;
+use oauth2::basic::BasicClient;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use tokio::sync::watch;
+use url::Url;
+
+use crate::key::AuthKey;
+use crate::token::{Generation, Secret};
+
+/// What an authorization request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthorizationRequest {
+    /// The authorization server's issuer.
+    pub issuer: String,
+    /// Its authorization endpoint.
+    pub authorization_endpoint: Url,
+    /// The client id.
+    pub client_id: String,
+    /// Where the authorization server sends the browser back.
+    pub redirect_uri: Url,
+    /// The protected resource (RFC 8707 `resource`).
+    pub resource: String,
+    /// The scopes asked for.
+    pub scopes: Vec<String>,
+}
+
+impl AuthorizationRequest {
+    /// A request with no scopes.
+    pub fn new(
+        issuer: impl Into<String>,
+        authorization_endpoint: Url,
+        client_id: impl Into<String>,
+        redirect_uri: Url,
+        resource: impl Into<String>,
+    ) -> Self {
+        Self {
+            issuer: issuer.into(),
+            authorization_endpoint,
+            client_id: client_id.into(),
+            redirect_uri,
+            resource: resource.into(),
+            scopes: Vec::new(),
+        }
+    }
+
+    /// Asks for `scopes`.
+    pub fn with_scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// A persisted PENDING flow.
+pub struct PendingFlow {
+    /// What was asked for.
+    pub request: AuthorizationRequest,
+    /// The authorization URL (PKCE `S256`, `state`, `resource`, `scope`).
+    pub authorization_url: Url,
+    /// The `state` parameter, which the callback presents.
+    pub state: Secret,
+    /// The PKCE code verifier, for the code exchange.
+    pub pkce_verifier: Secret,
+    /// When the flow stops being joinable or completable.
+    pub expires_at: SystemTime,
+}
+
+impl fmt::Debug for PendingFlow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingFlow")
+            .field("request", &self.request)
+            .field("state", &self.state)
+            .field("pkce_verifier", &self.pkce_verifier)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a flow ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlowOutcome {
+    /// Credentials were stored under this generation.
+    Completed(Generation),
+    /// The authorization server or user refused (`error=` on the callback), or the code
+    /// exchange failed.
+    Failed(String),
+}
+
+struct Flow {
+    pending: Arc<PendingFlow>,
+    outcome: watch::Sender<Option<FlowOutcome>>,
+}
+
+impl Flow {
+    fn is_open(&self) -> bool {
+        self.outcome.borrow().is_none() && SystemTime::now() < self.pending.expires_at
+    }
+}
+
+/// A caller's view of a flow it started or joined.
+#[derive(Clone)]
+pub struct FlowHandle {
+    flow: Arc<Flow>,
+    joined: bool,
+}
+
+impl fmt::Debug for FlowHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowHandle")
+            .field("pending", &self.flow.pending)
+            .field("joined", &self.joined)
+            .finish()
+    }
+}
+
+impl FlowHandle {
+    /// The persisted flow.
+    pub fn pending(&self) -> &Arc<PendingFlow> {
+        &self.flow.pending
+    }
+
+    /// Whether this caller joined a flow someone else started.
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
+    /// Waits until the flow completes or fails (first outcome wins), or `None` once it
+    /// has expired without one.
+    pub async fn outcome(&self) -> Option<FlowOutcome> {
+        let mut receiver = self.flow.outcome.subscribe();
+        let expires_in = self
+            .flow
+            .pending
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let wait = receiver.wait_for(Option::is_some);
+        match tokio::time::timeout(expires_in, wait).await {
+            Ok(Ok(outcome)) => outcome.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// Flow state, by key and by `state`, in moka with a TTL (default 15 minutes).
+///
+/// ```
+/// use tower_mcp_auth::{AuthKey, AuthorizationRequest, BindingId, FlowOutcome, FlowStore, Generation, Principal, ServerBinding};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let binding = ServerBinding::public_client("https://mcp.example.com/mcp", "https://auth.example.com/token", "c")?;
+/// let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
+/// let request = AuthorizationRequest::new(
+///     "https://auth.example.com",
+///     "https://auth.example.com/authorize".parse()?,
+///     "c",
+///     "https://app.example.com/oauth/callback".parse()?,
+///     "https://mcp.example.com/mcp",
+/// );
+/// let flows = FlowStore::new();
+/// let flow = flows.start_or_join(&key, request.clone()).await;
+/// // Already findable by the callback, before anyone saw the URL:
+/// let state = flow.pending().state.expose().to_owned();
+/// assert!(flows.find_by_state(&state).await.is_some());
+/// // A second start joins it.
+/// assert!(flows.start_or_join(&key, request).await.joined());
+/// assert!(flows.complete(&state, FlowOutcome::Completed(Generation(7))).await);
+/// assert_eq!(flow.outcome().await, Some(FlowOutcome::Completed(Generation(7))));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct FlowStore {
+    by_key: moka::future::Cache<AuthKey, Arc<Flow>>,
+    by_state: moka::future::Cache<String, (AuthKey, Arc<Flow>)>,
+    ttl: Duration,
+}
+
+impl fmt::Debug for FlowStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowStore")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FlowStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FlowStore {
+    /// A store whose flows live 15 minutes.
+    pub fn new() -> Self {
+        Self::with_ttl(Duration::from_secs(15 * 60))
+    }
+
+    /// A store whose flows live `ttl`.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Self {
+            by_key: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            by_state: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            ttl,
+        }
+    }
+
+    /// Starts a flow for `key`, or joins the open one. When this returns, the flow is
+    /// stored and findable by its `state`: only then may its URL be shown.
+    pub async fn start_or_join(&self, key: &AuthKey, request: AuthorizationRequest) -> FlowHandle {
+        // Building a candidate is cheap (random PKCE pair and state, a URL); it is thrown
+        // away when an open flow exists.
+        let candidate = Arc::new(new_flow(request, self.ttl));
+        let mut joined = None;
+        self.by_key
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let current = current.map(|entry| entry.into_value());
+                let candidate = candidate.clone();
+                let joined = &mut joined;
+                async move {
+                    if let Some(flow) = current.filter(|flow| flow.is_open()) {
+                        *joined = Some(flow);
+                        return Op::Nop;
+                    }
+                    let state = candidate.pending.state.expose().to_owned();
+                    self.by_state
+                        .insert(state, (key.clone(), candidate.clone()))
+                        .await;
+                    Op::Put(candidate)
+                }
+            })
+            .await;
+        match joined {
+            Some(flow) => FlowHandle { flow, joined: true },
+            None => FlowHandle {
+                flow: candidate,
+                joined: false,
+            },
+        }
+    }
+
+    /// The open flow a callback's `state` belongs to, with its key (tenant included).
+    pub async fn find_by_state(&self, state: &str) -> Option<(AuthKey, Arc<PendingFlow>)> {
+        let (key, flow) = self.by_state.get(state).await?;
+        flow.is_open().then(|| (key, flow.pending.clone()))
+    }
+
+    /// Ends the flow of `state` with `outcome` if it is still open. Returns whether this
+    /// call decided it (first wins); waiters wake with the outcome.
+    pub async fn complete(&self, state: &str, outcome: FlowOutcome) -> bool {
+        let Some((_, flow)) = self.by_state.get(state).await else {
+            return false;
+        };
+        if SystemTime::now() >= flow.pending.expires_at {
+            return false;
+        }
+        flow.outcome.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(outcome);
+            true
+        })
+    }
+}
+
+fn new_flow(request: AuthorizationRequest, ttl: Duration) -> Flow {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let client = BasicClient::new(ClientId::new(request.client_id.clone()))
+        .set_auth_uri(AuthUrl::from_url(request.authorization_endpoint.clone()))
+        .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()));
+    let (authorization_url, state) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_scopes(request.scopes.iter().cloned().map(Scope::new))
+        .add_extra_param("resource", request.resource.clone())
+        .url();
+    Flow {
+        pending: Arc::new(PendingFlow {
+            request,
+            authorization_url,
+            state: Secret::new(state.secret().as_str()),
+            pkce_verifier: Secret::new(verifier.secret().as_str()),
+            expires_at: SystemTime::now() + ttl,
+        }),
+        outcome: watch::channel(None).0,
+    }
+}
