@@ -104,6 +104,9 @@ pub use oauth::discovery::{
     authorization_server_metadata_urls, protected_resource_metadata_urls,
 };
 pub use oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore, PendingFlow};
+pub use oauth::registration::{
+    ClientConfig, ClientRegistration, Registrar, RegistrationError, RegistrationSource,
+};
 pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};
 pub use replay::DEFAULT_MAX_REPLAY_BODY;
 pub use token::{Generation, Secret, TokenSet};

@@ -3,3 +3,4 @@
 pub(crate) mod discovery;
 pub(crate) mod flow;
 pub(crate) mod grants;
+pub(crate) mod registration;

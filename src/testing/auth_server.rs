@@ -52,6 +52,8 @@ pub struct AuthServerStats {
     pub faults: u64,
     /// Requests for the metadata document (RFC 8414).
     pub metadata_requests: u64,
+    /// Dynamic client registrations (RFC 7591).
+    pub registrations: u64,
 }
 
 /// What one refresh request carried (secrets left out).
@@ -126,6 +128,7 @@ struct Counters {
     reuse_detected: AtomicU64,
     faults: AtomicU64,
     metadata_requests: AtomicU64,
+    registrations: AtomicU64,
     next_family: AtomicU64,
 }
 
@@ -220,6 +223,7 @@ impl TestAuthServer {
         let router = Router::new()
             .route("/token", post(token_endpoint))
             .route("/.well-known/oauth-authorization-server", get(metadata))
+            .route("/register", post(register))
             .with_state(state.clone());
         let handle = ServerHandle::spawn(router, ("127.0.0.1", 0)).await?;
         *lock(&state.issuer) = format!("http://{}", handle.addr);
@@ -287,6 +291,12 @@ impl TestAuthServer {
         }
     }
 
+    /// Forgets a registered client, as a server that lost or purged it: its next token
+    /// request gets `invalid_client`.
+    pub fn forget_client(&self, client_id: &str) {
+        lock(&self.state.tokens).clients.remove(client_id);
+    }
+
     /// Makes the metadata document claim another `issuer` (to test issuer validation).
     pub fn set_metadata_issuer(&self, issuer: &str) {
         lock(&self.state.knobs).metadata_issuer = Some(issuer.to_owned());
@@ -333,6 +343,7 @@ impl TestAuthServer {
             reuse_detected: c.reuse_detected.load(Ordering::SeqCst),
             faults: c.faults.load(Ordering::SeqCst),
             metadata_requests: c.metadata_requests.load(Ordering::SeqCst),
+            registrations: c.registrations.load(Ordering::SeqCst),
         }
     }
 
@@ -376,10 +387,45 @@ async fn metadata(State(state): State<Arc<AuthState>>) -> Json<serde_json::Value
     Json(json!({
         "issuer": claimed,
         "token_endpoint": format!("{real}/token"),
+        "registration_endpoint": format!("{real}/register"),
         "grant_types_supported": ["refresh_token"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
     }))
+}
+
+async fn register(
+    State(state): State<Arc<AuthState>>,
+    Json(request): Json<serde_json::Value>,
+) -> Response {
+    let redirect_ok = request["redirect_uris"].as_array().is_some_and(|uris| {
+        !uris.is_empty()
+            && uris
+                .iter()
+                .all(|u| u.as_str().is_some_and(|u| u.starts_with("http")))
+    });
+    if !redirect_ok {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_redirect_uri");
+    }
+    state.counters.registrations.fetch_add(1, Ordering::SeqCst);
+    let method = request["token_endpoint_auth_method"]
+        .as_str()
+        .unwrap_or("client_secret_basic")
+        .to_owned();
+    let client_id = random_token("client");
+    let secret = (method != "none").then(|| random_token("secret"));
+    lock(&state.tokens)
+        .clients
+        .insert(client_id.clone(), secret.clone());
+    let mut body = json!({
+        "client_id": client_id,
+        "token_endpoint_auth_method": method,
+        "redirect_uris": request["redirect_uris"],
+    });
+    if let Some(secret) = secret {
+        body["client_secret"] = json!(secret);
+    }
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 fn oauth_error(status: StatusCode, code: &str) -> Response {

@@ -1,0 +1,389 @@
+//! Client registration in the MCP priority order: pre-registered credentials, then a
+//! Client ID Metadata Document URL when the server supports it, then dynamic
+//! registration (RFC 7591), reusing a stored dynamic registration only while it still
+//! fits.
+//!
+//! LibreChat re-registered on every flow and got `client_id` mismatches; stale
+//! registrations were also never cleared. Here a dynamic registration is reused while
+//! its issuer (trailing slash normalised), redirect URI, resource and token endpoint all
+//! match, and deleted — that generation only — when the authorization server rejects
+//! the client.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use crate::binding::ClientAuthMethod;
+use crate::error::TransientReason;
+use crate::http_client::{AuthHttpClient, HttpError};
+use crate::oauth::discovery::AuthorizationServerMetadata;
+use crate::token::{Generation, Secret};
+use crate::url_policy::{UrlPolicy, UrlRefused};
+
+/// Where a client registration came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistrationSource {
+    /// Configured by the operator.
+    PreRegistered,
+    /// A Client ID Metadata Document URL used as the `client_id`.
+    MetadataDocument,
+    /// Dynamic client registration (RFC 7591).
+    Dynamic,
+}
+
+/// A client as registered at one authorization server.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientRegistration {
+    /// The client id.
+    pub client_id: String,
+    /// The client secret, for confidential clients.
+    pub client_secret: Option<Secret>,
+    /// How the client authenticates at the token endpoint.
+    pub auth_method: ClientAuthMethod,
+    /// The issuer it is registered at.
+    pub issuer: String,
+    /// The redirect URI it was registered with.
+    pub redirect_uri: Url,
+    /// The resource it was registered for.
+    pub resource: String,
+    /// The token endpoint at registration time.
+    pub token_endpoint: String,
+    /// Where it came from.
+    pub source: RegistrationSource,
+    /// Identifies this registration among later ones for the same key.
+    pub generation: Generation,
+}
+
+impl fmt::Debug for ClientRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientRegistration")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("auth_method", &self.auth_method)
+            .field("issuer", &self.issuer)
+            .field("source", &self.source)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the client is and wants, for [`Registrar::client_for`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Where the authorization server sends the browser back.
+    pub redirect_uri: Url,
+    /// The protected resource.
+    pub resource: String,
+    /// The client name shown on consent screens.
+    pub client_name: String,
+    /// Pre-registered credentials: client id, secret and method.
+    pub pre_registered: Option<(String, Option<Secret>, ClientAuthMethod)>,
+    /// This client's Client ID Metadata Document URL (https, with a path).
+    pub metadata_document: Option<Url>,
+}
+
+impl ClientConfig {
+    /// A client that registers dynamically unless told otherwise.
+    pub fn new(
+        redirect_uri: Url,
+        resource: impl Into<String>,
+        client_name: impl Into<String>,
+    ) -> Self {
+        Self {
+            redirect_uri,
+            resource: resource.into(),
+            client_name: client_name.into(),
+            pre_registered: None,
+            metadata_document: None,
+        }
+    }
+
+    /// Uses pre-registered credentials (first priority).
+    pub fn with_pre_registered(
+        mut self,
+        client_id: impl Into<String>,
+        secret: Option<Secret>,
+        method: ClientAuthMethod,
+    ) -> Self {
+        self.pre_registered = Some((client_id.into(), secret, method));
+        self
+    }
+
+    /// Uses this Client ID Metadata Document URL where the server supports it.
+    pub fn with_metadata_document(mut self, url: Url) -> Self {
+        self.metadata_document = Some(url);
+        self
+    }
+}
+
+/// Why no client could be had.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrationError {
+    /// No pre-registered credentials, no usable metadata document, no registration
+    /// endpoint.
+    #[error("no way to register a client at {issuer}")]
+    Unsupported {
+        /// The authorization server.
+        issuer: String,
+    },
+    /// The registration endpoint was refused by the URL policy.
+    #[error(transparent)]
+    Refused(#[from] UrlRefused),
+    /// The server refused the registration (RFC 7591 §3.2.2).
+    #[error("registration rejected ({code})")]
+    Rejected {
+        /// The error code, e.g. `invalid_redirect_uri`.
+        code: String,
+    },
+    /// The response was not a registration.
+    #[error("malformed registration response")]
+    InvalidResponse,
+    /// The server could not be reached.
+    #[error("registration endpoint unavailable: {0}")]
+    Unavailable(TransientReason),
+}
+
+/// Hands out client registrations per authorization server and key scope, registering
+/// dynamically when needed and reusing what still fits. Clones share the cache.
+#[derive(Clone)]
+pub struct Registrar {
+    http: AuthHttpClient,
+    policy: UrlPolicy,
+    registrations: moka::future::Cache<String, Arc<ClientRegistration>>,
+    next_generation: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registrar")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn normalized(issuer: &str) -> &str {
+    issuer.trim_end_matches('/')
+}
+
+#[derive(Deserialize)]
+struct RegistrationResponse {
+    client_id: String,
+    #[serde(default)]
+    client_secret: Option<String>,
+    #[serde(default)]
+    token_endpoint_auth_method: Option<String>,
+}
+
+impl Registrar {
+    /// A registrar talking through `http` under `policy`.
+    pub fn new(http: AuthHttpClient, policy: UrlPolicy) -> Self {
+        Self {
+            http,
+            policy,
+            registrations: moka::future::Cache::builder().max_capacity(100_000).build(),
+            next_generation: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn generation(&self) -> Generation {
+        Generation(self.next_generation.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The client to use at the authorization server `metadata` for `scope` (a tenant,
+    /// or tenant and user, whatever registrations are shared by).
+    pub async fn client_for(
+        &self,
+        scope: &str,
+        metadata: &AuthorizationServerMetadata,
+        config: &ClientConfig,
+    ) -> Result<Arc<ClientRegistration>, RegistrationError> {
+        let issuer = normalized(&metadata.issuer).to_owned();
+        let token_endpoint = metadata.token_endpoint.clone().unwrap_or_default();
+        let fixed = |client_id: String, client_secret, auth_method, source| {
+            Arc::new(ClientRegistration {
+                client_id,
+                client_secret,
+                auth_method,
+                issuer: issuer.clone(),
+                redirect_uri: config.redirect_uri.clone(),
+                resource: config.resource.clone(),
+                token_endpoint: token_endpoint.clone(),
+                source,
+                generation: Generation(0),
+            })
+        };
+        if let Some((id, secret, method)) = &config.pre_registered {
+            return Ok(fixed(
+                id.clone(),
+                secret.clone(),
+                *method,
+                RegistrationSource::PreRegistered,
+            ));
+        }
+        if let (Some(url), Some(true)) = (
+            &config.metadata_document,
+            metadata.client_id_metadata_document_supported,
+        ) {
+            return Ok(fixed(
+                url.to_string(),
+                None,
+                ClientAuthMethod::None,
+                RegistrationSource::MetadataDocument,
+            ));
+        }
+        let cache_key = format!("{scope} {issuer}");
+        if let Some(stored) = self.registrations.get(&cache_key).await {
+            let fits = normalized(&stored.issuer) == issuer
+                && stored.redirect_uri == config.redirect_uri
+                && stored.resource == config.resource
+                && stored.token_endpoint == token_endpoint;
+            if fits {
+                return Ok(stored);
+            }
+        }
+        let registered = Arc::new(
+            self.register(metadata, config, issuer.clone(), token_endpoint.clone())
+                .await?,
+        );
+        self.registrations
+            .insert(cache_key, registered.clone())
+            .await;
+        Ok(registered)
+    }
+
+    /// The authorization server rejected `registration` (`invalid_client` and the
+    /// like): forget it, if it is still the stored one, so the next flow registers anew.
+    pub async fn rejected(&self, scope: &str, registration: &ClientRegistration) -> bool {
+        if registration.source != RegistrationSource::Dynamic {
+            return false;
+        }
+        let cache_key = format!("{scope} {}", normalized(&registration.issuer));
+        let mut deleted = false;
+        self.registrations
+            .entry_by_ref(&cache_key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(entry) if entry.value().generation == registration.generation => {
+                        deleted = true;
+                        moka::ops::compute::Op::Remove
+                    }
+                    _ => moka::ops::compute::Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        deleted
+    }
+
+    async fn register(
+        &self,
+        metadata: &AuthorizationServerMetadata,
+        config: &ClientConfig,
+        issuer: String,
+        token_endpoint: String,
+    ) -> Result<ClientRegistration, RegistrationError> {
+        let Some(endpoint) = metadata.registration_endpoint.as_deref() else {
+            return Err(RegistrationError::Unsupported { issuer });
+        };
+        let endpoint: Url = endpoint
+            .parse()
+            .map_err(|_| RegistrationError::InvalidResponse)?;
+        self.policy.check(&endpoint)?;
+        let methods = metadata
+            .token_endpoint_auth_methods_supported
+            .as_deref()
+            .unwrap_or(&[]);
+        // A public client with PKCE unless the server only takes confidential ones.
+        let auth_method = if methods.is_empty() || methods.iter().any(|m| m == "none") {
+            "none"
+        } else if methods.iter().any(|m| m == "client_secret_basic") {
+            "client_secret_basic"
+        } else {
+            "client_secret_post"
+        };
+        let mut grant_types = vec!["authorization_code"];
+        let refresh = metadata
+            .grant_types_supported
+            .as_ref()
+            .is_none_or(|grants| grants.iter().any(|g| g == "refresh_token"));
+        if refresh {
+            grant_types.push("refresh_token");
+        }
+        let loopback = config
+            .redirect_uri
+            .host_str()
+            .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
+        let body = json!({
+            "client_name": config.client_name,
+            "redirect_uris": [config.redirect_uri.as_str()],
+            "grant_types": grant_types,
+            "response_types": ["code"],
+            "token_endpoint_auth_method": auth_method,
+            "application_type": if loopback { "native" } else { "web" },
+        });
+        let mut request = http::Request::new(Bytes::from(body.to_string()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = endpoint
+            .as_str()
+            .parse()
+            .map_err(|_| RegistrationError::InvalidResponse)?;
+        request.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let response = self.http.send(request).await.map_err(|e| {
+            RegistrationError::Unavailable(match e {
+                HttpError::Network(e) => TransientReason::Network(e.into()),
+                HttpError::Timeout(after) => TransientReason::Timeout(after),
+                HttpError::TooLarge(_) => {
+                    TransientReason::InvalidResponse("registration response too large".into())
+                }
+                HttpError::Status { status, .. } if status.as_u16() == 429 => {
+                    TransientReason::RateLimited
+                }
+                HttpError::Status { status, .. } => TransientReason::ServerError(status.as_u16()),
+            })
+        })?;
+        if !response.status().is_success() {
+            let code = serde_json::from_slice::<serde_json::Value>(response.body())
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("HTTP {}", response.status().as_u16()));
+            return Err(RegistrationError::Rejected { code });
+        }
+        let registered: RegistrationResponse = serde_json::from_slice(response.body())
+            .map_err(|_| RegistrationError::InvalidResponse)?;
+        let auth_method = match registered
+            .token_endpoint_auth_method
+            .as_deref()
+            .unwrap_or(auth_method)
+        {
+            "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
+            "client_secret_post" => ClientAuthMethod::ClientSecretPost,
+            _ => ClientAuthMethod::None,
+        };
+        if auth_method != ClientAuthMethod::None && registered.client_secret.is_none() {
+            return Err(RegistrationError::InvalidResponse);
+        }
+        Ok(ClientRegistration {
+            client_id: registered.client_id,
+            client_secret: registered.client_secret.map(Secret::new),
+            auth_method,
+            issuer,
+            redirect_uri: config.redirect_uri.clone(),
+            resource: config.resource.clone(),
+            token_endpoint,
+            source: RegistrationSource::Dynamic,
+            generation: self.generation(),
+        })
+    }
+}
