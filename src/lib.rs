@@ -99,6 +99,7 @@ pub use layer::circuit_breaker::{
 };
 #[doc(inline)]
 pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};
+pub use oauth::callback::{AuthorizationCompleter, CallbackError, CallbackParams};
 pub use oauth::discovery::{
     AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,
     authorization_server_metadata_urls, protected_resource_metadata_urls,

@@ -472,18 +472,7 @@ impl RefreshCoordinator {
         .await;
         match granted {
             Ok(granted) => {
-                let obtained_at = SystemTime::now();
-                let next = TokenSet {
-                    access_token: granted.access_token,
-                    // No new refresh token means the old one stays valid (RFC 6749 §6).
-                    refresh_token: granted
-                        .refresh_token
-                        .or_else(|| current.refresh_token.clone()),
-                    scope: granted.scope.or_else(|| current.scope.clone()),
-                    obtained_at,
-                    expires_at: granted.expires_in.map(|d| obtained_at + d),
-                    generation: current.generation,
-                };
+                let next = granted.into_token_set(Some(&current));
                 match store
                     .compare_and_swap(key, Some(current.generation), next)
                     .await
@@ -513,20 +502,9 @@ impl RefreshCoordinator {
                     .map_err(Error::Store)?;
                 Err(Error::reauth(ReauthReason::InvalidGrant))
             }
-            Err(GrantError::ClientRejected(code)) => {
-                warn!(%code, "client rejected by the authorization server");
-                Err(Error::reauth(ReauthReason::ClientRejected { code }))
-            }
-            Err(GrantError::OAuth(code)) => {
-                warn!(%code, "refresh failed");
-                Err(Error::reauth(ReauthReason::OAuth { code }))
-            }
-            Err(GrantError::Transient {
-                reason,
-                retry_after,
-            }) => {
-                warn!(%reason, "authorization server unavailable; credentials kept");
-                Err(Error::transient(reason, retry_after))
+            Err(error) => {
+                warn!(?error, "refresh failed; credentials kept");
+                Err(error.into())
             }
         }
     }

@@ -21,12 +21,16 @@ fn key(tenant: &str, user: &str) -> AuthKey {
 }
 
 fn request() -> AuthorizationRequest {
-    AuthorizationRequest::new(
-        "https://auth.example.com",
-        "https://auth.example.com/authorize".parse().unwrap(),
-        "client-1",
-        "http://127.0.0.1:8765/oauth/callback".parse().unwrap(),
+    let binding = ServerBinding::public_client(
         "https://mcp.example.com/mcp",
+        "https://auth.example.com/token",
+        "client-1",
+    )
+    .unwrap();
+    AuthorizationRequest::new(
+        binding,
+        "https://auth.example.com/authorize".parse().unwrap(),
+        "http://127.0.0.1:8765/oauth/callback".parse().unwrap(),
     )
     .with_scopes(["tools.read", "offline_access"])
 }
@@ -123,6 +127,24 @@ async fn completion_is_first_wins_and_a_new_start_begins_a_new_flow() {
     let next = flows.start_or_join(&key("acme", "alice"), request()).await;
     assert!(!next.joined());
     assert_ne!(next.pending().state, flow.pending().state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callbacks_claim_a_flow_once() {
+    let flows = FlowStore::new();
+    let flow = flows.start_or_join(&key("acme", "alice"), request()).await;
+    let state = flow.pending().state.expose().to_owned();
+    let claims: Vec<_> = (0..32)
+        .map(|_| {
+            let (flows, state) = (flows.clone(), state.clone());
+            tokio::spawn(async move { flows.claim(&state).await.is_some() })
+        })
+        .collect();
+    let mut won = 0;
+    for claim in claims {
+        won += usize::from(claim.await.unwrap());
+    }
+    assert_eq!(won, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,42 +17,32 @@ use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope
 use tokio::sync::watch;
 use url::Url;
 
+use crate::binding::ServerBinding;
 use crate::key::AuthKey;
 use crate::token::{Generation, Secret};
 
 /// What an authorization request asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AuthorizationRequest {
-    /// The authorization server's issuer.
-    pub issuer: String,
-    /// Its authorization endpoint.
+    /// The resource, authorization server and client: what the tokens will be for and
+    /// how the code is exchanged and later refreshed.
+    pub binding: ServerBinding,
+    /// The authorization endpoint.
     pub authorization_endpoint: Url,
-    /// The client id.
-    pub client_id: String,
     /// Where the authorization server sends the browser back.
     pub redirect_uri: Url,
-    /// The protected resource (RFC 8707 `resource`).
-    pub resource: String,
     /// The scopes asked for.
     pub scopes: Vec<String>,
 }
 
 impl AuthorizationRequest {
     /// A request with no scopes.
-    pub fn new(
-        issuer: impl Into<String>,
-        authorization_endpoint: Url,
-        client_id: impl Into<String>,
-        redirect_uri: Url,
-        resource: impl Into<String>,
-    ) -> Self {
+    pub fn new(binding: ServerBinding, authorization_endpoint: Url, redirect_uri: Url) -> Self {
         Self {
-            issuer: issuer.into(),
+            binding,
             authorization_endpoint,
-            client_id: client_id.into(),
             redirect_uri,
-            resource: resource.into(),
             scopes: Vec::new(),
         }
     }
@@ -103,6 +93,8 @@ pub enum FlowOutcome {
 struct Flow {
     pending: Arc<PendingFlow>,
     outcome: watch::Sender<Option<FlowOutcome>>,
+    /// Set by the one callback that exchanges the code.
+    claimed: std::sync::atomic::AtomicBool,
 }
 
 impl Flow {
@@ -159,18 +151,16 @@ impl FlowHandle {
 /// Flow state, by key and by `state`, in moka with a TTL (default 15 minutes).
 ///
 /// ```
-/// use tower_mcp_auth::{AuthKey, AuthorizationRequest, BindingId, FlowOutcome, FlowStore, Generation, Principal, ServerBinding};
+/// use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowOutcome, FlowStore, Generation, Principal, ServerBinding};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let binding = ServerBinding::public_client("https://mcp.example.com/mcp", "https://auth.example.com/token", "c")?;
 /// let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
 /// let request = AuthorizationRequest::new(
-///     "https://auth.example.com",
+///     binding,
 ///     "https://auth.example.com/authorize".parse()?,
-///     "c",
 ///     "https://app.example.com/oauth/callback".parse()?,
-///     "https://mcp.example.com/mcp",
 /// );
 /// let flows = FlowStore::new();
 /// let flow = flows.start_or_join(&key, request.clone()).await;
@@ -267,6 +257,14 @@ impl FlowStore {
         flow.is_open().then(|| (key, flow.pending.clone()))
     }
 
+    /// Claims the open flow of `state` for the one callback that may exchange its code:
+    /// `None` for unknown, expired, completed or already claimed flows.
+    pub async fn claim(&self, state: &str) -> Option<(AuthKey, Arc<PendingFlow>)> {
+        let (key, flow) = self.by_state.get(state).await?;
+        let first = !flow.claimed.swap(true, std::sync::atomic::Ordering::SeqCst);
+        (first && flow.is_open()).then(|| (key, flow.pending.clone()))
+    }
+
     /// Ends the flow of `state` with `outcome` if it is still open. Returns whether this
     /// call decided it (first wins); waiters wake with the outcome.
     pub async fn complete(&self, state: &str, outcome: FlowOutcome) -> bool {
@@ -288,14 +286,14 @@ impl FlowStore {
 
 fn new_flow(request: AuthorizationRequest, ttl: Duration) -> Flow {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let client = BasicClient::new(ClientId::new(request.client_id.clone()))
+    let client = BasicClient::new(ClientId::new(request.binding.client_id().to_owned()))
         .set_auth_uri(AuthUrl::from_url(request.authorization_endpoint.clone()))
         .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()));
     let (authorization_url, state) = client
         .authorize_url(CsrfToken::new_random)
         .set_pkce_challenge(challenge)
         .add_scopes(request.scopes.iter().cloned().map(Scope::new))
-        .add_extra_param("resource", request.resource.clone())
+        .add_extra_param("resource", request.binding.resource().as_str().to_owned())
         .url();
     Flow {
         pending: Arc::new(PendingFlow {
@@ -306,5 +304,6 @@ fn new_flow(request: AuthorizationRequest, ttl: Duration) -> Flow {
             expires_at: SystemTime::now() + ttl,
         }),
         outcome: watch::channel(None).0,
+        claimed: std::sync::atomic::AtomicBool::new(false),
     }
 }

@@ -1,19 +1,20 @@
 //! Token endpoint grants and the classification of their failures.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
-    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken,
+    AsyncHttpClient, AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet,
+    EndpointSet, HttpRequest, HttpResponse, PkceCodeVerifier, RedirectUrl, RefreshToken,
     RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 
 use crate::binding::{ClientAuthMethod, ServerBinding};
-use crate::error::TransientReason;
+use crate::error::{Error, ReauthReason, TransientReason};
 use crate::http_client::{AuthHttpClient, HttpError};
 use crate::store::BoxFuture;
-use crate::token::Secret;
+use crate::token::{Generation, Secret, TokenSet};
 
 /// A successful token response, secrets wrapped.
 #[derive(Debug)]
@@ -22,6 +23,26 @@ pub(crate) struct GrantedTokens {
     pub(crate) refresh_token: Option<Secret>,
     pub(crate) expires_in: Option<Duration>,
     pub(crate) scope: Option<String>,
+}
+
+impl GrantedTokens {
+    /// The token set to store, obtained now. A response without a refresh token or
+    /// scope keeps the previous ones (RFC 6749 §6).
+    pub(crate) fn into_token_set(self, previous: Option<&TokenSet>) -> TokenSet {
+        let obtained_at = SystemTime::now();
+        TokenSet {
+            access_token: self.access_token,
+            refresh_token: self
+                .refresh_token
+                .or_else(|| previous.and_then(|p| p.refresh_token.clone())),
+            scope: self
+                .scope
+                .or_else(|| previous.and_then(|p| p.scope.clone())),
+            obtained_at,
+            expires_at: self.expires_in.map(|d| obtained_at + d),
+            generation: previous.map_or(Generation(0), |p| p.generation),
+        }
+    }
 }
 
 /// What a failed grant means for the stored credentials (DESIGN invariant 4).
@@ -40,14 +61,10 @@ pub(crate) enum GrantError {
     },
 }
 
-/// `grant_type=refresh_token` (RFC 6749 §6) with `resource` (RFC 8707) and the granted
-/// scope, authenticated as the binding's client is registered.
-pub(crate) async fn refresh(
-    http: &AuthHttpClient,
+/// The oauth2 client for `binding`'s token endpoint and client authentication.
+fn oauth2_client(
     binding: &ServerBinding,
-    refresh_token: &Secret,
-    scope: Option<&str>,
-) -> Result<GrantedTokens, GrantError> {
+) -> BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet> {
     let mut client = BasicClient::new(ClientId::new(binding.client_id().to_owned()))
         .set_token_uri(TokenUrl::from_url(binding.token_endpoint().clone()))
         .set_auth_type(match binding.auth_method() {
@@ -60,17 +77,11 @@ pub(crate) async fn refresh(
     ) {
         client = client.set_client_secret(ClientSecret::new(secret.expose().to_owned()));
     }
-    let refresh_token = RefreshToken::new(refresh_token.expose().to_owned());
-    let mut request = client.exchange_refresh_token(&refresh_token);
-    if let Some(scope) = scope {
-        request = request.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())));
-    }
-    if binding.sends_resource() {
-        request = request.add_extra_param("resource", binding.resource().as_str());
-    }
-    let transport = Transport(http);
-    let response = request.request_async(&transport).await.map_err(classify)?;
-    Ok(GrantedTokens {
+    client
+}
+
+fn granted(response: BasicTokenResponse) -> GrantedTokens {
+    GrantedTokens {
         access_token: Secret::new(response.access_token().secret().as_str()),
         refresh_token: response
             .refresh_token()
@@ -83,7 +94,67 @@ pub(crate) async fn refresh(
                 .collect::<Vec<_>>()
                 .join(" ")
         }),
-    })
+    }
+}
+
+impl From<GrantError> for Error {
+    fn from(error: GrantError) -> Self {
+        match error {
+            GrantError::InvalidGrant => Error::reauth(ReauthReason::InvalidGrant),
+            GrantError::ClientRejected(code) => {
+                Error::reauth(ReauthReason::ClientRejected { code })
+            }
+            GrantError::OAuth(code) => Error::reauth(ReauthReason::OAuth { code }),
+            GrantError::Transient {
+                reason,
+                retry_after,
+            } => Error::transient(reason, retry_after),
+        }
+    }
+}
+
+/// `grant_type=refresh_token` (RFC 6749 §6) with `resource` (RFC 8707) and the granted
+/// scope, authenticated as the binding's client is registered.
+pub(crate) async fn refresh(
+    http: &AuthHttpClient,
+    binding: &ServerBinding,
+    refresh_token: &Secret,
+    scope: Option<&str>,
+) -> Result<GrantedTokens, GrantError> {
+    let client = oauth2_client(binding);
+    let refresh_token = RefreshToken::new(refresh_token.expose().to_owned());
+    let mut request = client.exchange_refresh_token(&refresh_token);
+    if let Some(scope) = scope {
+        request = request.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())));
+    }
+    if binding.sends_resource() {
+        request = request.add_extra_param("resource", binding.resource().as_str());
+    }
+    let transport = Transport(http);
+    let response = request.request_async(&transport).await.map_err(classify)?;
+    Ok(granted(response))
+}
+
+/// `grant_type=authorization_code` (RFC 6749 §4.1.3) with the PKCE verifier (RFC 7636)
+/// and `resource`.
+pub(crate) async fn exchange_code(
+    http: &AuthHttpClient,
+    binding: &ServerBinding,
+    code: &str,
+    pkce_verifier: &Secret,
+    redirect_uri: &url::Url,
+) -> Result<GrantedTokens, GrantError> {
+    let client =
+        oauth2_client(binding).set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()));
+    let mut request = client
+        .exchange_code(AuthorizationCode::new(code.to_owned()))
+        .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_owned()));
+    if binding.sends_resource() {
+        request = request.add_extra_param("resource", binding.resource().as_str());
+    }
+    let transport = Transport(http);
+    let response = request.request_async(&transport).await.map_err(classify)?;
+    Ok(granted(response))
 }
 
 /// The oauth2 crate's view of [`AuthHttpClient`].

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
-use crate::binding::ClientAuthMethod;
+use crate::binding::{ClientAuthMethod, ServerBinding};
+use crate::error::ConfigError;
 use crate::error::TransientReason;
 use crate::http_client::{AuthHttpClient, HttpError};
 use crate::oauth::discovery::AuthorizationServerMetadata;
@@ -59,6 +60,23 @@ pub struct ClientRegistration {
     pub source: RegistrationSource,
     /// Identifies this registration among later ones for the same key.
     pub generation: Generation,
+}
+
+impl ClientRegistration {
+    /// The binding for tokens obtained with this client: resource, issuer, token
+    /// endpoint and client authentication.
+    pub fn binding(&self) -> Result<ServerBinding, ConfigError> {
+        let binding = ServerBinding::public_client(
+            &self.resource,
+            &self.token_endpoint,
+            self.client_id.clone(),
+        )?
+        .with_issuer(self.issuer.clone());
+        Ok(match &self.client_secret {
+            Some(secret) => binding.with_client_secret(secret.clone(), self.auth_method),
+            None => binding,
+        })
+    }
 }
 
 impl fmt::Debug for ClientRegistration {

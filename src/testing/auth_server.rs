@@ -54,6 +54,8 @@ pub struct AuthServerStats {
     pub metadata_requests: u64,
     /// Dynamic client registrations (RFC 7591).
     pub registrations: u64,
+    /// `grant_type=authorization_code` requests.
+    pub code_exchanges: u64,
 }
 
 /// What one refresh request carried (secrets left out).
@@ -103,8 +105,18 @@ struct RefreshEntry {
     used: bool,
 }
 
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    scope: Option<String>,
+    subject: String,
+    used: bool,
+}
+
 #[derive(Default)]
 struct Tokens {
+    codes: HashMap<String, IssuedCode>,
     access: HashMap<String, AccessEntry>,
     refresh: HashMap<String, RefreshEntry>,
     revoked_families: HashSet<u64>,
@@ -112,6 +124,8 @@ struct Tokens {
 }
 
 struct Knobs {
+    /// Who consents at `/authorize`.
+    consenting_user: String,
     /// The `issuer` the metadata document claims (default: the real one).
     metadata_issuer: Option<String>,
     access_token_lifetime: Duration,
@@ -129,6 +143,7 @@ struct Counters {
     faults: AtomicU64,
     metadata_requests: AtomicU64,
     registrations: AtomicU64,
+    code_exchanges: AtomicU64,
     next_family: AtomicU64,
 }
 
@@ -210,6 +225,7 @@ impl TestAuthServer {
             issuer: Mutex::new(String::new()),
             tokens: Mutex::new(Tokens::default()),
             knobs: Mutex::new(Knobs {
+                consenting_user: "alice".into(),
                 metadata_issuer: None,
                 access_token_lifetime: Duration::from_secs(3600),
                 latency: Duration::ZERO,
@@ -224,6 +240,7 @@ impl TestAuthServer {
             .route("/token", post(token_endpoint))
             .route("/.well-known/oauth-authorization-server", get(metadata))
             .route("/register", post(register))
+            .route("/authorize", get(authorize))
             .with_state(state.clone());
         let handle = ServerHandle::spawn(router, ("127.0.0.1", 0)).await?;
         *lock(&state.issuer) = format!("http://{}", handle.addr);
@@ -291,6 +308,11 @@ impl TestAuthServer {
         }
     }
 
+    /// The user who consents at `/authorize` from now on (default `alice`).
+    pub fn set_consenting_user(&self, subject: &str) {
+        lock(&self.state.knobs).consenting_user = subject.to_owned();
+    }
+
     /// Forgets a registered client, as a server that lost or purged it: its next token
     /// request gets `invalid_client`.
     pub fn forget_client(&self, client_id: &str) {
@@ -344,6 +366,7 @@ impl TestAuthServer {
             faults: c.faults.load(Ordering::SeqCst),
             metadata_requests: c.metadata_requests.load(Ordering::SeqCst),
             registrations: c.registrations.load(Ordering::SeqCst),
+            code_exchanges: c.code_exchanges.load(Ordering::SeqCst),
         }
     }
 
@@ -386,9 +409,12 @@ async fn metadata(State(state): State<Arc<AuthState>>) -> Json<serde_json::Value
         .unwrap_or_else(|| real.clone());
     Json(json!({
         "issuer": claimed,
+        "authorization_endpoint": format!("{real}/authorize"),
         "token_endpoint": format!("{real}/token"),
         "registration_endpoint": format!("{real}/register"),
-        "grant_types_supported": ["refresh_token"],
+        "response_types_supported": ["code"],
+        "authorization_response_iss_parameter_supported": true,
+        "grant_types_supported": ["authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
     }))
@@ -426,6 +452,107 @@ async fn register(
         body["client_secret"] = json!(secret);
     }
     (StatusCode::CREATED, Json(body)).into_response()
+}
+
+/// Auto-consent: redirects back with a code bound to the PKCE challenge (RFC 7636) and
+/// the `iss` parameter (RFC 9207).
+async fn authorize(
+    State(state): State<Arc<AuthState>>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let param = |name: &str| query.get(name).cloned();
+    let (Some(client_id), Some(redirect_uri), Some(challenge)) = (
+        param("client_id"),
+        param("redirect_uri"),
+        param("code_challenge"),
+    ) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing client_id, redirect_uri or code_challenge",
+        )
+            .into_response();
+    };
+    if param("response_type").as_deref() != Some("code")
+        || param("code_challenge_method").as_deref() != Some("S256")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "response_type=code with PKCE S256 required",
+        )
+            .into_response();
+    }
+    let Ok(mut location) = url::Url::parse(&redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response();
+    };
+    let code = random_token("code");
+    {
+        let mut tokens = lock(&state.tokens);
+        if !tokens.clients.contains_key(&client_id) {
+            return (StatusCode::BAD_REQUEST, "unknown client").into_response();
+        }
+        let subject = lock(&state.knobs).consenting_user.clone();
+        tokens.codes.insert(
+            code.clone(),
+            IssuedCode {
+                client_id,
+                redirect_uri,
+                challenge,
+                scope: param("scope"),
+                subject,
+                used: false,
+            },
+        );
+    }
+    location
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &param("state").unwrap_or_default())
+        .append_pair("iss", &lock(&state.issuer));
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, location.to_string())],
+    )
+        .into_response()
+}
+
+fn code_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, String>) -> Response {
+    state.counters.code_exchanges.fetch_add(1, Ordering::SeqCst);
+    let mut tokens = lock(&state.tokens);
+    let Some((client_id, _)) = authenticate(&tokens, headers, form) else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    };
+    let code = form.get("code").map(String::as_str).unwrap_or("");
+    let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
+    let Some(issued) = tokens.codes.get_mut(code) else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    };
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+    let valid = !issued.used
+        && issued.client_id == client_id
+        && form.get("redirect_uri") == Some(&issued.redirect_uri)
+        && issued.challenge == challenge;
+    issued.used = true;
+    if !valid {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    let grant = Grant {
+        family: state.counters.next_family.fetch_add(1, Ordering::Relaxed),
+        subject: issued.subject.clone(),
+        client_id,
+        scope: issued.scope.clone(),
+    };
+    let (access, refresh, lifetime) = state.mint(&mut tokens, &grant);
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs(),
+        "refresh_token": refresh,
+    });
+    if let Some(scope) = &grant.scope {
+        body["scope"] = json!(scope);
+    }
+    Json(body).into_response()
 }
 
 fn oauth_error(status: StatusCode, code: &str) -> Response {
@@ -524,6 +651,7 @@ async fn handle_token_request(
     }
     match grant_type.as_str() {
         "refresh_token" => refresh_grant(&state, &headers, &form),
+        "authorization_code" => code_grant(&state, &headers, &form),
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
 }

@@ -1,0 +1,195 @@
+//! Completing an interactive authorization from its callback.
+//!
+//! Credentials are stored (compare-and-swap, new generation) before the flow is
+//! completed and its waiters wake; exactly one callback per flow exchanges the code
+//! (duplicates, forged, stale or replayed `state`s exchange nothing and change
+//! nothing); the RFC 9207 `iss` parameter must name the flow's issuer.
+//!
+//! The browser binding (a signed one-shot cookie proving the callback comes from the
+//! browser that started the flow) belongs to the HTTP callback endpoint in front of this.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, StoreError};
+use crate::http_client::AuthHttpClient;
+use crate::oauth::flow::{FlowOutcome, FlowStore};
+use crate::oauth::grants;
+use crate::store::{CredentialStore, Swap};
+use crate::token::{Secret, TokenSet};
+
+/// The query of the authorization server's redirect back (RFC 6749 §4.1.2, RFC 9207).
+/// `code` and `state` are kept as [`Secret`]s.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct CallbackParams {
+    /// The authorization code.
+    pub code: Option<Secret>,
+    /// The flow's `state`.
+    pub state: Option<Secret>,
+    /// The issuer (RFC 9207).
+    pub iss: Option<String>,
+    /// An error code instead of a code (`access_denied`, ...).
+    pub error: Option<String>,
+}
+
+impl CallbackParams {
+    /// Parses a callback's query string.
+    ///
+    /// ```
+    /// use tower_mcp_auth::CallbackParams;
+    ///
+    /// let params = CallbackParams::from_query("code=abc&state=xyz&iss=https%3A%2F%2Fauth.example.com");
+    /// assert_eq!(params.code.unwrap().expose(), "abc");
+    /// assert_eq!(params.iss.as_deref(), Some("https://auth.example.com"));
+    /// ```
+    pub fn from_query(query: &str) -> Self {
+        let mut params = Self::default();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "code" => params.code = Some(Secret::new(value.as_ref())),
+                "state" => params.state = Some(Secret::new(value.as_ref())),
+                "iss" => params.iss = Some(value.into_owned()),
+                "error" => params.error = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        params
+    }
+}
+
+/// Why a callback did not complete a flow.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallbackError {
+    /// No open flow has this `state` (unknown, forged, expired, completed, or another
+    /// callback is handling it). Nothing was changed.
+    #[error("no open authorization flow for this state")]
+    UnknownState,
+    /// `iss` names another issuer than the flow's (RFC 9207 mix-up defence).
+    #[error("callback issuer {found} is not the flow's issuer {expected}")]
+    IssuerMismatch {
+        /// The flow's issuer.
+        expected: String,
+        /// The callback's `iss`.
+        found: String,
+    },
+    /// The authorization server returned an error instead of a code.
+    #[error("authorization denied ({0})")]
+    Denied(String),
+    /// Neither a code nor an error.
+    #[error("callback without a code")]
+    MissingCode,
+    /// Exchanging the code failed.
+    #[error("code exchange failed: {0}")]
+    Exchange(Error),
+    /// Storing the credentials failed.
+    #[error("storing credentials failed: {0}")]
+    Store(StoreError),
+}
+
+/// Turns callbacks into stored credentials and completed flows.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_mcp_auth::{store::MemoryStore, AuthHttpClient, AuthorizationCompleter, CallbackError, CallbackParams, FlowStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let completer = AuthorizationCompleter::new(FlowStore::new(), Arc::new(MemoryStore::new()), AuthHttpClient::reqwest());
+/// let forged = CallbackParams::from_query("code=c&state=made-up");
+/// assert!(matches!(completer.complete(&forged).await, Err(CallbackError::UnknownState)));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AuthorizationCompleter {
+    flows: FlowStore,
+    store: Arc<dyn CredentialStore>,
+    http: AuthHttpClient,
+}
+
+impl fmt::Debug for AuthorizationCompleter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationCompleter")
+            .field("flows", &self.flows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthorizationCompleter {
+    /// Completes flows of `flows`, storing credentials in `store`.
+    pub fn new(flows: FlowStore, store: Arc<dyn CredentialStore>, http: AuthHttpClient) -> Self {
+        Self { flows, store, http }
+    }
+
+    /// Handles one callback.
+    pub async fn complete(&self, params: &CallbackParams) -> Result<Arc<TokenSet>, CallbackError> {
+        let state = params.state.as_ref().ok_or(CallbackError::UnknownState)?;
+        let (key, pending) = self
+            .flows
+            .claim(state.expose())
+            .await
+            .ok_or(CallbackError::UnknownState)?;
+        let fail = |error: CallbackError| async {
+            self.flows
+                .complete(state.expose(), FlowOutcome::Failed(error.to_string()))
+                .await;
+            Err(error)
+        };
+        let binding = &pending.request.binding;
+        if let (Some(expected), Some(found)) = (binding.issuer(), params.iss.as_deref())
+            && expected.trim_end_matches('/') != found.trim_end_matches('/')
+        {
+            return fail(CallbackError::IssuerMismatch {
+                expected: expected.to_owned(),
+                found: found.to_owned(),
+            })
+            .await;
+        }
+        if let Some(error) = &params.error {
+            return fail(CallbackError::Denied(error.clone())).await;
+        }
+        let Some(code) = &params.code else {
+            return fail(CallbackError::MissingCode).await;
+        };
+        let granted = match grants::exchange_code(
+            &self.http,
+            binding,
+            code.expose(),
+            &pending.pkce_verifier,
+            &pending.request.redirect_uri,
+        )
+        .await
+        {
+            Ok(granted) => granted,
+            Err(error) => return fail(CallbackError::Exchange(error.into())).await,
+        };
+        let tokens = granted.into_token_set(None);
+        // The interactive login wins over whatever is stored: retry the swap against
+        // the current generation until it lands.
+        for _ in 0..8 {
+            let current = match self.store.load(&key).await {
+                Ok(current) => current.map(|t| t.generation),
+                Err(error) => return fail(CallbackError::Store(error)).await,
+            };
+            match self
+                .store
+                .compare_and_swap(&key, current, tokens.clone())
+                .await
+            {
+                Ok(Swap::Stored(stored)) => {
+                    self.flows
+                        .complete(state.expose(), FlowOutcome::Completed(stored.generation))
+                        .await;
+                    return Ok(stored);
+                }
+                Ok(Swap::Conflict(_)) => continue,
+                Err(error) => return fail(CallbackError::Store(error)).await,
+            }
+        }
+        fail(CallbackError::Store(StoreError::new(
+            std::io::Error::other("credential store kept changing during the login"),
+        )))
+        .await
+    }
+}
