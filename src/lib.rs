@@ -55,6 +55,7 @@
 //!
 //! # Features
 //!
+//! * `axum`: [`callback_router`], the OAuth callback endpoint as an axum `Router`.
 //! * `test-util`: real loopback fixtures — an OAuth authorization server with rotating
 //!   refresh tokens and reuse detection, and an MCP server over Streamable HTTP — for
 //!   tests, benchmarks and examples ([`testing`]).
@@ -92,6 +93,10 @@ pub use challenge::{BearerChallenge, Challenge};
 pub use error::{ConfigError, Error, ReauthReason, StoreError, TransientReason};
 pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
 pub use key::{AuthKey, BindingId, Principal};
+#[cfg(feature = "axum")]
+pub use layer::callback::callback_router;
+#[doc(inline)]
+pub use layer::callback::{BrowserBinding, CallbackService};
 #[doc(inline)]
 pub use layer::circuit_breaker::{
     BreakerKeying, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, ClassifyOutcome,

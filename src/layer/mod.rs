@@ -1,4 +1,5 @@
 //! The Tower layers.
 
+pub mod callback;
 pub mod circuit_breaker;
 pub mod silent_refresh;
