@@ -458,6 +458,12 @@ impl RefreshCoordinator {
         let Some(refresh_token) = &current.refresh_token else {
             return Err(Error::reauth(ReauthReason::NoRefreshToken));
         };
+        // A caller can pass the cooldown check in `redeem` just before the previous
+        // flight records its failure, and join after that flight ended, starting this
+        // one: the cooldown is checked again here, after the previous flight's record.
+        if let Some(error) = self.cooling_down(key, trigger) {
+            return Err(error);
+        }
         self.inner
             .counters
             .redemptions
@@ -520,6 +526,11 @@ impl RefreshCoordinator {
                     ReauthReason::InvalidGrant
                     | ReauthReason::NoCredentials
                     | ReauthReason::NoRefreshToken,
+                ..
+            }) => return,
+            // Answered from the cooldown without an attempt: nothing new to record.
+            Err(Error::Transient {
+                reason: TransientReason::CoolingDown(_),
                 ..
             }) => return,
             Err(error) => error,
