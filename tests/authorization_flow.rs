@@ -2,6 +2,8 @@
 //! -> PKCE flow persisted PENDING -> browser -> callback -> code exchange -> stored
 //! credentials -> silent refresh layer uses them.
 
+mod common;
+
 use std::sync::Arc;
 
 use serde_json::json;
@@ -12,7 +14,7 @@ use tower_mcp_auth::testing::{
 };
 use tower_mcp_auth::{
     AuthHttpClient, AuthKey, AuthorizationCompleter, AuthorizationRequest, BearerChallenge,
-    CallbackError, CallbackParams, ClientConfig, Discovery, FlowOutcome, FlowStore, Principal,
+    CallbackError, CallbackParams, ClientConfig, FlowOutcome, FlowStore, Principal,
     RefreshCoordinator, Registrar, ServerBinding, SilentRefreshLayer, UrlPolicy,
 };
 use url::Url;
@@ -38,16 +40,7 @@ async fn world() -> World {
         .await
         .unwrap();
     let challenge = BearerChallenge::from_headers(unauthenticated.headers()).unwrap();
-    let discovery = Discovery::new(http.clone(), policy);
-    let server: Url = mcp.url().parse().unwrap();
-    let resource = discovery
-        .protected_resource(&server, Some(&challenge))
-        .await
-        .unwrap();
-    let metadata = discovery
-        .authorization_server(&resource.authorization_servers[0].parse().unwrap())
-        .await
-        .unwrap();
+    let metadata = common::discover_authorization_server(&mcp, Some(&challenge)).await;
     let redirect: Url = "http://127.0.0.1:1/oauth/callback".parse().unwrap();
     let client = Registrar::new(http.clone(), policy)
         .client_for(

@@ -1,13 +1,15 @@
 //! The callback endpoint over loopback HTTP, with the browser binding cookie.
 
+mod common;
+
 use std::sync::Arc;
 
 use tower_mcp_auth::store::{CredentialStore, MemoryStore};
 use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
     AuthHttpClient, AuthKey, AuthorizationCompleter, AuthorizationRequest, BrowserBinding,
-    CallbackService, ClientConfig, Discovery, FlowHandle, FlowOutcome, FlowStore, Principal,
-    Registrar, ServerBinding, UrlPolicy, callback_router,
+    CallbackService, ClientConfig, FlowHandle, FlowOutcome, FlowStore, Principal, Registrar,
+    ServerBinding, UrlPolicy, callback_router,
 };
 use url::Url;
 
@@ -28,15 +30,7 @@ async fn world() -> World {
     let mcp = TestMcpServer::start(&auth).await.unwrap();
     let policy = UrlPolicy::default().allow_loopback_http();
     let http = AuthHttpClient::reqwest();
-    let discovery = Discovery::new(http.clone(), policy);
-    let resource = discovery
-        .protected_resource(&mcp.url().parse().unwrap(), None)
-        .await
-        .unwrap();
-    let metadata = discovery
-        .authorization_server(&resource.authorization_servers[0].parse().unwrap())
-        .await
-        .unwrap();
+    let metadata = common::discover_authorization_server(&mcp, None).await;
 
     // The app's callback endpoint on its own loopback port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -82,6 +76,15 @@ async fn world() -> World {
     }
 }
 
+/// The browser visits `url`, with the binding cookie if it has one.
+async fn visit(url: &str, cookie: Option<&str>) -> reqwest::Response {
+    let mut request = no_redirects().get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -121,12 +124,7 @@ async fn a_bound_callback_completes_the_flow_once() {
     let w = world().await;
     let (flow, cookie, back) = w.start().await;
 
-    let response = no_redirects()
-        .get(&back)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let response = visit(&back, Some(&cookie)).await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["set-cookie"]
@@ -144,12 +142,7 @@ async fn a_bound_callback_completes_the_flow_once() {
     );
 
     // Replayed, even with the cookie: nothing is exchanged again.
-    let replay = no_redirects()
-        .get(&back)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let replay = visit(&back, Some(&cookie)).await;
     assert_eq!(replay.status(), 400);
     assert_eq!(w.auth.stats().code_exchanges, 1);
     assert_eq!(
@@ -191,12 +184,7 @@ async fn without_the_binding_cookie_nothing_changes() {
     assert!(w.store.load(&w.key()).await.unwrap().is_none());
 
     // The real browser still completes it.
-    let response = no_redirects()
-        .get(&back)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let response = visit(&back, Some(&cookie)).await;
     assert_eq!(response.status(), 200);
 }
 
@@ -206,12 +194,7 @@ async fn a_bound_error_fails_the_flow() {
     let (flow, cookie, _) = w.start().await;
     let state = flow.pending().state.expose().to_owned();
     let denied = format!("{}?error=access_denied&state={state}", w.callback);
-    let response = no_redirects()
-        .get(&denied)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let response = visit(&denied, Some(&cookie)).await;
     assert_eq!(response.status(), 200);
     assert!(matches!(flow.outcome().await, Some(FlowOutcome::Failed(_))));
     assert_eq!(w.auth.stats().code_exchanges, 0);
