@@ -14,6 +14,8 @@ use http::{HeaderMap, StatusCode};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceExt};
 
+use crate::error::TransientReason;
+
 /// The default cap on an authorization server response: 1 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// The default timeout of one call to an authorization server.
@@ -201,6 +203,31 @@ pub(crate) enum HttpError {
         status: StatusCode,
         retry_after: Option<Duration>,
     },
+}
+
+impl HttpError {
+    /// What the failure means for the caller: always transient (credentials are kept),
+    /// with the server's `Retry-After` when it gave one.
+    pub(crate) fn into_transient(self) -> (TransientReason, Option<Duration>) {
+        match self {
+            HttpError::Network(e) => (TransientReason::Network(e.into()), None),
+            HttpError::Timeout(after) => (TransientReason::Timeout(after), None),
+            HttpError::TooLarge(max) => (
+                TransientReason::InvalidResponse(format!("response over {max} bytes")),
+                None,
+            ),
+            HttpError::Status {
+                status,
+                retry_after,
+            } if status == StatusCode::TOO_MANY_REQUESTS => {
+                (TransientReason::RateLimited, retry_after)
+            }
+            HttpError::Status {
+                status,
+                retry_after,
+            } => (TransientReason::ServerError(status.as_u16()), retry_after),
+        }
+    }
 }
 
 #[cfg(test)]

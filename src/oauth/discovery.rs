@@ -308,28 +308,12 @@ impl Discovery {
             );
             let response = match self.http.send(request).await {
                 Ok(response) => response,
-                Err(HttpError::Status {
-                    status,
-                    retry_after: _,
-                }) if status.as_u16() == 429 => {
-                    return Err(DiscoveryError::Unavailable(TransientReason::RateLimited));
-                }
-                Err(HttpError::Status { status, .. }) => {
-                    return Err(DiscoveryError::Unavailable(TransientReason::ServerError(
-                        status.as_u16(),
-                    )));
-                }
-                Err(HttpError::Timeout(after)) => {
-                    return Err(DiscoveryError::Unavailable(TransientReason::Timeout(after)));
-                }
-                Err(HttpError::Network(e)) => {
-                    return Err(DiscoveryError::Unavailable(TransientReason::Network(
-                        e.into(),
-                    )));
-                }
                 Err(HttpError::TooLarge(max)) => {
                     tracing::debug!(%url, max, "metadata document too large");
                     continue;
+                }
+                Err(unreachable) => {
+                    return Err(DiscoveryError::Unavailable(unreachable.into_transient().0));
                 }
             };
             if response.status() != http::StatusCode::OK {

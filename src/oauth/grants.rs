@@ -216,24 +216,7 @@ fn classify(
             }
         }
         RequestTokenError::Request(http) => {
-            let (reason, retry_after) = match http {
-                HttpError::Network(e) => (TransientReason::Network(e.into()), None),
-                HttpError::Timeout(after) => (TransientReason::Timeout(after), None),
-                HttpError::TooLarge(max) => (
-                    TransientReason::InvalidResponse(format!("response over {max} bytes")),
-                    None,
-                ),
-                HttpError::Status {
-                    status,
-                    retry_after,
-                } if status == http::StatusCode::TOO_MANY_REQUESTS => {
-                    (TransientReason::RateLimited, retry_after)
-                }
-                HttpError::Status {
-                    status,
-                    retry_after,
-                } => (TransientReason::ServerError(status.as_u16()), retry_after),
-            };
+            let (reason, retry_after) = http.into_transient();
             GrantError::Transient {
                 reason,
                 retry_after,

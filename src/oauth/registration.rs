@@ -21,7 +21,7 @@ use url::Url;
 use crate::binding::{ClientAuthMethod, ServerBinding};
 use crate::error::ConfigError;
 use crate::error::TransientReason;
-use crate::http_client::{AuthHttpClient, HttpError};
+use crate::http_client::AuthHttpClient;
 use crate::oauth::discovery::AuthorizationServerMetadata;
 use crate::token::{Generation, Secret};
 use crate::url_policy::{UrlPolicy, UrlRefused};
@@ -358,19 +358,11 @@ impl Registrar {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
-        let response = self.http.send(request).await.map_err(|e| {
-            RegistrationError::Unavailable(match e {
-                HttpError::Network(e) => TransientReason::Network(e.into()),
-                HttpError::Timeout(after) => TransientReason::Timeout(after),
-                HttpError::TooLarge(_) => {
-                    TransientReason::InvalidResponse("registration response too large".into())
-                }
-                HttpError::Status { status, .. } if status.as_u16() == 429 => {
-                    TransientReason::RateLimited
-                }
-                HttpError::Status { status, .. } => TransientReason::ServerError(status.as_u16()),
-            })
-        })?;
+        let response = self
+            .http
+            .send(request)
+            .await
+            .map_err(|e| RegistrationError::Unavailable(e.into_transient().0))?;
         if !response.status().is_success() {
             let code = serde_json::from_slice::<serde_json::Value>(response.body())
                 .ok()
