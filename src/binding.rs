@@ -1,6 +1,8 @@
 //! The server binding: which resource a credential is for, and how to refresh it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -147,29 +149,7 @@ impl ServerBinding {
     /// Whether a request to `uri` is for this resource: same scheme, host and port, and
     /// a path equal to or below the resource path (at a segment boundary).
     pub fn covers(&self, uri: &http::Uri) -> bool {
-        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
-            return false;
-        };
-        let default_port = match scheme {
-            "https" => 443,
-            "http" => 80,
-            _ => return false,
-        };
-        let same_origin = scheme == self.resource.scheme()
-            && self
-                .resource
-                .host_str()
-                .is_some_and(|h| h.eq_ignore_ascii_case(host))
-            && uri.port_u16().unwrap_or(default_port)
-                == self.resource.port_or_known_default().unwrap_or(0);
-        if !same_origin {
-            return false;
-        }
-        let base = self.resource.path().trim_end_matches('/');
-        let path = uri.path();
-        base.is_empty()
-            || path == base
-            || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
+        covers(&self.resource, uri)
     }
 
     fn digest(&self) -> BindingId {
@@ -196,6 +176,145 @@ impl fmt::Debug for ServerBinding {
             .field("client_secret", &self.client_secret)
             .field("auth_method", &self.auth_method)
             .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// Whether a request to `uri` is for `resource`: same scheme, host and port, and a path
+/// equal to or below the resource path (at a segment boundary).
+fn covers(resource: &Url, uri: &http::Uri) -> bool {
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return false;
+    };
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return false,
+    };
+    let same_origin = scheme == resource.scheme()
+        && resource
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(host))
+        && uri.port_u16().unwrap_or(default_port) == resource.port_or_known_default().unwrap_or(0);
+    if !same_origin {
+        return false;
+    }
+    let base = resource.path().trim_end_matches('/');
+    let path = uri.path();
+    base.is_empty()
+        || path == base
+        || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
+}
+
+/// Where the [`ServerBinding`] of one MCP server is found at request time.
+///
+/// With pre-configured credentials the binding is known up front
+/// ([`BindingSlot::fixed`], or any `ServerBinding` converted with `into()`). With
+/// dynamic registration the client id is known only once the client is registered:
+/// [`OAuthRetryLayer`](crate::OAuthRetryLayer) fills the slot, per tenant, when it
+/// registers, and [`SilentRefreshLayer`](crate::SilentRefreshLayer) reads it for every
+/// request. Until then requests for the server go out without a token.
+///
+/// Clones share the slot.
+///
+/// ```
+/// use tower_mcp_auth::{BindingSlot, ServerBinding};
+///
+/// let slot = BindingSlot::new("https://mcp.example.com/mcp")?;
+/// assert!(slot.get("acme").is_none());
+/// let binding = ServerBinding::public_client(
+///     "https://mcp.example.com/mcp",
+///     "https://auth.example.com/token",
+///     "registered-client-id",
+/// )?;
+/// slot.set("acme", binding);
+/// assert_eq!(slot.get("acme").unwrap().client_id(), "registered-client-id");
+/// assert!(slot.get("globex").is_none(), "registrations are per tenant");
+/// # Ok::<(), tower_mcp_auth::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct BindingSlot {
+    inner: Arc<SlotInner>,
+}
+
+struct SlotInner {
+    resource: Url,
+    fixed: Option<Arc<ServerBinding>>,
+    by_tenant: RwLock<HashMap<Arc<str>, Arc<ServerBinding>>>,
+}
+
+impl BindingSlot {
+    /// An empty slot for the MCP server at `resource`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `resource` is not an absolute http(s) URL.
+    pub fn new(resource: &str) -> Result<Self, ConfigError> {
+        Ok(Self::with(parse_http_url("resource", resource)?, None))
+    }
+
+    /// A slot that holds `binding` for every tenant (until a tenant gets its own).
+    pub fn fixed(binding: ServerBinding) -> Self {
+        Self::with(binding.resource.clone(), Some(Arc::new(binding)))
+    }
+
+    fn with(resource: Url, fixed: Option<Arc<ServerBinding>>) -> Self {
+        Self {
+            inner: Arc::new(SlotInner {
+                resource,
+                fixed,
+                by_tenant: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The MCP server this slot is for.
+    pub fn resource(&self) -> &Url {
+        &self.inner.resource
+    }
+
+    /// Whether a request to `uri` is for this MCP server (see [`ServerBinding::covers`]).
+    pub fn covers(&self, uri: &http::Uri) -> bool {
+        covers(&self.inner.resource, uri)
+    }
+
+    /// The binding for `tenant`, if known.
+    pub fn get(&self, tenant: &str) -> Option<Arc<ServerBinding>> {
+        let by_tenant = self
+            .inner
+            .by_tenant
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        by_tenant
+            .get(tenant)
+            .cloned()
+            .or_else(|| self.inner.fixed.clone())
+    }
+
+    /// Sets the binding for `tenant`.
+    pub fn set(&self, tenant: &str, binding: ServerBinding) {
+        let mut by_tenant = self
+            .inner
+            .by_tenant
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        by_tenant.insert(Arc::from(tenant), Arc::new(binding));
+    }
+}
+
+impl From<ServerBinding> for BindingSlot {
+    fn from(binding: ServerBinding) -> Self {
+        Self::fixed(binding)
+    }
+}
+
+impl fmt::Debug for BindingSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenants = self.inner.by_tenant.read().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("BindingSlot")
+            .field("resource", &self.inner.resource.as_str())
+            .field("fixed", &self.inner.fixed)
+            .field("tenants", &tenants)
             .finish()
     }
 }

@@ -60,6 +60,41 @@ pub enum Error {
     /// Discovering the resource's or authorization server's metadata failed.
     #[error("discovery failed")]
     Discovery(#[source] crate::oauth::discovery::DiscoveryError),
+    /// Registering a client at the authorization server failed.
+    #[error("client registration failed")]
+    Registration(#[source] crate::oauth::registration::RegistrationError),
+    /// The user must authorize at `url` (an [`OAuthRetryLayer`](crate::OAuthRetryLayer)
+    /// in return-early mode). The flow is persisted: show the URL; once the callback
+    /// completes it, send the request again.
+    #[error("authorization required (flow open until {expires_at:?})")]
+    AuthorizationRequired {
+        /// The authorization URL to show the user.
+        url: url::Url,
+        /// When the flow expires.
+        expires_at: std::time::SystemTime,
+    },
+    /// The interactive authorization ended without credentials (the user or server
+    /// refused, the code exchange failed, or the URL could not be delivered).
+    #[error("authorization failed: {reason}")]
+    AuthorizationFailed {
+        /// What the flow reported.
+        reason: String,
+    },
+    /// No callback completed the authorization within the wait.
+    #[error("no authorization within {waited:?}")]
+    AuthorizationTimedOut {
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// The server still answers 403 `insufficient_scope` after the allowed number of
+    /// step-up authorizations for this request.
+    #[error("insufficient scope after {authorizations} authorizations (server asks for {scope:?})")]
+    InsufficientScope {
+        /// The scopes the last challenge asked for.
+        scope: Vec<String>,
+        /// How many authorizations this request made.
+        authorizations: usize,
+    },
     /// A [`CircuitBreakerLayer`](crate::CircuitBreakerLayer) refused the call without
     /// sending it (or failed a half-open probe that timed out).
     #[error("circuit for {key} refused the call: {reason} (retry after {retry_after:?})")]

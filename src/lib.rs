@@ -87,7 +87,7 @@ mod sync {
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 }
 
-pub use binding::{ClientAuthMethod, ServerBinding};
+pub use binding::{BindingSlot, ClientAuthMethod, ServerBinding};
 pub use breaker::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
 pub use challenge::{BearerChallenge, Challenge};
 pub use error::{ConfigError, Error, ReauthReason, StoreError, TransientReason};
@@ -103,7 +103,12 @@ pub use layer::circuit_breaker::{
     DefaultClassifier, ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer,
 };
 #[doc(inline)]
+pub use layer::oauth_retry::{
+    AuthorizationHandler, AuthorizationPrompt, OAuthRetry, OAuthRetryLayer,
+};
+#[doc(inline)]
 pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};
+pub use oauth::authorize::{AuthorizationCause, Authorizer, AuthorizerBuilder};
 pub use oauth::callback::{AuthorizationCompleter, CallbackError, CallbackParams};
 pub use oauth::discovery::{
     AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,

@@ -2,4 +2,5 @@
 
 pub mod callback;
 pub mod circuit_breaker;
+pub mod oauth_retry;
 pub mod silent_refresh;

@@ -13,7 +13,7 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 use tracing::debug;
 
-use crate::binding::ServerBinding;
+use crate::binding::{BindingSlot, ServerBinding};
 use crate::error::{Error, TransientReason};
 use crate::key::{AuthKey, Principal};
 use crate::refresh::RefreshCoordinator;
@@ -65,17 +65,19 @@ use crate::token::{Generation, TokenSet};
 #[derive(Clone, Debug)]
 pub struct SilentRefreshLayer {
     coordinator: RefreshCoordinator,
-    binding: Arc<ServerBinding>,
+    bindings: BindingSlot,
     default_principal: Option<Principal>,
     max_replay_body: usize,
 }
 
 impl SilentRefreshLayer {
-    /// A layer for the MCP server of `binding`, refreshing through `coordinator`.
-    pub fn new(coordinator: RefreshCoordinator, binding: ServerBinding) -> Self {
+    /// A layer for the MCP server of `bindings` (a [`ServerBinding`], or the
+    /// [`BindingSlot`] an [`OAuthRetryLayer`](crate::OAuthRetryLayer) fills), refreshing
+    /// through `coordinator`.
+    pub fn new(coordinator: RefreshCoordinator, bindings: impl Into<BindingSlot>) -> Self {
         Self {
             coordinator,
-            binding: Arc::new(binding),
+            bindings: bindings.into(),
             default_principal: None,
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
         }
@@ -150,7 +152,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = &self.layer;
-        if !layer.binding.covers(request.uri()) {
+        if !layer.bindings.covers(request.uri()) {
             return ResponseFuture::calling(inner.call(request));
         }
         let principal =
@@ -158,10 +160,15 @@ where
         let Some(principal) = principal else {
             return ResponseFuture::failed(Error::MissingPrincipal.into());
         };
+        let Some(binding) = layer.bindings.get(principal.tenant()) else {
+            // No client registered for this tenant yet: nothing to attach or refresh.
+            // A 401 goes back as it is, for an OAuthRetryLayer to act on.
+            return ResponseFuture::calling(inner.call(request));
+        };
         let context = RefreshContext {
             coordinator: layer.coordinator.clone(),
-            key: AuthKey::new(principal, layer.binding.id()),
-            binding: layer.binding.clone(),
+            key: AuthKey::new(principal, binding.id()),
+            binding,
         };
         let prepare = Box::pin(prepare(context.clone(), request, layer.max_replay_body));
         ResponseFuture {

@@ -1,8 +1,10 @@
 //! Discovery: protected resource metadata (RFC 9728) and authorization server metadata
 //! (RFC 8414, OpenID Connect Discovery), in the MCP 2025-11-25 order, cached in moka.
 //!
-//! The 2025-03-26 back-compat forms (metadata at the MCP server root, default
-//! `/authorize`, `/token`, `/register`) are not tried here yet.
+//! For MCP servers that publish no protected resource metadata, the 2025-03-26 forms:
+//! authorization server metadata at the MCP server's root, else the default
+//! `/authorize`, `/token` and `/register` endpoints there
+//! ([`Discovery::legacy_authorization_server`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +108,12 @@ pub enum DiscoveryError {
     /// The protected resource metadata lists no authorization server.
     #[error("no authorization_servers in the protected resource metadata")]
     NoAuthorizationServer,
+    /// The authorization server lists PKCE methods and `S256` is not among them.
+    #[error("authorization server {issuer} does not support PKCE S256")]
+    S256Unsupported {
+        /// The authorization server.
+        issuer: String,
+    },
     /// A server could not be reached (network, timeout, 5xx, 429).
     #[error("metadata unavailable: {0}")]
     Unavailable(TransientReason),
@@ -282,6 +290,59 @@ impl Discovery {
                     });
                 }
                 Ok(Arc::new(document))
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// The authorization server of an MCP server that publishes no protected resource
+    /// metadata (MCP 2025-03-26): the metadata at the server's root
+    /// (`/.well-known/oauth-authorization-server`), whatever issuer it names, else the
+    /// default endpoints `/authorize`, `/token` and `/register` on the server's origin.
+    ///
+    /// ```
+    /// use tower_mcp_auth::{AuthHttpClient, Discovery, UrlPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Nothing listens on port 9: no metadata, so the defaults apply.
+    /// let discovery = Discovery::new(AuthHttpClient::reqwest(), UrlPolicy::default().allow_loopback_http());
+    /// let metadata = discovery.legacy_authorization_server(&"http://127.0.0.1:9/mcp".parse()?).await;
+    /// assert!(metadata.is_err(), "an unreachable server is an error, not a default");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn legacy_authorization_server(
+        &self,
+        server: &Url,
+    ) -> Result<Arc<AuthorizationServerMetadata>, DiscoveryError> {
+        let origin = server.origin().ascii_serialization();
+        self.issuers
+            .try_get_with(format!("legacy {origin}"), async {
+                let mut url = server.clone();
+                url.set_path("/.well-known/oauth-authorization-server");
+                url.set_query(None);
+                url.set_fragment(None);
+                match self
+                    .first_document::<AuthorizationServerMetadata>(&[url])
+                    .await
+                {
+                    Ok(document) => return Ok(Arc::new(document)),
+                    Err(DiscoveryError::NotFound { .. }) => {}
+                    Err(other) => return Err(other),
+                }
+                tracing::debug!(%origin, "no authorization server metadata; default endpoints");
+                Ok(Arc::new(AuthorizationServerMetadata {
+                    issuer: origin.clone(),
+                    authorization_endpoint: Some(format!("{origin}/authorize")),
+                    token_endpoint: Some(format!("{origin}/token")),
+                    registration_endpoint: Some(format!("{origin}/register")),
+                    scopes_supported: None,
+                    grant_types_supported: None,
+                    code_challenge_methods_supported: None,
+                    token_endpoint_auth_methods_supported: None,
+                    client_id_metadata_document_supported: None,
+                }))
             })
             .await
             .map_err(|e| (*e).clone())

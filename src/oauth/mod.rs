@@ -1,5 +1,6 @@
 //! OAuth protocol code. Knows nothing of Tower.
 
+pub(crate) mod authorize;
 pub(crate) mod callback;
 pub(crate) mod discovery;
 pub(crate) mod flow;

@@ -4,6 +4,8 @@
 //!   tokens, reuse detection, latency and failure knobs, and counters.
 //! * [`TestMcpServer`]: an MCP server over Streamable HTTP that validates the
 //!   authorization server's tokens and answers 401 with a Bearer challenge.
+//! * [`HeadlessBrowser`]: an authorization handler that follows the authorization URL
+//!   and completes the flow, for servers that consent automatically.
 //! * [`ReqwestTransport`]: a plain HTTP client as a tower service, the innermost
 //!   service of a layer stack; [`jsonrpc_request`] and [`read_jsonrpc`] build and read
 //!   MCP messages.
@@ -28,6 +30,7 @@
 //! ```
 
 mod auth_server;
+mod headless;
 mod mcp_server;
 mod upstream;
 
@@ -42,6 +45,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 pub use auth_server::{AuthServerStats, Fault, RecordedTokenRequest, TestAuthServer, TokenInfo};
+pub use headless::HeadlessBrowser;
 pub use mcp_server::{McpServerStats, TestMcpServer};
 pub use upstream::TestUpstream;
 

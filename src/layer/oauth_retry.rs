@@ -1,0 +1,525 @@
+//! On a 401 that silent refresh could not fix, run the interactive authorization and
+//! replay once; on a 403 `insufficient_scope`, step up.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use pin_project::pin_project;
+use tower::util::Oneshot;
+use tower::{BoxError, Layer, Service};
+
+use crate::challenge::BearerChallenge;
+use crate::error::{Error, ReauthReason};
+use crate::key::Principal;
+use crate::oauth::authorize::{AuthorizationCause, Authorizer};
+use crate::oauth::flow::{FlowOutcome, PendingFlow};
+use crate::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayTemplate, make_replayable};
+use crate::store::BoxFuture;
+
+/// What an [`AuthorizationHandler`] gets: whose authorization it is and the persisted
+/// flow, whose [`authorization_url`](PendingFlow::authorization_url) the user must visit.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AuthorizationPrompt {
+    /// Who must authorize.
+    pub principal: Principal,
+    /// The PENDING flow (already findable by the callback).
+    pub flow: Arc<PendingFlow>,
+}
+
+/// Delivers an authorization URL to the user: opens a browser, pushes an event to a
+/// chat UI, or — in tests and conformance runs — follows it headlessly
+/// ([`testing::HeadlessBrowser`](crate::testing::HeadlessBrowser) with feature
+/// `test-util`).
+///
+/// It is called once per flow, by the request that started it, in a task of its own
+/// (a cancelled request does not cancel the delivery). An error fails the flow, and
+/// every request waiting on it gets [`Error::AuthorizationFailed`]. Closures
+/// `Fn(AuthorizationPrompt) -> impl Future<Output = Result<(), BoxError>>` are handlers.
+pub trait AuthorizationHandler: Send + Sync + 'static {
+    /// Delivers `prompt`. Returning does not mean the user authorized: the layer waits
+    /// for the callback.
+    fn authorize(&self, prompt: AuthorizationPrompt) -> BoxFuture<'static, Result<(), BoxError>>;
+}
+
+impl<F, Fut> AuthorizationHandler for F
+where
+    F: Fn(AuthorizationPrompt) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    fn authorize(&self, prompt: AuthorizationPrompt) -> BoxFuture<'static, Result<(), BoxError>> {
+        Box::pin(self(prompt))
+    }
+}
+
+#[derive(Clone)]
+enum Mode {
+    ReturnEarly,
+    Wait {
+        handler: Arc<dyn AuthorizationHandler>,
+        timeout: Duration,
+    },
+}
+
+/// Runs the interactive OAuth authorization when a request needs one, then replays it.
+///
+/// Place it outside [`SilentRefreshLayer`](crate::SilentRefreshLayer), sharing the
+/// [`Authorizer`]'s [`BindingSlot`](crate::BindingSlot). For requests to the
+/// authorizer's server:
+///
+/// * a 401 response, or [`Error::ReauthRequired`] from silent refresh, starts (or joins)
+///   an authorization: discovery, client registration, scopes, a PENDING flow;
+/// * **return early** ([`OAuthRetryLayer::return_early`]): the call fails with
+///   [`Error::AuthorizationRequired`] carrying the URL to show; send the request again
+///   after the callback;
+/// * **wait** ([`OAuthRetryLayer::wait`]): the [`AuthorizationHandler`] delivers the URL,
+///   the request waits (bounded, default 5 minutes) for the callback, then is replayed
+///   once with the new token. A 401 after that is returned as it is;
+/// * a 403 whose challenge is `insufficient_scope` re-authorizes with the union of the
+///   scopes held and asked for, and replays; a request makes at most 3 authorizations
+///   in all (configurable), then fails with [`Error::InsufficientScope`].
+///
+/// Bodies up to 1 MiB with a known size are buffered for the replay; a request with a
+/// larger or streaming body gets the 401 or 403 back as it is.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_mcp_auth::store::MemoryStore;
+/// use tower_mcp_auth::{Authorizer, Error, OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefreshLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let store = Arc::new(MemoryStore::new());
+/// let authorizer = Authorizer::builder(
+///     "https://mcp.example.com/mcp",
+///     store.clone(),
+///     "https://app.example.com/oauth/callback".parse()?,
+/// )
+/// .build()?;
+/// let client = ServiceBuilder::new()
+///     .layer(OAuthRetryLayer::return_early(authorizer.clone()))
+///     .layer(SilentRefreshLayer::new(RefreshCoordinator::new(store), authorizer.bindings()))
+///     .service_fn(|request: http::Request<Full<Bytes>>| async move {
+///         // Your HTTP client goes here; this server answers everything with 200.
+///         Ok::<_, tower::BoxError>(http::Response::new(()))
+///     });
+/// let mut request = http::Request::post("https://mcp.example.com/mcp").body(Full::new(Bytes::new()))?;
+/// request.extensions_mut().insert(Principal::new("acme", "alice"));
+/// client.oneshot(request).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct OAuthRetryLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    authorizer: Authorizer,
+    mode: Mode,
+    max_authorizations: usize,
+    default_principal: Option<Principal>,
+    max_replay_body: usize,
+}
+
+impl fmt::Debug for OAuthRetryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match &self.shared.mode {
+            Mode::ReturnEarly => "return early".to_owned(),
+            Mode::Wait { timeout, .. } => format!("wait up to {timeout:?}"),
+        };
+        f.debug_struct("OAuthRetryLayer")
+            .field("authorizer", &self.shared.authorizer)
+            .field("mode", &mode)
+            .field("max_authorizations", &self.shared.max_authorizations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthRetryLayer {
+    /// A layer that fails requests needing an authorization with
+    /// [`Error::AuthorizationRequired`].
+    pub fn return_early(authorizer: Authorizer) -> Self {
+        Self::with_mode(authorizer, Mode::ReturnEarly)
+    }
+
+    /// A layer that hands authorization URLs to `handler` and waits for the callback.
+    pub fn wait(authorizer: Authorizer, handler: impl AuthorizationHandler) -> Self {
+        Self::with_mode(
+            authorizer,
+            Mode::Wait {
+                handler: Arc::new(handler),
+                timeout: Duration::from_secs(300),
+            },
+        )
+    }
+
+    fn with_mode(authorizer: Authorizer, mode: Mode) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                authorizer,
+                mode,
+                max_authorizations: 3,
+                default_principal: None,
+                max_replay_body: DEFAULT_MAX_REPLAY_BODY,
+            }),
+        }
+    }
+
+    fn update(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// How long a request waits for the callback in wait mode (default 5 minutes;
+    /// never longer than the flow lives).
+    pub fn with_wait_timeout(self, timeout: Duration) -> Self {
+        self.update(|shared| {
+            if let Mode::Wait { timeout: t, .. } = &mut shared.mode {
+                *t = timeout;
+            }
+        })
+    }
+
+    /// How many authorizations one request may make, step-ups included (default 3).
+    pub fn with_max_authorizations(self, max: usize) -> Self {
+        self.update(|shared| shared.max_authorizations = max.max(1))
+    }
+
+    /// The principal for requests that carry none (single-user clients).
+    pub fn with_default_principal(self, principal: Principal) -> Self {
+        self.update(|shared| shared.default_principal = Some(principal))
+    }
+
+    /// The largest request body buffered for a replay (default 1 MiB).
+    pub fn with_max_replay_body(self, max: usize) -> Self {
+        self.update(|shared| shared.max_replay_body = max)
+    }
+}
+
+impl<S> Layer<S> for OAuthRetryLayer {
+    type Service = OAuthRetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OAuthRetry {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`OAuthRetryLayer`].
+#[derive(Clone)]
+pub struct OAuthRetry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for OAuthRetry<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthRetry")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> OAuthRetry<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OAuthRetry<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The readied service goes into the future; `self` keeps a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = &self.shared;
+        let principal = Principal::from_extensions(request.extensions())
+            .or(shared.default_principal.as_ref())
+            .cloned();
+        let (true, Some(principal)) = (
+            shared.authorizer.bindings().covers(request.uri()),
+            principal,
+        ) else {
+            // Not for this server, or no principal (the inner layers report that).
+            let mut inner = inner;
+            return ResponseFuture {
+                state: State::Calling {
+                    call: inner.call(request),
+                },
+                retry: None,
+            };
+        };
+        let max = shared.max_replay_body;
+        let for_replays = inner.clone();
+        ResponseFuture {
+            state: State::Preparing {
+                prepare: Box::pin(make_replayable(request, max)),
+                service: Some(inner),
+            },
+            retry: Some(Retry {
+                shared: shared.clone(),
+                service: for_replays,
+                principal,
+                template: None,
+            }),
+        }
+    }
+}
+
+struct Retry<S> {
+    shared: Arc<Shared>,
+    service: S,
+    principal: Principal,
+    template: Option<ReplayTemplate>,
+}
+
+type Prepared<B> = Result<(Request<B>, Option<ReplayTemplate>), BoxError>;
+
+/// Response future of [`OAuthRetry`].
+#[pin_project]
+pub struct ResponseFuture<S, B, R>
+where
+    S: Service<Request<B>>,
+{
+    #[pin]
+    state: State<S, B, R>,
+    retry: Option<Retry<S>>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<S, B, R>
+where
+    S: Service<Request<B>>,
+{
+    Preparing {
+        prepare: BoxFuture<'static, Prepared<B>>,
+        service: Option<S>,
+    },
+    Calling {
+        #[pin]
+        call: S::Future,
+    },
+    Authorizing {
+        authorize: BoxFuture<'static, Result<Response<R>, BoxError>>,
+    },
+}
+
+impl<S, B, R> Future for ResponseFuture<S, B, R>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: From<Bytes> + Send + 'static,
+    R: Send + 'static,
+{
+    type Output = Result<Response<R>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Preparing { prepare, service } => {
+                    let (request, template) = ready!(prepare.as_mut().poll(cx))?;
+                    let Some(mut service) = service.take() else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    match (this.retry.as_mut(), template) {
+                        (Some(retry), Some(template)) => retry.template = Some(template),
+                        _ => *this.retry = None,
+                    }
+                    let call = service.call(request);
+                    this.state.set(State::Calling { call });
+                }
+                StateProj::Calling { call } => {
+                    let result = ready!(call.poll(cx)).map_err(Into::into);
+                    let Some(cause) = cause_of(&result) else {
+                        return Poll::Ready(result);
+                    };
+                    let Some(retry) = this.retry.take() else {
+                        tracing::debug!(
+                            "authorization needed on a request that cannot be replayed"
+                        );
+                        return Poll::Ready(result);
+                    };
+                    let authorize = Box::pin(authorize_and_replay(retry, cause));
+                    this.state.set(State::Authorizing { authorize });
+                }
+                StateProj::Authorizing { authorize } => return authorize.as_mut().poll(cx),
+            }
+        }
+    }
+}
+
+/// Why a response calls for an authorization.
+enum Cause {
+    /// 401, or silent refresh could not help.
+    Unauthorized {
+        challenge: Option<BearerChallenge>,
+        client_rejected: bool,
+    },
+    /// 403 `insufficient_scope`.
+    InsufficientScope { challenge: BearerChallenge },
+}
+
+fn cause_of<R>(result: &Result<Response<R>, BoxError>) -> Option<Cause> {
+    match result {
+        Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+            Some(Cause::Unauthorized {
+                challenge: BearerChallenge::from_headers(response.headers()),
+                client_rejected: false,
+            })
+        }
+        Ok(response) if response.status() == StatusCode::FORBIDDEN => {
+            BearerChallenge::from_headers(response.headers())
+                .filter(|c| c.error.as_deref() == Some("insufficient_scope"))
+                .map(|challenge| Cause::InsufficientScope { challenge })
+        }
+        Ok(_) => None,
+        Err(error) => match Error::find(error.as_ref())? {
+            error @ Error::ReauthRequired { reason, .. } => Some(Cause::Unauthorized {
+                challenge: error.bearer_challenge(),
+                client_rejected: matches!(reason, ReauthReason::ClientRejected { .. }),
+            }),
+            _ => None,
+        },
+    }
+}
+
+async fn authorize_and_replay<S, B, R>(
+    retry: Retry<S>,
+    first: Cause,
+) -> Result<Response<R>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone,
+    S::Error: Into<BoxError>,
+    B: From<Bytes>,
+{
+    let Retry {
+        shared,
+        service,
+        principal,
+        template,
+    } = retry;
+    let template = template.ok_or("replay template missing")?;
+    let mut cause = first;
+    let mut previous_scopes = Vec::new();
+    let mut authorizations = 0;
+    loop {
+        let authorization = match cause {
+            Cause::Unauthorized {
+                challenge,
+                client_rejected,
+            } => AuthorizationCause {
+                challenge,
+                previous_scopes: Vec::new(),
+                client_rejected,
+            },
+            Cause::InsufficientScope { challenge } => {
+                if authorizations >= shared.max_authorizations {
+                    return Err(Error::InsufficientScope {
+                        scope: challenge.scopes().map(str::to_owned).collect(),
+                        authorizations,
+                    }
+                    .into());
+                }
+                AuthorizationCause {
+                    challenge: Some(challenge),
+                    previous_scopes: std::mem::take(&mut previous_scopes),
+                    client_rejected: false,
+                }
+            }
+        };
+        authorizations += 1;
+        let flow = shared.authorizer.start(&principal, &authorization).await?;
+        let pending = flow.pending().clone();
+        previous_scopes.clone_from(&pending.request.scopes);
+        let (handler, timeout) = match &shared.mode {
+            Mode::ReturnEarly => {
+                return Err(Error::AuthorizationRequired {
+                    url: pending.authorization_url.clone(),
+                    expires_at: pending.expires_at,
+                }
+                .into());
+            }
+            Mode::Wait { handler, timeout } => (handler, *timeout),
+        };
+        if !flow.joined() {
+            let handler = handler.clone();
+            let authorizer = shared.authorizer.clone();
+            let prompt = AuthorizationPrompt {
+                principal: principal.clone(),
+                flow: pending.clone(),
+            };
+            tokio::spawn(async move {
+                if let Err(error) = handler.authorize(prompt).await {
+                    tracing::warn!(%error, "authorization handler failed");
+                    let reason = format!("authorization handler failed: {error}");
+                    authorizer.fail_flow(&pending.state, reason).await;
+                }
+            });
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, flow.outcome()).await {
+            Ok(Some(FlowOutcome::Completed(_))) => {}
+            Ok(Some(FlowOutcome::Failed(reason))) => {
+                return Err(Error::AuthorizationFailed { reason }.into());
+            }
+            Ok(None) | Err(_) => {
+                return Err(Error::AuthorizationTimedOut {
+                    waited: started.elapsed(),
+                }
+                .into());
+            }
+        }
+        tracing::debug!(authorizations, "authorized; replaying the request");
+        let result = Oneshot::new(service.clone(), template.request())
+            .await
+            .map_err(Into::into);
+        match cause_of(&result) {
+            // One replay per 401: a fresh token that is refused again is the answer.
+            Some(next @ Cause::InsufficientScope { .. }) => cause = next,
+            _ => return result,
+        }
+    }
+}

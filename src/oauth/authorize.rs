@@ -1,0 +1,518 @@
+//! Starting an interactive authorization for one MCP server: discovery, client
+//! registration, scope selection and a PENDING flow, in that order.
+//!
+//! This is the protocol half of [`OAuthRetryLayer`](crate::OAuthRetryLayer); it knows
+//! nothing of Tower and can drive a login from anywhere (a UI's "connect" button, a CLI).
+
+use std::fmt;
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::binding::{BindingSlot, ClientAuthMethod};
+use crate::challenge::BearerChallenge;
+use crate::error::{ConfigError, Error};
+use crate::http_client::AuthHttpClient;
+use crate::key::{AuthKey, Principal};
+use crate::oauth::callback::AuthorizationCompleter;
+use crate::oauth::discovery::{
+    AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,
+};
+use crate::oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore};
+use crate::oauth::registration::{ClientConfig, Registrar};
+use crate::store::CredentialStore;
+use crate::token::Secret;
+use crate::url_policy::UrlPolicy;
+
+/// The scope that asks for a refresh token (OpenID Connect Core §11, SEP-2207).
+const OFFLINE_ACCESS: &str = "offline_access";
+
+/// Why an authorization is being started.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct AuthorizationCause {
+    /// The resource server's Bearer challenge (401, or 403 `insufficient_scope`).
+    pub challenge: Option<BearerChallenge>,
+    /// Scopes to keep from an earlier authorization (step-up asks for the union).
+    pub previous_scopes: Vec<String>,
+    /// Whether the authorization server rejected the current client
+    /// (`invalid_client`, `unauthorized_client`): a reused dynamic registration is
+    /// dropped and the client registers anew.
+    pub client_rejected: bool,
+}
+
+impl AuthorizationCause {
+    /// A cause from a challenge.
+    pub fn challenge(challenge: Option<BearerChallenge>) -> Self {
+        Self {
+            challenge,
+            ..Self::default()
+        }
+    }
+}
+
+/// Starts interactive authorizations for one MCP server and shares their state with
+/// the callback endpoint and [`SilentRefreshLayer`](crate::SilentRefreshLayer).
+///
+/// [`start`](Self::start) runs discovery (protected resource metadata, then the
+/// authorization server's metadata, with the 2025-03-26 fallbacks when the server
+/// publishes no resource metadata), checks PKCE `S256` support, registers or reuses
+/// a client ([`Registrar`]), fills the [`BindingSlot`] for the principal's tenant,
+/// selects scopes (the challenge's `scope`, else the resource's `scopes_supported`,
+/// else none; `offline_access` added when the authorization server lists it and
+/// scopes are requested at all) and persists a PENDING flow ([`FlowStore`]) before
+/// anyone sees its URL.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_mcp_auth::{store::MemoryStore, Authorizer, SilentRefreshLayer, RefreshCoordinator};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = Arc::new(MemoryStore::new());
+/// let authorizer = Authorizer::builder(
+///     "https://mcp.example.com/mcp",
+///     store.clone(),
+///     "https://app.example.com/oauth/callback".parse()?,
+/// )
+/// .client_name("Example Chat")
+/// .build()?;
+/// // Silent refresh finds the client the authorizer registers, per tenant:
+/// let silent = SilentRefreshLayer::new(RefreshCoordinator::new(store), authorizer.bindings());
+/// // The callback endpoint completes the authorizer's flows:
+/// let completer = authorizer.completer();
+/// # let _ = (silent, completer);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Authorizer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    server: Url,
+    bindings: BindingSlot,
+    discovery: Discovery,
+    registrar: Registrar,
+    flows: FlowStore,
+    store: Arc<dyn CredentialStore>,
+    http: AuthHttpClient,
+    policy: UrlPolicy,
+    client: ClientConfig,
+}
+
+impl fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("server", &self.inner.server.as_str())
+            .field("client", &self.inner.client)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Authorizer`].
+#[must_use]
+pub struct AuthorizerBuilder {
+    server: String,
+    store: Arc<dyn CredentialStore>,
+    redirect_uri: Url,
+    client_name: String,
+    http: Option<AuthHttpClient>,
+    policy: UrlPolicy,
+    flows: Option<FlowStore>,
+    pre_registered: Option<(String, Option<Secret>, ClientAuthMethod)>,
+    metadata_document: Option<Url>,
+}
+
+impl fmt::Debug for AuthorizerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizerBuilder")
+            .field("server", &self.server)
+            .field("redirect_uri", &self.redirect_uri.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthorizerBuilder {
+    /// The client name shown on consent screens (default `tower-mcp-auth`).
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// The HTTP client for metadata, registration and token calls (default:
+    /// [`AuthHttpClient::reqwest`]).
+    pub fn http_client(mut self, http: AuthHttpClient) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// The policy for every URL learned from a server (default: https only, no
+    /// private ranges).
+    pub fn url_policy(mut self, policy: UrlPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Shares this flow store (default: a new one with a 15 minute TTL).
+    pub fn flows(mut self, flows: FlowStore) -> Self {
+        self.flows = Some(flows);
+        self
+    }
+
+    /// Uses pre-registered client credentials (first in the registration order).
+    pub fn pre_registered(
+        mut self,
+        client_id: impl Into<String>,
+        secret: Option<Secret>,
+        method: ClientAuthMethod,
+    ) -> Self {
+        self.pre_registered = Some((client_id.into(), secret, method));
+        self
+    }
+
+    /// This client's Client ID Metadata Document URL, used as the `client_id` where
+    /// the authorization server supports it (second in the registration order).
+    pub fn metadata_document(mut self, url: Url) -> Self {
+        self.metadata_document = Some(url);
+        self
+    }
+
+    /// Builds the authorizer.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the server URL is not an absolute http(s) URL.
+    pub fn build(self) -> Result<Authorizer, ConfigError> {
+        let bindings = BindingSlot::new(&self.server)?;
+        let server = bindings.resource().clone();
+        let http = self.http.unwrap_or_else(AuthHttpClient::reqwest);
+        let mut client = ClientConfig::new(self.redirect_uri, server.as_str(), self.client_name);
+        client.pre_registered = self.pre_registered;
+        client.metadata_document = self.metadata_document;
+        Ok(Authorizer {
+            inner: Arc::new(Inner {
+                server,
+                bindings,
+                discovery: Discovery::new(http.clone(), self.policy.clone()),
+                registrar: Registrar::new(http.clone(), self.policy.clone()),
+                flows: self.flows.unwrap_or_default(),
+                store: self.store,
+                http,
+                policy: self.policy,
+                client,
+            }),
+        })
+    }
+}
+
+impl Authorizer {
+    /// Starts building an authorizer for the MCP server at `server`, storing
+    /// credentials in `store`, with browsers sent back to `redirect_uri`.
+    pub fn builder(
+        server: impl Into<String>,
+        store: Arc<dyn CredentialStore>,
+        redirect_uri: Url,
+    ) -> AuthorizerBuilder {
+        AuthorizerBuilder {
+            server: server.into(),
+            store,
+            redirect_uri,
+            client_name: "tower-mcp-auth".into(),
+            http: None,
+            policy: UrlPolicy::default(),
+            flows: None,
+            pre_registered: None,
+            metadata_document: None,
+        }
+    }
+
+    /// The MCP server.
+    pub fn server(&self) -> &Url {
+        &self.inner.server
+    }
+
+    /// The slot holding each tenant's binding, for
+    /// [`SilentRefreshLayer::new`](crate::SilentRefreshLayer::new).
+    pub fn bindings(&self) -> BindingSlot {
+        self.inner.bindings.clone()
+    }
+
+    /// The flow store.
+    pub fn flows(&self) -> &FlowStore {
+        &self.inner.flows
+    }
+
+    /// A completer for this authorizer's flows, for the callback endpoint
+    /// ([`CallbackService`](crate::CallbackService)).
+    pub fn completer(&self) -> AuthorizationCompleter {
+        AuthorizationCompleter::new(
+            self.inner.flows.clone(),
+            self.inner.store.clone(),
+            self.inner.http.clone(),
+        )
+    }
+
+    /// Ends the flow of `state` as failed (first outcome wins), e.g. when the
+    /// authorization URL could not be delivered to the user.
+    pub async fn fail_flow(&self, state: &Secret, reason: impl Into<String>) -> bool {
+        self.inner
+            .flows
+            .complete(state.expose(), FlowOutcome::Failed(reason.into()))
+            .await
+    }
+
+    /// Starts (or joins) an authorization of `principal` for this server. When this
+    /// returns, the flow is persisted PENDING and its URL may be shown.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Discovery`] (including a resource metadata document for another
+    /// resource, and an authorization server without PKCE `S256`) and
+    /// [`Error::Registration`]; no authorization request is made then.
+    pub async fn start(
+        &self,
+        principal: &Principal,
+        cause: &AuthorizationCause,
+    ) -> Result<FlowHandle, Error> {
+        let inner = &*self.inner;
+        let challenge = cause.challenge.as_ref();
+        let (resource_metadata, metadata) = self.discover(challenge).await?;
+        let resource = resource_metadata
+            .as_ref()
+            .map_or_else(|| inner.server.to_string(), |m| m.resource.clone());
+        let authorization_endpoint =
+            endpoint(&metadata, metadata.authorization_endpoint.as_deref())?;
+        let token_endpoint = endpoint(&metadata, metadata.token_endpoint.as_deref())?;
+        inner
+            .policy
+            .check(&authorization_endpoint)
+            .and_then(|()| inner.policy.check(&token_endpoint))
+            .map_err(|refused| Error::Discovery(DiscoveryError::Refused(refused)))?;
+
+        let mut config = inner.client.clone();
+        config.resource = resource;
+        let tenant = principal.tenant();
+        let mut client = inner
+            .registrar
+            .client_for(tenant, &metadata, &config)
+            .await
+            .map_err(Error::Registration)?;
+        if cause.client_rejected && inner.registrar.rejected(tenant, &client).await {
+            tracing::info!(tenant, issuer = %client.issuer, "client rejected; registering anew");
+            client = inner
+                .registrar
+                .client_for(tenant, &metadata, &config)
+                .await
+                .map_err(Error::Registration)?;
+        }
+        let binding = client.binding().map_err(|error| {
+            Error::Discovery(DiscoveryError::NotFound {
+                tried: vec![format!("usable resource and token endpoint ({error})")],
+            })
+        })?;
+        inner.bindings.set(tenant, binding.clone());
+
+        let key = AuthKey::new(principal, binding.id());
+        let granted = match inner.store.load(&key).await {
+            Ok(Some(tokens)) => tokens.scope.clone(),
+            _ => None,
+        };
+        let scopes = select_scopes(
+            challenge,
+            resource_metadata.as_deref(),
+            &metadata,
+            cause
+                .previous_scopes
+                .iter()
+                .map(String::as_str)
+                .chain(granted.as_deref().unwrap_or_default().split_whitespace()),
+        );
+        let request = AuthorizationRequest::new(
+            binding,
+            authorization_endpoint,
+            inner.client.redirect_uri.clone(),
+        )
+        .with_scopes(scopes);
+        let flow = inner.flows.start_or_join(&key, request).await;
+        tracing::debug!(
+            key = %key,
+            joined = flow.joined(),
+            scopes = ?flow.pending().request.scopes,
+            "authorization flow pending"
+        );
+        Ok(flow)
+    }
+
+    /// Resource metadata (if the server publishes it) and authorization server metadata.
+    async fn discover(
+        &self,
+        challenge: Option<&BearerChallenge>,
+    ) -> Result<
+        (
+            Option<Arc<ProtectedResourceMetadata>>,
+            Arc<AuthorizationServerMetadata>,
+        ),
+        Error,
+    > {
+        let inner = &*self.inner;
+        let hinted = challenge.is_some_and(|c| c.resource_metadata.is_some());
+        match inner
+            .discovery
+            .protected_resource(&inner.server, challenge)
+            .await
+        {
+            Ok(resource) => {
+                let issuer: Url = resource.authorization_servers[0].parse().map_err(|_| {
+                    Error::Discovery(DiscoveryError::NotFound {
+                        tried: vec![resource.authorization_servers[0].clone()],
+                    })
+                })?;
+                let metadata = inner
+                    .discovery
+                    .authorization_server(&issuer)
+                    .await
+                    .map_err(Error::Discovery)?;
+                if metadata.supports_s256() != Some(true) {
+                    return Err(Error::Discovery(DiscoveryError::S256Unsupported {
+                        issuer: metadata.issuer.clone(),
+                    }));
+                }
+                Ok((Some(resource), metadata))
+            }
+            // A server that points at metadata it does not serve is broken, not legacy.
+            Err(DiscoveryError::NotFound { .. }) if !hinted => {
+                tracing::debug!(server = %inner.server, "no resource metadata; 2025-03-26 discovery");
+                let metadata = inner
+                    .discovery
+                    .legacy_authorization_server(&inner.server)
+                    .await
+                    .map_err(Error::Discovery)?;
+                if metadata.supports_s256() == Some(false) {
+                    return Err(Error::Discovery(DiscoveryError::S256Unsupported {
+                        issuer: metadata.issuer.clone(),
+                    }));
+                }
+                Ok((None, metadata))
+            }
+            Err(error) => Err(Error::Discovery(error)),
+        }
+    }
+}
+
+fn endpoint(metadata: &AuthorizationServerMetadata, value: Option<&str>) -> Result<Url, Error> {
+    value.and_then(|v| v.parse().ok()).ok_or_else(|| {
+        Error::Discovery(DiscoveryError::NotFound {
+            tried: vec![format!("endpoints in the metadata of {}", metadata.issuer)],
+        })
+    })
+}
+
+/// The scopes to ask for: the challenge's, else the resource's `scopes_supported`, else
+/// none; plus `previous` (step-up asks for the union); plus `offline_access` when the
+/// authorization server lists it and anything is asked for at all (asking for nothing
+/// leaves the choice to the server, and `offline_access` alone would narrow it).
+fn select_scopes<'a>(
+    challenge: Option<&BearerChallenge>,
+    resource: Option<&ProtectedResourceMetadata>,
+    metadata: &AuthorizationServerMetadata,
+    previous: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    fn add(scopes: &mut Vec<String>, scope: &str) {
+        if !scope.is_empty() && !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_owned());
+        }
+    }
+    let mut scopes: Vec<String> = Vec::new();
+    previous.for_each(|scope| add(&mut scopes, scope));
+    let challenged: Vec<&str> = challenge.map(|c| c.scopes().collect()).unwrap_or_default();
+    if !challenged.is_empty() {
+        challenged
+            .into_iter()
+            .for_each(|scope| add(&mut scopes, scope));
+    } else if let Some(supported) = resource.and_then(|r| r.scopes_supported.as_ref()) {
+        supported.iter().for_each(|scope| add(&mut scopes, scope));
+    }
+    let offline = metadata
+        .scopes_supported
+        .as_ref()
+        .is_some_and(|s| s.iter().any(|s| s == OFFLINE_ACCESS));
+    if offline && !scopes.is_empty() {
+        add(&mut scopes, OFFLINE_ACCESS);
+    }
+    scopes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(scopes: Option<&[&str]>) -> AuthorizationServerMetadata {
+        serde_json::from_value(serde_json::json!({
+            "issuer": "https://as.example",
+            "scopes_supported": scopes,
+        }))
+        .unwrap()
+    }
+
+    fn resource(scopes: Option<&[&str]>) -> ProtectedResourceMetadata {
+        serde_json::from_value(serde_json::json!({
+            "resource": "https://mcp.example/mcp",
+            "authorization_servers": ["https://as.example"],
+            "scopes_supported": scopes,
+        }))
+        .unwrap()
+    }
+
+    fn challenge(header: &str) -> BearerChallenge {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::WWW_AUTHENTICATE, header.parse().unwrap());
+        BearerChallenge::from_headers(&headers).unwrap()
+    }
+
+    #[test]
+    fn the_challenge_wins_then_scopes_supported_then_nothing() {
+        let prm = resource(Some(&["mcp:basic", "mcp:read"]));
+        let none = metadata(None);
+        let c = challenge(r#"Bearer scope="mcp:write""#);
+        let empty = std::iter::empty();
+        assert_eq!(
+            select_scopes(Some(&c), Some(&prm), &none, empty),
+            ["mcp:write"]
+        );
+        let bare = challenge("Bearer");
+        assert_eq!(
+            select_scopes(Some(&bare), Some(&prm), &none, std::iter::empty()),
+            ["mcp:basic", "mcp:read"]
+        );
+        let undefined = resource(None);
+        assert!(select_scopes(Some(&bare), Some(&undefined), &none, std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn step_up_asks_for_the_union() {
+        let c = challenge(r#"Bearer error="insufficient_scope", scope="mcp:basic mcp:write""#);
+        let previous = ["mcp:basic", "mcp:read"].into_iter();
+        assert_eq!(
+            select_scopes(Some(&c), None, &metadata(None), previous),
+            ["mcp:basic", "mcp:read", "mcp:write"]
+        );
+    }
+
+    #[test]
+    fn offline_access_only_when_listed_and_something_is_asked() {
+        let prm = resource(Some(&["mcp:basic"]));
+        let listed = metadata(Some(&["mcp:basic", "offline_access"]));
+        assert_eq!(
+            select_scopes(None, Some(&prm), &listed, std::iter::empty()),
+            ["mcp:basic", "offline_access"]
+        );
+        let unlisted = metadata(Some(&["mcp:basic"]));
+        assert_eq!(
+            select_scopes(None, Some(&prm), &unlisted, std::iter::empty()),
+            ["mcp:basic"]
+        );
+        assert!(select_scopes(None, None, &listed, std::iter::empty()).is_empty());
+    }
+}
