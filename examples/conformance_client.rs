@@ -111,6 +111,7 @@ impl SseParser {
     }
 }
 
+#[derive(Clone)]
 struct McpClient {
     service: HttpService,
     url: String,
@@ -125,7 +126,10 @@ impl McpClient {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.url.parse().expect("server URL");
         let headers = request.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(
             header::ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
@@ -143,7 +147,10 @@ impl McpClient {
         }
     }
 
-    async fn send(&mut self, request: Request<reqwest::Body>) -> Result<Response<reqwest::Body>, BoxError> {
+    async fn send(
+        &mut self,
+        request: Request<reqwest::Body>,
+    ) -> Result<Response<reqwest::Body>, BoxError> {
         let response = self.service.clone().oneshot(request).await?;
         if let Some(session) = response.headers().get("mcp-session-id") {
             self.session = Some(session.clone());
@@ -181,7 +188,9 @@ impl McpClient {
             let mut parser = SseParser::default();
             let mut body = response.into_body();
             while let Some(frame) = body.frame().await {
-                let Ok(chunk) = frame?.into_data() else { continue };
+                let Ok(chunk) = frame?.into_data() else {
+                    continue;
+                };
                 for event in parser.push(&chunk) {
                     last_event_id = event.id.or(last_event_id);
                     retry = event.retry.unwrap_or(retry);
@@ -199,18 +208,50 @@ impl McpClient {
             // The stream closed before the response: resume it after `retry`.
             eprintln!("stream closed before the response to {method}; reconnecting in {retry:?}");
             tokio::time::sleep(retry).await;
-            let mut get = Request::new(reqwest::Body::from(Bytes::new()));
-            *get.uri_mut() = self.url.parse()?;
-            get.headers_mut()
-                .insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
-            self.session_headers(get.headers_mut());
-            if let Some(last) = &last_event_id {
-                get.headers_mut().insert("last-event-id", last.parse()?);
-            }
-            response = self.send(get).await?;
+            response = self.send(self.get(last_event_id.as_deref())?).await?;
             check_status(&response, "GET stream")?;
         }
         Err(format!("no response to {method} after {MAX_RECONNECTS} reconnects").into())
+    }
+
+    /// Listens on the standalone GET stream, where servers send requests that belong to
+    /// no client request (e.g. `elicitation/create` from inside a tool), until it ends.
+    async fn listen(mut self) -> Result<(), BoxError> {
+        let response = self.send(self.get(None)?).await?;
+        if !response.status().is_success() {
+            return Ok(()); // 405: the server offers no standalone stream
+        }
+        let mut parser = SseParser::default();
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            let Ok(chunk) = frame?.into_data() else {
+                continue;
+            };
+            for event in parser.push(&chunk) {
+                if event.data.trim().is_empty() {
+                    continue;
+                }
+                let message: Value = serde_json::from_str(&event.data)?;
+                if message.get("method").is_some() {
+                    self.answer_server_message(&message).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, last_event_id: Option<&str>) -> Result<Request<reqwest::Body>, BoxError> {
+        let mut get = Request::new(reqwest::Body::from(Bytes::new()));
+        *get.uri_mut() = self.url.parse()?;
+        get.headers_mut().insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        self.session_headers(get.headers_mut());
+        if let Some(last) = last_event_id {
+            get.headers_mut().insert("last-event-id", last.parse()?);
+        }
+        Ok(get)
     }
 
     async fn answer_server_message(&mut self, message: &Value) -> Result<(), BoxError> {
@@ -223,7 +264,9 @@ impl McpClient {
                 "content": schema_defaults(&message["params"]["requestedSchema"]),
             }}),
             Some("ping") => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
-            _ => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "method not found"}}),
+            _ => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "method not found"}})
+            }
         };
         let response = self.send(self.post(&reply)).await?;
         check_status(&response, "reply to server request")
@@ -235,7 +278,15 @@ fn check_status<B>(response: &Response<B>, what: &str) -> Result<(), BoxError> {
         return Ok(());
     }
     let status = response.status();
-    Err(format!("{what}: HTTP {status}{}", if status == StatusCode::UNAUTHORIZED { " (unauthorized)" } else { "" }).into())
+    Err(format!(
+        "{what}: HTTP {status}{}",
+        if status == StatusCode::UNAUTHORIZED {
+            " (unauthorized)"
+        } else {
+            ""
+        }
+    )
+    .into())
 }
 
 fn result_of(message: Value) -> Result<Value, BoxError> {
@@ -339,10 +390,13 @@ async fn run(server: String, context: ConformanceContext) -> Result<(), BoxError
             }),
         )
         .await?;
-    let version = initialized["protocolVersion"].as_str().unwrap_or(PROTOCOL_VERSION);
+    let version = initialized["protocolVersion"]
+        .as_str()
+        .unwrap_or(PROTOCOL_VERSION);
     client.protocol_version = Some(version.parse()?);
     eprintln!("initialized: {}", initialized["serverInfo"]);
     client.notify("notifications/initialized").await?;
+    tokio::spawn(client.clone().listen());
     let tools = client.request("tools/list", json!({})).await?;
     for tool in tools["tools"].as_array().into_iter().flatten() {
         let name = tool["name"].as_str().unwrap_or_default();

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -300,6 +300,7 @@ where
             retry: Some(Retry {
                 shared: shared.clone(),
                 service: for_replays,
+                sent_at: SystemTime::now(),
                 principal,
                 template: None,
             }),
@@ -310,6 +311,7 @@ where
 struct Retry<S> {
     shared: Arc<Shared>,
     service: S,
+    sent_at: SystemTime,
     principal: Principal,
     template: Option<ReplayTemplate>,
 }
@@ -438,11 +440,28 @@ where
     let Retry {
         shared,
         service,
+        sent_at,
         principal,
         template,
     } = retry;
     let template = template.ok_or("replay template missing")?;
     let mut cause = first;
+    // Credentials that arrived while the request was out (a concurrent request's
+    // authorization finished): one plain replay instead of a second authorization.
+    if shared
+        .authorizer
+        .has_credentials_since(&principal, sent_at)
+        .await
+    {
+        tracing::debug!("newer credentials than the refused request; replaying");
+        let result = Oneshot::new(service.clone(), template.request())
+            .await
+            .map_err(Into::into);
+        match cause_of(&result) {
+            Some(next) => cause = next,
+            None => return result,
+        }
+    }
     let mut previous_scopes = Vec::new();
     let mut authorizations = 0;
     loop {

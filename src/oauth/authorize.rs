@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use url::Url;
 
@@ -261,6 +262,20 @@ impl Authorizer {
             .flows
             .complete(state.expose(), FlowOutcome::Failed(reason.into()))
             .await
+    }
+
+    /// Whether `principal` holds usable credentials for this server obtained at or
+    /// after `since`: a request sent before then and refused may simply be replayed
+    /// (someone else's authorization or refresh finished in between).
+    pub async fn has_credentials_since(&self, principal: &Principal, since: SystemTime) -> bool {
+        let Some(binding) = self.inner.bindings.get(principal.tenant()) else {
+            return false;
+        };
+        let key = AuthKey::new(principal, binding.id());
+        matches!(
+            self.inner.store.load(&key).await,
+            Ok(Some(tokens)) if tokens.obtained_at >= since && tokens.is_usable()
+        )
     }
 
     /// Starts (or joins) an authorization of `principal` for this server. When this

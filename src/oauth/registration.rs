@@ -188,6 +188,21 @@ impl fmt::Debug for Registrar {
     }
 }
 
+fn registration_key(
+    scope: &str,
+    issuer: &str,
+    redirect_uri: &str,
+    resource: &str,
+    token_endpoint: &str,
+) -> String {
+    // Length-prefixed so that no two different tuples give one key.
+    [scope, issuer, redirect_uri, resource, token_endpoint]
+        .iter()
+        .map(|part| format!("{}:{part}", part.len()))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 fn normalized(issuer: &str) -> &str {
     issuer.trim_end_matches('/')
 }
@@ -258,24 +273,24 @@ impl Registrar {
                 RegistrationSource::MetadataDocument,
             ));
         }
-        let cache_key = format!("{scope} {issuer}");
-        if let Some(stored) = self.registrations.get(&cache_key).await {
-            let fits = normalized(&stored.issuer) == issuer
-                && stored.redirect_uri == config.redirect_uri
-                && stored.resource == config.resource
-                && stored.token_endpoint == token_endpoint;
-            if fits {
-                return Ok(stored);
-            }
-        }
-        let registered = Arc::new(
-            self.register(metadata, config, issuer.clone(), token_endpoint.clone())
-                .await?,
+        // Everything a registration must still match is in the key: a change of
+        // issuer, redirect URI, resource or token endpoint finds no entry and registers
+        // anew. Concurrent first calls share one registration (moka coalesces them).
+        let cache_key = registration_key(
+            scope,
+            &issuer,
+            config.redirect_uri.as_str(),
+            &config.resource,
+            &token_endpoint,
         );
         self.registrations
-            .insert(cache_key, registered.clone())
-            .await;
-        Ok(registered)
+            .try_get_with(cache_key, async {
+                self.register(metadata, config, issuer.clone(), token_endpoint.clone())
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .map_err(|error| (*error).clone())
     }
 
     /// The authorization server rejected `registration` (`invalid_client` and the
@@ -284,7 +299,13 @@ impl Registrar {
         if registration.source != RegistrationSource::Dynamic {
             return false;
         }
-        let cache_key = format!("{scope} {}", normalized(&registration.issuer));
+        let cache_key = registration_key(
+            scope,
+            normalized(&registration.issuer),
+            registration.redirect_uri.as_str(),
+            &registration.resource,
+            &registration.token_endpoint,
+        );
         let mut deleted = false;
         self.registrations
             .entry_by_ref(&cache_key)

@@ -56,6 +56,8 @@ pub struct AuthServerStats {
     pub registrations: u64,
     /// `grant_type=authorization_code` requests.
     pub code_exchanges: u64,
+    /// Visits of the authorization endpoint.
+    pub authorization_requests: u64,
 }
 
 /// What one refresh request carried (secrets left out).
@@ -144,6 +146,7 @@ struct Counters {
     metadata_requests: AtomicU64,
     registrations: AtomicU64,
     code_exchanges: AtomicU64,
+    authorization_requests: AtomicU64,
     next_family: AtomicU64,
 }
 
@@ -367,6 +370,7 @@ impl TestAuthServer {
             metadata_requests: c.metadata_requests.load(Ordering::SeqCst),
             registrations: c.registrations.load(Ordering::SeqCst),
             code_exchanges: c.code_exchanges.load(Ordering::SeqCst),
+            authorization_requests: c.authorization_requests.load(Ordering::SeqCst),
         }
     }
 
@@ -460,6 +464,10 @@ async fn authorize(
     State(state): State<Arc<AuthState>>,
     axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
+    state
+        .counters
+        .authorization_requests
+        .fetch_add(1, Ordering::SeqCst);
     let param = |name: &str| query.get(name).cloned();
     let (Some(client_id), Some(redirect_uri), Some(challenge)) = (
         param("client_id"),

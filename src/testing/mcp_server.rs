@@ -24,6 +24,8 @@ pub struct McpServerStats {
     pub unauthorized: u64,
     /// Requests answered with a result.
     pub ok: u64,
+    /// Requests answered 403 `insufficient_scope`.
+    pub forbidden: u64,
 }
 
 struct McpState {
@@ -35,6 +37,9 @@ struct McpState {
     unauthorized: AtomicU64,
     ok: AtomicU64,
     seen_tokens: Mutex<Vec<String>>,
+    /// Tool name -> the scope calling it takes.
+    tool_scopes: Mutex<std::collections::HashMap<String, String>>,
+    forbidden: AtomicU64,
 }
 
 /// An MCP server speaking Streamable HTTP JSON-RPC at `/mcp` — `initialize`,
@@ -74,6 +79,8 @@ impl TestMcpServer {
             unauthorized: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             seen_tokens: Mutex::new(Vec::new()),
+            tool_scopes: Mutex::new(std::collections::HashMap::new()),
+            forbidden: AtomicU64::new(0),
         });
         let router = Router::new()
             .route("/mcp", post(mcp_endpoint))
@@ -102,12 +109,19 @@ impl TestMcpServer {
         self.state.sse.store(sse, Ordering::SeqCst);
     }
 
+    /// Calling `tool` takes a token with `scope`; without it the call gets 403 with a
+    /// `Bearer error="insufficient_scope"` challenge asking for `scope` (RFC 6750 §3.1).
+    pub fn require_scope(&self, tool: &str, scope: &str) {
+        lock(&self.state.tool_scopes).insert(tool.to_owned(), scope.to_owned());
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> McpServerStats {
         McpServerStats {
             requests: self.state.requests.load(Ordering::SeqCst),
             unauthorized: self.state.unauthorized.load(Ordering::SeqCst),
             ok: self.state.ok.load(Ordering::SeqCst),
+            forbidden: self.state.forbidden.load(Ordering::SeqCst),
         }
     }
 
@@ -154,6 +168,22 @@ fn unauthorized(state: &McpState, had_token: bool) -> Response {
     response
 }
 
+fn insufficient_scope(state: &McpState, scope: &str) -> Response {
+    state.forbidden.fetch_add(1, Ordering::SeqCst);
+    let resource = lock(&state.resource).clone();
+    let metadata = resource.replacen("/mcp", "/.well-known/oauth-protected-resource/mcp", 1);
+    let challenge = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{scope}\", resource_metadata=\"{metadata}\""
+    );
+    let mut response = (StatusCode::FORBIDDEN, "insufficient scope").into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
 async fn mcp_endpoint(
     State(state): State<Arc<McpState>>,
     headers: HeaderMap,
@@ -186,6 +216,14 @@ async fn mcp_endpoint(
     };
     let method = message.get("method").and_then(Value::as_str).unwrap_or("");
     let params = message.get("params").cloned().unwrap_or(Value::Null);
+    if method == "tools/call" {
+        let tool = params.get("name").and_then(Value::as_str).unwrap_or("");
+        let required = lock(&state.tool_scopes).get(tool).cloned();
+        let granted = identity.scope.as_deref().unwrap_or("");
+        if let Some(required) = required.filter(|r| !granted.split(' ').any(|g| g == r)) {
+            return insufficient_scope(&state, &required);
+        }
+    }
     let result = match method {
         "initialize" => Ok(json!({
             "protocolVersion": "2025-11-25",

@@ -1,0 +1,372 @@
+//! OAuthRetryLayer over loopback: a request without credentials runs discovery,
+//! registration, the PKCE flow and the callback, then is replayed; concurrent requests
+//! share one flow; return-early hands out the URL; 403 insufficient_scope steps up,
+//! bounded; failures and timeouts are typed; a rejected client registers anew.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tower::{BoxError, Layer, ServiceExt};
+use tower_mcp_auth::store::MemoryStore;
+use tower_mcp_auth::testing::{
+    HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
+};
+use tower_mcp_auth::{
+    AuthorizationPrompt, Authorizer, Error, OAuthRetry, OAuthRetryLayer, Principal,
+    RefreshCoordinator, SilentRefresh, SilentRefreshLayer, UrlPolicy,
+};
+
+type Client = OAuthRetry<SilentRefresh<ReqwestTransport>>;
+
+struct World {
+    auth: TestAuthServer,
+    mcp: TestMcpServer,
+    authorizer: Authorizer,
+    store: Arc<MemoryStore>,
+}
+
+impl World {
+    async fn new() -> Self {
+        let auth = TestAuthServer::start().await.unwrap();
+        let mcp = TestMcpServer::start(&auth).await.unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let authorizer = Authorizer::builder(
+            mcp.url(),
+            store.clone(),
+            "http://127.0.0.1:1/oauth/callback".parse().unwrap(),
+        )
+        .client_name("oauth retry test")
+        .url_policy(UrlPolicy::default().allow_loopback_http())
+        .build()
+        .unwrap();
+        Self {
+            auth,
+            mcp,
+            authorizer,
+            store,
+        }
+    }
+
+    fn client(&self, layer: OAuthRetryLayer) -> Client {
+        let silent = SilentRefreshLayer::new(
+            RefreshCoordinator::new(self.store.clone()),
+            self.authorizer.bindings(),
+        );
+        layer.layer(silent.layer(ReqwestTransport::new()))
+    }
+
+    fn waiting_client(&self) -> Client {
+        let browser = HeadlessBrowser::new(self.authorizer.completer());
+        self.client(OAuthRetryLayer::wait(self.authorizer.clone(), browser))
+    }
+}
+
+async fn call_tool(
+    client: Client,
+    url: &str,
+    user: &Principal,
+    tool: &str,
+) -> Result<String, BoxError> {
+    let mut request = jsonrpc_request(
+        url,
+        1,
+        "tools/call",
+        json!({"name": tool, "arguments": {"text": "hi"}}),
+    );
+    request.extensions_mut().insert(user.clone());
+    let response = client.oneshot(request).await?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}").into());
+    }
+    let message = read_jsonrpc(&response)?;
+    Ok(message["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+fn alice() -> Principal {
+    Principal::new("acme", "alice")
+}
+
+fn crate_error(error: &BoxError) -> &Error {
+    Error::find(error.as_ref()).unwrap_or_else(|| panic!("not a crate error: {error}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_credentials_authorizes_and_is_replayed_once() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    let client = w.waiting_client();
+
+    let answer = call_tool(client.clone(), &w.mcp.url(), &alice(), "whoami").await;
+    assert_eq!(answer.unwrap(), "alice");
+    let stats = w.auth.stats();
+    assert_eq!(stats.registrations, 1, "one dynamic registration");
+    assert_eq!(stats.authorization_requests, 1);
+    assert_eq!(stats.code_exchanges, 1);
+    let mcp = w.mcp.stats();
+    assert_eq!(
+        mcp.unauthorized, 1,
+        "the first attempt, then the replay: {mcp:?}"
+    );
+    assert_eq!(mcp.ok, 1);
+
+    // The next request uses the stored token: no new flow, no registration.
+    let again = call_tool(client, &w.mcp.url(), &alice(), "echo").await;
+    assert_eq!(again.unwrap(), "hi");
+    let stats = w.auth.stats();
+    assert_eq!((stats.registrations, stats.authorization_requests), (1, 1));
+    assert_eq!(w.mcp.stats().unauthorized, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_share_one_registration_and_one_flow() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    // The authorization server is slow, so every request is refused before the flow ends.
+    w.auth.set_latency(Duration::from_millis(100));
+    let client = w.waiting_client();
+    let n = 64;
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, barrier) = (client.clone(), w.mcp.url(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                call_tool(client, &url, &alice(), "whoami")
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), "alice");
+    }
+    let stats = w.auth.stats();
+    assert_eq!(stats.registrations, 1, "{stats:?}");
+    assert_eq!(stats.authorization_requests, 1, "{stats:?}");
+    assert_eq!(stats.code_exchanges, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_early_hands_out_one_url_and_the_next_try_succeeds() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    let client = w.client(OAuthRetryLayer::return_early(w.authorizer.clone()));
+
+    let first = call_tool(client.clone(), &w.mcp.url(), &alice(), "whoami").await;
+    let second = call_tool(client.clone(), &w.mcp.url(), &alice(), "whoami").await;
+    let url_of = |result: Result<String, BoxError>| match crate_error(&result.unwrap_err()) {
+        Error::AuthorizationRequired { url, expires_at } => {
+            assert!(*expires_at > std::time::SystemTime::now());
+            url.clone()
+        }
+        other => panic!("expected AuthorizationRequired, got {other:?}"),
+    };
+    let url = url_of(first);
+    assert_eq!(
+        url,
+        url_of(second),
+        "the second request joins the PENDING flow"
+    );
+    assert_eq!(
+        w.auth.stats().authorization_requests,
+        0,
+        "nobody visited it yet"
+    );
+
+    // The user authorizes (the callback endpoint's part is played by the completer).
+    HeadlessBrowser::new(w.authorizer.completer())
+        .visit(&url)
+        .await
+        .unwrap();
+    let answer = call_tool(client, &w.mcp.url(), &alice(), "whoami").await;
+    assert_eq!(answer.unwrap(), "alice");
+    assert_eq!(w.auth.stats().code_exchanges, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_scope_steps_up_with_the_union_and_replays() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    w.mcp.require_scope("echo", "tools:write");
+    let client = w.waiting_client();
+
+    // Authorized without scopes (neither the challenge nor the metadata names any).
+    assert_eq!(
+        call_tool(client.clone(), &w.mcp.url(), &alice(), "whoami")
+            .await
+            .unwrap(),
+        "alice"
+    );
+    let answer = call_tool(client, &w.mcp.url(), &alice(), "echo").await;
+    assert_eq!(answer.unwrap(), "hi");
+    assert_eq!(w.auth.stats().authorization_requests, 2, "one step-up");
+    assert_eq!(w.mcp.stats().forbidden, 1);
+    let last = w.mcp.seen_tokens().pop().unwrap();
+    let granted = w.auth.validate(&last).unwrap().scope.unwrap_or_default();
+    assert!(
+        granted.split(' ').any(|s| s == "tools:write"),
+        "granted {granted:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_stops_at_the_limit_with_a_typed_error() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    w.mcp.require_scope("echo", "tools:write");
+    let browser = HeadlessBrowser::new(w.authorizer.completer());
+    let client =
+        w.client(OAuthRetryLayer::wait(w.authorizer.clone(), browser).with_max_authorizations(1));
+    // No credentials: the 401 uses up the one authorization, the 403 finds none left.
+    let error = call_tool(client, &w.mcp.url(), &alice(), "echo")
+        .await
+        .unwrap_err();
+    match crate_error(&error) {
+        Error::InsufficientScope {
+            scope,
+            authorizations,
+        } => {
+            assert_eq!(scope, &["tools:write"]);
+            assert_eq!(*authorizations, 1);
+        }
+        other => panic!("expected InsufficientScope, got {other:?}"),
+    }
+    assert_eq!(w.auth.stats().authorization_requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_fails_the_request_and_a_silent_one_times_out() {
+    let w = World::new().await;
+    let failing = w.client(OAuthRetryLayer::wait(
+        w.authorizer.clone(),
+        |_: AuthorizationPrompt| async { Err::<(), BoxError>("user is offline".into()) },
+    ));
+    let error = call_tool(failing, &w.mcp.url(), &alice(), "whoami")
+        .await
+        .unwrap_err();
+    match crate_error(&error) {
+        Error::AuthorizationFailed { reason } => assert!(reason.contains("user is offline")),
+        other => panic!("expected AuthorizationFailed, got {other:?}"),
+    }
+
+    let silent = w.client(
+        OAuthRetryLayer::wait(w.authorizer.clone(), |_: AuthorizationPrompt| async {
+            Ok::<(), BoxError>(())
+        })
+        .with_wait_timeout(Duration::from_millis(300)),
+    );
+    let bob = Principal::new("acme", "bob");
+    let error = call_tool(silent, &w.mcp.url(), &bob, "whoami")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(crate_error(&error), Error::AuthorizationTimedOut { .. }),
+        "{error}"
+    );
+    assert_eq!(w.auth.stats().code_exchanges, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_client_is_dropped_and_registered_anew() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    let client = w.waiting_client();
+    call_tool(client.clone(), &w.mcp.url(), &alice(), "whoami")
+        .await
+        .unwrap();
+    let first_client = w
+        .authorizer
+        .bindings()
+        .get("acme")
+        .unwrap()
+        .client_id()
+        .to_owned();
+
+    // The authorization server forgets the client and the access token dies: the
+    // refresh gets invalid_client, so the layer registers a new client and re-authorizes.
+    w.auth.forget_client(&first_client);
+    w.auth.revoke_access_tokens("alice");
+    let answer = call_tool(client, &w.mcp.url(), &alice(), "whoami").await;
+    assert_eq!(answer.unwrap(), "alice");
+    let second_client = w
+        .authorizer
+        .bindings()
+        .get("acme")
+        .unwrap()
+        .client_id()
+        .to_owned();
+    assert_ne!(first_client, second_client);
+    let stats = w.auth.stats();
+    assert_eq!(stats.registrations, 2, "{stats:?}");
+    assert_eq!(stats.authorization_requests, 2, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_other_servers_are_not_touched() {
+    let w = World::new().await;
+    let other_auth = TestAuthServer::start().await.unwrap();
+    let other = TestMcpServer::start(&other_auth).await.unwrap();
+    let client = w.waiting_client();
+    let error = call_tool(client, &other.url(), &alice(), "whoami")
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "HTTP 401 Unauthorized");
+    assert_eq!(w.auth.stats().authorization_requests, 0);
+    assert_eq!(other_auth.stats().authorization_requests, 0);
+}
+
+/// Marks a request whose response the transport holds back.
+#[derive(Clone)]
+struct Slow;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_another_finished_authorizing_just_replays() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    // The slow request's 401 reaches the layer only after the fast request has run the
+    // whole flow: it must replay with those credentials, not authorize a second time.
+    let transport = tower::service_fn(|request: http::Request<reqwest::Body>| {
+        let slow = request.extensions().get::<Slow>().is_some();
+        async move {
+            let response = ReqwestTransport::new().oneshot(request).await?;
+            if slow && response.status() == 401 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok::<_, reqwest::Error>(response)
+        }
+    });
+    let browser = HeadlessBrowser::new(w.authorizer.completer());
+    let client = OAuthRetryLayer::wait(w.authorizer.clone(), browser).layer(
+        SilentRefreshLayer::new(
+            RefreshCoordinator::new(w.store.clone()),
+            w.authorizer.bindings(),
+        )
+        .layer(transport),
+    );
+    let request = |slow: bool| {
+        let mut request = jsonrpc_request(&w.mcp.url(), 1, "tools/call", json!({"name": "whoami"}));
+        request.extensions_mut().insert(alice());
+        if slow {
+            request.extensions_mut().insert(Slow);
+        }
+        request
+    };
+    let slow = tokio::spawn(client.clone().oneshot(request(true)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fast = client.clone().oneshot(request(false)).await.unwrap();
+    assert_eq!(
+        read_jsonrpc(&fast).unwrap()["result"]["content"][0]["text"],
+        "alice"
+    );
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(
+        read_jsonrpc(&slow).unwrap()["result"]["content"][0]["text"],
+        "alice"
+    );
+    assert_eq!(w.auth.stats().authorization_requests, 1);
+}
