@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every test of tower-mcp-auth, in the order a failure is cheapest to see. Fails loudly
-# on the first failure. Needs only the Rust toolchain (with rustfmt and clippy).
+# on the first failure. Needs the Rust toolchain (with rustfmt and clippy); installs npm
+# from Debian if it is missing, for the MCP conformance suite (which brings its own
+# Node 22 from the npm registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +33,12 @@ cargo bench --bench reconnect_storm
 
 step "hot path bench (each benchmark run once as a smoke test)"
 cargo bench --bench hot_path -- --test
+
+step "MCP conformance suite, client scenarios, strictly one at a time"
+if ! command -v npx >/dev/null; then
+  echo "npx not found; installing npm from Debian"
+  apt-get update -qq && apt-get install -y -qq npm
+fi
+scripts/conformance.sh
 
 printf '\nall tests passed\n'

@@ -329,7 +329,9 @@ where
                     let (Some(context), Some((_, generation))) =
                         (this.context.as_ref(), this.replay.as_ref())
                     else {
-                        debug!("401 on a request that cannot be replayed; returned as is");
+                        debug!(
+                            "401 passed on: no stored credentials to refresh, or the request cannot be replayed"
+                        );
                         return Poll::Ready(Ok(response));
                     };
                     let www_authenticate = response

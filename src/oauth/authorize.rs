@@ -196,8 +196,8 @@ impl AuthorizerBuilder {
             inner: Arc::new(Inner {
                 server,
                 bindings,
-                discovery: Discovery::new(http.clone(), self.policy.clone()),
-                registrar: Registrar::new(http.clone(), self.policy.clone()),
+                discovery: Discovery::new(http.clone(), self.policy),
+                registrar: Registrar::new(http.clone(), self.policy),
                 flows: self.flows.unwrap_or_default(),
                 store: self.store,
                 http,
