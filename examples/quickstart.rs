@@ -1,6 +1,8 @@
 //! Quickstart: a real authorization server and MCP server on loopback, and a client
-//! stack with `SilentRefreshLayer` that survives a revoked token and a 100-call refresh
-//! storm with a single refresh-token redemption.
+//! stack — `OAuthRetryLayer` over `SilentRefreshLayer` — that logs in on the first call
+//! (discovery, dynamic registration, PKCE, callback), survives a revoked token and a
+//! 100-call refresh storm with a single refresh-token redemption, and logs in again
+//! when the refresh token itself is rejected.
 //!
 //! Run: `cargo run --example quickstart`
 
@@ -9,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_mcp_auth::store::{CredentialStore, MemoryStore};
+use tower_mcp_auth::store::MemoryStore;
 use tower_mcp_auth::testing::{
-    ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
+    HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
 };
 use tower_mcp_auth::{
-    AuthKey, Error, Principal, RefreshCoordinator, ServerBinding, SilentRefreshLayer,
+    Authorizer, OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
 };
 
 #[tokio::main]
@@ -25,24 +27,33 @@ async fn main() -> Result<(), BoxError> {
     println!("authorization server  {}", auth.issuer());
     println!("MCP server            {}", mcp.url());
 
-    // 2. The client stack: one coordinator and store for the process, one layer per server.
-    let binding = ServerBinding::public_client(&mcp.url(), &auth.token_endpoint(), "quickstart")?
-        .with_issuer(auth.issuer());
+    // 2. The client stack: one coordinator and store for the process; per MCP server an
+    //    Authorizer (discovery, registration, flows) shared by the two layers. A real
+    //    app's handler would show the URL to the user; the headless browser stands in
+    //    for a user who consents at once.
     let store = Arc::new(MemoryStore::new());
     let coordinator = RefreshCoordinator::new(store.clone());
+    let authorizer = Authorizer::builder(
+        mcp.url(),
+        store.clone(),
+        "http://127.0.0.1:3000/oauth/callback".parse()?,
+    )
+    .client_name("quickstart")
+    .url_policy(UrlPolicy::default().allow_loopback_http()) // loopback servers use http
+    .build()?;
+    let browser = HeadlessBrowser::new(authorizer.completer());
     let client = ServiceBuilder::new()
+        .layer(OAuthRetryLayer::wait(authorizer.clone(), browser))
         .layer(SilentRefreshLayer::new(
             coordinator.clone(),
-            binding.clone(),
+            authorizer.bindings(),
         ))
         .service(ReqwestTransport::new());
 
-    // 3. Alice logged in earlier (an interactive flow stored her tokens).
+    // 3. Alice has never logged in: her first call gets a 401 and the stack runs the
+    //    whole authorization before replaying it.
     let alice = Principal::new("acme", "alice");
-    let key = AuthKey::new(&alice, binding.id());
-    store
-        .compare_and_swap(&key, None, auth.issue("quickstart", "alice", Some("tools")))
-        .await?;
+    auth.set_consenting_user("alice");
 
     let call = |method: &'static str, params: Value| {
         let (client, url, alice) = (client.clone(), mcp.url(), alice.clone());
@@ -55,9 +66,13 @@ async fn main() -> Result<(), BoxError> {
     };
 
     let init = call("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "quickstart", "version": "0"}})).await?;
+    let login = auth.stats();
     println!(
-        "\ninitialize            server {}",
-        init["result"]["serverInfo"]["name"]
+        "\ninitialize            server {} (after a login: {} registration, {} authorization, {} code exchange)",
+        init["result"]["serverInfo"]["name"],
+        login.registrations,
+        login.authorization_requests,
+        login.code_exchanges
     );
     let tools = call("tools/list", json!({})).await?;
     let names: Vec<&str> = tools["result"]["tools"]
@@ -113,15 +128,17 @@ async fn main() -> Result<(), BoxError> {
         after.invalid_grants - before.invalid_grants
     );
 
-    // 6. When the refresh token itself is rejected, the caller gets a typed error.
+    // 6. When the refresh token itself is rejected, silent refresh cannot help: the
+    //    retry layer runs a new login and replays.
+    auth.set_latency(Duration::ZERO);
     auth.revoke_access_tokens("alice");
     auth.fail_next(tower_mcp_auth::testing::Fault::InvalidGrant, 1);
-    let failed = call("tools/call", json!({"name": "whoami", "arguments": {}})).await;
-    let outcome = match failed.as_ref().err().and_then(|e| Error::find(e.as_ref())) {
-        Some(error @ Error::ReauthRequired { .. }) => format!("{error} -> send the user to log in"),
-        other => format!("unexpected: {other:?}"),
-    };
-    println!("refresh token revoked {outcome}");
+    let again = call("tools/call", json!({"name": "whoami", "arguments": {}})).await?;
+    println!(
+        "refresh token revoked whoami = {} after a new login ({} authorizations in all)",
+        again["result"]["content"][0]["text"],
+        auth.stats().authorization_requests
+    );
 
     let stats = coordinator.stats();
     println!(

@@ -10,6 +10,14 @@
 //! newer credentials, and with failures classified (`invalid_grant` retires the refresh
 //! token; outages keep credentials and cool the key down).
 //!
+//! [`OAuthRetryLayer`] handles what refresh cannot: on a 401 without usable
+//! credentials it has an [`Authorizer`] run discovery (MCP 2025-11-25, with the
+//! 2025-03-26 fallbacks), client registration (pre-registered, Client ID Metadata
+//! Document, dynamic) and a PKCE flow persisted before its URL is shown, then either
+//! returns [`Error::AuthorizationRequired`] for a UI or hands the URL to an
+//! [`AuthorizationHandler`], waits for the callback ([`CallbackService`]) and replays
+//! the request; a 403 `insufficient_scope` steps up, a bounded number of times.
+//!
 //! [`CircuitBreakerLayer`] keeps a circuit per upstream (or per upstream and user): it
 //! fails fast while an upstream is down, lets one probe at a time find out when it is
 //! back, throttles on 429, and cools down keys caught in a reconnect storm.
