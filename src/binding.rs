@@ -182,7 +182,7 @@ impl fmt::Debug for ServerBinding {
 
 /// Whether a request to `uri` is for `resource`: same scheme, host and port, and a path
 /// equal to or below the resource path (at a segment boundary).
-fn covers(resource: &Url, uri: &http::Uri) -> bool {
+pub(crate) fn covers(resource: &Url, uri: &http::Uri) -> bool {
     let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
         return false;
     };
@@ -319,7 +319,7 @@ impl fmt::Debug for BindingSlot {
     }
 }
 
-fn parse_http_url(field: &'static str, value: &str) -> Result<Url, ConfigError> {
+pub(crate) fn parse_http_url(field: &'static str, value: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(value).map_err(|source| ConfigError::InvalidUrl { field, source })?;
     match url.scheme() {
         "http" | "https" if url.has_host() => Ok(url),

@@ -95,6 +95,9 @@ pub enum Error {
         /// How many authorizations this request made.
         authorizations: usize,
     },
+    /// No On-Behalf-Of token could be had; the request was not sent.
+    #[error("on-behalf-of: {0}")]
+    Obo(#[source] crate::obo::OboError),
     /// A [`CircuitBreakerLayer`](crate::CircuitBreakerLayer) refused the call without
     /// sending it (or failed a half-open probe that timed out).
     #[error("circuit for {key} refused the call: {reason} (retry after {retry_after:?})")]

@@ -79,6 +79,7 @@ mod http_client;
 mod key;
 pub mod layer;
 mod oauth;
+mod obo;
 mod refresh;
 mod replay;
 mod single_flight;
@@ -115,6 +116,8 @@ pub use layer::oauth_retry::{
     AuthorizationHandler, AuthorizationPrompt, OAuthRetry, OAuthRetryLayer,
 };
 #[doc(inline)]
+pub use layer::obo::{OboHeader, OboHeaderLayer};
+#[doc(inline)]
 pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};
 pub use oauth::authorize::{AuthorizationCause, Authorizer, AuthorizerBuilder};
 pub use oauth::callback::{AuthorizationCompleter, CallbackError, CallbackParams};
@@ -122,10 +125,15 @@ pub use oauth::discovery::{
     AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,
     authorization_server_metadata_urls, protected_resource_metadata_urls,
 };
+pub use oauth::exchange::{
+    ACCESS_TOKEN_TYPE, ClientAuth, ID_JAG_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_BEARER, JwtSigner,
+    KeyError, OboGrant, TOKEN_EXCHANGE,
+};
 pub use oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore, PendingFlow};
 pub use oauth::registration::{
     ClientConfig, ClientRegistration, Registrar, RegistrationError, RegistrationSource,
 };
+pub use obo::{OboConfig, OboError, OboExchanger, OboStats, OboToken, UserAssertion};
 pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};
 pub use replay::DEFAULT_MAX_REPLAY_BODY;
 pub use token::{Generation, Secret, TokenSet};

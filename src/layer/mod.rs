@@ -3,4 +3,5 @@
 pub mod callback;
 pub mod circuit_breaker;
 pub mod oauth_retry;
+pub mod obo;
 pub mod silent_refresh;

@@ -3,6 +3,7 @@
 pub(crate) mod authorize;
 pub(crate) mod callback;
 pub(crate) mod discovery;
+pub(crate) mod exchange;
 pub(crate) mod flow;
 pub(crate) mod grants;
 pub(crate) mod registration;
