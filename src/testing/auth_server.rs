@@ -34,6 +34,11 @@ pub enum Fault {
     InvalidClient,
     /// Never answers.
     Hang,
+    /// `400 {"error":"interaction_required","claims":…}` (Conditional Access).
+    InteractionRequired {
+        /// The claims challenge.
+        claims: String,
+    },
 }
 
 /// Counters of the token endpoint.
@@ -58,6 +63,8 @@ pub struct AuthServerStats {
     pub code_exchanges: u64,
     /// Visits of the authorization endpoint.
     pub authorization_requests: u64,
+    /// On-Behalf-Of requests (`jwt-bearer` and `token-exchange` grants), faults included.
+    pub obo_exchanges: u64,
 }
 
 /// What one refresh request carried (secrets left out).
@@ -68,12 +75,16 @@ pub struct RecordedTokenRequest {
     pub grant_type: String,
     /// The client id, from Basic auth or the body.
     pub client_id: Option<String>,
-    /// How the client authenticated: `"basic"`, `"post"` or `"none"`.
+    /// How the client authenticated: `"basic"`, `"post"`, `"private_key_jwt"` or `"none"`.
     pub client_auth: &'static str,
     /// The `resource` parameter (RFC 8707).
     pub resource: Option<String>,
     /// The `scope` parameter.
     pub scope: Option<String>,
+    /// The `audience` parameter (RFC 8693).
+    pub audience: Option<String>,
+    /// `requested_token_use` (Entra On-Behalf-Of).
+    pub requested_token_use: Option<String>,
 }
 
 /// The identity behind a valid access token.
@@ -147,11 +158,14 @@ struct Counters {
     registrations: AtomicU64,
     code_exchanges: AtomicU64,
     authorization_requests: AtomicU64,
+    obo_exchanges: AtomicU64,
     next_family: AtomicU64,
 }
 
 pub(crate) struct AuthState {
     issuer: Mutex<String>,
+    /// Signs the user assertions this server hands out (HS256).
+    assertion_key: [u8; 32],
     tokens: Mutex<Tokens>,
     knobs: Mutex<Knobs>,
     counters: Counters,
@@ -171,6 +185,39 @@ impl AuthState {
             client_id: entry.grant.client_id.clone(),
             scope: entry.grant.scope.clone(),
         })
+    }
+
+    fn sign_assertion(&self, claims: &serde_json::Value) -> String {
+        use hmac::Mac;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let input = format!(
+            "{}.{}",
+            b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64.encode(claims.to_string())
+        );
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.assertion_key)
+            .expect("HMAC takes any key length");
+        mac.update(input.as_bytes());
+        format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+    }
+
+    /// The subject of `assertion` if this server signed it for `audience` and it has
+    /// not expired.
+    fn verify_assertion(&self, assertion: &str, audience: &str) -> Option<String> {
+        use hmac::Mac;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (input, signature) = assertion.rsplit_once('.')?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.assertion_key).ok()?;
+        mac.update(input.as_bytes());
+        mac.verify_slice(&b64.decode(signature).ok()?).ok()?;
+        let payload = input.split_once('.')?.1;
+        let claims: serde_json::Value = serde_json::from_slice(&b64.decode(payload).ok()?).ok()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let fresh = claims["exp"].as_u64().is_some_and(|exp| exp > now);
+        (fresh && claims["aud"] == audience).then(|| claims["sub"].as_str().map(str::to_owned))?
     }
 
     fn mint(&self, tokens: &mut Tokens, grant: &Grant) -> (String, String, Duration) {
@@ -226,6 +273,7 @@ impl TestAuthServer {
     pub async fn start() -> std::io::Result<Self> {
         let state = Arc::new(AuthState {
             issuer: Mutex::new(String::new()),
+            assertion_key: rand::random(),
             tokens: Mutex::new(Tokens::default()),
             knobs: Mutex::new(Knobs {
                 consenting_user: "alice".into(),
@@ -271,6 +319,22 @@ impl TestAuthServer {
         lock(&self.state.tokens)
             .clients
             .insert(client_id.to_owned(), secret.map(str::to_owned));
+    }
+
+    /// A user assertion, as the user's identity provider would issue it to `audience`
+    /// (the middle-tier client that exchanges it): an HS256 JWT this server accepts in
+    /// its `jwt-bearer` and `token-exchange` grants until it expires.
+    pub fn user_assertion(&self, subject: &str, audience: &str, lifetime: Duration) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.state.sign_assertion(&json!({
+            "iss": self.issuer(),
+            "sub": subject,
+            "aud": audience,
+            "iat": now.as_secs(),
+            "exp": (now + lifetime).as_secs(),
+        }))
     }
 
     /// Issues a new grant (as an interactive login would) and returns its tokens.
@@ -371,6 +435,7 @@ impl TestAuthServer {
             registrations: c.registrations.load(Ordering::SeqCst),
             code_exchanges: c.code_exchanges.load(Ordering::SeqCst),
             authorization_requests: c.authorization_requests.load(Ordering::SeqCst),
+            obo_exchanges: c.obo_exchanges.load(Ordering::SeqCst),
         }
     }
 
@@ -563,6 +628,65 @@ fn code_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, Str
     Json(body).into_response()
 }
 
+/// `jwt-bearer` (Entra On-Behalf-Of) and `token-exchange` (RFC 8693): the assertion
+/// must be one of this server's user assertions, addressed to the requesting client
+/// and unexpired; the issued token is for the assertion's subject.
+fn obo_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, String>) -> Response {
+    let mut tokens = lock(&state.tokens);
+    let Some((client_id, client_auth)) = authenticate(&tokens, headers, form) else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    };
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    lock(&state.recorded).push(RecordedTokenRequest {
+        grant_type: grant_type.clone(),
+        client_id: Some(client_id.clone()),
+        client_auth,
+        resource: form.get("resource").cloned(),
+        scope: form.get("scope").cloned(),
+        audience: form.get("audience").cloned(),
+        requested_token_use: form.get("requested_token_use").cloned(),
+    });
+    let exchange = grant_type == crate::TOKEN_EXCHANGE;
+    let assertion = if exchange {
+        let accepted = [
+            crate::ACCESS_TOKEN_TYPE,
+            "urn:ietf:params:oauth:token-type:jwt",
+        ];
+        if !form
+            .get("subject_token_type")
+            .is_some_and(|t| accepted.contains(&t.as_str()))
+        {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+        }
+        form.get("subject_token")
+    } else {
+        form.get("assertion")
+    };
+    let Some(subject) = assertion.and_then(|a| state.verify_assertion(a, &client_id)) else {
+        state.counters.invalid_grants.fetch_add(1, Ordering::SeqCst);
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    };
+    let grant = Grant {
+        family: state.counters.next_family.fetch_add(1, Ordering::Relaxed),
+        subject,
+        client_id,
+        scope: form.get("scope").cloned(),
+    };
+    let (access, _refresh, lifetime) = state.mint(&mut tokens, &grant);
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs(),
+    });
+    if exchange {
+        body["issued_token_type"] = json!(crate::ACCESS_TOKEN_TYPE);
+    }
+    if let Some(scope) = &grant.scope {
+        body["scope"] = json!(scope);
+    }
+    Json(body).into_response()
+}
+
 fn oauth_error(status: StatusCode, code: &str) -> Response {
     (status, Json(json!({ "error": code }))).into_response()
 }
@@ -579,6 +703,30 @@ fn authenticate(
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .and_then(|raw| String::from_utf8(raw).ok());
+    if form.get("client_assertion_type").map(String::as_str)
+        == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        // private_key_jwt: the fixture holds no client keys, so it checks the
+        // assertion's claims (iss = sub = client_id, unexpired), not its signature.
+        let assertion = form.get("client_assertion")?;
+        let payload = assertion.split('.').nth(1)?;
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()?,
+        )
+        .ok()?;
+        let client_id = form.get("client_id")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let valid = claims["iss"] == client_id.as_str()
+            && claims["sub"] == client_id.as_str()
+            && claims["exp"].as_u64().is_some_and(|exp| exp > now);
+        return (valid && tokens.clients.contains_key(client_id))
+            .then(|| (client_id.clone(), "private_key_jwt"));
+    }
     let (client_id, secret, method) = match basic {
         Some(pair) => {
             let (id, secret) = pair.split_once(':')?;
@@ -625,6 +773,9 @@ async fn handle_token_request(
             .refresh_requests
             .fetch_add(1, Ordering::SeqCst);
     }
+    if grant_type == crate::JWT_BEARER || grant_type == crate::TOKEN_EXCHANGE {
+        state.counters.obo_exchanges.fetch_add(1, Ordering::SeqCst);
+    }
     let (latency, fault) = {
         let mut knobs = lock(&state.knobs);
         let fault = match &mut knobs.fault {
@@ -655,11 +806,17 @@ async fn handle_token_request(
             }
             Fault::InvalidClient => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
             Fault::Hang => std::future::pending().await,
+            Fault::InteractionRequired { claims } => (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "interaction_required", "claims": claims})),
+            )
+                .into_response(),
         };
     }
     match grant_type.as_str() {
         "refresh_token" => refresh_grant(&state, &headers, &form),
         "authorization_code" => code_grant(&state, &headers, &form),
+        crate::JWT_BEARER | crate::TOKEN_EXCHANGE => obo_grant(&state, &headers, &form),
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
 }
@@ -679,6 +836,8 @@ fn refresh_grant(
         client_auth,
         resource: form.get("resource").cloned(),
         scope: form.get("scope").cloned(),
+        audience: form.get("audience").cloned(),
+        requested_token_use: form.get("requested_token_use").cloned(),
     });
     let presented = form.get("refresh_token").map(String::as_str).unwrap_or("");
     let rotate = lock(&state.knobs).rotate_refresh_tokens;
