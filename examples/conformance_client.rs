@@ -7,8 +7,10 @@
 //! one — over Streamable HTTP (JSON or SSE answers, SSE resumption with `Last-Event-ID`
 //! after the server's `retry`, server requests such as `elicitation/create` answered
 //! on the way). Authorization is entirely the layers' job: `OAuthRetryLayer` (wait
-//! mode, completing flows headlessly) over `SilentRefreshLayer`. The context only
-//! supplies what a real deployment would configure: pre-registered credentials.
+//! mode, completing flows headlessly) over `SilentRefreshLayer`; for cross-app access
+//! (SEP-990), `OboHeaderLayer` exchanging the user's ID token. The context only
+//! supplies what a real deployment would configure: pre-registered credentials, the
+//! user's identity provider and token.
 //!
 //! Run it by hand against a server: `cargo run --example conformance_client -- http://localhost:3000/mcp`.
 //! `scripts/conformance.sh` runs every scenario strictly, one at a time.
@@ -28,8 +30,9 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_mcp_auth::store::MemoryStore;
 use tower_mcp_auth::testing::HeadlessBrowser;
 use tower_mcp_auth::{
-    Authorizer, ClientAuthMethod, OAuthRetryLayer, Principal, RefreshCoordinator, Secret,
-    SilentRefreshLayer, UrlPolicy,
+    AuthHttpClient, Authorizer, ClientAuth, ClientAuthMethod, Discovery, OAuthRetryLayer,
+    OboConfig, OboExchanger, OboGrant, OboHeaderLayer, Principal, RefreshCoordinator, Secret,
+    SilentRefreshLayer, UrlPolicy, UserAssertion,
 };
 
 /// Where the (never contacted) redirect URI points, as in the reference clients.
@@ -118,6 +121,8 @@ struct McpClient {
     session: Option<HeaderValue>,
     protocol_version: Option<HeaderValue>,
     next_id: u64,
+    /// The user's token, for On-Behalf-Of exchanges (never sent as is).
+    assertion: Option<UserAssertion>,
 }
 
 impl McpClient {
@@ -138,6 +143,13 @@ impl McpClient {
         request
     }
 
+    fn with_assertion(&self, mut request: Request<reqwest::Body>) -> Request<reqwest::Body> {
+        if let Some(assertion) = &self.assertion {
+            request.extensions_mut().insert(assertion.clone());
+        }
+        request
+    }
+
     fn session_headers(&self, headers: &mut http::HeaderMap) {
         if let Some(session) = &self.session {
             headers.insert("mcp-session-id", session.clone());
@@ -151,7 +163,11 @@ impl McpClient {
         &mut self,
         request: Request<reqwest::Body>,
     ) -> Result<Response<reqwest::Body>, BoxError> {
-        let response = self.service.clone().oneshot(request).await?;
+        let response = self
+            .service
+            .clone()
+            .oneshot(self.with_assertion(request))
+            .await?;
         if let Some(session) = response.headers().get("mcp-session-id") {
             self.session = Some(session.clone());
         }
@@ -332,6 +348,68 @@ fn arguments_for(schema: &Value) -> Value {
 struct ConformanceContext {
     client_id: Option<String>,
     client_secret: Option<String>,
+    /// Cross-app access (SEP-990): the user's ID token from their identity provider,
+    /// and where to exchange it.
+    idp_id_token: Option<String>,
+    idp_client_id: Option<String>,
+    idp_token_endpoint: Option<String>,
+}
+
+/// Cross-app access: the user's ID token becomes an ID-JAG at the identity provider,
+/// and the ID-JAG an access token at the MCP server's authorization server (found by
+/// discovery), through `OboHeaderLayer`. No interactive authorization.
+async fn cross_app_stack(
+    server: &str,
+    context: &ConformanceContext,
+    idp_token_endpoint: &str,
+) -> Result<HttpService, BoxError> {
+    let policy = UrlPolicy::default().allow_loopback_http();
+    let discovery = Discovery::new(AuthHttpClient::reqwest(), policy);
+    let server_url: url::Url = server.parse()?;
+    let resource = discovery.protected_resource(&server_url, None).await?;
+    let issuer: url::Url = resource.authorization_servers[0].parse()?;
+    let metadata = discovery.authorization_server(&issuer).await?;
+    let token_endpoint = metadata
+        .token_endpoint
+        .as_deref()
+        .ok_or("authorization server metadata without a token endpoint")?;
+    let client_id = context
+        .client_id
+        .clone()
+        .ok_or("context without client_id")?;
+    let secret = context
+        .client_secret
+        .clone()
+        .ok_or("context without client_secret")?;
+    let config = OboConfig::new(
+        idp_token_endpoint.parse()?,
+        context
+            .idp_client_id
+            .clone()
+            .ok_or("context without idp_client_id")?,
+        ClientAuth::None,
+        OboGrant::id_jag(),
+    )
+    .with_audience(metadata.issuer.clone())
+    .with_resource(server)
+    .then(OboConfig::new(
+        token_endpoint.parse()?,
+        client_id,
+        ClientAuth::SecretBasic(Secret::new(secret)),
+        OboGrant::JwtBearer,
+    ));
+    let transport = StreamingTransport {
+        client: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?,
+    };
+    let stack = ServiceBuilder::new()
+        .layer(
+            OboHeaderLayer::new(OboExchanger::new(config), server)?
+                .with_default_principal(Principal::new("conformance", "user")),
+        )
+        .service(transport);
+    Ok(BoxCloneService::new(stack))
 }
 
 fn client_stack(server: &str, context: &ConformanceContext) -> Result<HttpService, BoxError> {
@@ -373,12 +451,20 @@ fn client_stack(server: &str, context: &ConformanceContext) -> Result<HttpServic
 }
 
 async fn run(server: String, context: ConformanceContext) -> Result<(), BoxError> {
+    let (service, assertion) = match (&context.idp_id_token, &context.idp_token_endpoint) {
+        (Some(id_token), Some(idp)) => (
+            cross_app_stack(&server, &context, idp).await?,
+            Some(UserAssertion::new(id_token.as_str())),
+        ),
+        _ => (client_stack(&server, &context)?, None),
+    };
     let mut client = McpClient {
-        service: client_stack(&server, &context)?,
+        service,
         url: server,
         session: None,
         protocol_version: None,
         next_id: 0,
+        assertion,
     };
     let initialized = client
         .request(

@@ -4,7 +4,7 @@
 # client's exit code and timeouts count (suite mode ignores both). Prints
 # "N passed, M failed" and exits non-zero on any failure.
 #
-#   scripts/conformance.sh                 # the 20 tier-scored + 3 draft scenarios
+#   scripts/conformance.sh                 # the 20 tier-scored + 3 draft + cross-app access
 #   scripts/conformance.sh auth/scope-step-up ...   # just these
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,11 +40,15 @@ DRAFT=(
   auth/offline-access-scope
   auth/offline-access-not-supported
 )
+# Extension scenarios this crate implements (SEP-990 through OboHeaderLayer).
+EXTENSIONS=(
+  auth/cross-app-access-complete-flow
+)
 
 if [[ $# -gt 0 ]]; then
   SCENARIOS=("$@")
 else
-  SCENARIOS=("${TIER_SCORED[@]}" "${DRAFT[@]}")
+  SCENARIOS=("${TIER_SCORED[@]}" "${DRAFT[@]}" "${EXTENSIONS[@]}")
 fi
 
 cargo build --quiet --example conformance_client

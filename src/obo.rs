@@ -123,6 +123,8 @@ pub struct OboConfig {
     /// Wait before the one retry of a transient failure when the server gave no
     /// `Retry-After` (default 250 ms); a `Retry-After` is honoured up to 5 s.
     pub retry_backoff: Duration,
+    /// A second exchange of this one's result (see [`then`](Self::then)).
+    pub next: Option<Box<OboConfig>>,
 }
 
 impl OboConfig {
@@ -145,7 +147,38 @@ impl OboConfig {
             skew: Duration::from_secs(30),
             timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(250),
+            next: None,
         }
+    }
+
+    /// Exchanges this exchange's result once more, as configured by `next`: e.g.
+    /// cross-app access (SEP-990), where the identity provider turns the user's ID
+    /// token into an ID-JAG ([`OboGrant::id_jag`]) and the MCP server's authorization
+    /// server turns that into an access token ([`OboGrant::JwtBearer`]). The chain is
+    /// cached, single-flight and retried as one exchange.
+    ///
+    /// ```
+    /// use tower_mcp_auth::{ClientAuth, OboConfig, OboGrant, Secret};
+    ///
+    /// let config = OboConfig::new(
+    ///     "https://idp.example.com/token".parse().unwrap(),
+    ///     "idp-client",
+    ///     ClientAuth::None,
+    ///     OboGrant::id_jag(),
+    /// )
+    /// .with_audience("https://auth.mcp.example.com")
+    /// .with_resource("https://mcp.example.com/mcp")
+    /// .then(OboConfig::new(
+    ///     "https://auth.mcp.example.com/token".parse().unwrap(),
+    ///     "mcp-client",
+    ///     ClientAuth::SecretBasic(Secret::new("s3cr3t")),
+    ///     OboGrant::JwtBearer,
+    /// ));
+    /// assert!(config.next.is_some());
+    /// ```
+    pub fn then(mut self, next: OboConfig) -> Self {
+        self.next = Some(Box::new(next));
+        self
     }
 
     /// Asks for `scopes`.
@@ -471,27 +504,38 @@ impl OboExchanger {
         Ok(token)
     }
 
+    /// One pass through the chain of exchanges.
     async fn attempt(
         &self,
         assertion: &UserAssertion,
     ) -> Result<crate::oauth::grants::GrantedTokens, AssertionFailure> {
-        let config = &self.inner.config;
-        self.inner.exchanges.fetch_add(1, Ordering::Relaxed);
-        request_token(
-            &self.inner.http,
-            &AssertionRequest {
-                token_endpoint: &config.token_endpoint,
-                client_id: &config.client_id,
-                client_auth: &config.client_auth,
-                grant: &config.grant,
-                assertion: assertion.secret(),
-                scopes: &config.scopes,
-                audience: config.audience.as_deref(),
-                resource: config.resource.as_deref(),
-                actor_token: config.actor_token.as_ref(),
-            },
-        )
-        .await
+        let mut config = &self.inner.config;
+        let mut assertion = assertion.secret().clone();
+        loop {
+            self.inner.exchanges.fetch_add(1, Ordering::Relaxed);
+            let granted = request_token(
+                &self.inner.http,
+                &AssertionRequest {
+                    token_endpoint: &config.token_endpoint,
+                    client_id: &config.client_id,
+                    client_auth: &config.client_auth,
+                    grant: &config.grant,
+                    assertion: &assertion,
+                    scopes: &config.scopes,
+                    audience: config.audience.as_deref(),
+                    resource: config.resource.as_deref(),
+                    actor_token: config.actor_token.as_ref(),
+                },
+            )
+            .await?;
+            match &config.next {
+                Some(next) => {
+                    config = next;
+                    assertion = granted.access_token;
+                }
+                None => return Ok(granted),
+            }
+        }
     }
 }
 

@@ -54,6 +54,15 @@ pub enum OboGrant {
 }
 
 impl OboGrant {
+    /// RFC 8693 exchange of an OpenID Connect ID token for an Identity Assertion JWT
+    /// Authorization Grant (ID-JAG, SEP-990 cross-app access).
+    pub fn id_jag() -> Self {
+        OboGrant::TokenExchange {
+            subject_token_type: ID_TOKEN_TYPE.into(),
+            requested_token_type: Some(ID_JAG_TOKEN_TYPE.into()),
+        }
+    }
+
     /// RFC 8693 exchange of an access token, asking for nothing in particular.
     pub fn token_exchange() -> Self {
         OboGrant::TokenExchange {
