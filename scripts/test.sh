@@ -31,6 +31,9 @@ cargo bench --bench refresh_contention
 step "reconnect storm bench (exits non-zero if our breaker lets more than one call per backoff window through)"
 cargo bench --bench reconnect_storm
 
+step "OBO storm bench (exits non-zero unless our layer makes one exchange per user, scope and token lifetime)"
+cargo bench --bench obo_storm
+
 step "hot path bench (each benchmark run once as a smoke test)"
 cargo bench --bench hot_path -- --test
 
