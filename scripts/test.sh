@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test of tower-mcp-auth, in the order a failure is cheapest to see. Fails loudly
-# on the first failure. Needs the Rust toolchain (with rustfmt and clippy); installs npm
-# from Debian if it is missing, for the MCP conformance suite (which brings its own
-# Node 22 from the npm registry).
+# on the first failure. Needs the Rust toolchain (with rustfmt and clippy) and python3;
+# installs npm / python3-venv from Debian if missing, Authlib from PyPI (the external
+# authorization server of tests/external_as.rs) and, through npx, the MCP conformance
+# suite with its own Node 22 from the npm registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ cargo clippy --all-targets --all-features -- -D warnings
 
 step "docs (broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+
+step "external authorization server for tests/external_as.rs (Authlib from PyPI)"
+scripts/external-as.sh
 
 step "unit, integration, loom model-checking and doc tests"
 # Two tests at a time per binary: the storm tests each run hundreds of concurrent calls
