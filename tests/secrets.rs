@@ -6,8 +6,12 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::{CLIENT_ID, Harness, storm};
-use tower_mcp_auth::testing::Fault;
-use tower_mcp_auth::{ClientAuthMethod, Error, Principal, RefreshConfig, Secret, ServerBinding};
+use tower::{Layer, ServiceExt};
+use tower_mcp_auth::testing::{Fault, ReqwestTransport, jsonrpc_request};
+use tower_mcp_auth::{
+    ClientAuth, ClientAuthMethod, Error, OboConfig, OboExchanger, OboGrant, OboHeaderLayer,
+    Principal, RefreshConfig, Secret, ServerBinding, UserAssertion,
+};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -49,6 +53,50 @@ async fn no_secret_in_debug_display_errors_or_traces() {
     h.expire(&alice).await;
     h.auth.fail_always(Fault::ServerError);
     let transient = h.whoami(&alice).await.unwrap_err();
+
+    // On-Behalf-Of: an exchange, a forced re-exchange after a 401, a refused exchange.
+    h.auth.heal();
+    h.auth
+        .register_client("gateway", Some("gateway-secret-value"));
+    let assertion = h
+        .auth
+        .user_assertion("alice", "gateway", std::time::Duration::from_secs(600));
+    secrets.push("gateway-secret-value".into());
+    secrets.push(assertion.clone());
+    let config = OboConfig::new(
+        h.auth.token_endpoint().parse().unwrap(),
+        "gateway",
+        ClientAuth::SecretPost(Secret::new("gateway-secret-value")),
+        OboGrant::token_exchange(),
+    );
+    let exchanger = OboExchanger::new(config.clone());
+    let obo = OboHeaderLayer::new(exchanger.clone(), &h.mcp.url())
+        .unwrap()
+        .layer(ReqwestTransport::new());
+    let call = |tenant: &str| {
+        let mut request = jsonrpc_request(&h.mcp.url(), 1, "tools/list", serde_json::json!({}));
+        request
+            .extensions_mut()
+            .insert(Principal::new(tenant, "alice"));
+        request
+            .extensions_mut()
+            .insert(UserAssertion::new(assertion.as_str()));
+        obo.clone().oneshot(request)
+    };
+    call("acme").await.unwrap();
+    h.auth.revoke_access_tokens("alice");
+    call("acme").await.unwrap();
+    h.auth.fail_next(
+        Fault::InteractionRequired {
+            claims: "{}".into(),
+        },
+        1,
+    );
+    let refused = call("globex").await.unwrap_err();
+    texts.push(format!(
+        "{refused} {refused:?} {config:?} {exchanger:?} {obo:?}"
+    ));
+    texts.push(format!("{:?}", UserAssertion::new(assertion.as_str())));
 
     for tokens in [&first, &second, &h.stored(&alice).await.unwrap()] {
         secrets.push(tokens.access_token.expose().to_owned());
