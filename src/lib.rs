@@ -18,6 +18,11 @@
 //! [`AuthorizationHandler`], waits for the callback ([`CallbackService`]) and replays
 //! the request; a 403 `insufficient_scope` steps up, a bounded number of times.
 //!
+//! [`OboHeaderLayer`] serves server-side clients acting as their users: the user's
+//! token ([`UserAssertion`]) is exchanged On-Behalf-Of (Entra jwt-bearer, RFC 8693,
+//! cross-app access) by an [`OboExchanger`] — cached, single-flight, fail-closed — and
+//! never forwarded.
+//!
 //! [`CircuitBreakerLayer`] keeps a circuit per upstream (or per upstream and user): it
 //! fails fast while an upstream is down, lets one probe at a time find out when it is
 //! back, throttles on 429, and cools down keys caught in a reconnect storm.
