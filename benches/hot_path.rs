@@ -1,5 +1,6 @@
-//! Cached-token overhead of `SilentRefreshLayer` against the bare inner service and
-//! against a plain `RwLock<HashMap>` header injector, with 1 and 100k keys.
+//! Cached-token overhead of `SilentRefreshLayer` (alone, and under `OAuthRetryLayer`)
+//! against the bare inner service and against a plain `RwLock<HashMap>` header
+//! injector, with 1 and 100k keys.
 //!
 //! Run: `cargo bench --bench hot_path`.
 
@@ -17,7 +18,8 @@ use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_mcp_auth::store::{CredentialStore, MemoryStore};
 use tower_mcp_auth::{
-    AuthKey, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer, TokenSet,
+    AuthKey, Authorizer, OAuthRetryLayer, Principal, RefreshCoordinator, Secret, ServerBinding,
+    SilentRefreshLayer, TokenSet,
 };
 
 const URL: &str = "https://mcp.example.com/mcp";
@@ -117,8 +119,23 @@ fn bench(c: &mut Criterion) {
                 plain.insert(user.clone(), header);
             }
         });
-        let layered = SilentRefreshLayer::new(RefreshCoordinator::new(store), binding.clone())
-            .layer(Instant200);
+        let layered =
+            SilentRefreshLayer::new(RefreshCoordinator::new(store.clone()), binding.clone())
+                .layer(Instant200);
+        // The interactive stack on its cached path: the client is registered for the
+        // tenant, every user holds a token.
+        let authorizer = Authorizer::builder(
+            URL,
+            store.clone(),
+            "https://app.example.com/callback".parse().unwrap(),
+        )
+        .build()
+        .unwrap();
+        authorizer.bindings().set("tenant", binding.clone());
+        let full_stack = OAuthRetryLayer::return_early(authorizer.clone()).layer(
+            SilentRefreshLayer::new(RefreshCoordinator::new(store), authorizer.bindings())
+                .layer(Instant200),
+        );
         let injector = RwLockInjector {
             tokens: Arc::new(RwLock::new(plain)),
             inner: Instant200,
@@ -144,6 +161,14 @@ fn bench(c: &mut Criterion) {
             b.to_async(&runtime)
                 .iter(|| layered.clone().oneshot(request(&pick())));
         });
+        group.bench_function(
+            BenchmarkId::new("OAuthRetryLayer + SilentRefreshLayer", keys),
+            |b| {
+                let pick = pick.clone();
+                b.to_async(&runtime)
+                    .iter(|| full_stack.clone().oneshot(request(&pick())));
+            },
+        );
     }
     group.finish();
 }
