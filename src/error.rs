@@ -68,8 +68,9 @@ pub enum Error {
     /// completes it, send the request again.
     #[error("authorization required (flow open until {expires_at:?})")]
     AuthorizationRequired {
-        /// The authorization URL to show the user.
-        url: url::Url,
+        /// The authorization URL to show the user (its `Debug` leaves out the query,
+        /// which carries the flow's `state`).
+        url: AuthorizationUrl,
         /// When the flow expires.
         expires_at: std::time::SystemTime,
     },
@@ -184,6 +185,48 @@ impl Error {
             *www_authenticate = challenge;
         }
         self
+    }
+}
+
+/// An authorization URL: shown to the user, kept out of logs. `Debug` prints only its
+/// origin and path; the query holds the flow's `state` and PKCE challenge.
+///
+/// ```
+/// use tower_mcp_auth::AuthorizationUrl;
+///
+/// let url = AuthorizationUrl::from("https://auth.example.com/authorize?state=s3cr3t".parse::<url::Url>().unwrap());
+/// assert_eq!(url.as_str(), "https://auth.example.com/authorize?state=s3cr3t");
+/// assert!(!format!("{url:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthorizationUrl(url::Url);
+
+impl AuthorizationUrl {
+    /// The URL.
+    pub fn as_url(&self) -> &url::Url {
+        &self.0
+    }
+
+    /// The URL as a string, query included: what the user's browser must open.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl From<url::Url> for AuthorizationUrl {
+    fn from(url: url::Url) -> Self {
+        Self(url)
+    }
+}
+
+impl std::fmt::Debug for AuthorizationUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AuthorizationUrl({}{}?<redacted>)",
+            self.0.origin().ascii_serialization(),
+            self.0.path()
+        )
     }
 }
 

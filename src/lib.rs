@@ -104,7 +104,7 @@ mod sync {
 pub use binding::{BindingSlot, ClientAuthMethod, ServerBinding};
 pub use breaker::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
 pub use challenge::{BearerChallenge, Challenge};
-pub use error::{ConfigError, Error, ReauthReason, StoreError, TransientReason};
+pub use error::{AuthorizationUrl, ConfigError, Error, ReauthReason, StoreError, TransientReason};
 pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
 pub use key::{AuthKey, BindingId, Principal};
 #[cfg(feature = "axum")]

@@ -424,7 +424,8 @@ impl OboExchanger {
     }
 
     /// A new token, bypassing the cache and any exchange in flight: for when the MCP
-    /// server refused the cached one. The result replaces the cached token.
+    /// server refused the cached one. The result replaces the cached token. The
+    /// exchange runs in its own task, so a caller that gives up does not cut it short.
     pub async fn token_uncached(
         &self,
         principal: &Principal,
@@ -433,7 +434,18 @@ impl OboExchanger {
         check_assertion(assertion)?;
         let key = self.key(principal, assertion);
         self.inner.cache.invalidate(&key).await;
-        self.exchange(&key, assertion).await
+        // In its own task: a caller that gives up does not cut the exchange short.
+        let (this, assertion) = (self.clone(), assertion.clone());
+        let span = info_span!("obo_exchange", tenant = %key.tenant, forced = true);
+        tokio::spawn(async move { this.exchange(&key, &assertion).await }.instrument(span))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Transient {
+                    reason: TransientReason::Abandoned,
+                    retry_after: None,
+                    www_authenticate: Vec::new(),
+                })
+            })
     }
 
     /// One exchange with at most one retry of a transient failure; caches a success.

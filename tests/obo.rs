@@ -497,3 +497,32 @@ async fn the_grants_and_client_authentications_on_the_wire() {
         matches!(crate_error(&error), Error::Obo(OboError::Rejected { code, .. }) if code == "invalid_grant")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_re_exchange_outlives_its_cancelled_caller() {
+    let w = World::new().await;
+    let (client, _) = w.client(w.config(OboGrant::EntraOnBehalfOf));
+    let alice = w.assertion("alice");
+    let url = w.mcp.url();
+    whoami(client.clone(), &url, &acme("alice"), &alice)
+        .await
+        .unwrap();
+    w.auth.revoke_access_tokens("alice");
+    w.auth.set_latency(Duration::from_millis(300));
+    // The 401 starts the forced exchange; the caller gives up during it.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        whoami(client.clone(), &url, &acme("alice"), &alice),
+    )
+    .await
+    .is_err();
+    assert!(gave_up);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.auth.set_latency(Duration::ZERO);
+    // The exchange finished and was cached: the next call needs no exchange.
+    assert_eq!(
+        whoami(client, &url, &acme("alice"), &alice).await.unwrap(),
+        "alice"
+    );
+    assert_eq!(w.auth.stats().obo_exchanges, 2);
+}

@@ -496,7 +496,7 @@ where
         let (handler, timeout) = match &shared.mode {
             Mode::ReturnEarly => {
                 return Err(Error::AuthorizationRequired {
-                    url: pending.authorization_url.clone(),
+                    url: pending.authorization_url.clone().into(),
                     expires_at: pending.expires_at,
                 }
                 .into());
