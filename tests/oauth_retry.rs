@@ -20,7 +20,7 @@ use tower_mcp_auth::{
 type Client = OAuthRetry<SilentRefresh<ReqwestTransport>>;
 
 struct World {
-    auth: TestAuthServer,
+    auth: Arc<TestAuthServer>,
     mcp: TestMcpServer,
     authorizer: Authorizer,
     store: Arc<MemoryStore>,
@@ -41,7 +41,7 @@ impl World {
         .build()
         .unwrap();
         Self {
-            auth,
+            auth: Arc::new(auth),
             mcp,
             authorizer,
             store,
@@ -370,4 +370,53 @@ async fn a_request_refused_before_another_finished_authorizing_just_replays() {
         "alice"
     );
     assert_eq!(w.auth.stats().authorization_requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_rejected_during_the_code_exchange_is_registered_anew() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    // The first time, the authorization server forgets the client between the user's
+    // consent and the code exchange; the exchange then gets invalid_client.
+    let forgot = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler = {
+        let (auth, completer, authorizer) = (
+            w.auth.clone(),
+            w.authorizer.completer(),
+            w.authorizer.clone(),
+        );
+        move |prompt: AuthorizationPrompt| {
+            let (completer, forgot, auth, authorizer) = (
+                completer.clone(),
+                forgot.clone(),
+                auth.clone(),
+                authorizer.clone(),
+            );
+            async move {
+                let http = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()?;
+                let response = http
+                    .get(prompt.flow.authorization_url.as_str())
+                    .send()
+                    .await?;
+                let location: url::Url = response.headers()["location"].to_str()?.parse()?;
+                if !forgot.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let client = authorizer.bindings().get("acme").unwrap();
+                    auth.forget_client(client.client_id());
+                }
+                let params =
+                    tower_mcp_auth::CallbackParams::from_query(location.query().unwrap_or(""));
+                let _ = completer.complete(&params).await;
+                Ok::<(), BoxError>(())
+            }
+        }
+    };
+    let client = w.client(OAuthRetryLayer::wait(w.authorizer.clone(), handler));
+    let answer = call_tool(client, &w.mcp.url(), &alice(), "whoami").await;
+    assert_eq!(answer.unwrap(), "alice");
+    let stats = w.auth.stats();
+    assert_eq!(stats.registrations, 2, "{stats:?}");
+    assert_eq!(stats.authorization_requests, 2, "{stats:?}");
+    assert_eq!(stats.code_exchanges, 2, "{stats:?}");
 }

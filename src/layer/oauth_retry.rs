@@ -524,6 +524,22 @@ where
             Ok(Some(FlowOutcome::Failed(reason))) => {
                 return Err(Error::AuthorizationFailed { reason }.into());
             }
+            // The token endpoint no longer knows the client: register anew and
+            // authorize again, within this request's allowance.
+            Ok(Some(FlowOutcome::ClientRejected(code))) => {
+                if authorizations >= shared.max_authorizations {
+                    return Err(Error::AuthorizationFailed {
+                        reason: format!("client rejected at the token endpoint ({code})"),
+                    }
+                    .into());
+                }
+                tracing::info!(%code, "client rejected during the code exchange; registering anew");
+                cause = Cause::Unauthorized {
+                    challenge: authorization.challenge,
+                    client_rejected: true,
+                };
+                continue;
+            }
             Ok(None) | Err(_) => {
                 return Err(Error::AuthorizationTimedOut {
                     waited: started.elapsed(),

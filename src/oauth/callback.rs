@@ -11,7 +11,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::{Error, StoreError};
+use crate::error::{Error, ReauthReason, StoreError};
 use crate::http_client::AuthHttpClient;
 use crate::oauth::flow::{FlowOutcome, FlowStore};
 use crate::oauth::grants;
@@ -131,9 +131,14 @@ impl AuthorizationCompleter {
             .await
             .ok_or(CallbackError::UnknownState)?;
         let fail = |error: CallbackError| async {
-            self.flows
-                .complete(state.expose(), FlowOutcome::Failed(error.to_string()))
-                .await;
+            let outcome = match &error {
+                CallbackError::Exchange(Error::ReauthRequired {
+                    reason: ReauthReason::ClientRejected { code },
+                    ..
+                }) => FlowOutcome::ClientRejected(code.clone()),
+                other => FlowOutcome::Failed(other.to_string()),
+            };
+            self.flows.complete(state.expose(), outcome).await;
             Err(error)
         };
         let binding = &pending.request.binding;

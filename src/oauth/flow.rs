@@ -88,6 +88,10 @@ pub enum FlowOutcome {
     /// The authorization server or user refused (`error=` on the callback), or the code
     /// exchange failed.
     Failed(String),
+    /// The token endpoint rejected the client during the code exchange
+    /// (`invalid_client` and the like): its registration should be dropped and the
+    /// authorization run again with a new one.
+    ClientRejected(String),
 }
 
 struct Flow {
