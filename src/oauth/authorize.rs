@@ -117,20 +117,18 @@ impl fmt::Debug for Authorizer {
 pub struct AuthorizerBuilder {
     server: String,
     store: Arc<dyn CredentialStore>,
-    redirect_uri: Url,
-    client_name: String,
+    /// What the client is; its resource is set from discovery at each start.
+    client: ClientConfig,
     http: Option<AuthHttpClient>,
     policy: UrlPolicy,
     flows: Option<FlowStore>,
-    pre_registered: Option<(String, Option<Secret>, ClientAuthMethod)>,
-    metadata_document: Option<Url>,
 }
 
 impl fmt::Debug for AuthorizerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthorizerBuilder")
             .field("server", &self.server)
-            .field("redirect_uri", &self.redirect_uri.as_str())
+            .field("client", &self.client)
             .finish_non_exhaustive()
     }
 }
@@ -138,7 +136,7 @@ impl fmt::Debug for AuthorizerBuilder {
 impl AuthorizerBuilder {
     /// The client name shown on consent screens (default `tower-mcp-auth`).
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
-        self.client_name = name.into();
+        self.client.client_name = name.into();
         self
     }
 
@@ -169,14 +167,14 @@ impl AuthorizerBuilder {
         secret: Option<Secret>,
         method: ClientAuthMethod,
     ) -> Self {
-        self.pre_registered = Some((client_id.into(), secret, method));
+        self.client = self.client.with_pre_registered(client_id, secret, method);
         self
     }
 
     /// This client's Client ID Metadata Document URL, used as the `client_id` where
     /// the authorization server supports it (second in the registration order).
     pub fn metadata_document(mut self, url: Url) -> Self {
-        self.metadata_document = Some(url);
+        self.client = self.client.with_metadata_document(url);
         self
     }
 
@@ -189,9 +187,8 @@ impl AuthorizerBuilder {
         let bindings = BindingSlot::new(&self.server)?;
         let server = bindings.resource().clone();
         let http = self.http.unwrap_or_else(AuthHttpClient::reqwest);
-        let mut client = ClientConfig::new(self.redirect_uri, server.as_str(), self.client_name);
-        client.pre_registered = self.pre_registered;
-        client.metadata_document = self.metadata_document;
+        let mut client = self.client;
+        client.resource = server.to_string();
         Ok(Authorizer {
             inner: Arc::new(Inner {
                 server,
@@ -219,13 +216,10 @@ impl Authorizer {
         AuthorizerBuilder {
             server: server.into(),
             store,
-            redirect_uri,
-            client_name: "tower-mcp-auth".into(),
+            client: ClientConfig::new(redirect_uri, String::new(), "tower-mcp-auth"),
             http: None,
             policy: UrlPolicy::default(),
             flows: None,
-            pre_registered: None,
-            metadata_document: None,
         }
     }
 
