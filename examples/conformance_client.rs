@@ -201,25 +201,16 @@ impl McpClient {
                 let body = response.into_body().collect().await?.to_bytes();
                 return result_of(serde_json::from_slice(&body)?);
             }
-            let mut parser = SseParser::default();
-            let mut body = response.into_body();
-            while let Some(frame) = body.frame().await {
-                let Ok(chunk) = frame?.into_data() else {
-                    continue;
-                };
-                for event in parser.push(&chunk) {
-                    last_event_id = event.id.or(last_event_id);
-                    retry = event.retry.unwrap_or(retry);
-                    if event.data.trim().is_empty() {
-                        continue;
-                    }
-                    let message: Value = serde_json::from_str(&event.data)?;
-                    if message.get("method").is_some() {
-                        self.answer_server_message(&message).await?;
-                    } else if message["id"] == json!(id) {
-                        return result_of(message);
-                    }
-                }
+            if let Some(message) = self
+                .read_stream(
+                    response.into_body(),
+                    Some(id),
+                    &mut last_event_id,
+                    &mut retry,
+                )
+                .await?
+            {
+                return result_of(message);
             }
             // The stream closed before the response: resume it after `retry`.
             eprintln!("stream closed before the response to {method}; reconnecting in {retry:?}");
@@ -237,23 +228,44 @@ impl McpClient {
         if !response.status().is_success() {
             return Ok(()); // 405: the server offers no standalone stream
         }
+        let (mut last_event_id, mut retry) = (None, Duration::ZERO);
+        self.read_stream(response.into_body(), None, &mut last_event_id, &mut retry)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads an SSE stream until it ends or, when `want` is given, until the response
+    /// with that id arrives (returned). Server requests on the way are answered; the
+    /// last event id and `retry` are tracked for resumption.
+    async fn read_stream(
+        &mut self,
+        mut body: reqwest::Body,
+        want: Option<u64>,
+        last_event_id: &mut Option<String>,
+        retry: &mut Duration,
+    ) -> Result<Option<Value>, BoxError> {
         let mut parser = SseParser::default();
-        let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
             let Ok(chunk) = frame?.into_data() else {
                 continue;
             };
             for event in parser.push(&chunk) {
+                if let Some(id) = event.id {
+                    *last_event_id = Some(id);
+                }
+                *retry = event.retry.unwrap_or(*retry);
                 if event.data.trim().is_empty() {
                     continue;
                 }
                 let message: Value = serde_json::from_str(&event.data)?;
                 if message.get("method").is_some() {
                     self.answer_server_message(&message).await?;
+                } else if want.is_some_and(|id| message["id"] == json!(id)) {
+                    return Ok(Some(message));
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn get(&self, last_event_id: Option<&str>) -> Result<Request<reqwest::Body>, BoxError> {

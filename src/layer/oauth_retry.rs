@@ -277,10 +277,7 @@ where
         let principal = Principal::from_extensions(request.extensions())
             .or(shared.default_principal.as_ref())
             .cloned();
-        let (true, Some(principal)) = (
-            shared.authorizer.bindings().covers(request.uri()),
-            principal,
-        ) else {
+        let (true, Some(principal)) = (shared.authorizer.covers(request.uri()), principal) else {
             // Not for this server, or no principal (the inner layers report that).
             let mut inner = inner;
             return ResponseFuture {

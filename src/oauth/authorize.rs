@@ -234,6 +234,11 @@ impl Authorizer {
         self.inner.bindings.clone()
     }
 
+    /// Whether a request to `uri` is for this server (no clone of the slot per request).
+    pub(crate) fn covers(&self, uri: &http::Uri) -> bool {
+        self.inner.bindings.covers(uri)
+    }
+
     /// The flow store.
     pub fn flows(&self) -> &FlowStore {
         &self.inner.flows

@@ -187,6 +187,25 @@ impl AuthState {
         })
     }
 
+    /// Records what a token request carried (secrets left out).
+    fn record(
+        &self,
+        grant_type: &str,
+        client_id: &str,
+        client_auth: &'static str,
+        form: &HashMap<String, String>,
+    ) {
+        lock(&self.recorded).push(RecordedTokenRequest {
+            grant_type: grant_type.to_owned(),
+            client_id: Some(client_id.to_owned()),
+            client_auth,
+            resource: form.get("resource").cloned(),
+            scope: form.get("scope").cloned(),
+            audience: form.get("audience").cloned(),
+            requested_token_use: form.get("requested_token_use").cloned(),
+        });
+    }
+
     fn sign_assertion(&self, claims: &serde_json::Value) -> String {
         use hmac::Mac;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -637,15 +656,7 @@ fn obo_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, Stri
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     };
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
-    lock(&state.recorded).push(RecordedTokenRequest {
-        grant_type: grant_type.clone(),
-        client_id: Some(client_id.clone()),
-        client_auth,
-        resource: form.get("resource").cloned(),
-        scope: form.get("scope").cloned(),
-        audience: form.get("audience").cloned(),
-        requested_token_use: form.get("requested_token_use").cloned(),
-    });
+    state.record(&grant_type, &client_id, client_auth, form);
     let exchange = grant_type == crate::TOKEN_EXCHANGE;
     let assertion = if exchange {
         let accepted = [
@@ -830,15 +841,7 @@ fn refresh_grant(
     let Some((client_id, client_auth)) = authenticate(&tokens, headers, form) else {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     };
-    lock(&state.recorded).push(RecordedTokenRequest {
-        grant_type: "refresh_token".into(),
-        client_id: Some(client_id.clone()),
-        client_auth,
-        resource: form.get("resource").cloned(),
-        scope: form.get("scope").cloned(),
-        audience: form.get("audience").cloned(),
-        requested_token_use: form.get("requested_token_use").cloned(),
-    });
+    state.record("refresh_token", &client_id, client_auth, form);
     let presented = form.get("refresh_token").map(String::as_str).unwrap_or("");
     let rotate = lock(&state.knobs).rotate_refresh_tokens;
     let invalid_grant = |state: &AuthState| {
