@@ -31,8 +31,8 @@ use tower_mcp_auth::store::MemoryStore;
 use tower_mcp_auth::testing::HeadlessBrowser;
 use tower_mcp_auth::{
     AuthHttpClient, Authorizer, ClientAuth, ClientAuthMethod, Discovery, OAuthRetryLayer,
-    OboConfig, OboExchanger, OboGrant, OboHeaderLayer, Principal, RefreshCoordinator, Secret,
-    SilentRefreshLayer, UrlPolicy, UserAssertion,
+    OboConfig, OboExchanger, OboGrant, OboHeaderLayer, PreRegisteredClient, Principal,
+    RefreshCoordinator, Secret, SilentRefreshLayer, UrlPolicy, UserAssertion,
 };
 
 /// Where the (never contacted) redirect URI points, as in the reference clients.
@@ -367,6 +367,12 @@ struct ConformanceContext {
     idp_token_endpoint: Option<String>,
 }
 
+/// The suite's servers are all `http://localhost`: resolved addresses on loopback are
+/// allowed (the default client refuses them).
+fn loopback_http() -> AuthHttpClient {
+    AuthHttpClient::reqwest_with_policy(UrlPolicy::default().allow_loopback_http())
+}
+
 /// Cross-app access: the user's ID token becomes an ID-JAG at the identity provider,
 /// and the ID-JAG an access token at the MCP server's authorization server (found by
 /// discovery), through `OboHeaderLayer`. No interactive authorization.
@@ -375,8 +381,7 @@ async fn cross_app_stack(
     context: &ConformanceContext,
     idp_token_endpoint: &str,
 ) -> Result<HttpService, BoxError> {
-    let policy = UrlPolicy::default().allow_loopback_http();
-    let discovery = Discovery::new(AuthHttpClient::reqwest(), policy);
+    let discovery = Discovery::new(loopback_http(), UrlPolicy::default().allow_loopback_http());
     let server_url: url::Url = server.parse()?;
     let resource = discovery.protected_resource(&server_url, None).await?;
     let issuer: url::Url = resource.authorization_servers[0].parse()?;
@@ -417,14 +422,17 @@ async fn cross_app_stack(
     };
     let stack = ServiceBuilder::new()
         .layer(
-            OboHeaderLayer::new(OboExchanger::new(config), server)?
-                .with_default_principal(Principal::new("conformance", "user")),
+            OboHeaderLayer::new(
+                OboExchanger::with_http_client(config, loopback_http()),
+                server,
+            )?
+            .with_default_principal(Principal::new("conformance", "user")),
         )
         .service(transport);
     Ok(BoxCloneService::new(stack))
 }
 
-fn client_stack(server: &str, context: &ConformanceContext) -> Result<HttpService, BoxError> {
+async fn client_stack(server: &str, context: &ConformanceContext) -> Result<HttpService, BoxError> {
     let store = Arc::new(MemoryStore::new());
     let mut authorizer = Authorizer::builder(server, store.clone(), REDIRECT_URI.parse()?)
         .client_name("tower-mcp-auth conformance client")
@@ -438,7 +446,21 @@ fn client_stack(server: &str, context: &ConformanceContext) -> Result<HttpServic
             Some(_) => ClientAuthMethod::ClientSecretBasic,
             None => ClientAuthMethod::None,
         };
-        authorizer = authorizer.pre_registered(client_id.clone(), secret, method);
+        // Pre-registered credentials name their issuer. The suite hands out only the
+        // client id, so this test client trusts the issuer the server names on first
+        // use; a real deployment configures it.
+        let discovery = Discovery::new(loopback_http(), UrlPolicy::default().allow_loopback_http());
+        let resource = discovery.protected_resource(&server.parse()?, None).await?;
+        let issuer = discovery
+            .authorization_server(&resource.authorization_servers[0].parse()?)
+            .await?
+            .issuer
+            .clone();
+        let mut client = PreRegisteredClient::new(issuer, client_id.clone());
+        if let Some(secret) = secret {
+            client = client.with_secret(secret, method);
+        }
+        authorizer = authorizer.pre_registered(client);
     }
     let authorizer = authorizer.build()?;
     let user = Principal::new("conformance", "user");
@@ -455,8 +477,13 @@ fn client_stack(server: &str, context: &ConformanceContext) -> Result<HttpServic
                 .with_wait_timeout(Duration::from_secs(15)),
         )
         .layer(
-            SilentRefreshLayer::new(RefreshCoordinator::new(store), authorizer.bindings())
-                .with_default_principal(user),
+            SilentRefreshLayer::new(
+                RefreshCoordinator::builder(store)
+                    .http_client(loopback_http())
+                    .build(),
+                authorizer.bindings(),
+            )
+            .with_default_principal(user),
         )
         .service(transport);
     Ok(BoxCloneService::new(stack))
@@ -468,7 +495,7 @@ async fn run(server: String, context: ConformanceContext) -> Result<(), BoxError
             cross_app_stack(&server, &context, idp).await?,
             Some(UserAssertion::new(id_token.as_str())),
         ),
-        _ => (client_stack(&server, &context)?, None),
+        _ => (client_stack(&server, &context).await?, None),
     };
     let mut client = McpClient {
         service,

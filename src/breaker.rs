@@ -367,7 +367,7 @@ impl Breaker {
             state.starts.push_back(now);
             if state.starts.len() > storm.max_starts {
                 state.starts.clear();
-                state.cooldown_until = Some(now + storm.cooldown);
+                state.cooldown_until = Some(crate::limits::instant_after(now, storm.cooldown));
                 return (
                     Decision::Refuse(Rejection::StormCooldown, storm.cooldown),
                     None,
@@ -437,7 +437,7 @@ impl Breaker {
             let wait = retry_after
                 .unwrap_or(config.default_throttle)
                 .min(config.max_open);
-            state.throttled_until = Some(now + wait);
+            state.throttled_until = Some(crate::limits::instant_after(now, wait));
         }
         match admission {
             Admission::Probe => match outcome {
@@ -539,7 +539,7 @@ fn open(state: &mut State, config: &BreakerConfig, now: Instant, from: CircuitSt
     state.opens += 1;
     let period = config.jittered(config.open_period(state.opens));
     state.phase = Phase::Open {
-        until: now + period,
+        until: crate::limits::instant_after(now, period),
     };
     state.consecutive = 0;
     state.proven = false;

@@ -281,9 +281,13 @@ pub enum TransientReason {
     /// A recent attempt failed; the key is cooling down and no request was sent.
     #[error("cooling down after a failed refresh ({0})")]
     CoolingDown(Box<TransientReason>),
-    /// The redemption task ended without a result (it panicked or the runtime shut down).
+    /// The redemption task ended without a result (the runtime shut down).
     #[error("refresh abandoned")]
     Abandoned,
+    /// The redemption or exchange task panicked. The failure was recorded (the key
+    /// cools down, the flow fails) so it cannot turn into a redemption loop.
+    #[error("internal error: the task panicked")]
+    Panicked,
 }
 
 /// A credential store failure.

@@ -6,6 +6,7 @@
 //! also never follows redirects (a token request must not be replayed elsewhere).
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceExt};
 
 use crate::error::TransientReason;
+use crate::url_policy::UrlPolicy;
 
 /// The default cap on an authorization server response: 1 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -46,14 +48,37 @@ pub struct AuthHttpClient {
 }
 
 impl AuthHttpClient {
-    /// The default client: reqwest (rustls), redirects disabled.
+    /// The default client: reqwest (rustls), redirects disabled, and every address a
+    /// host name resolves to checked at connect time against the strict
+    /// [`UrlPolicy::default`] (no loopback, private or special-purpose addresses), so
+    /// a name that resolves or rebinds to an internal address is refused.
     ///
     /// Should reqwest fail to initialise (no usable TLS backend), every call fails with
     /// that error instead of falling back to a client with another redirect policy.
     pub fn reqwest() -> Self {
+        Self::reqwest_with_policy(UrlPolicy::default())
+    }
+
+    /// As [`reqwest`](Self::reqwest), checking resolved addresses against `policy`
+    /// (e.g. [`UrlPolicy::allow_private_ranges`] for an authorization server inside
+    /// the company network). Literal IP hosts are not resolved; the
+    /// [`Authorizer`](crate::Authorizer) checks those in every URL it learns.
+    ///
+    /// [`from_reqwest`](Self::from_reqwest) and [`from_service`](Self::from_service)
+    /// use the given client's own resolver: no connect-time check unless that client
+    /// has one.
+    ///
+    /// ```
+    /// use tower_mcp_auth::{AuthHttpClient, UrlPolicy};
+    ///
+    /// let corporate = AuthHttpClient::reqwest_with_policy(UrlPolicy::default().allow_private_ranges());
+    /// # drop(corporate);
+    /// ```
+    pub fn reqwest_with_policy(policy: UrlPolicy) -> Self {
         match reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(DEFAULT_TIMEOUT)
+            .dns_resolver(Arc::new(PolicyResolver { policy }))
             .build()
         {
             Ok(client) => Self::from_reqwest(client),
@@ -151,6 +176,51 @@ impl fmt::Debug for AuthHttpClient {
             .field("timeout", &self.timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .finish_non_exhaustive()
+    }
+}
+
+/// Resolves with the system resolver, then keeps only the addresses `policy` allows;
+/// none left is an error (fail closed).
+struct PolicyResolver {
+    policy: UrlPolicy,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed = filter_addresses(&policy, &host, resolved)?;
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The addresses of `host` that `policy` allows, or an error naming the first refused
+/// one when none is allowed.
+pub(crate) fn filter_addresses(
+    policy: &UrlPolicy,
+    host: &str,
+    resolved: Vec<SocketAddr>,
+) -> Result<Vec<SocketAddr>, BoxError> {
+    let mut refused = None;
+    let allowed: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(|addr| match policy.check_ip(addr.ip()) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(host, address = %addr.ip(), "resolved address refused by the URL policy");
+                refused.get_or_insert(error);
+                false
+            }
+        })
+        .collect();
+    match (allowed.is_empty(), refused) {
+        (true, Some(error)) => Err(Box::new(error)),
+        (true, None) => Err(format!("{host}: no addresses").into()),
+        (false, _) => Ok(allowed),
     }
 }
 

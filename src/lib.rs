@@ -83,6 +83,7 @@ mod error;
 mod http_client;
 mod key;
 pub mod layer;
+mod limits;
 mod oauth;
 mod obo;
 mod refresh;
@@ -124,6 +125,7 @@ pub use layer::oauth_retry::{
 pub use layer::obo::{OboHeader, OboHeaderLayer};
 #[doc(inline)]
 pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};
+pub use limits::MAX_LIFETIME;
 pub use oauth::authorize::{AuthorizationCause, Authorizer, AuthorizerBuilder};
 pub use oauth::callback::{AuthorizationCompleter, CallbackError, CallbackParams};
 pub use oauth::discovery::{
@@ -136,7 +138,8 @@ pub use oauth::exchange::{
 };
 pub use oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore, PendingFlow};
 pub use oauth::registration::{
-    ClientConfig, ClientRegistration, Registrar, RegistrationError, RegistrationSource,
+    ClientConfig, ClientRegistration, PreRegisteredClient, Registrar, RegistrationError,
+    RegistrationSource,
 };
 pub use obo::{OboConfig, OboError, OboExchanger, OboStats, OboToken, UserAssertion};
 pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};

@@ -21,7 +21,7 @@ use crate::error::{Error, TransientReason};
 use crate::http_client::AuthHttpClient;
 use crate::key::Principal;
 use crate::oauth::exchange::{
-    AssertionFailure, AssertionRequest, ClientAuth, OboGrant, jwt_expiry, request_token,
+    AssertionFailure, AssertionRequest, ClientAuth, JwtExpiry, OboGrant, jwt_expiry, request_token,
 };
 use crate::single_flight::SingleFlight;
 use crate::token::Secret;
@@ -66,6 +66,10 @@ pub enum OboError {
     /// The assertion is a JWT whose `exp` has passed.
     #[error("the user assertion has expired")]
     AssertionExpired,
+    /// The assertion is a JWT whose `exp` is not a usable time (negative, fractional,
+    /// or past the year 9999). Nothing was exchanged.
+    #[error("the user assertion has an invalid expiry")]
+    InvalidAssertion,
     /// The identity provider refused the exchange (`invalid_grant`, `invalid_scope`,
     /// `unauthorized_client`, `interaction_required`, ...). Not retried.
     #[error("exchange rejected ({code})")]
@@ -260,12 +264,7 @@ impl moka::Expiry<CacheKey, Arc<OboToken>> for UseUntil {
         token: &Arc<OboToken>,
         _now: Instant,
     ) -> Option<Duration> {
-        Some(
-            token
-                .use_until
-                .duration_since(SystemTime::now())
-                .unwrap_or_default(),
-        )
+        Some(crate::limits::ttl_until(token.use_until))
     }
 
     fn expire_after_update(
@@ -322,6 +321,8 @@ struct Inner {
     http: AuthHttpClient,
     cache: moka::future::Cache<CacheKey, Arc<OboToken>>,
     flights: Arc<SingleFlight<CacheKey, Outcome>>,
+    /// Forced re-exchanges after a 401, single-flight apart from first exchanges.
+    forced: Arc<SingleFlight<CacheKey, Outcome>>,
     exchanges: AtomicU64,
     cache_hits: AtomicU64,
     joined: AtomicU64,
@@ -353,6 +354,7 @@ impl OboExchanger {
                     .expire_after(UseUntil)
                     .build(),
                 flights: Arc::new(SingleFlight::new()),
+                forced: Arc::new(SingleFlight::new()),
                 exchanges: AtomicU64::new(0),
                 cache_hits: AtomicU64::new(0),
                 joined: AtomicU64::new(0),
@@ -396,7 +398,65 @@ impl OboExchanger {
             self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(token);
         }
-        let (waiter, completer) = SingleFlight::join(&self.inner.flights, &key);
+        self.fly(&self.inner.flights, key, assertion).await
+    }
+
+    /// A new token after the MCP server refused `rejected`: the cached token if it is
+    /// already another one (someone re-exchanged meanwhile), else one forced exchange
+    /// that bypasses the cache, shared by every caller refused with the same token.
+    ///
+    /// # Errors
+    ///
+    /// As [`token`](Self::token).
+    pub async fn token_after_rejection(
+        &self,
+        principal: &Principal,
+        assertion: &UserAssertion,
+        rejected: &OboToken,
+    ) -> Outcome {
+        check_assertion(assertion)?;
+        let key = self.key(principal, assertion);
+        if let Some(cached) = self.inner.cache.get(&key).await {
+            if cached.access_token != rejected.access_token && cached.use_until > SystemTime::now()
+            {
+                self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(cached);
+            }
+            self.inner.cache.invalidate(&key).await;
+        }
+        self.fly(&self.inner.forced, key, assertion).await
+    }
+
+    /// A new token, bypassing the cache: for when the MCP server refused the cached
+    /// one. The result replaces the cached token. Concurrent forced calls for one key
+    /// share one exchange, which runs in its own task, so a caller that gives up does
+    /// not cut it short. Prefer [`token_after_rejection`](Self::token_after_rejection),
+    /// which also skips the exchange when another caller already made it.
+    ///
+    /// # Errors
+    ///
+    /// As [`token`](Self::token).
+    pub async fn token_uncached(
+        &self,
+        principal: &Principal,
+        assertion: &UserAssertion,
+    ) -> Outcome {
+        check_assertion(assertion)?;
+        let key = self.key(principal, assertion);
+        self.inner.cache.invalidate(&key).await;
+        self.fly(&self.inner.forced, key, assertion).await
+    }
+
+    /// Joins `flights`' exchange for `key`, starting it (in its own task) if there is
+    /// none. A panic inside the exchange ends the flight with an error instead of
+    /// leaving its waiters to retry.
+    async fn fly(
+        &self,
+        flights: &Arc<SingleFlight<CacheKey, Outcome>>,
+        key: CacheKey,
+        assertion: &UserAssertion,
+    ) -> Outcome {
+        let (waiter, completer) = SingleFlight::join(flights, &key);
         match completer {
             Some(completer) => {
                 let this = self.clone();
@@ -404,7 +464,12 @@ impl OboExchanger {
                 let span = info_span!("obo_exchange", tenant = %key.tenant);
                 tokio::spawn(
                     async move {
-                        let outcome = this.exchange(&key, &assertion).await;
+                        let outcome = crate::limits::catch_panic(this.exchange(&key, &assertion))
+                            .await
+                            .unwrap_or_else(|_| {
+                                tracing::error!("OBO exchange panicked; failing its callers");
+                                Err(Error::transient(TransientReason::Panicked, None))
+                            });
                         completer.complete(outcome);
                     }
                     .instrument(span),
@@ -414,38 +479,9 @@ impl OboExchanger {
                 self.inner.joined.fetch_add(1, Ordering::Relaxed);
             }
         }
-        waiter.await.unwrap_or_else(|| {
-            Err(Error::Transient {
-                reason: TransientReason::Abandoned,
-                retry_after: None,
-                www_authenticate: Vec::new(),
-            })
-        })
-    }
-
-    /// A new token, bypassing the cache and any exchange in flight: for when the MCP
-    /// server refused the cached one. The result replaces the cached token. The
-    /// exchange runs in its own task, so a caller that gives up does not cut it short.
-    pub async fn token_uncached(
-        &self,
-        principal: &Principal,
-        assertion: &UserAssertion,
-    ) -> Outcome {
-        check_assertion(assertion)?;
-        let key = self.key(principal, assertion);
-        self.inner.cache.invalidate(&key).await;
-        // In its own task: a caller that gives up does not cut the exchange short.
-        let (this, assertion) = (self.clone(), assertion.clone());
-        let span = info_span!("obo_exchange", tenant = %key.tenant, forced = true);
-        tokio::spawn(async move { this.exchange(&key, &assertion).await }.instrument(span))
+        waiter
             .await
-            .unwrap_or_else(|_| {
-                Err(Error::Transient {
-                    reason: TransientReason::Abandoned,
-                    retry_after: None,
-                    www_authenticate: Vec::new(),
-                })
-            })
+            .unwrap_or_else(|| Err(Error::transient(TransientReason::Abandoned, None)))
     }
 
     /// One exchange with at most one retry of a transient failure; caches a success.
@@ -498,8 +534,14 @@ impl OboExchanger {
             Ok(Ok(granted)) => granted,
         };
         let now = SystemTime::now();
-        let expires_at = granted.expires_in.map(|d| now + d);
-        let use_until = [expires_at, jwt_expiry(assertion.secret().expose())]
+        let expires_at = granted
+            .expires_in
+            .map(|d| crate::limits::system_after(now, d));
+        let assertion_expiry = match jwt_expiry(assertion.secret().expose()) {
+            JwtExpiry::At(at) => Some(at),
+            JwtExpiry::Unknown | JwtExpiry::Invalid => None,
+        };
+        let use_until = [expires_at, assertion_expiry]
             .into_iter()
             .flatten()
             .min()
@@ -553,7 +595,10 @@ impl OboExchanger {
 
 fn check_assertion(assertion: &UserAssertion) -> Result<(), Error> {
     match jwt_expiry(assertion.secret().expose()) {
-        Some(exp) if exp <= SystemTime::now() => Err(Error::Obo(OboError::AssertionExpired)),
-        _ => Ok(()),
+        JwtExpiry::At(exp) if exp <= SystemTime::now() => {
+            Err(Error::Obo(OboError::AssertionExpired))
+        }
+        JwtExpiry::Invalid => Err(Error::Obo(OboError::InvalidAssertion)),
+        JwtExpiry::At(_) | JwtExpiry::Unknown => Ok(()),
     }
 }

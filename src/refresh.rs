@@ -195,7 +195,7 @@ impl RefreshCoordinatorBuilder {
         let config = self.config;
         let cooldowns = moka::sync::Cache::builder()
             .max_capacity(1_000_000)
-            .time_to_live(config.max_cooldown)
+            .time_to_live(crate::limits::clamp(config.max_cooldown))
             .build();
         RefreshCoordinator {
             inner: Arc::new(Inner {
@@ -427,12 +427,18 @@ impl RefreshCoordinator {
         tokio::spawn(
             async move {
                 let timeout = this.inner.config.timeout;
-                let outcome =
-                    tokio::time::timeout(timeout, this.redemption(&key, &binding, trigger))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(Error::transient(TransientReason::Timeout(timeout), None))
-                        });
+                let redemption =
+                    tokio::time::timeout(timeout, this.redemption(&key, &binding, trigger));
+                // A panic inside the redemption still records a failure (a cooldown), so
+                // a bug can never become a loop of redemptions of one refresh token.
+                let outcome = match crate::limits::catch_panic(redemption).await {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(_)) => Err(Error::transient(TransientReason::Timeout(timeout), None)),
+                    Err(_) => {
+                        tracing::error!("refresh redemption panicked; cooling the key down");
+                        Err(Error::transient(TransientReason::Panicked, None))
+                    }
+                };
                 this.record(&key, trigger, &outcome);
                 completer.complete(outcome);
             }
@@ -549,7 +555,7 @@ impl RefreshCoordinator {
             key.clone(),
             Cooldown {
                 generation: trigger,
-                until: Instant::now() + wait,
+                until: crate::limits::instant_after(Instant::now(), wait),
                 failures,
                 error: error.clone(),
             },

@@ -110,9 +110,9 @@ impl TokenSet {
         self
     }
 
-    /// Sets the expiry relative to `obtained_at`.
+    /// Sets the expiry relative to `obtained_at` (clamped to [`MAX_LIFETIME`](crate::MAX_LIFETIME)).
     pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
-        self.expires_at = Some(self.obtained_at + expires_in);
+        self.expires_at = Some(crate::limits::system_after(self.obtained_at, expires_in));
         self
     }
 

@@ -34,13 +34,17 @@ pub struct UrlPolicy {
 #[non_exhaustive]
 pub enum UrlRefused {
     /// Not `https` (and not allowed loopback `http`).
-    #[error("{0}: only https is allowed")]
+    #[error(
+        "refused URL {0}: only https is allowed (UrlPolicy::allow_loopback_http() permits http on loopback)"
+    )]
     NotHttps(String),
     /// The host is a private, loopback, link-local or otherwise internal address.
-    #[error("{0}: internal address")]
+    #[error(
+        "refused address {0}: internal address (UrlPolicy::allow_loopback_http() permits loopback, allow_private_ranges() private networks)"
+    )]
     InternalAddress(String),
     /// No host, or credentials in the URL.
-    #[error("{0}: not a plain absolute URL")]
+    #[error("refused URL {0}: not a plain absolute URL")]
     Malformed(String),
 }
 
@@ -79,8 +83,8 @@ impl UrlPolicy {
                     false
                 }
             }
-            Some(Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip), &shown)?,
-            Some(Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip), &shown)?,
+            Some(Host::Ipv4(ip)) => self.check_literal(IpAddr::V4(ip), &shown)?,
+            Some(Host::Ipv6(ip)) => self.check_literal(IpAddr::V6(ip), &shown)?,
         };
         if loopback && !self.loopback_http {
             return Err(UrlRefused::InternalAddress(shown()));
@@ -92,42 +96,169 @@ impl UrlPolicy {
         }
     }
 
+    /// Whether a connection to `ip` is allowed: what the crate's HTTP client asks of
+    /// every address a host name resolves to, at connect time, so a name that points
+    /// (or rebinds) at an internal address is refused like the literal address.
+    ///
+    /// ```
+    /// use tower_mcp_auth::UrlPolicy;
+    ///
+    /// let strict = UrlPolicy::default();
+    /// assert!(strict.check_ip("93.184.215.14".parse().unwrap()).is_ok());
+    /// assert!(strict.check_ip("169.254.169.254".parse().unwrap()).is_err());
+    /// // NAT64 form of the cloud metadata address:
+    /// assert!(strict.check_ip("64:ff9b::a9fe:a9fe".parse().unwrap()).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`UrlRefused::InternalAddress`] for an address this policy does not allow.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), UrlRefused> {
+        let allowed = match classify(ip) {
+            AddressClass::Public => true,
+            AddressClass::Loopback => self.loopback_http,
+            AddressClass::Private => self.private_ranges,
+            AddressClass::Forbidden => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(UrlRefused::InternalAddress(ip.to_string()))
+        }
+    }
+
     /// Returns whether `ip` is loopback (allowed later only with `loopback_http`), or an
     /// error for other internal addresses.
-    fn check_ip(&self, ip: IpAddr, shown: &dyn Fn() -> String) -> Result<bool, UrlRefused> {
-        if ip.is_loopback() {
-            return Ok(true);
+    fn check_literal(&self, ip: IpAddr, shown: &dyn Fn() -> String) -> Result<bool, UrlRefused> {
+        match classify(ip) {
+            AddressClass::Public => Ok(false),
+            AddressClass::Loopback => Ok(true),
+            AddressClass::Private if self.private_ranges => Ok(false),
+            AddressClass::Private | AddressClass::Forbidden => {
+                Err(UrlRefused::InternalAddress(shown()))
+            }
         }
-        let internal = match ip {
-            IpAddr::V4(v4) => is_internal_v4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) if v4.is_loopback() => return Ok(true),
-                Some(v4) => is_internal_v4(v4),
-                None => is_internal_v6(v6),
-            },
-        };
-        if internal && !self.private_ranges {
-            return Err(UrlRefused::InternalAddress(shown()));
-        }
-        Ok(false)
     }
 }
 
-fn is_internal_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT, 100.64/10
-        || a == 0
+/// What an address is, for the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AddressClass {
+    /// Globally reachable.
+    Public,
+    /// Loopback: allowed with [`UrlPolicy::allow_loopback_http`].
+    Loopback,
+    /// Private networks: allowed with [`UrlPolicy::allow_private_ranges`].
+    Private,
+    /// Never: unspecified addresses (which reach loopback on Linux), multicast,
+    /// broadcast, reserved and special-purpose ranges.
+    Forbidden,
 }
 
-fn is_internal_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    ip.is_unspecified()
-        || (first & 0xfe00) == 0xfc00 // unique local, fc00::/7
+fn classify(ip: IpAddr) -> AddressClass {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => classify_v6(v6),
+    }
+}
+
+/// IPv4 by the IANA special-purpose address registry (RFC 6890 and successors).
+fn classify_v4(ip: Ipv4Addr) -> AddressClass {
+    let [a, b, c, _] = ip.octets();
+    if a == 127 {
+        return AddressClass::Loopback;
+    }
+    let private = a == 10
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 168)
+        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT, 100.64/10
+        || (a == 169 && b == 254); // link-local, cloud metadata
+    if private {
+        return AddressClass::Private;
+    }
+    let forbidden = a == 0 // "this network"; 0.0.0.0 reaches loopback
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments, 192.0.0/24
+        || (a == 192 && b == 0 && c == 2) // TEST-NET-1
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking, 198.18/15
+        || (a == 198 && b == 51 && c == 100) // TEST-NET-2
+        || (a == 203 && b == 0 && c == 113) // TEST-NET-3
+        || a >= 224; // multicast 224/4, reserved 240/4, broadcast
+    if forbidden {
+        AddressClass::Forbidden
+    } else {
+        AddressClass::Public
+    }
+}
+
+/// IPv6, unwrapping every form that embeds an IPv4 address (mapped, compatible, NAT64,
+/// 6to4, Teredo) and classifying the embedded address as well.
+fn classify_v6(ip: Ipv6Addr) -> AddressClass {
+    let segments = ip.segments();
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if ip.is_loopback() {
+        return AddressClass::Loopback;
+    }
+    if ip.is_unspecified() {
+        return AddressClass::Forbidden;
+    }
+    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated).
+    if segments[..5] == [0; 5] && (segments[5] == 0xffff || segments[5] == 0) {
+        return classify_v4(embedded(segments[6], segments[7]));
+    }
+    // NAT64: 64:ff9b::/96 (well-known) embeds the target; 64:ff9b:1::/48 is local use.
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return classify_v4(embedded(segments[6], segments[7]));
+    }
+    if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1 {
+        return AddressClass::Private;
+    }
+    // 6to4: 2002:AABB:CCDD::/48 embeds AA.BB.CC.DD.
+    if segments[0] == 0x2002 {
+        return worst(
+            classify_v4(embedded(segments[1], segments[2])),
+            AddressClass::Public,
+        );
+    }
+    // Teredo: 2001:0::/32, server at segments 2-3, client obfuscated in 6-7.
+    if segments[0] == 0x2001 && segments[1] == 0 {
+        let server = classify_v4(embedded(segments[2], segments[3]));
+        let client = classify_v4(embedded(!segments[6], !segments[7]));
+        return worst(server, client);
+    }
+    let first = segments[0];
+    if (first & 0xfe00) == 0xfc00 // unique local, fc00::/7
         || (first & 0xffc0) == 0xfe80 // link-local, fe80::/10
+        || (first & 0xffc0) == 0xfec0
+    // site-local (deprecated), fec0::/10
+    {
+        return AddressClass::Private;
+    }
+    let forbidden = (first & 0xff00) == 0xff00 // multicast
+        || (first == 0x0100 && segments[1..4] == [0, 0, 0]) // discard-only, 100::/64
+        || (first == 0x2001 && segments[1] == 0x0db8) // documentation
+        || (first == 0x2001 && segments[1] == 0x0002 && segments[2] == 0) // benchmarking
+        || (first == 0x2001 && (0x0010..0x0020).contains(&segments[1])) // ORCHID
+        || (first & 0xe000) != 0x2000; // outside global unicast 2000::/3
+    if forbidden {
+        AddressClass::Forbidden
+    } else {
+        AddressClass::Public
+    }
+}
+
+/// The stricter of two classes.
+fn worst(a: AddressClass, b: AddressClass) -> AddressClass {
+    let rank = |c| match c {
+        AddressClass::Public => 0,
+        AddressClass::Loopback | AddressClass::Private => 1,
+        AddressClass::Forbidden => 2,
+    };
+    match (a, b) {
+        (AddressClass::Public, other) | (other, AddressClass::Public) => other,
+        _ if rank(a) >= rank(b) => a,
+        _ => b,
+    }
 }
 
 #[cfg(test)]
@@ -157,13 +288,35 @@ mod tests {
             "https://metadata.google.internal/",
             "https://user:pw@example.com/",
             "ftp://example.com/",
+            // Issue #10 item 5: every special-purpose form, embedded IPv4 unwrapped.
+            "https://0.0.0.0/",
+            "https://0.1.2.3/",
+            "https://[::]/",
+            "https://[64:ff9b::a9fe:a9fe]/", // NAT64 of 169.254.169.254
+            "https://[64:ff9b::7f00:1]/",    // NAT64 of 127.0.0.1
+            "https://[::a9fe:a9fe]/",        // IPv4-compatible
+            "https://[2002:a9fe:a9fe::1]/",  // 6to4 of 169.254.169.254
+            "https://[2002:7f00:1::1]/",     // 6to4 of 127.0.0.1
+            "https://[2001:0:a9fe:a9fe::1]/", // Teredo via a link-local server
+            "https://[2001:0:808:808:0:0:f5ff:fffe]/", // Teredo client 10.0.0.1
+            "https://192.0.0.8/",
+            "https://198.18.0.1/",
+            "https://198.19.255.1/",
+            "https://240.0.0.1/",
+            "https://255.255.255.255/",
+            "https://224.0.0.1/",
+            "https://[ff02::1]/",
+            "https://[fec0::1]/",
+            "https://[2001:db8::1]/",
+            "https://[100::1]/",
         ] {
             assert!(!check(strict, blocked), "{blocked}");
         }
         for allowed in [
             "https://example.com/",
             "https://8.8.8.8/",
-            "https://[2001:db8::1]/",
+            "https://[2606:4700:4700::1111]/",
+            "https://[2002:808:808::1]/", // 6to4 of 8.8.8.8
         ] {
             assert!(check(strict, allowed), "{allowed}");
         }
@@ -182,6 +335,15 @@ mod tests {
         assert!(
             !check(private, "https://127.0.0.1/"),
             "loopback needs its own opt-in"
+        );
+        // Unspecified addresses reach loopback on Linux: never allowed.
+        for never in ["https://0.0.0.0/", "https://[::]/", "https://0.0.0.1/"] {
+            assert!(!check(private, never), "{never}");
+            assert!(!check(dev, never), "{never}");
+        }
+        assert!(
+            check(private, "https://[64:ff9b::a00:1]/"),
+            "NAT64 of 10.0.0.1"
         );
     }
 }

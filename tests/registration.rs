@@ -140,10 +140,9 @@ async fn pre_registered_then_metadata_document_come_first() {
         (RegistrationSource::MetadataDocument, cimd.as_str())
     );
 
-    let pre = callback.with_pre_registered(
-        "static-id",
-        Some(Secret::new("s")),
-        ClientAuthMethod::ClientSecretPost,
+    let pre = callback.clone().with_pre_registered(
+        PreRegisteredClient::new("https://auth.example.com/", "static-id")
+            .with_secret(Secret::new("s"), ClientAuthMethod::ClientSecretPost),
     );
     let static_client = registrar.client_for("acme", &metadata, &pre).await.unwrap();
     assert_eq!(

@@ -157,7 +157,7 @@ impl<S> OboHeader<S> {
     }
 }
 
-type Prepared<B> = Result<(Request<B>, Option<ReplayTemplate>), BoxError>;
+type Prepared<B> = Result<(Request<B>, Option<ReplayTemplate>, Arc<OboToken>), BoxError>;
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OboHeader<S>
 where
@@ -205,7 +205,7 @@ where
             request
                 .headers_mut()
                 .insert(header::AUTHORIZATION, bearer(&token)?);
-            Ok((request, template))
+            Ok((request, template, token))
         });
         let for_replay = inner.clone();
         ResponseFuture {
@@ -215,6 +215,7 @@ where
             },
             replay: Some((shared.exchanger.clone(), principal, assertion, for_replay)),
             template: None,
+            sent: None,
         }
     }
 }
@@ -242,6 +243,9 @@ where
     state: State<S, B, R>,
     replay: Option<(OboExchanger, Principal, UserAssertion, S)>,
     template: Option<ReplayTemplate>,
+    /// The token the first attempt carried: a 401 re-exchanges only if it is still
+    /// the cached one.
+    sent: Option<Arc<OboToken>>,
 }
 
 #[pin_project(project = StateProj)]
@@ -274,6 +278,7 @@ where
             state,
             replay: None,
             template: None,
+            sent: None,
         }
     }
 
@@ -297,11 +302,12 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Preparing { prepare, service } => {
-                    let (request, template) = ready!(prepare.as_mut().poll(cx))?;
+                    let (request, template, token) = ready!(prepare.as_mut().poll(cx))?;
                     let Some(mut service) = service.take() else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
                     *this.template = template;
+                    *this.sent = Some(token);
                     let call = service.call(request);
                     this.state.set(State::Calling { call });
                 }
@@ -310,14 +316,17 @@ where
                     if response.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(response));
                     }
-                    let (Some(template), Some(replay)) = (this.template.take(), this.replay.take())
+                    let (Some(template), Some(replay), Some(sent)) =
+                        (this.template.take(), this.replay.take(), this.sent.take())
                     else {
                         return Poll::Ready(Ok(response));
                     };
                     let (exchanger, principal, assertion, service) = replay;
                     tracing::debug!("401 for an OBO token; exchanging again, once");
                     let replay = Box::pin(async move {
-                        let token = exchanger.token_uncached(&principal, &assertion).await?;
+                        let token = exchanger
+                            .token_after_rejection(&principal, &assertion, &sent)
+                            .await?;
                         let mut request = template.request::<B>();
                         request
                             .headers_mut()

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use url::Url;
 
-use crate::binding::{BindingSlot, ClientAuthMethod};
+use crate::binding::BindingSlot;
 use crate::challenge::BearerChallenge;
 use crate::error::{ConfigError, Error};
 use crate::http_client::AuthHttpClient;
@@ -20,7 +20,7 @@ use crate::oauth::discovery::{
     AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,
 };
 use crate::oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore};
-use crate::oauth::registration::{ClientConfig, Registrar};
+use crate::oauth::registration::{ClientConfig, PreRegisteredClient, Registrar};
 use crate::store::CredentialStore;
 use crate::token::Secret;
 use crate::url_policy::UrlPolicy;
@@ -100,6 +100,7 @@ struct Inner {
     http: AuthHttpClient,
     policy: UrlPolicy,
     client: ClientConfig,
+    allowed_issuers: Option<Vec<String>>,
 }
 
 impl fmt::Debug for Authorizer {
@@ -122,6 +123,7 @@ pub struct AuthorizerBuilder {
     http: Option<AuthHttpClient>,
     policy: UrlPolicy,
     flows: Option<FlowStore>,
+    allowed_issuers: Option<Vec<String>>,
 }
 
 impl fmt::Debug for AuthorizerBuilder {
@@ -141,7 +143,7 @@ impl AuthorizerBuilder {
     }
 
     /// The HTTP client for metadata, registration and token calls (default:
-    /// [`AuthHttpClient::reqwest`]).
+    /// [`AuthHttpClient::reqwest_with_policy`] with this builder's URL policy).
     pub fn http_client(mut self, http: AuthHttpClient) -> Self {
         self.http = Some(http);
         self
@@ -160,14 +162,23 @@ impl AuthorizerBuilder {
         self
     }
 
-    /// Uses pre-registered client credentials (first in the registration order).
-    pub fn pre_registered(
+    /// Uses pre-registered client credentials at their issuer (first in the
+    /// registration order there; other issuers get a metadata document or dynamic
+    /// registration). Call once per authorization server.
+    pub fn pre_registered(mut self, client: PreRegisteredClient) -> Self {
+        self.client = self.client.with_pre_registered(client);
+        self
+    }
+
+    /// Accepts only these authorization servers (issuer identifiers, compared exactly):
+    /// an MCP server naming any other fails discovery with
+    /// [`DiscoveryError::AuthorizationServerNotAllowed`] before anything is sent there.
+    /// Default: any issuer the URL policy allows.
+    pub fn allowed_authorization_servers(
         mut self,
-        client_id: impl Into<String>,
-        secret: Option<Secret>,
-        method: ClientAuthMethod,
+        issuers: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
-        self.client = self.client.with_pre_registered(client_id, secret, method);
+        self.allowed_issuers = Some(issuers.into_iter().map(Into::into).collect());
         self
     }
 
@@ -186,7 +197,10 @@ impl AuthorizerBuilder {
     pub fn build(self) -> Result<Authorizer, ConfigError> {
         let bindings = BindingSlot::new(&self.server)?;
         let server = bindings.resource().clone();
-        let http = self.http.unwrap_or_else(AuthHttpClient::reqwest);
+        // By default the HTTP client checks resolved addresses against the same policy.
+        let http = self
+            .http
+            .unwrap_or_else(|| AuthHttpClient::reqwest_with_policy(self.policy));
         let mut client = self.client;
         client.resource = server.to_string();
         Ok(Authorizer {
@@ -200,6 +214,7 @@ impl AuthorizerBuilder {
                 http,
                 policy: self.policy,
                 client,
+                allowed_issuers: self.allowed_issuers,
             }),
         })
     }
@@ -220,6 +235,7 @@ impl Authorizer {
             http: None,
             policy: UrlPolicy::default(),
             flows: None,
+            allowed_issuers: None,
         }
     }
 
@@ -348,7 +364,8 @@ impl Authorizer {
             authorization_endpoint,
             inner.client.redirect_uri.clone(),
         )
-        .with_scopes(scopes);
+        .with_scopes(scopes)
+        .with_required_iss(metadata.authorization_response_iss_parameter_supported == Some(true));
         let flow = inner.flows.start_or_join(&key, request).await;
         tracing::debug!(
             key = %key,
@@ -378,9 +395,11 @@ impl Authorizer {
             .await
         {
             Ok(resource) => {
-                let issuer: Url = resource.authorization_servers[0].parse().map_err(|_| {
+                let named = &resource.authorization_servers[0];
+                self.check_allowed(named)?;
+                let issuer: Url = named.parse().map_err(|_| {
                     Error::Discovery(DiscoveryError::NotFound {
-                        tried: vec![resource.authorization_servers[0].clone()],
+                        tried: vec![named.clone()],
                     })
                 })?;
                 let metadata = inner
@@ -403,14 +422,23 @@ impl Authorizer {
                     .legacy_authorization_server(&inner.server)
                     .await
                     .map_err(Error::Discovery)?;
-                if metadata.supports_s256() == Some(false) {
-                    return Err(Error::Discovery(DiscoveryError::S256Unsupported {
-                        issuer: metadata.issuer.clone(),
-                    }));
-                }
+                self.check_allowed(&metadata.issuer)?;
                 Ok((None, metadata))
             }
             Err(error) => Err(Error::Discovery(error)),
+        }
+    }
+}
+
+impl Authorizer {
+    fn check_allowed(&self, issuer: &str) -> Result<(), Error> {
+        match &self.inner.allowed_issuers {
+            Some(allowed) if !allowed.iter().any(|a| a == issuer) => Err(Error::Discovery(
+                DiscoveryError::AuthorizationServerNotAllowed {
+                    issuer: issuer.to_owned(),
+                },
+            )),
+            _ => Ok(()),
         }
     }
 }

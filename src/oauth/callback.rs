@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, ReauthReason, StoreError};
 use crate::http_client::AuthHttpClient;
-use crate::oauth::flow::{FlowOutcome, FlowStore};
+use crate::key::AuthKey;
+use crate::oauth::flow::{FlowOutcome, FlowStore, PendingFlow};
 use crate::oauth::grants;
 use crate::store::{CredentialStore, Swap};
 use crate::token::{Secret, TokenSet};
@@ -66,6 +67,9 @@ pub enum CallbackError {
     /// callback is handling it). Nothing was changed.
     #[error("no open authorization flow for this state")]
     UnknownState,
+    /// The authorization server advertises RFC 9207 `iss` and the callback has none.
+    #[error("callback without the iss parameter its authorization server promises")]
+    IssuerMissing,
     /// `iss` names another issuer than the flow's (RFC 9207 mix-up defence).
     #[error("callback issuer {found} is not the flow's issuer {expected}")]
     IssuerMismatch {
@@ -122,7 +126,10 @@ impl AuthorizationCompleter {
         Self { flows, store, http }
     }
 
-    /// Handles one callback.
+    /// Handles one callback. The code exchange and the write of the credentials run in
+    /// their own task: a browser connection that drops mid-exchange neither cancels
+    /// nor strands the flow, and a panic inside fails the flow instead of leaving it
+    /// claimed.
     pub async fn complete(&self, params: &CallbackParams) -> Result<Arc<TokenSet>, CallbackError> {
         let state = params.state.as_ref().ok_or(CallbackError::UnknownState)?;
         let (key, pending) = self
@@ -130,34 +137,65 @@ impl AuthorizationCompleter {
             .claim(state.expose())
             .await
             .ok_or(CallbackError::UnknownState)?;
-        let fail = |error: CallbackError| async {
-            let outcome = match &error {
-                CallbackError::Exchange(Error::ReauthRequired {
-                    reason: ReauthReason::ClientRejected { code },
-                    ..
-                }) => FlowOutcome::ClientRejected(code.clone()),
-                other => FlowOutcome::Failed(other.to_string()),
-            };
-            self.flows.complete(state.expose(), outcome).await;
-            Err(error)
-        };
+        let (this, params, state) = (self.clone(), params.clone(), state.clone());
+        let task = tokio::spawn(async move {
+            let outcome = crate::limits::catch_panic(this.finish(&key, &pending, &params))
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!("code exchange panicked; failing the flow");
+                    Err(CallbackError::Exchange(Error::transient(
+                        crate::error::TransientReason::Panicked,
+                        None,
+                    )))
+                });
+            if let Err(error) = &outcome {
+                let ended = match error {
+                    CallbackError::Exchange(Error::ReauthRequired {
+                        reason: ReauthReason::ClientRejected { code },
+                        ..
+                    }) => FlowOutcome::ClientRejected(code.clone()),
+                    other => FlowOutcome::Failed(other.to_string()),
+                };
+                this.flows.complete(state.expose(), ended).await;
+            }
+            outcome
+        });
+        task.await.unwrap_or_else(|_| {
+            Err(CallbackError::Exchange(Error::transient(
+                crate::error::TransientReason::Abandoned,
+                None,
+            )))
+        })
+    }
+
+    /// Checks the callback against the claimed flow, exchanges the code and stores the
+    /// credentials; completes the flow on success (the caller fails it otherwise).
+    async fn finish(
+        &self,
+        key: &AuthKey,
+        pending: &PendingFlow,
+        params: &CallbackParams,
+    ) -> Result<Arc<TokenSet>, CallbackError> {
         let binding = &pending.request.binding;
-        if let (Some(expected), Some(found)) = (binding.issuer(), params.iss.as_deref())
-            && expected.trim_end_matches('/') != found.trim_end_matches('/')
-        {
-            return fail(CallbackError::IssuerMismatch {
-                expected: expected.to_owned(),
-                found: found.to_owned(),
-            })
-            .await;
+        // RFC 9207 §2.4: issuers compare as exact strings; a server that promises `iss`
+        // must send it.
+        match (binding.issuer(), params.iss.as_deref()) {
+            (Some(expected), Some(found)) if expected != found => {
+                return Err(CallbackError::IssuerMismatch {
+                    expected: expected.to_owned(),
+                    found: found.to_owned(),
+                });
+            }
+            (_, None) if pending.request.require_iss => return Err(CallbackError::IssuerMissing),
+            _ => {}
         }
         if let Some(error) = &params.error {
-            return fail(CallbackError::Denied(error.clone())).await;
+            return Err(CallbackError::Denied(error.clone()));
         }
         let Some(code) = &params.code else {
-            return fail(CallbackError::MissingCode).await;
+            return Err(CallbackError::MissingCode);
         };
-        let granted = match grants::exchange_code(
+        let granted = grants::exchange_code(
             &self.http,
             binding,
             code.expose(),
@@ -165,36 +203,35 @@ impl AuthorizationCompleter {
             &pending.request.redirect_uri,
         )
         .await
-        {
-            Ok(granted) => granted,
-            Err(error) => return fail(CallbackError::Exchange(error.into())).await,
-        };
+        .map_err(|error| CallbackError::Exchange(error.into()))?;
         let tokens = granted.into_token_set(None);
+        let state = pending.state.expose();
         // The interactive login wins over whatever is stored: retry the swap against
         // the current generation until it lands.
         for _ in 0..8 {
-            let current = match self.store.load(&key).await {
-                Ok(current) => current.map(|t| t.generation),
-                Err(error) => return fail(CallbackError::Store(error)).await,
-            };
+            let current = self
+                .store
+                .load(key)
+                .await
+                .map_err(CallbackError::Store)?
+                .map(|t| t.generation);
             match self
                 .store
-                .compare_and_swap(&key, current, tokens.clone())
+                .compare_and_swap(key, current, tokens.clone())
                 .await
+                .map_err(CallbackError::Store)?
             {
-                Ok(Swap::Stored(stored)) => {
+                Swap::Stored(stored) => {
                     self.flows
-                        .complete(state.expose(), FlowOutcome::Completed(stored.generation))
+                        .complete(state, FlowOutcome::Completed(stored.generation))
                         .await;
                     return Ok(stored);
                 }
-                Ok(Swap::Conflict(_)) => continue,
-                Err(error) => return fail(CallbackError::Store(error)).await,
+                Swap::Conflict(_) => continue,
             }
         }
-        fail(CallbackError::Store(StoreError::new(
+        Err(CallbackError::Store(StoreError::new(
             std::io::Error::other("credential store kept changing during the login"),
         )))
-        .await
     }
 }

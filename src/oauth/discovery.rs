@@ -62,6 +62,9 @@ pub struct AuthorizationServerMetadata {
     /// Whether Client ID Metadata Documents are accepted.
     #[serde(default)]
     pub client_id_metadata_document_supported: Option<bool>,
+    /// Whether the authorization response carries `iss` (RFC 9207 §3).
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
 }
 
 impl AuthorizationServerMetadata {
@@ -78,7 +81,7 @@ impl AuthorizationServerMetadata {
 #[non_exhaustive]
 pub enum DiscoveryError {
     /// A URL was refused by the [`UrlPolicy`].
-    #[error("refused URL: {0}")]
+    #[error(transparent)]
     Refused(#[from] UrlRefused),
     /// `resource_metadata` pointed at another origin than the MCP server.
     #[error("resource_metadata on another origin than the server ({0})")]
@@ -104,6 +107,13 @@ pub enum DiscoveryError {
         expected: String,
         /// What the document said.
         found: String,
+    },
+    /// The authorization server is not among those the operator allows
+    /// ([`AuthorizerBuilder::allowed_authorization_servers`](crate::AuthorizerBuilder::allowed_authorization_servers)).
+    #[error("authorization server {issuer} is not allowed for this server")]
+    AuthorizationServerNotAllowed {
+        /// The issuer the MCP server named.
+        issuer: String,
     },
     /// The protected resource metadata lists no authorization server.
     #[error("no authorization_servers in the protected resource metadata")]
@@ -224,11 +234,11 @@ impl Discovery {
             policy,
             resources: moka::future::Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(ttl)
+                .time_to_live(crate::limits::clamp(ttl))
                 .build(),
             issuers: moka::future::Cache::builder()
                 .max_capacity(1_000)
-                .time_to_live(ttl)
+                .time_to_live(crate::limits::clamp(ttl))
                 .build(),
         }
     }
@@ -297,8 +307,10 @@ impl Discovery {
 
     /// The authorization server of an MCP server that publishes no protected resource
     /// metadata (MCP 2025-03-26): the metadata at the server's root
-    /// (`/.well-known/oauth-authorization-server`), whatever issuer it names, else the
-    /// default endpoints `/authorize`, `/token` and `/register` on the server's origin.
+    /// (`/.well-known/oauth-authorization-server`), which must name an issuer on the
+    /// server's own origin and advertise PKCE `S256`; else, when there is no document at
+    /// all, the default endpoints `/authorize`, `/token` and `/register` on the server's
+    /// origin (2025-03-26 §2.3.3; the code flow still uses PKCE `S256`).
     ///
     /// ```
     /// use tower_mcp_auth::{AuthHttpClient, Discovery, UrlPolicy};
@@ -327,7 +339,24 @@ impl Discovery {
                     .first_document::<AuthorizationServerMetadata>(&[url])
                     .await
                 {
-                    Ok(document) => return Ok(Arc::new(document)),
+                    Ok(document) => {
+                        // Only the server's own origin may be its legacy authorization
+                        // server: a root document naming another issuer is refused.
+                        let same_origin = Url::parse(&document.issuer)
+                            .is_ok_and(|issuer| issuer.origin() == server.origin());
+                        if !same_origin {
+                            return Err(DiscoveryError::IssuerMismatch {
+                                expected: origin.clone(),
+                                found: document.issuer,
+                            });
+                        }
+                        if document.supports_s256() != Some(true) {
+                            return Err(DiscoveryError::S256Unsupported {
+                                issuer: document.issuer,
+                            });
+                        }
+                        return Ok(Arc::new(document));
+                    }
                     Err(DiscoveryError::NotFound { .. }) => {}
                     Err(other) => return Err(other),
                 }
@@ -342,6 +371,7 @@ impl Discovery {
                     code_challenge_methods_supported: None,
                     token_endpoint_auth_methods_supported: None,
                     client_id_metadata_document_supported: None,
+                    authorization_response_iss_parameter_supported: None,
                 }))
             })
             .await

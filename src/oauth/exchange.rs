@@ -411,15 +411,40 @@ fn form(request: &AssertionRequest<'_>) -> Result<(String, Option<String>), Asse
     Ok((form.finish(), basic))
 }
 
+/// What a token says of its own expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JwtExpiry {
+    /// Not a JWT, or a JWT without a numeric `exp`: the token does not say.
+    Unknown,
+    /// A JWT whose `exp` is this instant.
+    At(SystemTime),
+    /// A JWT whose `exp` is absurd (negative, fractional overflow, past the year 9999):
+    /// the token is not to be trusted.
+    Invalid,
+}
+
 /// The `exp` of a JWT, if `token` is one (the signature is not checked: this only
-/// bounds how long a result derived from it is cached).
-pub(crate) fn jwt_expiry(token: &str) -> Option<SystemTime> {
+/// bounds how long a result derived from it is cached). Read with checked arithmetic:
+/// the bytes come from whoever sent the request.
+pub(crate) fn jwt_expiry(token: &str) -> JwtExpiry {
     let mut parts = token.split('.');
-    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
-    let claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    let exp = claims.get("exp")?.as_u64()?;
-    Some(UNIX_EPOCH + Duration::from_secs(exp))
+    let (Some(_), Some(payload), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        return JwtExpiry::Unknown;
+    };
+    let Some(claims) = URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+    else {
+        return JwtExpiry::Unknown;
+    };
+    match claims.get("exp") {
+        None => JwtExpiry::Unknown,
+        Some(exp) => match exp.as_u64().and_then(crate::limits::unix_time) {
+            Some(at) => JwtExpiry::At(at),
+            None => JwtExpiry::Invalid,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -432,9 +457,24 @@ mod tests {
         let jwt = format!("eyJhbGciOiJub25lIn0.{payload}.sig");
         assert_eq!(
             jwt_expiry(&jwt),
-            Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+            JwtExpiry::At(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
         );
-        assert_eq!(jwt_expiry("opaque-token"), None);
-        assert_eq!(jwt_expiry("a.b.c"), None);
+        assert_eq!(jwt_expiry("opaque-token"), JwtExpiry::Unknown);
+        assert_eq!(jwt_expiry("a.b.c"), JwtExpiry::Unknown);
+    }
+
+    #[test]
+    fn absurd_exp_is_invalid_not_a_panic() {
+        for exp in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "-1",
+            "1e300",
+            "\"soon\"",
+        ] {
+            let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp}}}"#));
+            let jwt = format!("eyJhbGciOiJub25lIn0.{payload}.sig");
+            assert_eq!(jwt_expiry(&jwt), JwtExpiry::Invalid, "exp = {exp}");
+        }
     }
 }

@@ -34,6 +34,9 @@ pub struct AuthorizationRequest {
     pub redirect_uri: Url,
     /// The scopes asked for.
     pub scopes: Vec<String>,
+    /// Whether the callback must carry `iss` (RFC 9207): the authorization server
+    /// advertised `authorization_response_iss_parameter_supported`.
+    pub require_iss: bool,
 }
 
 impl AuthorizationRequest {
@@ -44,7 +47,15 @@ impl AuthorizationRequest {
             authorization_endpoint,
             redirect_uri,
             scopes: Vec::new(),
+            require_iss: false,
         }
+    }
+
+    /// Requires the callback's `iss` parameter (RFC 9207 §2.4: when the server
+    /// advertises it, a response without `iss` is refused).
+    pub fn with_required_iss(mut self, required: bool) -> Self {
+        self.require_iss = required;
+        self
     }
 
     /// Asks for `scopes`.
@@ -210,11 +221,11 @@ impl FlowStore {
         Self {
             by_key: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(ttl)
+                .time_to_live(crate::limits::clamp(ttl))
                 .build(),
             by_state: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(ttl)
+                .time_to_live(crate::limits::clamp(ttl))
                 .build(),
             ttl,
         }
@@ -305,7 +316,7 @@ fn new_flow(request: AuthorizationRequest, ttl: Duration) -> Flow {
             authorization_url,
             state: Secret::new(state.secret().as_str()),
             pkce_verifier: Secret::new(verifier.secret().as_str()),
-            expires_at: SystemTime::now() + ttl,
+            expires_at: crate::limits::system_after(SystemTime::now(), ttl),
         }),
         outcome: watch::channel(None).0,
         claimed: std::sync::atomic::AtomicBool::new(false),

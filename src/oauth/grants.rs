@@ -39,7 +39,10 @@ impl GrantedTokens {
                 .scope
                 .or_else(|| previous.and_then(|p| p.scope.clone())),
             obtained_at,
-            expires_at: self.expires_in.map(|d| obtained_at + d),
+            // `expires_in` comes from the server: clamped, never an overflow.
+            expires_at: self
+                .expires_in
+                .map(|d| crate::limits::system_after(obtained_at, d)),
             generation: previous.map_or(Generation(0), |p| p.generation),
         }
     }

@@ -92,6 +92,79 @@ impl fmt::Debug for ClientRegistration {
     }
 }
 
+/// Client credentials registered by the operator at one authorization server.
+///
+/// They are used only with the issuer they name (compared exactly, RFC 8414 §3.3), and
+/// only with the pinned token endpoint if one is given: a hostile MCP server that names
+/// its own authorization server never receives the secret (or a PKCE verifier for
+/// these credentials). Elsewhere the registrar falls back to a Client ID Metadata
+/// Document or dynamic registration.
+///
+/// ```
+/// use tower_mcp_auth::{ClientAuthMethod, PreRegisteredClient, Secret};
+///
+/// let client = PreRegisteredClient::new("https://auth.example.com", "static-id")
+///     .with_secret(Secret::new("s3cr3t"), ClientAuthMethod::ClientSecretBasic)
+///     .with_token_endpoint("https://auth.example.com/oauth/token".parse().unwrap());
+/// assert!(!format!("{client:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PreRegisteredClient {
+    /// The issuer the client is registered at.
+    pub issuer: String,
+    /// If set, the only token endpoint the credentials are sent to.
+    pub token_endpoint: Option<Url>,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret, for confidential clients.
+    pub client_secret: Option<Secret>,
+    /// How the client authenticates at the token endpoint.
+    pub auth_method: ClientAuthMethod,
+}
+
+impl PreRegisteredClient {
+    /// A public client (`none` authentication) registered at `issuer`.
+    pub fn new(issuer: impl Into<String>, client_id: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            token_endpoint: None,
+            client_id: client_id.into(),
+            client_secret: None,
+            auth_method: ClientAuthMethod::None,
+        }
+    }
+
+    /// A confidential client authenticating with `secret` by `method`.
+    pub fn with_secret(mut self, secret: Secret, method: ClientAuthMethod) -> Self {
+        self.client_secret = Some(secret);
+        self.auth_method = method;
+        self
+    }
+
+    /// Sends the credentials only to this token endpoint.
+    pub fn with_token_endpoint(mut self, token_endpoint: Url) -> Self {
+        self.token_endpoint = Some(token_endpoint);
+        self
+    }
+
+    /// Whether these credentials may be used at the authorization server `metadata`
+    /// describes.
+    fn fits(&self, metadata: &AuthorizationServerMetadata) -> Result<bool, RegistrationError> {
+        if self.issuer != metadata.issuer {
+            return Ok(false);
+        }
+        match (&self.token_endpoint, metadata.token_endpoint.as_deref()) {
+            (Some(pinned), Some(advertised)) if pinned.as_str() != advertised => {
+                Err(RegistrationError::TokenEndpointMismatch {
+                    issuer: metadata.issuer.clone(),
+                })
+            }
+            _ => Ok(true),
+        }
+    }
+}
+
 /// What the client is and wants, for [`Registrar::client_for`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -102,8 +175,8 @@ pub struct ClientConfig {
     pub resource: String,
     /// The client name shown on consent screens.
     pub client_name: String,
-    /// Pre-registered credentials: client id, secret and method.
-    pub pre_registered: Option<(String, Option<Secret>, ClientAuthMethod)>,
+    /// Pre-registered credentials, each bound to its issuer.
+    pub pre_registered: Vec<PreRegisteredClient>,
     /// This client's Client ID Metadata Document URL (https, with a path).
     pub metadata_document: Option<Url>,
 }
@@ -119,19 +192,15 @@ impl ClientConfig {
             redirect_uri,
             resource: resource.into(),
             client_name: client_name.into(),
-            pre_registered: None,
+            pre_registered: Vec::new(),
             metadata_document: None,
         }
     }
 
-    /// Uses pre-registered credentials (first priority).
-    pub fn with_pre_registered(
-        mut self,
-        client_id: impl Into<String>,
-        secret: Option<Secret>,
-        method: ClientAuthMethod,
-    ) -> Self {
-        self.pre_registered = Some((client_id.into(), secret, method));
+    /// Uses pre-registered credentials at their issuer (first priority there). May be
+    /// called once per authorization server.
+    pub fn with_pre_registered(mut self, client: PreRegisteredClient) -> Self {
+        self.pre_registered.push(client);
         self
     }
 
@@ -161,6 +230,13 @@ pub enum RegistrationError {
     Rejected {
         /// The error code, e.g. `invalid_redirect_uri`.
         code: String,
+    },
+    /// The authorization server is the pre-registered client's issuer but advertises
+    /// another token endpoint than the pinned one: the credentials are not sent.
+    #[error("{issuer} advertises another token endpoint than the pre-registered client's")]
+    TokenEndpointMismatch {
+        /// The authorization server.
+        issuer: String,
     },
     /// The response was not a registration.
     #[error("malformed registration response")]
@@ -239,7 +315,8 @@ impl Registrar {
         metadata: &AuthorizationServerMetadata,
         config: &ClientConfig,
     ) -> Result<Arc<ClientRegistration>, RegistrationError> {
-        let issuer = normalized(&metadata.issuer).to_owned();
+        // The exact issuer, for RFC 9207 comparisons; keys use the normalised form.
+        let issuer = metadata.issuer.clone();
         let token_endpoint = metadata.token_endpoint.clone().unwrap_or_default();
         let fixed = |client_id: String, client_secret, auth_method, source| {
             Arc::new(ClientRegistration {
@@ -254,13 +331,21 @@ impl Registrar {
                 generation: Generation(0),
             })
         };
-        if let Some((id, secret, method)) = &config.pre_registered {
-            return Ok(fixed(
-                id.clone(),
-                secret.clone(),
-                *method,
-                RegistrationSource::PreRegistered,
-            ));
+        for client in &config.pre_registered {
+            if client.fits(metadata)? {
+                return Ok(fixed(
+                    client.client_id.clone(),
+                    client.client_secret.clone(),
+                    client.auth_method,
+                    RegistrationSource::PreRegistered,
+                ));
+            }
+        }
+        if !config.pre_registered.is_empty() {
+            tracing::warn!(
+                issuer = %metadata.issuer,
+                "pre-registered credentials are for other issuers; not using them here"
+            );
         }
         if let (Some(url), Some(true)) = (
             &config.metadata_document,
@@ -278,7 +363,7 @@ impl Registrar {
         // anew. Concurrent first calls share one registration (moka coalesces them).
         let cache_key = registration_key(
             scope,
-            &issuer,
+            normalized(&issuer),
             config.redirect_uri.as_str(),
             &config.resource,
             &token_endpoint,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
@@ -116,12 +116,9 @@ struct CredentialExpiry {
 impl CredentialExpiry {
     fn time_to_live(&self, tokens: &TokenSet) -> Option<Duration> {
         if tokens.refresh_token.is_some() {
-            return self.refresh_token_ttl;
+            return self.refresh_token_ttl.map(crate::limits::clamp);
         }
-        tokens.expires_at.map(|at| {
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        })
+        tokens.expires_at.map(crate::limits::ttl_until)
     }
 }
 

@@ -247,7 +247,10 @@ impl AuthState {
             access.clone(),
             AccessEntry {
                 grant: grant.clone(),
-                expires_at: Instant::now() + lifetime,
+                // A hostile `expires_in` (u64::MAX seconds) must not panic the fixture.
+                expires_at: Instant::now()
+                    .checked_add(lifetime)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)),
                 revoked: false,
             },
         );
@@ -352,7 +355,7 @@ impl TestAuthServer {
             "sub": subject,
             "aud": audience,
             "iat": now.as_secs(),
-            "exp": (now + lifetime).as_secs(),
+            "exp": now.saturating_add(lifetime).as_secs(),
         }))
     }
 
