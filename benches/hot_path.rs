@@ -131,7 +131,10 @@ fn bench(c: &mut Criterion) {
         )
         .build()
         .unwrap();
-        authorizer.bindings().set("tenant", binding.clone());
+        authorizer
+            .bindings()
+            .set("tenant", binding.clone())
+            .expect("an empty slot has room");
         let full_stack = OAuthRetryLayer::return_early(authorizer.clone()).layer(
             SilentRefreshLayer::new(RefreshCoordinator::new(store), authorizer.bindings())
                 .layer(Instant200),

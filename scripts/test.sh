@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every test of tower-mcp-auth, in the order a failure is cheapest to see. Fails loudly
 # on the first failure. Needs the Rust toolchain (with rustfmt and clippy) and python3;
-# installs npm / python3-venv from Debian if missing, Authlib from PyPI (the external
-# authorization server of tests/external_as.rs) and, through npx, the MCP conformance
-# suite with its own Node 22 from the npm registry.
+# installs cargo-deny with cargo and npm / python3-venv from Debian if missing, Authlib
+# from PyPI (the external authorization server of tests/external_as.rs) and, through
+# npx, the MCP conformance suite with its own Node 22 from the npm registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,13 @@ cargo fmt --all -- --check
 step "clippy (all targets, all features, warnings are errors)"
 cargo clippy --all-targets --all-features -- -D warnings
 
+step "cargo deny: licenses, banned and duplicate crates, sources (advisories need a network: see deny.toml)"
+if ! command -v cargo-deny >/dev/null; then
+  echo "cargo-deny not found; installing it with cargo"
+  cargo install --locked cargo-deny
+fi
+cargo deny check licenses bans sources
+
 step "docs (broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 
@@ -25,6 +32,9 @@ step "unit, integration, loom model-checking and doc tests"
 # Two tests at a time per binary: the storm tests each run hundreds of concurrent calls
 # on a 2-core machine, and timing-based assertions need the CPU they were written for.
 RUST_TEST_THREADS=2 cargo test --all-features
+
+step "fuzz targets build (fuzz/, the same targets tests/fuzz_smoke.rs runs)"
+cargo build --quiet --manifest-path fuzz/Cargo.toml --target-dir target/fuzz --bins
 
 step "quickstart (the README's main command)"
 cargo run --quiet --example quickstart

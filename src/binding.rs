@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::error::ConfigError;
+use crate::error::{CapacityReached, ConfigError};
 use crate::key::BindingId;
 use crate::token::Secret;
 
@@ -182,8 +182,13 @@ impl fmt::Debug for ServerBinding {
 
 /// Whether a request to `uri` is for `resource`: same scheme, host and port, and a path
 /// equal to or below the resource path (at a segment boundary).
+///
+/// Fails closed: an authority with user info or a port that is not a number, and a
+/// path with dot segments (`.`, `..`, also percent-encoded) or encoded separators
+/// (`%2f`, `%5c`, `\`), which a server may resolve to a path outside the resource,
+/// are never covered.
 pub(crate) fn covers(resource: &Url, uri: &http::Uri) -> bool {
-    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return false;
     };
     let default_port = match scheme {
@@ -191,19 +196,50 @@ pub(crate) fn covers(resource: &Url, uri: &http::Uri) -> bool {
         "http" => 80,
         _ => return false,
     };
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    // `Authority::port` hides a port that is not a u16; read it from the text.
+    let text = authority.as_str();
+    let after_host = text.rfind(']').map_or(text, |i| &text[i + 1..]);
+    let port = match after_host.rfind(':') {
+        None => default_port,
+        Some(i) => match after_host[i + 1..].parse::<u16>() {
+            Ok(port) => port,
+            Err(_) => return false,
+        },
+    };
     let same_origin = scheme == resource.scheme()
         && resource
             .host_str()
-            .is_some_and(|h| h.eq_ignore_ascii_case(host))
-        && uri.port_u16().unwrap_or(default_port) == resource.port_or_known_default().unwrap_or(0);
+            .is_some_and(|h| h.eq_ignore_ascii_case(authority.host()))
+        && Some(port) == resource.port_or_known_default();
     if !same_origin {
         return false;
     }
-    let base = resource.path().trim_end_matches('/');
     let path = uri.path();
+    if !is_normal_path(path) {
+        return false;
+    }
+    let base = resource.path().trim_end_matches('/');
     base.is_empty()
         || path == base
         || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
+}
+
+/// Whether `path` has no dot segment and no encoded or alternative separator.
+fn is_normal_path(path: &str) -> bool {
+    if path.contains('\\') {
+        return false;
+    }
+    path.split('/').all(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return false;
+        }
+        let decoded = lower.replace("%2e", ".");
+        decoded != "." && decoded != ".."
+    })
 }
 
 /// Where the [`ServerBinding`] of one MCP server is found at request time.
@@ -227,7 +263,7 @@ pub(crate) fn covers(resource: &Url, uri: &http::Uri) -> bool {
 ///     "https://auth.example.com/token",
 ///     "registered-client-id",
 /// )?;
-/// slot.set("acme", binding);
+/// slot.set("acme", binding).unwrap();
 /// assert_eq!(slot.get("acme").unwrap().client_id(), "registered-client-id");
 /// assert!(slot.get("globex").is_none(), "registrations are per tenant");
 /// # Ok::<(), tower_mcp_auth::ConfigError>(())
@@ -241,7 +277,11 @@ struct SlotInner {
     resource: Url,
     fixed: Option<Arc<ServerBinding>>,
     by_tenant: RwLock<HashMap<Arc<str>, Arc<ServerBinding>>>,
+    max_tenants: usize,
 }
+
+/// The default bound on tenants with a binding of their own in one [`BindingSlot`].
+pub const DEFAULT_MAX_TENANTS: usize = 100_000;
 
 impl BindingSlot {
     /// An empty slot for the MCP server at `resource`.
@@ -259,11 +299,23 @@ impl BindingSlot {
     }
 
     fn with(resource: Url, fixed: Option<Arc<ServerBinding>>) -> Self {
+        Self::with_limit(resource, fixed, DEFAULT_MAX_TENANTS)
+    }
+
+    /// Bounds the tenants with a binding of their own (default
+    /// [`DEFAULT_MAX_TENANTS`]); beyond it [`set`](Self::set) refuses new tenants.
+    /// Call before sharing the slot.
+    pub fn with_max_tenants(self, max: usize) -> Self {
+        Self::with_limit(self.inner.resource.clone(), self.inner.fixed.clone(), max)
+    }
+
+    fn with_limit(resource: Url, fixed: Option<Arc<ServerBinding>>, max_tenants: usize) -> Self {
         Self {
             inner: Arc::new(SlotInner {
                 resource,
                 fixed,
                 by_tenant: RwLock::new(HashMap::new()),
+                max_tenants,
             }),
         }
     }
@@ -292,13 +344,25 @@ impl BindingSlot {
     }
 
     /// Sets the binding for `tenant`.
-    pub fn set(&self, tenant: &str, binding: ServerBinding) {
+    ///
+    /// # Errors
+    ///
+    /// [`CapacityReached`] when `tenant` is new and the slot already holds its maximum
+    /// of tenants: nobody's binding is dropped to make room.
+    pub fn set(&self, tenant: &str, binding: ServerBinding) -> Result<(), CapacityReached> {
         let mut by_tenant = self
             .inner
             .by_tenant
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        if by_tenant.len() >= self.inner.max_tenants && !by_tenant.contains_key(tenant) {
+            return Err(CapacityReached {
+                what: "binding slot",
+                max: self.inner.max_tenants as u64,
+            });
+        }
         by_tenant.insert(Arc::from(tenant), Arc::new(binding));
+        Ok(())
     }
 }
 
@@ -333,6 +397,60 @@ mod tests {
 
     fn binding(resource: &str) -> ServerBinding {
         ServerBinding::public_client(resource, "https://as.example/token", "c").unwrap()
+    }
+
+    #[test]
+    fn a_full_slot_refuses_new_tenants_and_keeps_the_others() {
+        let slot = BindingSlot::new("https://mcp.example.com/mcp")
+            .unwrap()
+            .with_max_tenants(2);
+        let binding = |id: &str| {
+            ServerBinding::public_client(
+                "https://mcp.example.com/mcp",
+                "https://as.example/token",
+                id,
+            )
+            .unwrap()
+        };
+        slot.set("a", binding("a")).unwrap();
+        slot.set("b", binding("b")).unwrap();
+        assert!(slot.set("intruder", binding("x")).is_err());
+        slot.set("a", binding("a2")).unwrap();
+        assert_eq!(slot.get("a").unwrap().client_id(), "a2");
+        assert_eq!(slot.get("b").unwrap().client_id(), "b");
+        assert!(slot.get("intruder").is_none());
+    }
+
+    #[test]
+    fn covers_refuses_paths_that_leave_the_resource() {
+        let resource: Url = "https://mcp.example.com/mcp".parse().unwrap();
+        for uri in [
+            "https://mcp.example.com/mcp/../admin",
+            "https://mcp.example.com/mcp/%2e%2e/admin",
+            "https://mcp.example.com/mcp/%2E%2e/admin",
+            "https://mcp.example.com/mcp/.%2e/admin",
+            "https://mcp.example.com/mcp/./x",
+            "https://mcp.example.com/mcp/..",
+            "https://mcp.example.com/mcp%2f..%2fadmin",
+            "https://mcp.example.com/mcp/%5c..%5cadmin",
+            "https://mcp.example.com:99999/mcp",
+            "https://mcp.example.com:abc/mcp",
+            "https://mcp.example.com:/mcp",
+            "https://user@mcp.example.com/mcp",
+        ] {
+            // A URI http refuses outright is never sent anyway.
+            if let Ok(uri) = uri.parse::<http::Uri>() {
+                assert!(!covers(&resource, &uri), "{uri}");
+            }
+        }
+        assert!(covers(
+            &resource,
+            &"https://mcp.example.com:443/mcp/x".parse().unwrap()
+        ));
+        assert!(covers(
+            &resource,
+            &"https://mcp.example.com/mcp/a.b/..c".parse().unwrap()
+        ));
     }
 
     #[test]

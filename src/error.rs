@@ -300,6 +300,42 @@ impl StoreError {
     pub fn new(source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self(Arc::new(source))
     }
+
+    /// The [`CapacityReached`] behind this error, if the store refused a new key
+    /// because it is full.
+    pub fn capacity_reached(&self) -> Option<&CapacityReached> {
+        self.0.downcast_ref::<CapacityReached>()
+    }
+}
+
+/// A bounded in-process structure is full and refused a new entry instead of evicting
+/// one: credentials are never dropped silently to make room for new principals.
+///
+/// ```
+/// use tower_mcp_auth::{AuthKey, Principal, Secret, ServerBinding, TokenSet};
+/// use tower_mcp_auth::store::{CredentialStore, MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::builder().max_capacity(1).build();
+/// let binding = ServerBinding::public_client("https://mcp.example.com/mcp", "https://as.example.com/token", "c").unwrap();
+/// let key = |user| AuthKey::new(&Principal::new("acme", user), binding.id());
+/// store.compare_and_swap(&key("alice"), None, TokenSet::new(Secret::new("a"))).await.unwrap();
+/// let refused = store
+///     .compare_and_swap(&key("mallory"), None, TokenSet::new(Secret::new("m")))
+///     .await
+///     .unwrap_err();
+/// assert_eq!(refused.capacity_reached().map(|full| full.max), Some(1));
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is full ({max} entries); new entries are refused")]
+#[non_exhaustive]
+pub struct CapacityReached {
+    /// What is full.
+    pub what: &'static str,
+    /// Its configured maximum.
+    pub max: u64,
 }
 
 /// A configuration value was rejected when building a binding or layer.

@@ -247,6 +247,17 @@ async fn send_with_reqwest(
     Ok(builder.body(body.freeze())?)
 }
 
+/// `Retry-After` read from raw header bytes, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn retry_after_value(value: &[u8]) -> Option<Duration> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_bytes(value).ok()?,
+    );
+    retry_after(&headers)
+}
+
 /// `Retry-After` as delta-seconds (the HTTP-date form is ignored: clocks disagree).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers

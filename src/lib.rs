@@ -69,6 +69,7 @@
 //! # Features
 //!
 //! * `axum`: [`callback_router`], the OAuth callback endpoint as an axum `Router`.
+//! * `fuzzing`: [`fuzzing`], the parsers of untrusted input as fuzz targets.
 //! * `test-util`: real loopback fixtures — an OAuth authorization server with rotating
 //!   refresh tokens and reuse detection, and an MCP server over Streamable HTTP — for
 //!   tests, benchmarks and examples ([`testing`]).
@@ -80,6 +81,9 @@ mod binding;
 mod breaker;
 mod challenge;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
+pub mod fuzzing;
 mod http_client;
 mod key;
 pub mod layer;
@@ -102,10 +106,13 @@ mod sync {
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 }
 
-pub use binding::{BindingSlot, ClientAuthMethod, ServerBinding};
+pub use binding::{BindingSlot, ClientAuthMethod, DEFAULT_MAX_TENANTS, ServerBinding};
 pub use breaker::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
 pub use challenge::{BearerChallenge, Challenge};
-pub use error::{AuthorizationUrl, ConfigError, Error, ReauthReason, StoreError, TransientReason};
+pub use error::{
+    AuthorizationUrl, CapacityReached, ConfigError, Error, ReauthReason, StoreError,
+    TransientReason,
+};
 pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
 pub use key::{AuthKey, BindingId, Principal};
 #[cfg(feature = "axum")]
@@ -129,8 +136,9 @@ pub use limits::MAX_LIFETIME;
 pub use oauth::authorize::{AuthorizationCause, Authorizer, AuthorizerBuilder};
 pub use oauth::callback::{AuthorizationCompleter, CallbackError, CallbackParams};
 pub use oauth::discovery::{
-    AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,
-    authorization_server_metadata_urls, protected_resource_metadata_urls,
+    AuthorizationServerMetadata, Discovery, DiscoveryError, MAX_METADATA_BYTES,
+    ProtectedResourceMetadata, authorization_server_metadata_urls,
+    protected_resource_metadata_urls,
 };
 pub use oauth::exchange::{
     ACCESS_TOKEN_TYPE, ClientAuth, ID_JAG_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_BEARER, JwtSigner,

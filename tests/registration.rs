@@ -6,7 +6,7 @@ use serde_json::json;
 use tower_mcp_auth::testing::TestAuthServer;
 use tower_mcp_auth::{
     AuthHttpClient, AuthorizationServerMetadata, ClientAuthMethod, ClientConfig, Discovery,
-    Registrar, RegistrationSource, Secret, UrlPolicy,
+    PreRegisteredClient, Registrar, RegistrationSource, Secret, UrlPolicy,
 };
 use url::Url;
 

@@ -342,7 +342,10 @@ impl Authorizer {
                 tried: vec![format!("usable resource and token endpoint ({error})")],
             })
         })?;
-        inner.bindings.set(tenant, binding.clone());
+        inner
+            .bindings
+            .set(tenant, binding.clone())
+            .map_err(|full| Error::Store(crate::error::StoreError::new(full)))?;
 
         let key = AuthKey::new(principal, binding.id());
         let granted = match inner.store.load(&key).await {
@@ -461,29 +464,92 @@ fn select_scopes<'a>(
     metadata: &AuthorizationServerMetadata,
     previous: impl Iterator<Item = &'a str>,
 ) -> Vec<String> {
-    fn add(scopes: &mut Vec<String>, scope: &str) {
-        if !scope.is_empty() && !scopes.iter().any(|s| s == scope) {
-            scopes.push(scope.to_owned());
-        }
-    }
-    let mut scopes: Vec<String> = Vec::new();
-    previous.for_each(|scope| add(&mut scopes, scope));
+    let mut scopes = ScopeSet::default();
+    previous.for_each(|scope| scopes.add(scope));
     let challenged: Vec<&str> = challenge.map(|c| c.scopes().collect()).unwrap_or_default();
     if !challenged.is_empty() {
-        challenged
-            .into_iter()
-            .for_each(|scope| add(&mut scopes, scope));
+        challenged.into_iter().for_each(|scope| scopes.add(scope));
     } else if let Some(supported) = resource.and_then(|r| r.scopes_supported.as_ref()) {
-        supported.iter().for_each(|scope| add(&mut scopes, scope));
+        supported.iter().for_each(|scope| scopes.add(scope));
     }
     let offline = metadata
         .scopes_supported
         .as_ref()
         .is_some_and(|s| s.iter().any(|s| s == OFFLINE_ACCESS));
-    if offline && !scopes.is_empty() {
-        add(&mut scopes, OFFLINE_ACCESS);
+    if offline && !scopes.list.is_empty() {
+        scopes.add(OFFLINE_ACCESS);
     }
-    scopes
+    if scopes.dropped > 0 {
+        tracing::warn!(
+            dropped = scopes.dropped,
+            "more scopes than an authorization request carries; the rest were left out"
+        );
+    }
+    scopes.list
+}
+
+/// Scope selection over untrusted documents, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_scopes(
+    resource: Option<&ProtectedResourceMetadata>,
+    issuer: Option<&AuthorizationServerMetadata>,
+) -> Vec<String> {
+    let fallback = AuthorizationServerMetadata {
+        issuer: String::new(),
+        authorization_endpoint: None,
+        token_endpoint: None,
+        registration_endpoint: None,
+        scopes_supported: Some(vec![OFFLINE_ACCESS.to_owned()]),
+        grant_types_supported: None,
+        code_challenge_methods_supported: None,
+        token_endpoint_auth_methods_supported: None,
+        client_id_metadata_document_supported: None,
+        authorization_response_iss_parameter_supported: None,
+    };
+    let previous = issuer
+        .and_then(|i| i.scopes_supported.as_deref())
+        .unwrap_or_default();
+    select_scopes(
+        None,
+        resource,
+        issuer.unwrap_or(&fallback),
+        previous.iter().map(String::as_str),
+    )
+}
+
+/// The most scopes one authorization request asks for.
+const MAX_SCOPES: usize = 256;
+/// The most bytes of scope one authorization request carries.
+const MAX_SCOPE_BYTES: usize = 8 * 1024;
+
+/// Scopes in first-seen order, de-duplicated through a set (linear, whatever a server
+/// lists) and capped in number and total size: a hostile server listing 80,000 scopes
+/// costs a bounded amount of work.
+#[derive(Default)]
+struct ScopeSet {
+    list: Vec<String>,
+    seen: std::collections::HashSet<String>,
+    bytes: usize,
+    dropped: usize,
+}
+
+impl ScopeSet {
+    fn add(&mut self, scope: &str) {
+        if scope.is_empty() || self.seen.contains(scope) {
+            return;
+        }
+        let offline = scope == OFFLINE_ACCESS;
+        // `offline_access` always fits: it is added last and only once.
+        if !offline
+            && (self.list.len() >= MAX_SCOPES || self.bytes + scope.len() + 1 > MAX_SCOPE_BYTES)
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += scope.len() + 1;
+        self.seen.insert(scope.to_owned());
+        self.list.push(scope.to_owned());
+    }
 }
 
 #[cfg(test)]
@@ -540,6 +606,18 @@ mod tests {
             select_scopes(Some(&c), None, &metadata(None), previous),
             ["mcp:basic", "mcp:read", "mcp:write"]
         );
+    }
+
+    #[test]
+    fn a_hostile_scope_list_is_capped_and_linear() {
+        let many: Vec<String> = (0..80_000).map(|i| format!("scope-{i}")).collect();
+        let prm = ProtectedResourceMetadata {
+            scopes_supported: Some(many),
+            ..resource(None)
+        };
+        let scopes = select_scopes(None, Some(&prm), &metadata(None), std::iter::empty());
+        assert_eq!(scopes.len(), MAX_SCOPES);
+        assert!(scopes.iter().map(|s| s.len() + 1).sum::<usize>() <= MAX_SCOPE_BYTES);
     }
 
     #[test]

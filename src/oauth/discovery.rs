@@ -174,7 +174,7 @@ pub fn authorization_server_metadata_urls(issuer: &Url) -> Vec<Url> {
 /// Whether `resource` (from metadata) identifies `server`: the same URL, or the same
 /// origin with a path that is a parent of the server's at a segment boundary (the
 /// origin-level resource the spec allows).
-fn resource_matches(resource: &str, server: &Url) -> bool {
+pub(crate) fn resource_matches(resource: &str, server: &Url) -> bool {
     let Ok(resource) = Url::parse(resource) else {
         return false;
     };
@@ -188,6 +188,62 @@ fn resource_matches(resource: &str, server: &Url) -> bool {
 
 fn same_issuer(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// The largest metadata document accepted: 64 KiB (real ones are a few KiB).
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Bytes each discovery cache holds at most.
+const CACHE_BYTES: u64 = 16 << 20;
+
+fn weight(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+fn strings_weight<'a>(strings: impl IntoIterator<Item = &'a String>) -> usize {
+    strings.into_iter().map(|s| s.len() + 24).sum()
+}
+
+impl ProtectedResourceMetadata {
+    /// Approximate bytes held, for the cache's weigher.
+    fn weight(&self) -> usize {
+        self.resource.len()
+            + strings_weight(&self.authorization_servers)
+            + self.scopes_supported.as_ref().map_or(0, strings_weight)
+    }
+}
+
+impl AuthorizationServerMetadata {
+    /// Approximate bytes held, for the cache's weigher.
+    fn weight(&self) -> usize {
+        let optional = [
+            &self.authorization_endpoint,
+            &self.token_endpoint,
+            &self.registration_endpoint,
+        ];
+        let lists = [
+            &self.scopes_supported,
+            &self.grant_types_supported,
+            &self.code_challenge_methods_supported,
+            &self.token_endpoint_auth_methods_supported,
+        ];
+        self.issuer.len()
+            + strings_weight(optional.into_iter().flatten())
+            + lists
+                .into_iter()
+                .flatten()
+                .map(strings_weight)
+                .sum::<usize>()
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+pub(crate) fn weigh_resource(resource: &ProtectedResourceMetadata) -> usize {
+    resource.weight()
+}
+
+#[cfg(feature = "fuzzing")]
+pub(crate) fn weigh_issuer(issuer: &AuthorizationServerMetadata) -> usize {
+    issuer.weight()
 }
 
 /// Discovers and caches metadata. Clones share the caches.
@@ -228,16 +284,26 @@ impl Discovery {
     }
 
     /// As [`new`](Self::new) with another cache lifetime.
+    ///
+    /// Documents over [`MAX_METADATA_BYTES`] are refused; the caches are bounded by
+    /// the bytes of what they hold (16 MiB each), not by a count a hostile server can
+    /// fill with large documents.
     pub fn with_ttl(http: AuthHttpClient, policy: UrlPolicy, ttl: Duration) -> Self {
         Self {
-            http,
+            http: http.with_max_response_bytes(MAX_METADATA_BYTES),
             policy,
             resources: moka::future::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(CACHE_BYTES)
+                .weigher(|key: &String, value: &Arc<ProtectedResourceMetadata>| {
+                    weight(key.len() + value.weight())
+                })
                 .time_to_live(crate::limits::clamp(ttl))
                 .build(),
             issuers: moka::future::Cache::builder()
-                .max_capacity(1_000)
+                .max_capacity(CACHE_BYTES)
+                .weigher(|key: &String, value: &Arc<AuthorizationServerMetadata>| {
+                    weight(key.len() + value.weight())
+                })
                 .time_to_live(crate::limits::clamp(ttl))
                 .build(),
         }
@@ -252,21 +318,23 @@ impl Discovery {
         challenge: Option<&BearerChallenge>,
     ) -> Result<Arc<ProtectedResourceMetadata>, DiscoveryError> {
         let hinted = challenge.and_then(|c| c.resource_metadata.as_deref());
-        let cache_key = format!("{server} {}", hinted.unwrap_or(""));
+        // Keyed by the URL the hint resolves to (same origin only), not by the string a
+        // server chose: spellings of one URL share an entry.
+        let candidates = match hinted {
+            Some(hint) => {
+                let url = server.join(hint).map_err(|_| DiscoveryError::NotFound {
+                    tried: vec![hint.chars().take(200).collect()],
+                })?;
+                if url.origin() != server.origin() {
+                    return Err(DiscoveryError::CrossOriginMetadata(url.to_string()));
+                }
+                vec![url]
+            }
+            None => protected_resource_metadata_urls(server),
+        };
+        let cache_key = format!("{server} {}", candidates[0]);
         self.resources
             .try_get_with(cache_key, async {
-                let candidates = match hinted {
-                    Some(hint) => {
-                        let url = server.join(hint).map_err(|_| DiscoveryError::NotFound {
-                            tried: vec![hint.to_owned()],
-                        })?;
-                        if url.origin() != server.origin() {
-                            return Err(DiscoveryError::CrossOriginMetadata(url.to_string()));
-                        }
-                        vec![url]
-                    }
-                    None => protected_resource_metadata_urls(server),
-                };
                 let document: ProtectedResourceMetadata = self.first_document(&candidates).await?;
                 if !resource_matches(&document.resource, server) {
                     return Err(DiscoveryError::ResourceMismatch {

@@ -274,6 +274,17 @@ struct ErrorResponse {
     claims: Option<String>,
 }
 
+/// A successful assertion grant's body.
+pub(crate) fn parse_token_response(body: &[u8]) -> Result<GrantedTokens, serde_json::Error> {
+    let parsed: TokenResponse = serde_json::from_slice(body)?;
+    Ok(GrantedTokens {
+        access_token: Secret::new(parsed.access_token),
+        refresh_token: None,
+        expires_in: parsed.expires_in.map(Duration::from_secs),
+        scope: parsed.scope,
+    })
+}
+
 /// Sends one assertion grant request.
 pub(crate) async fn request_token(
     http: &AuthHttpClient,
@@ -315,23 +326,19 @@ pub(crate) async fn request_token(
     })?;
     if response.status().is_success() {
         // Only the shape is reported on a parse failure: the body holds a token.
-        let parsed: TokenResponse =
-            serde_json::from_slice(response.body()).map_err(|_| AssertionFailure::Transient {
-                reason: TransientReason::InvalidResponse("not a token response".into()),
-                retry_after: None,
-            })?;
-        return Ok(GrantedTokens {
-            access_token: Secret::new(parsed.access_token),
-            refresh_token: None,
-            expires_in: parsed.expires_in.map(Duration::from_secs),
-            scope: parsed.scope,
+        return parse_token_response(response.body()).map_err(|_| AssertionFailure::Transient {
+            reason: TransientReason::InvalidResponse("not a token response".into()),
+            retry_after: None,
         });
     }
     match serde_json::from_slice::<ErrorResponse>(response.body()) {
         Ok(error) => Err(AssertionFailure::Rejected {
-            code: error.error,
-            description: error.error_description,
-            claims: error.claims,
+            // Server-chosen strings, kept bounded in errors and logs.
+            code: error.error.chars().take(100).collect(),
+            description: error
+                .error_description
+                .map(|d| d.chars().take(1000).collect()),
+            claims: error.claims.filter(|c| c.len() <= 16 * 1024),
         }),
         Err(_) => Err(AssertionFailure::Transient {
             reason: TransientReason::InvalidResponse(format!(

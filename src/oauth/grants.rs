@@ -83,6 +83,12 @@ fn oauth2_client(
     client
 }
 
+/// A token response body as the refresh and code grants read it.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn parse_token_response(body: &[u8]) -> Result<GrantedTokens, serde_json::Error> {
+    serde_json::from_slice::<BasicTokenResponse>(body).map(granted)
+}
+
 fn granted(response: BasicTokenResponse) -> GrantedTokens {
     GrantedTokens {
         access_token: Secret::new(response.access_token().secret().as_str()),

@@ -292,6 +292,33 @@ struct RegistrationResponse {
     token_endpoint_auth_method: Option<String>,
 }
 
+/// A registration response (RFC 7591 §3.2.1): the client id, the secret and how the
+/// client authenticates (the server's answer, else what was asked for).
+pub(crate) fn parse_registration(
+    body: &[u8],
+    requested: &str,
+) -> Result<(String, Option<Secret>, ClientAuthMethod), RegistrationError> {
+    let registered: RegistrationResponse =
+        serde_json::from_slice(body).map_err(|_| RegistrationError::InvalidResponse)?;
+    let auth_method = match registered
+        .token_endpoint_auth_method
+        .as_deref()
+        .unwrap_or(requested)
+    {
+        "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
+        "client_secret_post" => ClientAuthMethod::ClientSecretPost,
+        _ => ClientAuthMethod::None,
+    };
+    if auth_method != ClientAuthMethod::None && registered.client_secret.is_none() {
+        return Err(RegistrationError::InvalidResponse);
+    }
+    Ok((
+        registered.client_id,
+        registered.client_secret.map(Secret::new),
+        auth_method,
+    ))
+}
+
 impl Registrar {
     /// A registrar talking through `http` under `policy`.
     pub fn new(http: AuthHttpClient, policy: UrlPolicy) -> Self {
@@ -472,27 +499,16 @@ impl Registrar {
         if !response.status().is_success() {
             let code = serde_json::from_slice::<serde_json::Value>(response.body())
                 .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                // The server chose it: kept short in errors and logs.
+                .and_then(|v| v["error"].as_str().map(|c| c.chars().take(100).collect()))
                 .unwrap_or_else(|| format!("HTTP {}", response.status().as_u16()));
             return Err(RegistrationError::Rejected { code });
         }
-        let registered: RegistrationResponse = serde_json::from_slice(response.body())
-            .map_err(|_| RegistrationError::InvalidResponse)?;
-        let auth_method = match registered
-            .token_endpoint_auth_method
-            .as_deref()
-            .unwrap_or(auth_method)
-        {
-            "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
-            "client_secret_post" => ClientAuthMethod::ClientSecretPost,
-            _ => ClientAuthMethod::None,
-        };
-        if auth_method != ClientAuthMethod::None && registered.client_secret.is_none() {
-            return Err(RegistrationError::InvalidResponse);
-        }
+        let (client_id, client_secret, auth_method) =
+            parse_registration(response.body(), auth_method)?;
         Ok(ClientRegistration {
-            client_id: registered.client_id,
-            client_secret: registered.client_secret.map(Secret::new),
+            client_id,
+            client_secret,
             auth_method,
             issuer,
             redirect_uri: config.redirect_uri.clone(),

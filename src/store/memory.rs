@@ -10,16 +10,22 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 
 use super::{BoxFuture, CredentialStore, Swap};
-use crate::error::StoreError;
+use crate::error::{CapacityReached, StoreError};
 use crate::key::AuthKey;
 use crate::token::{Generation, TokenSet};
 
-/// An in-process [`CredentialStore`] on a bounded moka cache.
+/// An in-process [`CredentialStore`] on a moka cache.
 ///
 /// Entries expire with their credential: a token set with a refresh token lives for the
-/// refresh-token lifetime (unbounded by default, so only capacity evicts it) even after
-/// its access token expired, because the refresh token is what recovers it; one without
-/// a refresh token goes when its access token expires. Clones share the same cache.
+/// refresh-token lifetime (unbounded by default) even after its access token expired,
+/// because the refresh token is what recovers it; one without a refresh token goes when
+/// its access token expires. Clones share the same cache.
+///
+/// The store is bounded, but it never evicts a credential to make room: once it holds
+/// `max_capacity` keys, writing credentials for a new key fails with a [`StoreError`]
+/// whose [`capacity_reached`](StoreError::capacity_reached) is set, and every stored
+/// user keeps theirs. (A flood of made-up principals cannot push real users' refresh
+/// tokens out.)
 ///
 /// ```
 /// use std::time::Duration;
@@ -35,6 +41,7 @@ use crate::token::{Generation, TokenSet};
 pub struct MemoryStore {
     cache: Cache<AuthKey, Arc<TokenSet>>,
     next_generation: Arc<AtomicU64>,
+    max_capacity: u64,
 }
 
 impl MemoryStore {
@@ -54,6 +61,28 @@ impl MemoryStore {
     /// The number of stored keys (approximate: moka counts lazily).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// Refuses a write that would add a key beyond capacity. (A soft bound: writers
+    /// racing for the last slots can overshoot by their number.)
+    async fn admit(&self, key: &AuthKey) -> Result<(), StoreError> {
+        if self.cache.contains_key(key) {
+            return Ok(());
+        }
+        // moka counts lazily: settle pending writes, expirations and removals first.
+        // New keys are first logins, rare enough for this to cost nothing that matters.
+        self.cache.run_pending_tasks().await;
+        if self.cache.entry_count() < self.max_capacity {
+            return Ok(());
+        }
+        tracing::warn!(
+            max = self.max_capacity,
+            "credential store full; new key refused"
+        );
+        Err(StoreError::new(CapacityReached {
+            what: "credential store",
+            max: self.max_capacity,
+        }))
     }
 
     fn next_generation(&self) -> Generation {
@@ -83,7 +112,8 @@ pub struct MemoryStoreBuilder {
 }
 
 impl MemoryStoreBuilder {
-    /// The most keys held; the least recently used go first beyond it.
+    /// The most keys held (default 100,000); beyond it new keys are refused, stored
+    /// ones are never evicted for room.
     pub fn max_capacity(mut self, max_capacity: u64) -> Self {
         self.max_capacity = max_capacity;
         self
@@ -98,8 +128,9 @@ impl MemoryStoreBuilder {
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
         MemoryStore {
+            max_capacity: self.max_capacity,
+            // No moka capacity: moka would evict (TinyLFU) instead of refusing.
             cache: Cache::builder()
-                .max_capacity(self.max_capacity)
                 .expire_after(CredentialExpiry {
                     refresh_token_ttl: self.refresh_token_ttl,
                 })
@@ -158,6 +189,9 @@ impl CredentialStore for MemoryStore {
         mut new: TokenSet,
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
         Box::pin(async move {
+            if expected.is_none() {
+                self.admit(key).await?;
+            }
             let mut outcome = Swap::Conflict(None);
             self.cache
                 .entry_by_ref(key)
@@ -259,6 +293,38 @@ mod tests {
         put(&store, &key("without"), expired).await;
         assert!(store.load(&key("with")).await.unwrap().is_some());
         assert!(store.load(&key("without")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_new_keys_and_keeps_every_credential() {
+        let store = MemoryStore::builder().max_capacity(8).build();
+        let with_refresh = || TokenSet::new(Secret::new("a")).with_refresh_token(Secret::new("r"));
+        for user in 0..8 {
+            put(&store, &key(&format!("real-{user}")), with_refresh()).await;
+        }
+        // A flood of made-up principals: each refused, nobody evicted.
+        for fake in 0..1_000 {
+            let refused = store
+                .compare_and_swap(&key(&format!("fake-{fake}")), None, with_refresh())
+                .await
+                .unwrap_err();
+            assert_eq!(refused.capacity_reached().map(|c| c.max), Some(8));
+        }
+        store.cache.run_pending_tasks().await;
+        for user in 0..8 {
+            let stored = store.load(&key(&format!("real-{user}"))).await.unwrap();
+            assert!(
+                stored.is_some_and(|t| t.refresh_token.is_some()),
+                "real-{user}"
+            );
+        }
+        // Existing keys still rotate.
+        let current = store.load(&key("real-0")).await.unwrap().unwrap();
+        let rotated = store
+            .compare_and_swap(&key("real-0"), Some(current.generation), with_refresh())
+            .await
+            .unwrap();
+        assert!(matches!(rotated, Swap::Stored(_)));
     }
 
     #[tokio::test]

@@ -613,9 +613,13 @@ async fn authorize(
 fn code_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, String>) -> Response {
     state.counters.code_exchanges.fetch_add(1, Ordering::SeqCst);
     let mut tokens = lock(&state.tokens);
-    let Some((client_id, _)) = authenticate(&tokens, headers, form) else {
+    let Some((client_id, client_auth)) = authenticate(&tokens, headers, form) else {
+        // Recorded too: tests check which credentials reached which server.
+        let claimed = claimed_client_id(headers, form).unwrap_or_default();
+        state.record("authorization_code", &claimed, "rejected", form);
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     };
+    state.record("authorization_code", &client_id, client_auth, form);
     let code = form.get("code").map(String::as_str).unwrap_or("");
     let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
     let Some(issued) = tokens.codes.get_mut(code) else {
@@ -706,6 +710,18 @@ fn oauth_error(status: StatusCode, code: &str) -> Response {
 }
 
 /// The client id and how it authenticated, or `None` when authentication failed.
+/// The client id a request claims (Basic user name or `client_id`), authenticated or not.
+fn claimed_client_id(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<String> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| pair.split_once(':').map(|(id, _)| id.to_owned()));
+    basic.or_else(|| form.get("client_id").cloned())
+}
+
 fn authenticate(
     tokens: &Tokens,
     headers: &HeaderMap,
