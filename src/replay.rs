@@ -24,6 +24,11 @@ pub(crate) struct ReplayTemplate {
 }
 
 impl ReplayTemplate {
+    /// The buffered body.
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.body
+    }
+
     /// A fresh copy of the request.
     pub(crate) fn request<B: From<Bytes>>(&self) -> Request<B> {
         let mut request = Request::new(B::from(self.body.clone()));

@@ -64,6 +64,15 @@ fn get(url: &str) -> http::Request<reqwest::Body> {
     request
 }
 
+/// A JSON-RPC POST without `Mcp-Session-Id`, as stateless MCP servers get every call.
+fn post(url: &str, method: &str) -> http::Request<reqwest::Body> {
+    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{}}}}"#);
+    let mut request = http::Request::new(reqwest::Body::from(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = url.parse().unwrap();
+    request
+}
+
 fn rejection(result: &Result<http::Response<bytes::Bytes>, BoxError>) -> Option<Rejection> {
     match result.as_ref().err().and_then(|e| Error::find(e.as_ref())) {
         Some(Error::CircuitOpen { reason, .. }) => Some(*reason),
@@ -359,12 +368,8 @@ async fn a_reconnect_storm_is_cooled_down_and_reset_clears_it() {
         Duration::from_secs(15),
     ));
     let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
-    // A POST without Mcp-Session-Id starts a session (initialize).
-    let initialize = || {
-        let mut request = get(&upstream.url());
-        *request.method_mut() = http::Method::POST;
-        request
-    };
+    // A JSON-RPC initialize starts a session.
+    let initialize = || post(&upstream.url(), "initialize");
     for _ in 0..7 {
         assert_eq!(
             client.clone().oneshot(initialize()).await.unwrap().status(),
@@ -375,11 +380,18 @@ async fn a_reconnect_storm_is_cooled_down_and_reset_clears_it() {
         rejection(&client.clone().oneshot(initialize()).await),
         Some(Rejection::StormCooldown)
     );
+    // Calls that start no session go on.
+    assert_eq!(status(&client, &upstream.url()).await, 200);
     assert_eq!(
-        rejection(&client.clone().oneshot(get(&upstream.url())).await),
-        Some(Rejection::StormCooldown)
+        client
+            .clone()
+            .oneshot(post(&upstream.url(), "tools/list"))
+            .await
+            .unwrap()
+            .status(),
+        200
     );
-    assert_eq!(upstream.requests(), 7);
+    assert_eq!(upstream.requests(), 9);
 
     layer.handle().reset(&origin(&upstream.url()));
     assert_eq!(
@@ -437,4 +449,174 @@ async fn calls_waiting_behind_hung_unproven_calls_give_up_at_the_probe_timeout()
     );
     assert_eq!(upstream.requests(), 2);
     hung.iter().for_each(|task| task.abort());
+}
+
+/// Issue #11: the default breaker counted every POST without `Mcp-Session-Id` as a
+/// session start; against a stateless MCP server 7 of 20 sequential calls got through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_breaker_never_throttles_a_healthy_stateless_server() {
+    use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    mcp.set_stateless(true);
+    let token = auth.issue("client", "alice", None).access_token;
+    let attempts = Arc::new(AtomicU64::new(0));
+    let client = CircuitBreakerLayer::new(BreakerConfig::default()).layer(transport(attempts));
+    let call = |method: &str| {
+        let mut request = post(&mcp.url(), method);
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.expose()).parse().unwrap(),
+        );
+        request.headers_mut().insert(
+            http::header::ACCEPT,
+            "application/json, text/event-stream".parse().unwrap(),
+        );
+        request
+    };
+    // A session of a stateless server: initialize, then ordinary calls, none with an id.
+    let first = client.clone().oneshot(call("initialize")).await.unwrap();
+    assert!(!first.headers().contains_key("mcp-session-id"));
+    for _ in 0..20 {
+        let response = client.clone().oneshot(call("tools/list")).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(256));
+    let wave: Vec<_> = (0..256)
+        .map(|_| {
+            let (client, request, barrier) = (client.clone(), call("tools/list"), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client.oneshot(request).await.map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    for call in wave {
+        assert_eq!(call.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(mcp.stats().ok, 1 + 20 + 256);
+}
+
+/// A response that created a session counts as a session start even when the request's
+/// body was not read (too large, or streamed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_created_by_responses_count_toward_the_storm_guard() {
+    use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let token = auth.issue("client", "bob", None).access_token;
+    let layer = CircuitBreakerLayer::new(BreakerConfig::default().with_storm_guard(
+        3,
+        Duration::from_secs(45),
+        Duration::from_secs(15),
+    ));
+    let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    // An initialize whose body is over the 64 KiB the breaker reads.
+    let padding = "x".repeat(70 * 1024);
+    let big_initialize = || {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"pad":"{padding}"}}}}"#
+        );
+        let mut request = http::Request::new(reqwest::Body::from(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = mcp.url().parse().unwrap();
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.expose()).parse().unwrap(),
+        );
+        request
+    };
+    for _ in 0..3 {
+        let response = client.clone().oneshot(big_initialize()).await.unwrap();
+        assert!(response.headers().contains_key("mcp-session-id"));
+    }
+    // The fourth start (now known from its small body) is one too many.
+    let small = post(&mcp.url(), "initialize");
+    assert_eq!(
+        rejection(&client.clone().oneshot(small).await),
+        Some(Rejection::StormCooldown)
+    );
+}
+
+/// Issue #11: one user's 429 with `Retry-After: 300` throttled every user of the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_429_throttles_only_that_user() {
+    let upstream = TestUpstream::start().await.unwrap();
+    let layer = CircuitBreakerLayer::new(BreakerConfig::default());
+    let client = layer.layer(transport(Arc::new(AtomicU64::new(0))));
+    let as_user = |user: &str| {
+        let mut request = post(&upstream.url(), "tools/list");
+        request
+            .extensions_mut()
+            .insert(Principal::new("acme", user));
+        request
+    };
+    upstream.set_status(429);
+    upstream.set_retry_after(300);
+    let limited = client.clone().oneshot(as_user("mallory")).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    upstream.set_status(200);
+    upstream.set_retry_after(0);
+    for user in ["alice", "bob", "carol"] {
+        let response = client.clone().oneshot(as_user(user)).await.unwrap();
+        assert_eq!(response.status(), 200, "{user} is not throttled");
+    }
+    match client
+        .clone()
+        .oneshot(as_user("mallory"))
+        .await
+        .err()
+        .and_then(|e| Error::find(e.as_ref()).cloned())
+    {
+        Some(Error::CircuitOpen {
+            reason: Rejection::Throttled,
+            retry_after,
+            ..
+        }) => assert!(retry_after > Duration::from_secs(290)),
+        other => panic!("mallory stays throttled: {other:?}"),
+    }
+}
+
+/// Issue #11: five users who merely needed to log in opened the circuit for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_who_must_log_in_never_open_the_circuit() {
+    use tower_mcp_auth::store::MemoryStore;
+    use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer, jsonrpc_request};
+    use tower_mcp_auth::{
+        Authorizer, OAuthRetryLayer, RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
+    };
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let authorizer = Authorizer::builder(
+        mcp.url(),
+        store.clone(),
+        "http://127.0.0.1:1/cb".parse().unwrap(),
+    )
+    .url_policy(UrlPolicy::default().allow_loopback_http())
+    .build()
+    .unwrap();
+    let layer = CircuitBreakerLayer::new(BreakerConfig::default());
+    let client = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(OAuthRetryLayer::return_early(authorizer.clone()))
+        .layer(SilentRefreshLayer::new(
+            RefreshCoordinator::new(store),
+            authorizer.bindings(),
+        ))
+        .service(ReqwestTransport::new());
+    for user in 0..10 {
+        let mut request = jsonrpc_request(&mcp.url(), 1, "tools/list", serde_json::json!({}));
+        request
+            .extensions_mut()
+            .insert(Principal::new("acme", format!("new-user-{user}")));
+        let error = client.clone().oneshot(request).await.unwrap_err();
+        assert!(matches!(
+            Error::find(error.as_ref()),
+            Some(Error::AuthorizationRequired { .. })
+        ));
+    }
+    assert_eq!(state_of(&layer, &mcp.url()), CircuitState::Closed);
+    let snapshot = layer.handle().snapshot(&origin(&mcp.url())).unwrap();
+    assert_eq!(snapshot.consecutive_failures, 0);
 }

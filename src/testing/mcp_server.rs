@@ -33,6 +33,7 @@ struct McpState {
     issuer: String,
     resource: Mutex<String>,
     sse: AtomicBool,
+    stateless: AtomicBool,
     requests: AtomicU64,
     unauthorized: AtomicU64,
     ok: AtomicU64,
@@ -75,6 +76,7 @@ impl TestMcpServer {
             issuer: auth.issuer(),
             resource: Mutex::new(String::new()),
             sse: AtomicBool::new(false),
+            stateless: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
             ok: AtomicU64::new(0),
@@ -92,6 +94,13 @@ impl TestMcpServer {
         let handle = ServerHandle::spawn(router, ("127.0.0.1", 0)).await?;
         *lock(&state.resource) = format!("http://{}/mcp", handle.addr);
         Ok(Self { state, handle })
+    }
+
+    /// Runs without sessions, as Streamable HTTP allows (the TypeScript SDK's
+    /// stateless mode): `initialize` answers without `Mcp-Session-Id`, so every
+    /// request is a POST without one.
+    pub fn set_stateless(&self, stateless: bool) {
+        self.state.stateless.store(stateless, Ordering::SeqCst);
     }
 
     /// The MCP endpoint, `http://127.0.0.1:<port>/mcp`.
@@ -270,6 +279,7 @@ async fn mcp_endpoint(
         Json(reply).into_response()
     };
     if method == "initialize"
+        && !state.stateless.load(Ordering::SeqCst)
         && let Ok(session) = HeaderValue::from_str(&random_token("session"))
     {
         response.headers_mut().insert("mcp-session-id", session);

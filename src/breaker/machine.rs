@@ -1,11 +1,4 @@
-//! The per-key circuit breaker state machine. Knows nothing of Tower.
-//!
-//! Closed: calls pass; consecutive failures or a failure rate over a sliding window trip
-//! it. Open: calls fail fast until the open period (exponential backoff with jitter,
-//! doubling per re-open) ends. Half-open: exactly one probe at a time; success closes and
-//! resets, failure re-opens with the doubled period. Independently of the state, a 429
-//! throttles the key until its `Retry-After`, and too many session starts in a window put
-//! the key into a cooldown (the reconnect storm guard).
+//! One key's closed / open / half-open machine.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -14,247 +7,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Thresholds and timings of a [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_mcp_auth::BreakerConfig;
-///
-/// let config = BreakerConfig::default()
-///     .with_consecutive_failures(3)
-///     .with_open_backoff(Duration::from_millis(500), Duration::from_secs(60))
-///     .with_storm_guard(10, Duration::from_secs(60), Duration::from_secs(30));
-/// # drop(config);
-/// ```
-#[derive(Clone, Debug)]
-pub struct BreakerConfig {
-    pub(crate) consecutive_failures: u32,
-    pub(crate) failure_rate: Option<FailureRate>,
-    pub(crate) base_open: Duration,
-    pub(crate) max_open: Duration,
-    pub(crate) jitter: f64,
-    pub(crate) probe_timeout: Duration,
-    pub(crate) storm: Option<StormGuard>,
-    pub(crate) default_throttle: Duration,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct FailureRate {
-    threshold: f64,
-    window: Duration,
-    minimum_calls: usize,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct StormGuard {
-    max_starts: usize,
-    window: Duration,
-    cooldown: Duration,
-}
-
-impl Default for BreakerConfig {
-    /// Trip after 5 consecutive failures or a 50% failure rate over 30 s (at least 20
-    /// calls); open for 1 s doubling to 5 min, minus up to 10% jitter; probes time out
-    /// after 10 s; more than 7 session starts in 45 s cool the key down for 15 s.
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            failure_rate: Some(FailureRate {
-                threshold: 0.5,
-                window: Duration::from_secs(30),
-                minimum_calls: 20,
-            }),
-            base_open: Duration::from_secs(1),
-            max_open: Duration::from_secs(300),
-            jitter: 0.1,
-            probe_timeout: Duration::from_secs(10),
-            storm: Some(StormGuard {
-                max_starts: 7,
-                window: Duration::from_secs(45),
-                cooldown: Duration::from_secs(15),
-            }),
-            default_throttle: Duration::from_secs(1),
-        }
-    }
-}
-
-impl BreakerConfig {
-    /// Trip after `n` consecutive failures (at least 1).
-    pub fn with_consecutive_failures(mut self, n: u32) -> Self {
-        self.consecutive_failures = n.max(1);
-        self
-    }
-
-    /// Trip when at least `threshold` (0..=1) of the calls in the last `window` failed,
-    /// once the window holds `minimum_calls` calls.
-    pub fn with_failure_rate(
-        mut self,
-        threshold: f64,
-        window: Duration,
-        minimum_calls: usize,
-    ) -> Self {
-        self.failure_rate = Some(FailureRate {
-            threshold: threshold.clamp(0.0, 1.0),
-            window,
-            minimum_calls: minimum_calls.max(1),
-        });
-        self
-    }
-
-    /// Trip on consecutive failures only.
-    pub fn without_failure_rate(mut self) -> Self {
-        self.failure_rate = None;
-        self
-    }
-
-    /// The open period: `base`, doubling on every re-open, capped at `max`.
-    pub fn with_open_backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.base_open = base;
-        self.max_open = max.max(base);
-        self
-    }
-
-    /// How much of each open period may be cut at random (0..=1; default 0.1), so that
-    /// keys that opened together do not probe together.
-    pub fn with_jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter.clamp(0.0, 1.0);
-        self
-    }
-
-    /// How long a half-open probe may take before it counts as a failure.
-    pub fn with_probe_timeout(mut self, timeout: Duration) -> Self {
-        self.probe_timeout = timeout;
-        self
-    }
-
-    /// More than `max_starts` session starts within `window` put the key into a
-    /// `cooldown` during which every call fails fast.
-    pub fn with_storm_guard(
-        mut self,
-        max_starts: usize,
-        window: Duration,
-        cooldown: Duration,
-    ) -> Self {
-        self.storm = Some(StormGuard {
-            max_starts,
-            window,
-            cooldown,
-        });
-        self
-    }
-
-    /// No storm guard.
-    pub fn without_storm_guard(mut self) -> Self {
-        self.storm = None;
-        self
-    }
-
-    /// The open period after the `opens`-th consecutive open, before jitter.
-    pub(crate) fn open_period(&self, opens: u32) -> Duration {
-        let doubled = self
-            .base_open
-            .saturating_mul(1u32 << opens.saturating_sub(1).min(20));
-        doubled.min(self.max_open)
-    }
-
-    fn jittered(&self, period: Duration) -> Duration {
-        if self.jitter == 0.0 {
-            return period;
-        }
-        let cut: f64 = rand::random::<f64>() * self.jitter;
-        period.mul_f64(1.0 - cut)
-    }
-}
-
-/// The state of one key's circuit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CircuitState {
-    /// Calls pass.
-    Closed,
-    /// Calls fail fast.
-    Open,
-    /// One probe at a time decides.
-    HalfOpen,
-}
-
-/// Why a call was refused without reaching the inner service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Rejection {
-    /// The circuit is open.
-    #[error("circuit open")]
-    Open,
-    /// The circuit is half-open and its one probe is in flight.
-    #[error("circuit half-open, probe in flight")]
-    ProbeInFlight,
-    /// The upstream answered 429; the key waits for its `Retry-After`.
-    #[error("throttled after HTTP 429")]
-    Throttled,
-    /// Too many session starts in the storm window.
-    #[error("reconnect storm cooldown")]
-    StormCooldown,
-    /// A half-open probe did not finish within the probe timeout.
-    #[error("half-open probe timed out")]
-    ProbeTimedOut,
-    /// The upstream is not proven healthy and the calls in flight to find out did not
-    /// finish within the probe timeout.
-    #[error("upstream unproven; earlier calls still in flight")]
-    Unproven,
-}
-
-/// How a finished call counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// Counts as a success.
-    Success,
-    /// Counts as a failure.
-    Failure,
-    /// Not a failure, but the key waits this long (or the default) before the next call.
-    Throttle(Option<Duration>),
-    /// Counts for nothing (e.g. 401, 403, other 4xx), except that a half-open probe
-    /// that got any answer shows the upstream is up.
-    Neutral,
-}
-
-/// A state change of one key's circuit, as given to
-/// [`CircuitBreakerLayer::on_transition`](crate::CircuitBreakerLayer::on_transition).
-///
-/// ```
-/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, CircuitState};
-///
-/// let layer = CircuitBreakerLayer::new(BreakerConfig::default()).on_transition(|key, transition| {
-///     if transition.to == CircuitState::Open {
-///         eprintln!("{key} is down; next probe in {:?}", transition.open_for);
-///     }
-/// });
-/// # drop(layer);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transition {
-    /// The state before.
-    pub from: CircuitState,
-    /// The state after.
-    pub to: CircuitState,
-    /// For a transition to open: how long it stays open.
-    pub open_for: Option<Duration>,
-}
-
-/// A point-in-time view of one key's circuit, for status pages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BreakerSnapshot {
-    /// The key.
-    pub key: String,
-    /// The state (an open circuit whose period ended reads as half-open).
-    pub state: CircuitState,
-    /// Consecutive failures while closed.
-    pub consecutive_failures: u32,
-    /// Consecutive opens without a successful probe.
-    pub opens: u32,
-    /// How long until the circuit, throttle or cooldown admits calls again.
-    pub retry_after: Option<Duration>,
-}
+use super::storm::StormWindow;
+use super::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -273,9 +27,7 @@ struct State {
     proven: bool,
     window: VecDeque<(Instant, bool)>,
     opens: u32,
-    throttled_until: Option<Instant>,
-    starts: VecDeque<Instant>,
-    cooldown_until: Option<Instant>,
+    storm: StormWindow,
 }
 
 /// One key's breaker.
@@ -314,9 +66,7 @@ impl Breaker {
                 proven: false,
                 window: VecDeque::new(),
                 opens: 0,
-                throttled_until: None,
-                starts: VecDeque::new(),
-                cooldown_until: None,
+                storm: StormWindow::default(),
             }),
         }
     }
@@ -338,8 +88,9 @@ impl Breaker {
             .send_modify(|version| *version = version.wrapping_add(1));
     }
 
-    /// Admits a call or says why not and for how long. A session start counts toward
-    /// the storm guard.
+    /// Admits a call or says why not and for how long. A session start (a JSON-RPC
+    /// `initialize`) counts toward the storm guard and is refused during its cooldown;
+    /// other calls never are.
     pub(crate) fn admit(
         &self,
         config: &BreakerConfig,
@@ -347,31 +98,12 @@ impl Breaker {
     ) -> (Decision, Option<Transition>) {
         let now = Instant::now();
         let mut state = self.lock();
-        if let Some(until) = state.cooldown_until.filter(|until| now < *until) {
-            return (
-                Decision::Refuse(Rejection::StormCooldown, until - now),
-                None,
-            );
-        }
-        if let Some(until) = state.throttled_until.filter(|until| now < *until) {
-            return (Decision::Refuse(Rejection::Throttled, until - now), None);
-        }
         if let (true, Some(storm)) = (session_start, config.storm) {
-            while state
-                .starts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= storm.window)
-            {
-                state.starts.pop_front();
+            if let Some(wait) = state.storm.cooling(now) {
+                return (Decision::Refuse(Rejection::StormCooldown, wait), None);
             }
-            state.starts.push_back(now);
-            if state.starts.len() > storm.max_starts {
-                state.starts.clear();
-                state.cooldown_until = Some(crate::limits::instant_after(now, storm.cooldown));
-                return (
-                    Decision::Refuse(Rejection::StormCooldown, storm.cooldown),
-                    None,
-                );
+            if let Some(cooldown) = state.storm.start(&storm, now) {
+                return (Decision::Refuse(Rejection::StormCooldown, cooldown), None);
             }
         }
         match state.phase {
@@ -410,6 +142,14 @@ impl Breaker {
         }
     }
 
+    /// A response created a session although its request was not known to be an
+    /// `initialize` (its body was not read): count the start now.
+    pub(crate) fn session_created(&self, config: &BreakerConfig) {
+        if let Some(storm) = config.storm {
+            self.lock().storm.start(&storm, Instant::now());
+        }
+    }
+
     /// Records how an admitted call ended.
     pub(crate) fn record(
         &self,
@@ -432,12 +172,6 @@ impl Breaker {
         let mut state = self.lock();
         if admission == Admission::Normal {
             state.in_flight = state.in_flight.saturating_sub(1);
-        }
-        if let Outcome::Throttle(retry_after) = outcome {
-            let wait = retry_after
-                .unwrap_or(config.default_throttle)
-                .min(config.max_open);
-            state.throttled_until = Some(crate::limits::instant_after(now, wait));
         }
         match admission {
             Admission::Probe => match outcome {
@@ -520,11 +254,7 @@ impl Breaker {
             Phase::Open { until } if now < until => (CircuitState::Open, Some(until - now)),
             Phase::Open { .. } | Phase::HalfOpen { .. } => (CircuitState::HalfOpen, None),
         };
-        let waits = [
-            phase_wait,
-            state.throttled_until.filter(|t| now < *t).map(|t| t - now),
-            state.cooldown_until.filter(|t| now < *t).map(|t| t - now),
-        ];
+        let waits = [phase_wait, state.storm.cooling(now)];
         BreakerSnapshot {
             key: key.to_owned(),
             state: phase,
@@ -702,10 +432,11 @@ mod tests {
             breaker.admit(&config, true).0,
             Decision::Refuse(Rejection::StormCooldown, Duration::from_secs(15))
         );
-        assert!(matches!(
+        // Calls that start no session are never refused by the storm guard.
+        assert_eq!(
             breaker.admit(&config, false).0,
-            Decision::Refuse(Rejection::StormCooldown, _)
-        ));
+            Decision::Admit(Admission::Normal)
+        );
         tokio::time::advance(Duration::from_secs(15)).await;
         assert_eq!(
             breaker.admit(&config, true).0,
@@ -714,27 +445,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn throttle_waits_for_retry_after_without_opening() {
+    async fn throttles_never_open_the_circuit() {
+        // 429 throttles are kept per principal by the layer; here they change nothing.
         let config = config();
         let breaker = Breaker::new();
         for _ in 0..10 {
-            if let Decision::Admit(admission) = breaker.admit(&config, false).0 {
-                assert_eq!(
-                    breaker.record(
-                        &config,
-                        admission,
-                        Outcome::Throttle(Some(Duration::from_secs(2)))
-                    ),
-                    None
-                );
-            }
+            let admission = admitted(breaker.admit(&config, false).0);
+            let throttled = Outcome::Throttle(Some(Duration::from_secs(2)));
+            assert_eq!(breaker.record(&config, admission, throttled), None);
         }
-        assert!(matches!(
-            breaker.admit(&config, false).0,
-            Decision::Refuse(Rejection::Throttled, _)
-        ));
-        assert_eq!(breaker.snapshot("k").state, CircuitState::Closed);
-        tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(
             breaker.admit(&config, false).0,
             Decision::Admit(Admission::Normal)
