@@ -55,18 +55,25 @@ pub struct RefreshConfig {
     timeout: Duration,
     cooldown: Duration,
     max_cooldown: Duration,
+    min_margin: Duration,
     max_margin: Duration,
+    clock_skew: Duration,
 }
 
 impl Default for RefreshConfig {
-    /// 30 s redemption timeout; 5 s cooldown doubling up to 5 min; refresh ahead by
-    /// min(60 s, 10% of the token's lifetime) plus up to half that again as jitter.
+    /// 30 s redemption timeout; 5 s cooldown doubling up to 5 min; refresh ahead by 10%
+    /// of the token's lifetime, at least 2 s and at most 60 s, plus up to half that
+    /// again as jitter; a token counts as expired 1 s early (servers round `exp` down to
+    /// the second and clocks differ). Margin and skew never take more than half of a
+    /// short token's lifetime.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(300),
+            min_margin: Duration::from_secs(2),
             max_margin: Duration::from_secs(60),
+            clock_skew: Duration::from_secs(1),
         }
     }
 }
@@ -86,10 +93,25 @@ impl RefreshConfig {
         self
     }
 
-    /// The most a token is refreshed ahead of its expiry (default 60 s; never more than
-    /// 10% of its lifetime).
+    /// The most a token is refreshed ahead of its expiry (default 60 s).
     pub fn with_max_margin(mut self, margin: Duration) -> Self {
         self.max_margin = margin;
+        self.min_margin = self.min_margin.min(margin);
+        self
+    }
+
+    /// The least a token is refreshed ahead of its expiry (default 2 s), whatever its
+    /// lifetime; raise it for slow authorization servers or very short tokens.
+    pub fn with_min_margin(mut self, margin: Duration) -> Self {
+        self.min_margin = margin;
+        self.max_margin = self.max_margin.max(margin);
+        self
+    }
+
+    /// How much earlier than its stated expiry a token counts as expired (default 1 s):
+    /// allowance for servers that round `exp` down and for clock differences.
+    pub fn with_clock_skew(mut self, skew: Duration) -> Self {
+        self.clock_skew = skew;
         self
     }
 
@@ -111,13 +133,29 @@ impl RefreshConfig {
     /// that is fixed per generation, so every request agrees on the instant.
     fn refresh_at(&self, tokens: &TokenSet) -> Option<SystemTime> {
         let expires_at = tokens.expires_at?;
-        let margin = self.max_margin.min(tokens.lifetime()? / 10);
+        let lifetime = tokens.lifetime()?;
+        let margin = (lifetime / 10)
+            .max(self.min_margin)
+            .min(self.max_margin)
+            .saturating_add(self.skew_for(lifetime));
         let jitter = margin.mul_f64(unit_hash(tokens.generation.0) / 2.0);
-        Some(
-            expires_at
-                .checked_sub(margin + jitter)
-                .unwrap_or(tokens.obtained_at),
-        )
+        // A short token keeps at least half its lifetime before refreshing starts.
+        let ahead = (margin + jitter).min(lifetime / 2);
+        Some(expires_at.checked_sub(ahead).unwrap_or(tokens.obtained_at))
+    }
+
+    /// The skew allowance for a token of `lifetime`: never more than a quarter of it,
+    /// so a short token is still served for most of its life.
+    fn skew_for(&self, lifetime: Duration) -> Duration {
+        self.clock_skew.min(lifetime / 4)
+    }
+
+    /// Whether `tokens` may still be sent at `now`: before its expiry less the skew.
+    fn usable(&self, tokens: &TokenSet, now: SystemTime) -> bool {
+        let skew = tokens
+            .lifetime()
+            .map_or(Duration::ZERO, |l| self.skew_for(l));
+        tokens.is_usable_at(crate::limits::system_after(now, skew))
     }
 }
 
@@ -303,7 +341,7 @@ impl RefreshCoordinator {
             return Ok(None);
         };
         let now = SystemTime::now();
-        if stored.is_usable_at(now) {
+        if self.inner.config.usable(&stored, now) {
             let due = self
                 .inner
                 .config
@@ -599,8 +637,9 @@ mod tests {
             tokens.generation = Generation(generation);
             let at = config.refresh_at(&tokens).unwrap();
             let margin = tokens.expires_at.unwrap().duration_since(at).unwrap();
+            // 60 s margin + 1 s skew, plus up to half that as jitter.
             assert!(
-                margin >= Duration::from_secs(60) && margin < Duration::from_secs(90),
+                margin >= Duration::from_secs(61) && margin < Duration::from_millis(91_500),
                 "{margin:?}"
             );
             margins.push(margin);
@@ -608,12 +647,25 @@ mod tests {
         margins.dedup();
         assert!(margins.len() > 10, "jitter spreads refreshes");
 
-        let short = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(2));
+        // Issue #11: a 5 s token got a 0.5-0.75 s margin and hundreds of 401s.
+        let short = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(5));
         let margin = short
             .expires_at
             .unwrap()
             .duration_since(config.refresh_at(&short).unwrap())
             .unwrap();
-        assert!(margin >= Duration::from_millis(200) && margin < Duration::from_millis(300));
+        assert_eq!(
+            margin,
+            Duration::from_millis(2500),
+            "floor 2 s + skew, at most half"
+        );
+        assert!(config.usable(&short, short.obtained_at + Duration::from_millis(3900)));
+        assert!(!config.usable(&short, short.obtained_at + Duration::from_millis(4000)));
+
+        let tiny = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(1));
+        assert!(
+            config.usable(&tiny, tiny.obtained_at),
+            "never unusable from the start"
+        );
     }
 }

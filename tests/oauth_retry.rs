@@ -420,3 +420,26 @@ async fn a_client_rejected_during_the_code_exchange_is_registered_anew() {
     assert_eq!(stats.authorization_requests, 2, "{stats:?}");
     assert_eq!(stats.code_exchanges, 2, "{stats:?}");
 }
+
+/// Issue #11: `OAuthRetryLayer::with_default_principal` was not visible to the inner
+/// `SilentRefreshLayer`, which failed with `MissingPrincipal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_default_principal_serves_the_whole_stack() {
+    let w = World::new().await;
+    let browser = HeadlessBrowser::new(w.authorizer.completer());
+    let client = w.client(
+        OAuthRetryLayer::wait(w.authorizer.clone(), browser)
+            .with_default_principal(Principal::new("acme", "desktop-user")),
+    );
+    // No Principal in the request: the outer layer's default reaches the inner one.
+    let request = jsonrpc_request(&w.mcp.url(), 1, "tools/list", json!({}));
+    let response = client.clone().oneshot(request).await.unwrap();
+    assert!(response.status().is_success());
+    let again = jsonrpc_request(&w.mcp.url(), 2, "tools/list", json!({}));
+    assert!(client.oneshot(again).await.unwrap().status().is_success());
+    assert_eq!(
+        w.auth.stats().code_exchanges,
+        1,
+        "one login, then its token"
+    );
+}

@@ -594,3 +594,53 @@ async fn fixture_revokes_the_grant_family_when_a_rotated_refresh_token_is_replay
         .unwrap();
     assert_eq!(after.status(), 400);
 }
+
+/// Issue #11: with 5 s tokens whose server-side `exp` is rounded down to the second, the
+/// refresh-ahead margin (10% of the lifetime) left 0.5-0.75 s and hundreds of calls per
+/// lifetime got a 401 before the refresh. With the margin's floor and the skew
+/// allowance, 256 concurrent callers see (almost) none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_tokens_are_refreshed_before_the_server_rejects_them() {
+    let h = common::Harness::new(RefreshConfig::default()).await;
+    h.auth.set_access_token_lifetime(Duration::from_secs(5));
+    let alice = Principal::new("acme", "alice");
+    h.login(&alice).await;
+    let h = Arc::new(h);
+    let until = tokio::time::Instant::now() + Duration::from_secs(11);
+    let callers: Vec<_> = (0..256)
+        .map(|_| {
+            let (h, alice) = (h.clone(), alice.clone());
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while tokio::time::Instant::now() < until {
+                    h.whoami(&alice).await.expect("every call succeeds");
+                    calls += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for caller in callers {
+        total += caller.await.unwrap();
+    }
+    let unauthorized = h.mcp.stats().unauthorized;
+    let stats = h.auth.stats();
+    println!(
+        "{total} calls over 11 s with 5 s tokens: {unauthorized} got a 401; {} redemptions",
+        stats.refresh_successes
+    );
+    // Without the floor and the skew allowance: 256 (every caller at every expiry).
+    assert!(
+        unauthorized < 64,
+        "{unauthorized} of {total} calls got a 401"
+    );
+    assert_eq!(stats.invalid_grants, 0);
+    assert_eq!(stats.reuse_detected, 0);
+    assert!(
+        (2..=8).contains(&stats.refresh_successes),
+        "about one redemption per lifetime: {}",
+        stats.refresh_successes
+    );
+}

@@ -15,6 +15,7 @@ use pin_project::pin_project;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 
+use super::with_default_principal;
 use crate::challenge::BearerChallenge;
 use crate::error::{Error, ReauthReason};
 use crate::key::Principal;
@@ -198,6 +199,7 @@ impl OAuthRetryLayer {
     }
 
     /// The principal for requests that carry none (single-user clients).
+    /// (Inserted into requests that name none, so the inner layers see it too.)
     pub fn with_default_principal(self, principal: Principal) -> Self {
         self.update(|shared| shared.default_principal = Some(principal))
     }
@@ -269,14 +271,12 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // The readied service goes into the future; `self` keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
-        let principal = Principal::from_extensions(request.extensions())
-            .or(shared.default_principal.as_ref())
-            .cloned();
+        let principal = with_default_principal(&mut request, shared.default_principal.as_ref());
         let (true, Some(principal)) = (shared.authorizer.covers(request.uri()), principal) else {
             // Not for this server, or no principal (the inner layers report that).
             let mut inner = inner;

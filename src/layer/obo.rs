@@ -14,6 +14,7 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 use url::Url;
 
+use super::with_default_principal;
 use crate::error::{ConfigError, Error, TransientReason};
 use crate::key::Principal;
 use crate::obo::{OboError, OboExchanger, OboToken, UserAssertion};
@@ -177,7 +178,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // The readied service goes into the future; `self` keeps a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -190,9 +191,7 @@ where
         let Some(assertion) = request.extensions().get::<UserAssertion>().cloned() else {
             return ResponseFuture::failed(Error::Obo(OboError::MissingAssertion));
         };
-        let principal = Principal::from_extensions(request.extensions())
-            .or(shared.default_principal.as_ref())
-            .cloned();
+        let principal = with_default_principal(&mut request, shared.default_principal.as_ref());
         let Some(principal) = principal else {
             return ResponseFuture::failed(Error::MissingPrincipal);
         };

@@ -13,6 +13,7 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 use tracing::debug;
 
+use super::with_default_principal;
 use crate::binding::{BindingSlot, ServerBinding};
 use crate::error::{Error, TransientReason};
 use crate::key::{AuthKey, Principal};
@@ -147,7 +148,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // The readied service goes into the future; `self` keeps a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -155,9 +156,8 @@ where
         if !layer.bindings.covers(request.uri()) {
             return ResponseFuture::calling(inner.call(request));
         }
-        let principal =
-            Principal::from_extensions(request.extensions()).or(layer.default_principal.as_ref());
-        let Some(principal) = principal else {
+        let principal = with_default_principal(&mut request, layer.default_principal.as_ref());
+        let Some(principal) = principal.as_ref() else {
             return ResponseFuture::failed(Error::MissingPrincipal.into());
         };
         let Some(binding) = layer.bindings.get(principal.tenant()) else {

@@ -247,10 +247,7 @@ impl AuthState {
             access.clone(),
             AccessEntry {
                 grant: grant.clone(),
-                // A hostile `expires_in` (u64::MAX seconds) must not panic the fixture.
-                expires_at: Instant::now()
-                    .checked_add(lifetime)
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)),
+                expires_at: whole_second_expiry(lifetime),
                 revoked: false,
             },
         );
@@ -711,6 +708,24 @@ fn oauth_error(status: StatusCode, code: &str) -> Response {
 
 /// The client id and how it authenticated, or `None` when authentication failed.
 /// The client id a request claims (Basic user name or `client_id`), authenticated or not.
+/// When a token of `lifetime` issued now stops being accepted: like real servers, at
+/// the whole second its `exp` names (rounded down), so up to a second before `now +
+/// lifetime`. A hostile lifetime (u64::MAX seconds) must not panic the fixture.
+fn whole_second_expiry(lifetime: Duration) -> Instant {
+    let (now, instant) = (std::time::SystemTime::now(), Instant::now());
+    let far = || instant + Duration::from_secs(100 * 365 * 86_400);
+    let Some(unix_now) = now.duration_since(std::time::UNIX_EPOCH).ok() else {
+        return far();
+    };
+    match unix_now.checked_add(lifetime) {
+        Some(exp) => {
+            let exp = Duration::from_secs(exp.as_secs());
+            instant + exp.saturating_sub(unix_now)
+        }
+        None => far(),
+    }
+}
+
 fn claimed_client_id(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<String> {
     let basic = headers
         .get(header::AUTHORIZATION)
