@@ -357,4 +357,13 @@ pub enum ConfigError {
         /// Which setting.
         field: &'static str,
     },
+    /// A configured URL is refused by the [`UrlPolicy`](crate::UrlPolicy) in force (the
+    /// message names the opt-in that allows it).
+    #[error("{field}: {source}")]
+    Refused {
+        /// Which setting.
+        field: &'static str,
+        /// Why.
+        source: crate::url_policy::UrlRefused,
+    },
 }

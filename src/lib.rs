@@ -118,7 +118,10 @@ pub use key::{AuthKey, BindingId, Principal};
 #[cfg(feature = "axum")]
 pub use layer::callback::callback_router;
 #[doc(inline)]
-pub use layer::callback::{BrowserBinding, CallbackService};
+pub use layer::callback::{
+    BrowserBinding, CallbackPage, CallbackPages, CallbackService, DEFAULT_START_PATH, DefaultPages,
+    StartCheck, escape_html,
+};
 #[doc(inline)]
 pub use layer::circuit_breaker::{
     BreakerKeying, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, ClassifyOutcome,
@@ -144,7 +147,9 @@ pub use oauth::exchange::{
     ACCESS_TOKEN_TYPE, ClientAuth, ID_JAG_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_BEARER, JwtSigner,
     KeyError, OboGrant, TOKEN_EXCHANGE,
 };
-pub use oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore, PendingFlow};
+pub use oauth::flow::{
+    AuthorizationRequest, FlowHandle, FlowOutcome, FlowStatus, FlowStore, PendingFlow,
+};
 pub use oauth::registration::{
     ClientConfig, ClientRegistration, PreRegisteredClient, Registrar, RegistrationError,
     RegistrationSource,

@@ -121,12 +121,15 @@ async fn the_whole_path_ends_in_stored_credentials_the_layer_uses() {
     );
     assert!(stored.refresh_token.is_some());
 
-    // A duplicate callback exchanges nothing and changes nothing.
+    // A duplicate callback exchanges nothing, changes nothing, and says how it ended.
     let again = w
         .completer
         .complete(&CallbackParams::from_query(&query))
         .await;
-    assert!(matches!(again, Err(CallbackError::UnknownState)));
+    assert!(
+        matches!(again, Err(CallbackError::AlreadyCompleted(g)) if g == stored.generation),
+        "{again:?}"
+    );
     assert_eq!(w.auth.stats().code_exchanges, 1);
     assert_eq!(
         w.store.load(&key).await.unwrap().unwrap().generation,

@@ -524,3 +524,19 @@ fn a_token_set_with_a_huge_lifetime_is_clamped() {
     assert!(tokens.is_usable());
     assert!(tokens.expires_at.unwrap() > SystemTime::now());
 }
+
+/// Issue #11 item 12: the policy was enforced only at the first request, and its
+/// message printed the cause twice without naming the fix.
+#[test]
+fn a_loopback_http_server_is_refused_when_the_authorizer_is_built() {
+    let error = Authorizer::builder(
+        "http://127.0.0.1:8080/mcp",
+        Arc::new(MemoryStore::new()),
+        "http://127.0.0.1:1/cb".parse().unwrap(),
+    )
+    .build()
+    .unwrap_err();
+    let shown = error.to_string();
+    assert!(shown.contains("allow_loopback_http()"), "{shown}");
+    assert_eq!(shown.matches("127.0.0.1").count(), 1, "{shown}");
+}

@@ -25,7 +25,7 @@ use crate::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayTemplate, make_replayable};
 use crate::store::BoxFuture;
 
 /// What an [`AuthorizationHandler`] gets: whose authorization it is and the persisted
-/// flow, whose [`authorization_url`](PendingFlow::authorization_url) the user must visit.
+/// flow, whose [`url`](Self::url) the user must open.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AuthorizationPrompt {
@@ -33,6 +33,15 @@ pub struct AuthorizationPrompt {
     pub principal: Principal,
     /// The PENDING flow (already findable by the callback).
     pub flow: Arc<PendingFlow>,
+}
+
+impl AuthorizationPrompt {
+    /// The URL to open in the user's browser: the start link of the app's
+    /// [`CallbackService`](crate::CallbackService) when the authorizer has a
+    /// [`start_url`](crate::AuthorizerBuilder::start_url), else the authorization URL.
+    pub fn url(&self) -> &url::Url {
+        self.flow.browser_url()
+    }
 }
 
 /// Delivers an authorization URL to the user: opens a browser, pushes an event to a
@@ -493,7 +502,7 @@ where
         let (handler, timeout) = match &shared.mode {
             Mode::ReturnEarly => {
                 return Err(Error::AuthorizationRequired {
-                    url: pending.authorization_url.clone().into(),
+                    url: pending.browser_url().clone().into(),
                     expires_at: pending.expires_at,
                 }
                 .into());

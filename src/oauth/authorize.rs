@@ -101,6 +101,7 @@ struct Inner {
     policy: UrlPolicy,
     client: ClientConfig,
     allowed_issuers: Option<Vec<String>>,
+    start_endpoint: Option<Url>,
 }
 
 impl fmt::Debug for Authorizer {
@@ -124,6 +125,7 @@ pub struct AuthorizerBuilder {
     policy: UrlPolicy,
     flows: Option<FlowStore>,
     allowed_issuers: Option<Vec<String>>,
+    start_endpoint: Option<Url>,
 }
 
 impl fmt::Debug for AuthorizerBuilder {
@@ -162,6 +164,18 @@ impl AuthorizerBuilder {
         self
     }
 
+    /// The app's start endpoint (served by [`CallbackService`](crate::CallbackService),
+    /// e.g. `https://app.example.com/oauth/start`): the URL handed to authorization
+    /// handlers and in [`Error::AuthorizationRequired`] becomes this endpoint with
+    /// `?flow=<state>`, which sets the browser-binding cookie the callback checks and
+    /// redirects to the authorization server. Without it, browsers are sent to the
+    /// authorization URL directly and the app must set the cookie itself
+    /// ([`BrowserBinding::start_response`](crate::BrowserBinding::start_response)).
+    pub fn start_url(mut self, start: Url) -> Self {
+        self.start_endpoint = Some(start);
+        self
+    }
+
     /// Uses pre-registered client credentials at their issuer (first in the
     /// registration order there; other issuers get a metadata document or dynamic
     /// registration). Call once per authorization server.
@@ -193,10 +207,18 @@ impl AuthorizerBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when the server URL is not an absolute http(s) URL.
+    /// [`ConfigError`] when the server URL is not an absolute http(s) URL, or the URL
+    /// policy refuses it (e.g. `http://127.0.0.1` without
+    /// [`UrlPolicy::allow_loopback_http`]): better now than at the first request.
     pub fn build(self) -> Result<Authorizer, ConfigError> {
         let bindings = BindingSlot::new(&self.server)?;
         let server = bindings.resource().clone();
+        self.policy
+            .check(&server)
+            .map_err(|source| ConfigError::Refused {
+                field: "server",
+                source,
+            })?;
         // By default the HTTP client checks resolved addresses against the same policy.
         let http = self
             .http
@@ -215,6 +237,7 @@ impl AuthorizerBuilder {
                 policy: self.policy,
                 client,
                 allowed_issuers: self.allowed_issuers,
+                start_endpoint: self.start_endpoint,
             }),
         })
     }
@@ -236,6 +259,7 @@ impl Authorizer {
             policy: UrlPolicy::default(),
             flows: None,
             allowed_issuers: None,
+            start_endpoint: None,
         }
     }
 
@@ -369,6 +393,10 @@ impl Authorizer {
         )
         .with_scopes(scopes)
         .with_required_iss(metadata.authorization_response_iss_parameter_supported == Some(true));
+        let request = match &inner.start_endpoint {
+            Some(start) => request.with_start_endpoint(start.clone()),
+            None => request,
+        };
         let flow = inner.flows.start_or_join(&key, request).await;
         tracing::debug!(
             key = %key,

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use crate::error::{Error, ReauthReason, StoreError};
 use crate::http_client::AuthHttpClient;
 use crate::key::AuthKey;
-use crate::oauth::flow::{FlowOutcome, FlowStore, PendingFlow};
+use crate::oauth::flow::{FlowOutcome, FlowStatus, FlowStore, PendingFlow};
 use crate::oauth::grants;
 use crate::store::{CredentialStore, Swap};
-use crate::token::{Secret, TokenSet};
+use crate::token::{Generation, Secret, TokenSet};
 
 /// The query of the authorization server's redirect back (RFC 6749 §4.1.2, RFC 9207).
 /// `code` and `state` are kept as [`Secret`]s.
@@ -32,6 +32,8 @@ pub struct CallbackParams {
     pub iss: Option<String>,
     /// An error code instead of a code (`access_denied`, ...).
     pub error: Option<String>,
+    /// The authorization server's description of the error, if any.
+    pub error_description: Option<String>,
 }
 
 impl CallbackParams {
@@ -52,6 +54,7 @@ impl CallbackParams {
                 "state" => params.state = Some(Secret::new(value.as_ref())),
                 "iss" => params.iss = Some(value.into_owned()),
                 "error" => params.error = Some(value.into_owned()),
+                "error_description" => params.error_description = Some(value.into_owned()),
                 _ => {}
             }
         }
@@ -63,10 +66,23 @@ impl CallbackParams {
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallbackError {
-    /// No open flow has this `state` (unknown, forged, expired, completed, or another
-    /// callback is handling it). Nothing was changed.
-    #[error("no open authorization flow for this state")]
+    /// The callback carries no `state` parameter (not a redirect back from an
+    /// authorization request of this client). Nothing was changed.
+    #[error("callback without a state parameter")]
+    MissingState,
+    /// No flow has this `state` (unknown, forged, or forgotten). Nothing was changed.
+    #[error("no authorization flow for this state")]
     UnknownState,
+    /// The flow of this `state` expired before its callback.
+    #[error("the authorization flow expired")]
+    Expired,
+    /// The flow of this `state` already completed (a reloaded or replayed callback):
+    /// the credentials of this generation are stored. Nothing was changed.
+    #[error("already signed in ({0})")]
+    AlreadyCompleted(Generation),
+    /// The flow of this `state` already failed, for this reason. Nothing was changed.
+    #[error("the authorization already failed: {0}")]
+    AlreadyFailed(String),
     /// The authorization server advertises RFC 9207 `iss` and the callback has none.
     #[error("callback without the iss parameter its authorization server promises")]
     IssuerMissing,
@@ -78,9 +94,15 @@ pub enum CallbackError {
         /// The callback's `iss`.
         found: String,
     },
-    /// The authorization server returned an error instead of a code.
-    #[error("authorization denied ({0})")]
-    Denied(String),
+    /// The authorization server returned an error instead of a code (`access_denied`,
+    /// `invalid_scope`, `server_error`, `temporarily_unavailable`, ...).
+    #[error("authorization server answered {error}")]
+    Denied {
+        /// The OAuth error code.
+        error: String,
+        /// Its description, if the server gave one.
+        description: Option<String>,
+    },
     /// Neither a code nor an error.
     #[error("callback without a code")]
     MissingCode,
@@ -126,17 +148,24 @@ impl AuthorizationCompleter {
         Self { flows, store, http }
     }
 
+    /// The flows it completes.
+    pub fn flows(&self) -> &FlowStore {
+        &self.flows
+    }
+
     /// Handles one callback. The code exchange and the write of the credentials run in
     /// their own task: a browser connection that drops mid-exchange neither cancels
     /// nor strands the flow, and a panic inside fails the flow instead of leaving it
     /// claimed.
+    ///
+    /// A callback for a flow another callback is exchanging waits for that exchange and
+    /// reports its outcome; one for an ended flow reports how it ended
+    /// ([`CallbackError::AlreadyCompleted`], [`CallbackError::AlreadyFailed`]).
     pub async fn complete(&self, params: &CallbackParams) -> Result<Arc<TokenSet>, CallbackError> {
-        let state = params.state.as_ref().ok_or(CallbackError::UnknownState)?;
-        let (key, pending) = self
-            .flows
-            .claim(state.expose())
-            .await
-            .ok_or(CallbackError::UnknownState)?;
+        let state = params.state.as_ref().ok_or(CallbackError::MissingState)?;
+        let Some((key, pending)) = self.flows.claim(state.expose()).await else {
+            return Err(self.settled(state.expose()).await);
+        };
         let (this, params, state) = (self.clone(), params.clone(), state.clone());
         let task = tokio::spawn(async move {
             let outcome = crate::limits::catch_panic(this.finish(&key, &pending, &params))
@@ -168,6 +197,26 @@ impl AuthorizationCompleter {
         })
     }
 
+    /// Why a callback for `state` cannot claim its flow, once the flow has settled.
+    async fn settled(&self, state: &str) -> CallbackError {
+        let ended = |outcome| match outcome {
+            FlowOutcome::Completed(generation) => CallbackError::AlreadyCompleted(generation),
+            FlowOutcome::Failed(reason) | FlowOutcome::ClientRejected(reason) => {
+                CallbackError::AlreadyFailed(reason)
+            }
+        };
+        match self.flows.status(state).await {
+            None | Some(FlowStatus::Open) => CallbackError::UnknownState,
+            Some(FlowStatus::Expired) => CallbackError::Expired,
+            Some(FlowStatus::Ended(outcome)) => ended(outcome),
+            // Another callback (a retry of this one) is exchanging: report its outcome.
+            Some(FlowStatus::Exchanging) => match self.flows.outcome(state).await {
+                Some(outcome) => ended(outcome),
+                None => CallbackError::Expired,
+            },
+        }
+    }
+
     /// Checks the callback against the claimed flow, exchanges the code and stores the
     /// credentials; completes the flow on success (the caller fails it otherwise).
     async fn finish(
@@ -190,7 +239,14 @@ impl AuthorizationCompleter {
             _ => {}
         }
         if let Some(error) = &params.error {
-            return Err(CallbackError::Denied(error.clone()));
+            // Server-chosen text: kept short.
+            return Err(CallbackError::Denied {
+                error: error.chars().take(100).collect(),
+                description: params
+                    .error_description
+                    .as_ref()
+                    .map(|d| d.chars().take(500).collect()),
+            });
         }
         let Some(code) = &params.code else {
             return Err(CallbackError::MissingCode);

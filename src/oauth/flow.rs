@@ -37,6 +37,10 @@ pub struct AuthorizationRequest {
     /// Whether the callback must carry `iss` (RFC 9207): the authorization server
     /// advertised `authorization_response_iss_parameter_supported`.
     pub require_iss: bool,
+    /// The app's start endpoint ([`CallbackService`](crate::CallbackService)), if any:
+    /// the browser is sent there (`?flow=<state>`), which sets the binding cookie and
+    /// redirects to the authorization URL.
+    pub start_endpoint: Option<Url>,
 }
 
 impl AuthorizationRequest {
@@ -48,7 +52,14 @@ impl AuthorizationRequest {
             redirect_uri,
             scopes: Vec::new(),
             require_iss: false,
+            start_endpoint: None,
         }
+    }
+
+    /// Sends browsers through `start_endpoint` (see [`PendingFlow::browser_url`]).
+    pub fn with_start_endpoint(mut self, start_endpoint: Url) -> Self {
+        self.start_endpoint = Some(start_endpoint);
+        self
     }
 
     /// Requires the callback's `iss` parameter (RFC 9207 §2.4: when the server
@@ -77,6 +88,38 @@ pub struct PendingFlow {
     pub pkce_verifier: Secret,
     /// When the flow stops being joinable or completable.
     pub expires_at: SystemTime,
+    /// The start link for this flow, when the request named a start endpoint.
+    pub start_url: Option<Url>,
+}
+
+impl PendingFlow {
+    /// The URL to open in the user's browser: the start link when there is a start
+    /// endpoint (it sets the browser-binding cookie the callback requires), else the
+    /// authorization URL itself.
+    pub fn browser_url(&self) -> &Url {
+        self.start_url.as_ref().unwrap_or(&self.authorization_url)
+    }
+
+    /// How long until the flow expires (zero once it has).
+    pub fn remaining(&self) -> Duration {
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
+}
+
+/// Where a flow stands, for the callback endpoint's pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlowStatus {
+    /// Waiting for its callback.
+    Open,
+    /// A callback is exchanging its code.
+    Exchanging,
+    /// Ended with this outcome.
+    Ended(FlowOutcome),
+    /// Expired without an outcome.
+    Expired,
 }
 
 impl fmt::Debug for PendingFlow {
@@ -86,6 +129,7 @@ impl fmt::Debug for PendingFlow {
             .field("state", &self.state)
             .field("pkce_verifier", &self.pkce_verifier)
             .field("expires_at", &self.expires_at)
+            .field("start_url", &self.start_url.as_ref().map(Url::path))
             .finish_non_exhaustive()
     }
 }
@@ -216,16 +260,22 @@ impl FlowStore {
         Self::with_ttl(Duration::from_secs(15 * 60))
     }
 
-    /// A store whose flows live `ttl`.
+    /// A store whose flows live `ttl`. Ended and expired flows are remembered a while
+    /// longer (another `ttl`, at least a minute), so a late or reloaded callback is
+    /// told how its flow ended instead of "unknown".
     pub fn with_ttl(ttl: Duration) -> Self {
+        let remembered = crate::limits::clamp(
+            ttl.saturating_mul(2)
+                .max(ttl.saturating_add(Duration::from_secs(60))),
+        );
         Self {
             by_key: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(crate::limits::clamp(ttl))
+                .time_to_live(remembered)
                 .build(),
             by_state: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(crate::limits::clamp(ttl))
+                .time_to_live(remembered)
                 .build(),
             ttl,
         }
@@ -272,6 +322,27 @@ impl FlowStore {
         flow.is_open().then(|| (key, flow.pending.clone()))
     }
 
+    /// Where the flow of `state` stands; `None` for a state this store never issued (or
+    /// has forgotten, past its TTL).
+    pub async fn status(&self, state: &str) -> Option<FlowStatus> {
+        let (_, flow) = self.by_state.get(state).await?;
+        let ended = flow.outcome.borrow().clone();
+        Some(match ended {
+            Some(outcome) => FlowStatus::Ended(outcome),
+            None if SystemTime::now() >= flow.pending.expires_at => FlowStatus::Expired,
+            None if flow.claimed.load(std::sync::atomic::Ordering::SeqCst) => {
+                FlowStatus::Exchanging
+            }
+            None => FlowStatus::Open,
+        })
+    }
+
+    /// Waits for the outcome of the flow of `state` (bounded by its expiry).
+    pub async fn outcome(&self, state: &str) -> Option<FlowOutcome> {
+        let (_, flow) = self.by_state.get(state).await?;
+        FlowHandle { flow, joined: true }.outcome().await
+    }
+
     /// Claims the open flow of `state` for the one callback that may exchange its code:
     /// `None` for unknown, expired, completed or already claimed flows.
     pub async fn claim(&self, state: &str) -> Option<(AuthKey, Arc<PendingFlow>)> {
@@ -310,10 +381,17 @@ fn new_flow(request: AuthorizationRequest, ttl: Duration) -> Flow {
         .add_scopes(request.scopes.iter().cloned().map(Scope::new))
         .add_extra_param("resource", request.binding.resource().as_str().to_owned())
         .url();
+    let start_url = request.start_endpoint.clone().map(|mut start| {
+        start
+            .query_pairs_mut()
+            .append_pair("flow", state.secret().as_str());
+        start
+    });
     Flow {
         pending: Arc::new(PendingFlow {
             request,
             authorization_url,
+            start_url,
             state: Secret::new(state.secret().as_str()),
             pkce_verifier: Secret::new(verifier.secret().as_str()),
             expires_at: crate::limits::system_after(SystemTime::now(), ttl),

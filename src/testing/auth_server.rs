@@ -145,6 +145,10 @@ struct Knobs {
     latency: Duration,
     rotate_refresh_tokens: bool,
     fault: Option<(Fault, Option<u64>)>,
+    /// `/authorize` first sends the browser to an interaction page bound to a cookie.
+    interaction: bool,
+    /// `/authorize` answers this OAuth error (and description) instead of a code.
+    deny: Option<(String, Option<String>)>,
 }
 
 #[derive(Default)]
@@ -162,6 +166,9 @@ struct Counters {
     next_family: AtomicU64,
 }
 
+/// An interaction in progress: its session cookie and the authorization request.
+type PendingInteraction = (String, HashMap<String, String>);
+
 pub(crate) struct AuthState {
     issuer: Mutex<String>,
     /// Signs the user assertions this server hands out (HS256).
@@ -171,6 +178,8 @@ pub(crate) struct AuthState {
     counters: Counters,
     refreshes_by_subject: Mutex<HashMap<String, u64>>,
     recorded: Mutex<Vec<RecordedTokenRequest>>,
+    /// Pending interactions: id -> (session cookie value, the authorization request).
+    interactions: Mutex<HashMap<String, PendingInteraction>>,
 }
 
 impl AuthState {
@@ -301,16 +310,20 @@ impl TestAuthServer {
                 latency: Duration::ZERO,
                 rotate_refresh_tokens: true,
                 fault: None,
+                interaction: false,
+                deny: None,
             }),
             counters: Counters::default(),
             refreshes_by_subject: Mutex::new(HashMap::new()),
             recorded: Mutex::new(Vec::new()),
+            interactions: Mutex::new(HashMap::new()),
         });
         let router = Router::new()
             .route("/token", post(token_endpoint))
             .route("/.well-known/oauth-authorization-server", get(metadata))
             .route("/register", post(register))
             .route("/authorize", get(authorize))
+            .route("/interaction", get(interaction))
             .with_state(state.clone());
         let handle = ServerHandle::spawn(router, ("127.0.0.1", 0)).await?;
         *lock(&state.issuer) = format!("http://{}", handle.addr);
@@ -395,6 +408,22 @@ impl TestAuthServer {
     }
 
     /// The user who consents at `/authorize` from now on (default `alice`).
+    /// Makes `/authorize` behave like a real identity provider's login: it redirects to
+    /// an interaction page and sets a session cookie, and the interaction page only
+    /// consents (and redirects back) when the browser returns that cookie.
+    pub fn set_interaction(&self, interaction: bool) {
+        lock(&self.state.knobs).interaction = interaction;
+    }
+
+    /// Makes `/authorize` redirect back with this OAuth `error` (and description)
+    /// instead of a code: `access_denied`, `invalid_scope`, `server_error`, ...
+    /// `None` restores consent.
+    pub fn set_authorization_error(&self, error: Option<(&str, Option<&str>)>) {
+        lock(&self.state.knobs).deny =
+            error.map(|(code, description)| (code.to_owned(), description.map(str::to_owned)));
+    }
+
+    /// Who consents at `/authorize`.
     pub fn set_consenting_user(&self, subject: &str) {
         lock(&self.state.knobs).consenting_user = subject.to_owned();
     }
@@ -553,7 +582,7 @@ async fn authorize(
         .authorization_requests
         .fetch_add(1, Ordering::SeqCst);
     let param = |name: &str| query.get(name).cloned();
-    let (Some(client_id), Some(redirect_uri), Some(challenge)) = (
+    let (Some(client_id), Some(redirect_uri), Some(_challenge)) = (
         param("client_id"),
         param("redirect_uri"),
         param("code_challenge"),
@@ -573,15 +602,94 @@ async fn authorize(
         )
             .into_response();
     }
+    if url::Url::parse(&redirect_uri).is_err() {
+        return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response();
+    }
+    if !lock(&state.tokens).clients.contains_key(&client_id) {
+        return (StatusCode::BAD_REQUEST, "unknown client").into_response();
+    }
+    if lock(&state.knobs).interaction {
+        // Like a real provider's login page: a hop bound to a session cookie.
+        let (id, session) = (random_token("interaction"), random_token("session"));
+        lock(&state.interactions).insert(id.clone(), (session.clone(), query));
+        return (
+            StatusCode::FOUND,
+            [
+                (header::LOCATION, format!("/interaction?id={id}")),
+                (
+                    header::SET_COOKIE,
+                    format!("fixture_session={session}; Path=/; HttpOnly; SameSite=Lax"),
+                ),
+            ],
+        )
+            .into_response();
+    }
+    consent(&state, &query)
+}
+
+/// The interaction page: consents only for the browser holding the session cookie.
+async fn interaction(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let id = query.get("id").cloned().unwrap_or_default();
+    let Some((session, request)) = lock(&state.interactions).remove(&id) else {
+        return (StatusCode::BAD_REQUEST, "unknown or used interaction").into_response();
+    };
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let bound = cookie
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| name == "fixture_session" && value == session);
+    if !bound {
+        return (
+            StatusCode::BAD_REQUEST,
+            "session cookie missing: the login was not started in this browser",
+        )
+            .into_response();
+    }
+    consent(&state, &request)
+}
+
+/// The user consents (or, with an error knob, does not): redirect back to the client.
+fn consent(state: &AuthState, query: &HashMap<String, String>) -> Response {
+    let param = |name: &str| query.get(name).cloned();
+    let (Some(client_id), Some(redirect_uri), Some(challenge)) = (
+        param("client_id"),
+        param("redirect_uri"),
+        param("code_challenge"),
+    ) else {
+        return (StatusCode::BAD_REQUEST, "incomplete authorization request").into_response();
+    };
     let Ok(mut location) = url::Url::parse(&redirect_uri) else {
         return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response();
     };
+    let deny = lock(&state.knobs).deny.clone();
+    if let Some((error, description)) = deny {
+        let mut pairs = location.query_pairs_mut();
+        pairs.append_pair("error", &error);
+        if let Some(description) = &description {
+            pairs.append_pair("error_description", description);
+        }
+        pairs
+            .append_pair("state", &param("state").unwrap_or_default())
+            .append_pair("iss", &lock(&state.issuer));
+        drop(pairs);
+        return (
+            StatusCode::FOUND,
+            [(header::LOCATION, location.to_string())],
+        )
+            .into_response();
+    }
     let code = random_token("code");
     {
         let mut tokens = lock(&state.tokens);
-        if !tokens.clients.contains_key(&client_id) {
-            return (StatusCode::BAD_REQUEST, "unknown client").into_response();
-        }
         let subject = lock(&state.knobs).consenting_user.clone();
         tokens.codes.insert(
             code.clone(),
