@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::Shared;
 use crate::breaker::BreakerSnapshot;
 
-/// Control and visibility of a [`CircuitBreakerLayer`]'s circuits.
+/// Control and visibility of a [`CircuitBreakerLayer`](super::CircuitBreakerLayer)'s circuits.
 ///
 /// ```
 /// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, CircuitState};

@@ -18,7 +18,7 @@
 //! closed after opening) or has failures since its last success, it admits at most as
 //! many concurrent calls as failures it may still take before opening; further calls
 //! wait for one of those to finish (at most the probe timeout, then they fail with
-//! [`Rejection::Unproven`]). A dead upstream hit by a wave of 1,000 calls sees
+//! [`Rejection::Unproven`](crate::Rejection::Unproven)). A dead upstream hit by a wave of 1,000 calls sees
 //! `consecutive_failures` of them, then the circuit opens and the rest fail fast; a
 //! healthy one is proven by the first answer and everyone proceeds.
 
@@ -109,7 +109,7 @@ impl Shared {
 /// so a stateless MCP server is never taken for a storm; and a dead upstream is probed
 /// about once a second, so a recovered one is used again within a second.
 ///
-/// A refused call fails with [`Error::CircuitOpen`] (inside the `BoxError`), carrying the
+/// A refused call fails with [`Error::CircuitOpen`](crate::Error::CircuitOpen) (inside the `BoxError`), carrying the
 /// reason and when to retry; stack [`ServiceUnavailableOnOpenLayer`] outside it to turn
 /// that into a `503` with `Retry-After` instead (proxies). Breakers live in a moka cache
 /// that forgets keys idle for 15 minutes, so millions of keys do not grow without bound.

@@ -12,7 +12,7 @@ use crate::error::Error;
 
 /// Turns [`Error::CircuitOpen`] into a `503 Service Unavailable` response with
 /// `Retry-After` (whole seconds, rounded up), for proxies that must answer something.
-/// Stack it outside [`CircuitBreakerLayer`]; other errors pass through.
+/// Stack it outside [`CircuitBreakerLayer`](super::CircuitBreakerLayer); other errors pass through.
 ///
 /// ```
 /// use tower::ServiceBuilder;
