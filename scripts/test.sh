@@ -49,7 +49,7 @@ cargo run --quiet --example quickstart
 step "refresh contention bench (exits non-zero if our coordinator redeems twice)"
 cargo bench --bench refresh_contention
 
-step "reconnect storm bench (exits non-zero if our breaker lets more than one call per backoff window through)"
+step "reconnect storm bench (exits non-zero if our breaker lets more than one call per backoff window through, is not 100x below no breaker, or recovers slower than 2 s)"
 cargo bench --bench reconnect_storm
 
 step "OBO storm bench (exits non-zero unless our layer makes one exchange per user, scope and token lifetime)"

@@ -260,3 +260,85 @@ async fn chromium_signs_in_through_the_start_link_and_the_callback() {
     );
     println!("success page screenshot: {}", shot.display());
 }
+
+/// Every page the endpoints can show, rendered by `DefaultPages` and looked at in
+/// Chromium: the title a user reads, and the status the endpoint sends with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_reads_right_in_chromium() {
+    use tower_mcp_auth::{CallbackPage, CallbackPages, DefaultPages};
+    let app = "Example <Chat>";
+    let pages = [
+        (
+            CallbackPage::SignedIn {
+                app,
+                server: "mcp.example.com",
+            },
+            "Signed in",
+            200,
+        ),
+        (
+            CallbackPage::AlreadySignedIn { app },
+            "Already signed in",
+            200,
+        ),
+        (CallbackPage::Expired { app }, "Sign-in expired", 410),
+        (
+            CallbackPage::Denied {
+                app,
+                error: "access_denied",
+                description: None,
+            },
+            "Sign-in cancelled",
+            403,
+        ),
+        (
+            CallbackPage::Denied {
+                app,
+                error: "invalid_scope",
+                description: Some("scope x"),
+            },
+            "Sign-in refused",
+            400,
+        ),
+        (
+            CallbackPage::Denied {
+                app,
+                error: "server_error",
+                description: None,
+            },
+            "Sign-in failed",
+            502,
+        ),
+        (
+            CallbackPage::Denied {
+                app,
+                error: "temporarily_unavailable",
+                description: None,
+            },
+            "Sign-in unavailable",
+            503,
+        ),
+        (CallbackPage::Failed { app }, "Sign-in failed", 502),
+        (
+            CallbackPage::InvalidLink { app },
+            "Link not valid here",
+            400,
+        ),
+        (CallbackPage::NotYours { app }, "Not your sign-in link", 403),
+    ];
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pages");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, (page, title, status)) in pages.iter().enumerate() {
+        assert_eq!(page.status().as_u16(), *status, "{page:?}");
+        let file = dir.join(format!("page-{i}.html"));
+        std::fs::write(&file, DefaultPages.render(page)).unwrap();
+        let url = Url::from_file_path(&file).unwrap();
+        let dom = run_chromium(&url, &format!("page-{i}"), "--dump-dom")
+            .await
+            .unwrap();
+        let shown = text(&dom);
+        assert!(shown.starts_with(title), "{page:?}: {shown}");
+        // The app's name is text, not markup, wherever it appears.
+        assert!(dom.contains("Example &lt;Chat&gt;"), "{page:?}: {dom}");
+    }
+}
