@@ -26,8 +26,25 @@ use tower_mcp_auth::{
 
 const YEAR_AND_A_DAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// An authorizer for `server` on loopback http, its callback never reached.
+fn builder(server: String, store: Arc<MemoryStore>) -> tower_mcp_auth::AuthorizerBuilder {
+    Authorizer::builder(server, store, "http://127.0.0.1:1/cb".parse().unwrap())
+        .url_policy(loopback())
+}
+
 fn loopback() -> UrlPolicy {
     UrlPolicy::default().allow_loopback_http()
+}
+
+/// A gateway's OBO exchanger at `auth` (jwt-bearer, client `gateway`).
+fn gateway_exchanger(auth: &TestAuthServer) -> OboExchanger {
+    auth.register_client("gateway", Some("s"));
+    OboExchanger::new(OboConfig::new(
+        auth.token_endpoint().parse().unwrap(),
+        "gateway",
+        ClientAuth::SecretBasic(Secret::new("s")),
+        OboGrant::JwtBearer,
+    ))
 }
 
 /// An unsigned JWT with these claims: the layers read `exp` before any exchange.
@@ -43,14 +60,8 @@ fn jwt(claims: serde_json::Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assertion_with_an_absurd_exp_is_refused_without_an_exchange() {
     let auth = TestAuthServer::start().await.unwrap();
-    auth.register_client("gateway", Some("s"));
     let mcp = TestMcpServer::start(&auth).await.unwrap();
-    let exchanger = OboExchanger::new(OboConfig::new(
-        auth.token_endpoint().parse().unwrap(),
-        "gateway",
-        ClientAuth::SecretBasic(Secret::new("s")),
-        OboGrant::JwtBearer,
-    ));
+    let exchanger = gateway_exchanger(&auth);
     let client = OboHeaderLayer::new(exchanger.clone(), &mcp.url())
         .unwrap()
         .layer(ReqwestTransport::new());
@@ -113,14 +124,7 @@ async fn a_huge_expires_in_on_the_code_exchange_completes_the_flow() {
     auth.set_access_token_lifetime(Duration::from_secs(u64::MAX));
     let mcp = TestMcpServer::start(&auth).await.unwrap();
     let store = Arc::new(MemoryStore::new());
-    let authorizer = Authorizer::builder(
-        mcp.url(),
-        store.clone(),
-        "http://127.0.0.1:1/cb".parse().unwrap(),
-    )
-    .url_policy(loopback())
-    .build()
-    .unwrap();
+    let authorizer = builder(mcp.url(), store.clone()).build().unwrap();
     let client = OAuthRetryLayer::wait(
         authorizer.clone(),
         HeadlessBrowser::new(authorizer.completer()),
@@ -142,14 +146,8 @@ async fn a_huge_expires_in_on_the_code_exchange_completes_the_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_expires_in_on_obo_is_cached_once() {
     let auth = TestAuthServer::start().await.unwrap();
-    auth.register_client("gateway", Some("s"));
     auth.set_access_token_lifetime(Duration::from_secs(u64::MAX));
-    let exchanger = OboExchanger::new(OboConfig::new(
-        auth.token_endpoint().parse().unwrap(),
-        "gateway",
-        ClientAuth::SecretBasic(Secret::new("s")),
-        OboGrant::JwtBearer,
-    ));
+    let exchanger = gateway_exchanger(&auth);
     let principal = Principal::new("acme", "carol");
     let assertion =
         UserAssertion::new(auth.user_assertion("carol", "gateway", Duration::from_secs(3600)));
@@ -231,20 +229,15 @@ async fn hostile_world() -> HostileWorld {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pre_registered_secret_never_reaches_another_issuer() {
     let w = hostile_world().await;
-    let authorizer = Authorizer::builder(
-        w.mcp.url(),
-        w.store.clone(),
-        "http://127.0.0.1:1/cb".parse().unwrap(),
-    )
-    .url_policy(loopback())
-    .pre_registered(
-        PreRegisteredClient::new("https://auth.example.com", "static-id").with_secret(
-            Secret::new("operator-secret"),
-            ClientAuthMethod::ClientSecretBasic,
-        ),
-    )
-    .build()
-    .unwrap();
+    let authorizer = builder(w.mcp.url(), w.store.clone())
+        .pre_registered(
+            PreRegisteredClient::new("https://auth.example.com", "static-id").with_secret(
+                Secret::new("operator-secret"),
+                ClientAuthMethod::ClientSecretBasic,
+            ),
+        )
+        .build()
+        .unwrap();
     let client = OAuthRetryLayer::wait(
         authorizer.clone(),
         HeadlessBrowser::new(authorizer.completer()),
@@ -275,19 +268,14 @@ async fn a_pre_registered_secret_never_reaches_another_issuer() {
 async fn a_pinned_token_endpoint_refuses_a_different_one() {
     let auth = TestAuthServer::start().await.unwrap();
     let mcp = TestMcpServer::start(&auth).await.unwrap();
-    let authorizer = Authorizer::builder(
-        mcp.url(),
-        Arc::new(MemoryStore::new()),
-        "http://127.0.0.1:1/cb".parse().unwrap(),
-    )
-    .url_policy(loopback())
-    .pre_registered(
-        PreRegisteredClient::new(auth.issuer(), "static-id")
-            .with_secret(Secret::new("s"), ClientAuthMethod::ClientSecretPost)
-            .with_token_endpoint("https://elsewhere.example.com/token".parse().unwrap()),
-    )
-    .build()
-    .unwrap();
+    let authorizer = builder(mcp.url(), Arc::new(MemoryStore::new()))
+        .pre_registered(
+            PreRegisteredClient::new(auth.issuer(), "static-id")
+                .with_secret(Secret::new("s"), ClientAuthMethod::ClientSecretPost)
+                .with_token_endpoint("https://elsewhere.example.com/token".parse().unwrap()),
+        )
+        .build()
+        .unwrap();
     let error = authorizer
         .start(&Principal::new("acme", "erin"), &Default::default())
         .await
@@ -305,15 +293,10 @@ async fn a_pinned_token_endpoint_refuses_a_different_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_allowed_authorization_servers_are_used() {
     let w = hostile_world().await;
-    let authorizer = Authorizer::builder(
-        w.mcp.url(),
-        w.store.clone(),
-        "http://127.0.0.1:1/cb".parse().unwrap(),
-    )
-    .url_policy(loopback())
-    .allowed_authorization_servers(["https://auth.example.com"])
-    .build()
-    .unwrap();
+    let authorizer = builder(w.mcp.url(), w.store.clone())
+        .allowed_authorization_servers(["https://auth.example.com"])
+        .build()
+        .unwrap();
     let error = authorizer
         .start(&Principal::new("acme", "frank"), &Default::default())
         .await
@@ -414,14 +397,8 @@ fn refusals_name_the_fix_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_obo_re_exchanges_after_401_are_single_flight() {
     let auth = TestAuthServer::start().await.unwrap();
-    auth.register_client("gateway", Some("s"));
     let mcp = TestMcpServer::start(&auth).await.unwrap();
-    let exchanger = OboExchanger::new(OboConfig::new(
-        auth.token_endpoint().parse().unwrap(),
-        "gateway",
-        ClientAuth::SecretBasic(Secret::new("s")),
-        OboGrant::JwtBearer,
-    ));
+    let exchanger = gateway_exchanger(&auth);
     let client = OboHeaderLayer::new(exchanger.clone(), &mcp.url())
         .unwrap()
         .layer(ReqwestTransport::new());
