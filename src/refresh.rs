@@ -34,10 +34,21 @@ use crate::http_client::AuthHttpClient;
 use crate::key::AuthKey;
 use crate::oauth::grants::{self, GrantError};
 use crate::single_flight::{Completer, SingleFlight};
-use crate::store::{CredentialStore, Swap};
+use crate::store::{CredentialStore, Lease, LeaseOutcome, Swap};
 use crate::token::{Generation, TokenSet};
 
 type Outcome = Result<Arc<TokenSet>, Error>;
+
+/// How often a process waiting on another process's lease looks for its write.
+const LEASE_POLL: Duration = Duration::from_millis(25);
+
+/// What taking the shared store's lease came to.
+enum Leased {
+    /// This process redeems `TokenSet` (the generation the lease was taken on).
+    Acquired(Lease, Arc<TokenSet>),
+    /// Another process settled it: its result.
+    Settled(Outcome),
+}
 
 /// Timeouts, cooldowns and the refresh-ahead margin of a [`RefreshCoordinator`].
 ///
@@ -118,6 +129,12 @@ impl RefreshConfig {
     /// The redemption timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a shared store's redemption lease lasts: the redemption timeout plus
+    /// 5 s, so a live holder never loses it and a dead one blocks others that long.
+    fn lease_ttl(&self) -> Duration {
+        self.timeout.saturating_add(Duration::from_secs(5))
     }
 
     fn cooldown_after(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
@@ -484,7 +501,9 @@ impl RefreshCoordinator {
         );
     }
 
-    /// One redemption: read the refresh token now, redeem it, CAS the result.
+    /// One redemption: read the refresh token now, redeem it, CAS the result. With a
+    /// store shared by other processes, the store's lease is taken first (or the
+    /// holder's write awaited), and the write carries its fence.
     async fn redemption(
         &self,
         key: &AuthKey,
@@ -492,22 +511,124 @@ impl RefreshCoordinator {
         trigger: Generation,
     ) -> Outcome {
         let store = &self.inner.store;
-        let Some(current) = store.load(key).await.map_err(Error::Store)? else {
+        let Some(mut current) = store.load(key).await.map_err(Error::Store)? else {
             return Err(Error::reauth(ReauthReason::NoCredentials));
         };
         if current.generation != trigger && current.is_usable() {
             debug!(stored = %current.generation, "newer credentials already stored");
             return Ok(current);
         }
-        let Some(refresh_token) = &current.refresh_token else {
-            return Err(Error::reauth(ReauthReason::NoRefreshToken));
-        };
         // A caller can pass the cooldown check in `redeem` just before the previous
         // flight records its failure, and join after that flight ended, starting this
         // one: the cooldown is checked again here, after the previous flight's record.
         if let Some(error) = self.cooling_down(key, trigger) {
             return Err(error);
         }
+        let lease = if store.is_shared() {
+            match self.lease(key, current).await? {
+                Leased::Acquired(lease, leased) => {
+                    current = leased;
+                    Some(lease)
+                }
+                Leased::Settled(outcome) => return outcome,
+            }
+        } else {
+            None
+        };
+        let outcome = self.redeem_and_write(key, binding, &current, lease).await;
+        if let (Some(lease), Err(_)) = (lease, &outcome) {
+            // Nothing (or a retired refresh token) was written: free the lease for
+            // whoever tries next. A failed release only delays them until it expires.
+            let _ = store.release_lease(key, lease).await;
+        }
+        outcome
+    }
+
+    /// Takes the shared store's lease to redeem `current`, or waits for the process
+    /// holding it and returns what it stored.
+    async fn lease(&self, key: &AuthKey, mut current: Arc<TokenSet>) -> Result<Leased, Error> {
+        let store = &self.inner.store;
+        let ttl = self.inner.config.lease_ttl();
+        loop {
+            match store
+                .acquire_lease(key, current.generation, ttl)
+                .await
+                .map_err(Error::Store)?
+            {
+                LeaseOutcome::Acquired(lease) => return Ok(Leased::Acquired(lease, current)),
+                LeaseOutcome::Superseded(None) => {
+                    return Ok(Leased::Settled(Err(Error::reauth(
+                        ReauthReason::NoCredentials,
+                    ))));
+                }
+                LeaseOutcome::Superseded(Some(newer)) => {
+                    if self.inner.config.usable(&newer, SystemTime::now()) {
+                        debug!(stored = %newer.generation, "another process refreshed");
+                        return Ok(Leased::Settled(Ok(newer)));
+                    }
+                    if newer.refresh_token.is_none() {
+                        return Ok(Leased::Settled(Err(Error::reauth(
+                            ReauthReason::NoRefreshToken,
+                        ))));
+                    }
+                    // Newer, but expired too: that one is the token to redeem now.
+                    current = newer;
+                }
+                LeaseOutcome::Held(left) => {
+                    debug!(?left, "another process is redeeming; waiting for its write");
+                    self.await_write(key, current.generation, left).await?;
+                }
+            }
+        }
+    }
+
+    /// Polls the store until the generation moves past `generation` or `left` passes
+    /// (the holder died: its lease expires and the next acquire takes over).
+    async fn await_write(
+        &self,
+        key: &AuthKey,
+        generation: Generation,
+        left: Duration,
+    ) -> Result<(), Error> {
+        let until = Instant::now() + left.min(self.inner.config.lease_ttl());
+        while Instant::now() < until {
+            tokio::time::sleep(LEASE_POLL).await;
+            let stored = self.inner.store.load(key).await.map_err(Error::Store)?;
+            if stored.is_none_or(|t| t.generation != generation) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Redeems `current`'s refresh token and writes the result (fenced by `lease` when
+    /// the store is shared).
+    async fn redeem_and_write(
+        &self,
+        key: &AuthKey,
+        binding: &ServerBinding,
+        current: &Arc<TokenSet>,
+        lease: Option<Lease>,
+    ) -> Outcome {
+        let store = &self.inner.store;
+        let Some(refresh_token) = &current.refresh_token else {
+            return Err(Error::reauth(ReauthReason::NoRefreshToken));
+        };
+        let write = |next: TokenSet| async move {
+            match lease {
+                Some(lease) => {
+                    store
+                        .compare_and_swap_fenced(key, Some(current.generation), next, lease)
+                        .await
+                }
+                None => {
+                    store
+                        .compare_and_swap(key, Some(current.generation), next)
+                        .await
+                }
+            }
+            .map_err(Error::Store)
+        };
         self.inner
             .counters
             .redemptions
@@ -521,35 +642,37 @@ impl RefreshCoordinator {
         )
         .await;
         match granted {
-            Ok(granted) => {
-                let next = granted.into_token_set(Some(&current));
-                match store
-                    .compare_and_swap(key, Some(current.generation), next)
-                    .await
-                    .map_err(Error::Store)?
-                {
-                    Swap::Stored(stored) => {
-                        debug!(stored = %stored.generation, "refreshed");
-                        Ok(stored)
-                    }
-                    Swap::Conflict(Some(newer)) if newer.is_usable() => {
-                        debug!(stored = %newer.generation, "a newer generation won; refresh result discarded");
-                        Ok(newer)
-                    }
-                    Swap::Conflict(_) => Err(Error::reauth(ReauthReason::NoCredentials)),
+            Ok(granted) => match write(granted.into_token_set(Some(current))).await? {
+                Swap::Stored(stored) => {
+                    debug!(stored = %stored.generation, "refreshed");
+                    Ok(stored)
                 }
-            }
+                Swap::Conflict(Some(newer)) if newer.is_usable() => {
+                    debug!(stored = %newer.generation, "a newer generation won; refresh result discarded");
+                    Ok(newer)
+                }
+                Swap::Conflict(_) => Err(Error::reauth(ReauthReason::NoCredentials)),
+            },
             Err(GrantError::InvalidGrant) => {
                 warn!("refresh token rejected (invalid_grant); retiring it");
+                // The retired copy keeps no refresh token. In a shared store it keeps no
+                // usable access token either: another process must never take it for
+                // newer, usable credentials and replay with a dead token. (In memory it
+                // keeps the access token's expiry, so the entry stays until then and
+                // callers learn there is no refresh token.)
+                let now = SystemTime::now();
+                let expires_at = if store.is_shared() {
+                    Some(current.expires_at.map_or(now, |at| at.min(now)))
+                } else {
+                    current.expires_at
+                };
                 let retired = TokenSet {
                     refresh_token: None,
-                    ..(*current).clone()
+                    expires_at,
+                    ..(**current).clone()
                 };
                 // A conflict means newer credentials arrived: they stay untouched.
-                store
-                    .compare_and_swap(key, Some(current.generation), retired)
-                    .await
-                    .map_err(Error::Store)?;
+                write(retired).await?;
                 Err(Error::reauth(ReauthReason::InvalidGrant))
             }
             Err(error) => {

@@ -4,8 +4,21 @@
 //! compare-and-swap on the stored [`Generation`]: the writer names the generation it
 //! read, and the write fails if anything was written since. That is what keeps a slow
 //! refresh from overwriting the tokens of an interactive login that finished meanwhile.
+//!
+//! A store shared by several processes ([`SqliteStore`](crate::store::SqliteStore),
+//! feature `sqlite`) also hands out a per-key **redemption lease** with a fencing value:
+//! the process whose local flight leads takes the lease before it redeems, and its write
+//! carries the fence and fails if the lease was lost. Processes that find the lease held
+//! wait for the holder's write (bounded by the lease) instead of redeeming themselves:
+//! one redemption per rejected token across processes (DESIGN invariant 11).
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteStore;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +41,26 @@ pub enum Swap {
     /// The stored generation was not the expected one; nothing was written. Holds what
     /// is stored now.
     Conflict(Option<Arc<TokenSet>>),
+}
+
+/// A redemption lease held on one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The fencing value: strictly larger than every earlier lease's, checked by
+    /// [`CredentialStore::compare_and_swap_fenced`].
+    pub fence: u64,
+}
+
+/// The outcome of [`CredentialStore::acquire_lease`].
+#[derive(Clone, Debug)]
+pub enum LeaseOutcome {
+    /// The caller holds the lease: redeem, then write with the fence.
+    Acquired(Lease),
+    /// The stored generation is no longer the one to redeem: someone wrote meanwhile.
+    /// Holds what is stored now.
+    Superseded(Option<Arc<TokenSet>>),
+    /// Another process holds the lease for this long at most: wait for its write.
+    Held(std::time::Duration),
 }
 
 /// Persistent, shared storage of token sets with generation compare-and-swap.
@@ -78,6 +111,49 @@ pub trait CredentialStore: Send + Sync + 'static {
         key: &'a AuthKey,
         generation: Generation,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Whether other processes share this store. Only then are leases taken: inside
+    /// one process the coordinator's own single-flight already makes one redemption.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the redemption lease of `key` for `ttl` if the stored generation is still
+    /// `trigger` and no unexpired lease is held. The default (in-process stores) always
+    /// grants it.
+    fn acquire_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        trigger: Generation,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
+        let _ = (key, trigger, ttl);
+        Box::pin(async { Ok(LeaseOutcome::Acquired(Lease { fence: 0 })) })
+    }
+
+    /// [`compare_and_swap`](Self::compare_and_swap) that also requires `lease` to still
+    /// be the key's lease, and releases it. A lost lease is a conflict: nothing is
+    /// written. The default ignores the lease.
+    fn compare_and_swap_fenced<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        expected: Option<Generation>,
+        new: TokenSet,
+        lease: Lease,
+    ) -> BoxFuture<'a, Result<Swap, StoreError>> {
+        let _ = lease;
+        self.compare_and_swap(key, expected, new)
+    }
+
+    /// Gives `lease` up without writing (the redemption failed or was not needed).
+    fn release_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        lease: Lease,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (key, lease);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl<T: CredentialStore + ?Sized> CredentialStore for Arc<T> {
@@ -103,5 +179,36 @@ impl<T: CredentialStore + ?Sized> CredentialStore for Arc<T> {
         generation: Generation,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         (**self).delete(key, generation)
+    }
+
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
+    }
+
+    fn acquire_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        trigger: Generation,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
+        (**self).acquire_lease(key, trigger, ttl)
+    }
+
+    fn compare_and_swap_fenced<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        expected: Option<Generation>,
+        new: TokenSet,
+        lease: Lease,
+    ) -> BoxFuture<'a, Result<Swap, StoreError>> {
+        (**self).compare_and_swap_fenced(key, expected, new, lease)
+    }
+
+    fn release_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        lease: Lease,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).release_lease(key, lease)
     }
 }

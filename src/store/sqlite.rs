@@ -1,0 +1,415 @@
+//! The embedded durable store: one SQLite file, shared by the processes of one machine.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{BoxFuture, CredentialStore, Lease, LeaseOutcome, Swap};
+use crate::error::StoreError;
+use crate::key::AuthKey;
+use crate::token::{Generation, Secret, TokenSet};
+
+/// The schema version this code writes; older files are migrated on open.
+const SCHEMA_VERSION: i64 = 1;
+
+/// A [`CredentialStore`] in a SQLite file (bundled SQLite, WAL, `BEGIN IMMEDIATE`
+/// writes, a busy timeout), for several processes on one machine and for restarts:
+/// credentials survive, generations grow across processes, and the per-key redemption
+/// lease with its fence makes one redemption per rejected token between all processes
+/// that open the file.
+///
+/// Blocking SQLite calls run on tokio's blocking pool, never on the async threads.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_mcp_auth::store::SqliteStore;
+/// use tower_mcp_auth::RefreshCoordinator;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = std::env::temp_dir().join(format!("tower-mcp-auth-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let store = SqliteStore::open(dir.join("credentials.db"))?;
+/// // Every process that opens the same file shares credentials and refreshes.
+/// let coordinator = RefreshCoordinator::new(Arc::new(store));
+/// # drop(coordinator);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::new(error)
+}
+
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, with a 5 s busy timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the file cannot be opened, is not a SQLite database, or was
+    /// written by a newer schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_busy_timeout(path, Duration::from_secs(5))
+    }
+
+    /// As [`open`](Self::open), waiting at most `busy_timeout` for another process's
+    /// write lock before an operation fails with a [`StoreError`].
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_with_busy_timeout(
+        path: impl AsRef<Path>,
+        busy_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut connection = Connection::open(&path).map_err(store_error)?;
+        connection.busy_timeout(busy_timeout).map_err(store_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(store_error)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(store_error)?;
+        migrate(&mut connection)?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+            path: Arc::new(path),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on the connection on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut connection)
+        })
+        .await
+        .map_err(store_error)?
+        .map_err(store_error)
+    }
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(store_error)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::new(std::io::Error::other(format!(
+            "credential store schema {version} is newer than this version understands ({SCHEMA_VERSION})"
+        ))));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(store_error)?;
+    // Version 0 -> 1: the first schema. (Later versions add steps here.)
+    transaction
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS credentials (
+                tenant TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                binding BLOB NOT NULL,
+                access_token TEXT NOT NULL,
+                refresh_token TEXT,
+                scope TEXT,
+                obtained_at_ms INTEGER NOT NULL,
+                expires_at_ms INTEGER,
+                generation INTEGER NOT NULL,
+                PRIMARY KEY (tenant, subject, binding)
+            );
+            CREATE TABLE IF NOT EXISTS leases (
+                tenant TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                binding BLOB NOT NULL,
+                fence INTEGER NOT NULL,
+                expires_at_ms INTEGER NOT NULL,
+                PRIMARY KEY (tenant, subject, binding)
+            );
+            CREATE TABLE IF NOT EXISTS counters (
+                name TEXT PRIMARY KEY,
+                value INTEGER NOT NULL
+            );
+            INSERT OR IGNORE INTO counters (name, value) VALUES ('generation', 0), ('fence', 0);",
+        )
+        .map_err(store_error)?;
+    transaction
+        .pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(store_error)?;
+    transaction.commit().map_err(store_error)
+}
+
+/// The key's three columns.
+struct KeyColumns {
+    tenant: String,
+    subject: String,
+    binding: Vec<u8>,
+}
+
+impl From<&AuthKey> for KeyColumns {
+    fn from(key: &AuthKey) -> Self {
+        Self {
+            tenant: key.principal().tenant().to_owned(),
+            subject: key.principal().subject().to_owned(),
+            binding: key.binding().as_bytes().to_vec(),
+        }
+    }
+}
+
+fn load(connection: &Connection, key: &KeyColumns) -> rusqlite::Result<Option<Arc<TokenSet>>> {
+    connection
+        .query_row(
+            "SELECT access_token, refresh_token, scope, obtained_at_ms, expires_at_ms, generation
+             FROM credentials WHERE tenant = ?1 AND subject = ?2 AND binding = ?3",
+            params![key.tenant, key.subject, key.binding],
+            |row| {
+                Ok(TokenSet {
+                    access_token: Secret::new(row.get::<_, String>(0)?),
+                    refresh_token: row.get::<_, Option<String>>(1)?.map(Secret::new),
+                    scope: row.get(2)?,
+                    obtained_at: from_millis(row.get(3)?),
+                    expires_at: row.get::<_, Option<i64>>(4)?.map(from_millis),
+                    generation: Generation(u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0)),
+                })
+            },
+        )
+        .optional()
+        .map(|tokens| tokens.map(Arc::new))
+}
+
+fn next(connection: &Connection, counter: &str) -> rusqlite::Result<i64> {
+    connection.query_row(
+        "UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value",
+        params![counter],
+        |row| row.get(0),
+    )
+}
+
+/// CAS inside an open transaction; commits nothing itself.
+fn swap(
+    connection: &Connection,
+    key: &KeyColumns,
+    expected: Option<Generation>,
+    mut new: TokenSet,
+) -> rusqlite::Result<Swap> {
+    let current = load(connection, key)?;
+    if current.as_ref().map(|t| t.generation) != expected {
+        return Ok(Swap::Conflict(current));
+    }
+    let generation = next(connection, "generation")?;
+    new.generation = Generation(u64::try_from(generation).unwrap_or(0));
+    connection.execute(
+        "INSERT INTO credentials
+            (tenant, subject, binding, access_token, refresh_token, scope, obtained_at_ms, expires_at_ms, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (tenant, subject, binding) DO UPDATE SET
+            access_token = excluded.access_token, refresh_token = excluded.refresh_token,
+            scope = excluded.scope, obtained_at_ms = excluded.obtained_at_ms,
+            expires_at_ms = excluded.expires_at_ms, generation = excluded.generation",
+        params![
+            key.tenant,
+            key.subject,
+            key.binding,
+            new.access_token.expose(),
+            new.refresh_token.as_ref().map(Secret::expose),
+            new.scope,
+            millis(new.obtained_at),
+            new.expires_at.map(millis),
+            generation,
+        ],
+    )?;
+    Ok(Swap::Stored(Arc::new(new)))
+}
+
+fn delete_lease(connection: &Connection, key: &KeyColumns, fence: u64) -> rusqlite::Result<()> {
+    connection.execute(
+        "DELETE FROM leases WHERE tenant = ?1 AND subject = ?2 AND binding = ?3 AND fence = ?4",
+        params![
+            key.tenant,
+            key.subject,
+            key.binding,
+            i64::try_from(fence).unwrap_or(i64::MAX)
+        ],
+    )?;
+    Ok(())
+}
+
+impl CredentialStore for SqliteStore {
+    fn load<'a>(
+        &'a self,
+        key: &'a AuthKey,
+    ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
+        let key = KeyColumns::from(key);
+        Box::pin(self.run(move |connection| load(connection, &key)))
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        expected: Option<Generation>,
+        new: TokenSet,
+    ) -> BoxFuture<'a, Result<Swap, StoreError>> {
+        let key = KeyColumns::from(key);
+        Box::pin(self.run(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let outcome = swap(&transaction, &key, expected, new)?;
+            transaction.commit()?;
+            Ok(outcome)
+        }))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        generation: Generation,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let key = KeyColumns::from(key);
+        Box::pin(self.run(move |connection| {
+            let deleted = connection.execute(
+                "DELETE FROM credentials
+                 WHERE tenant = ?1 AND subject = ?2 AND binding = ?3 AND generation = ?4",
+                params![
+                    key.tenant,
+                    key.subject,
+                    key.binding,
+                    i64::try_from(generation.0).unwrap_or(i64::MAX)
+                ],
+            )?;
+            Ok(deleted > 0)
+        }))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn acquire_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        trigger: Generation,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
+        let key = KeyColumns::from(key);
+        Box::pin(self.run(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = load(&transaction, &key)?;
+            if current.as_ref().map(|t| t.generation) != Some(trigger) {
+                return Ok(LeaseOutcome::Superseded(current));
+            }
+            let now = millis(SystemTime::now());
+            let held: Option<i64> = transaction
+                .query_row(
+                    "SELECT expires_at_ms FROM leases
+                     WHERE tenant = ?1 AND subject = ?2 AND binding = ?3",
+                    params![key.tenant, key.subject, key.binding],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(until) = held.filter(|until| *until > now) {
+                let left = Duration::from_millis(u64::try_from(until - now).unwrap_or(0));
+                return Ok(LeaseOutcome::Held(left));
+            }
+            let fence = next(&transaction, "fence")?;
+            let ttl_ms = i64::try_from(crate::limits::clamp(ttl).as_millis()).unwrap_or(i64::MAX);
+            transaction.execute(
+                "INSERT INTO leases (tenant, subject, binding, fence, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, subject, binding) DO UPDATE SET
+                    fence = excluded.fence, expires_at_ms = excluded.expires_at_ms",
+                params![
+                    key.tenant,
+                    key.subject,
+                    key.binding,
+                    fence,
+                    now.saturating_add(ttl_ms)
+                ],
+            )?;
+            transaction.commit()?;
+            Ok(LeaseOutcome::Acquired(Lease {
+                fence: u64::try_from(fence).unwrap_or(0),
+            }))
+        }))
+    }
+
+    fn compare_and_swap_fenced<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        expected: Option<Generation>,
+        new: TokenSet,
+        lease: Lease,
+    ) -> BoxFuture<'a, Result<Swap, StoreError>> {
+        let key = KeyColumns::from(key);
+        Box::pin(self.run(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let fence: Option<i64> = transaction
+                .query_row(
+                    "SELECT fence FROM leases WHERE tenant = ?1 AND subject = ?2 AND binding = ?3",
+                    params![key.tenant, key.subject, key.binding],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            // The lease was taken over (it expired and another process acquired it):
+            // this writer is stale and writes nothing.
+            let ours = fence.and_then(|f| u64::try_from(f).ok()) == Some(lease.fence);
+            if !ours {
+                let current = load(&transaction, &key)?;
+                return Ok(Swap::Conflict(current));
+            }
+            let outcome = swap(&transaction, &key, expected, new)?;
+            delete_lease(&transaction, &key, lease.fence)?;
+            transaction.commit()?;
+            Ok(outcome)
+        }))
+    }
+
+    fn release_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        lease: Lease,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = KeyColumns::from(key);
+        Box::pin(self.run(move |connection| delete_lease(connection, &key, lease.fence)))
+    }
+}
