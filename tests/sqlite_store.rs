@@ -57,13 +57,18 @@ async fn the_store_contract_holds_across_processes_and_restarts() {
     // Generations grow across processes, and the other process sees the write.
     let second = put(&b, &k, tokens("b1")).await;
     assert!(second.generation > first.generation);
-    assert_eq!(a.load(&k).await.unwrap().unwrap().generation, second.generation);
+    assert_eq!(
+        a.load(&k).await.unwrap().unwrap().generation,
+        second.generation
+    );
     // A writer holding a stale generation loses, in either process.
     let stale = a
         .compare_and_swap(&k, Some(first.generation), tokens("late"))
         .await
         .unwrap();
-    assert!(matches!(stale, Swap::Conflict(Some(current)) if current.generation == second.generation));
+    assert!(
+        matches!(stale, Swap::Conflict(Some(current)) if current.generation == second.generation)
+    );
     // Every field survives a restart.
     drop((a, b));
     let reopened = SqliteStore::open(&path).unwrap();
@@ -110,7 +115,8 @@ async fn the_lease_is_single_fenced_and_taken_over_when_it_expires() {
     let k = key("bob");
     let stored = put(&a, &k, tokens("t1")).await;
     let ttl = Duration::from_millis(300);
-    let LeaseOutcome::Acquired(lease_a) = a.acquire_lease(&k, stored.generation, ttl).await.unwrap()
+    let LeaseOutcome::Acquired(lease_a) =
+        a.acquire_lease(&k, stored.generation, ttl).await.unwrap()
     else {
         panic!("first acquire")
     };
@@ -120,7 +126,8 @@ async fn the_lease_is_single_fenced_and_taken_over_when_it_expires() {
     ));
     // The holder stalls past its lease; the other process takes over.
     tokio::time::sleep(ttl + Duration::from_millis(50)).await;
-    let LeaseOutcome::Acquired(lease_b) = b.acquire_lease(&k, stored.generation, ttl).await.unwrap()
+    let LeaseOutcome::Acquired(lease_b) =
+        b.acquire_lease(&k, stored.generation, ttl).await.unwrap()
     else {
         panic!("takeover")
     };
