@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 use tower_mcp_auth::store::{CredentialStore, LeaseOutcome, SqliteStore, Swap};
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
