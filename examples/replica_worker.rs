@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --example replica_worker --features sqlite -- \
-//!     <store.db> <mcp url> <token endpoint> <client id> <tenant> <user> <callers> <millis>
+//!     <store.db> <mcp url> <token endpoint> <client id> <tenant> <user> <callers> <millis> [redemption timeout ms]
 //! ```
 
 use std::sync::Arc;
@@ -18,12 +18,17 @@ use tower::{BoxError, Layer, ServiceExt};
 use tower_mcp_auth::store::SqliteStore;
 use tower_mcp_auth::testing::{ReqwestTransport, jsonrpc_request};
 use tower_mcp_auth::{
-    AuthHttpClient, Principal, RefreshCoordinator, ServerBinding, SilentRefreshLayer, UrlPolicy,
+    AuthHttpClient, Principal, RefreshConfig, RefreshCoordinator, ServerBinding,
+    SilentRefreshLayer, UrlPolicy,
 };
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let (args, timeout) = match args.len() {
+        9 => (&args[..8], Some(Duration::from_millis(args[8].parse()?))),
+        _ => (&args[..], None),
+    };
     let [
         store,
         mcp,
@@ -33,9 +38,9 @@ async fn main() -> Result<(), BoxError> {
         user,
         callers,
         millis,
-    ] = &args[..]
+    ] = args
     else {
-        return Err("usage: replica_worker <store.db> <mcp url> <token endpoint> <client id> <tenant> <user> <callers> <millis>".into());
+        return Err("usage: replica_worker <store.db> <mcp url> <token endpoint> <client id> <tenant> <user> <callers> <millis> [timeout ms]".into());
     };
     let callers: usize = callers.parse()?;
     let run = Duration::from_millis(millis.parse()?);
@@ -45,6 +50,10 @@ async fn main() -> Result<(), BoxError> {
         .http_client(AuthHttpClient::reqwest_with_policy(
             UrlPolicy::default().allow_loopback_http(),
         ))
+        .config(match timeout {
+            Some(timeout) => RefreshConfig::default().with_timeout(timeout),
+            None => RefreshConfig::default(),
+        })
         .build();
     let binding = ServerBinding::public_client(mcp, token_endpoint, client_id.clone())?;
     let http = reqwest::Client::builder()

@@ -131,10 +131,12 @@ impl RefreshConfig {
         self.timeout
     }
 
-    /// How long a shared store's redemption lease lasts: the redemption timeout plus
-    /// 5 s, so a live holder never loses it and a dead one blocks others that long.
+    /// How long a shared store's redemption lease lasts: the redemption timeout plus as
+    /// much again (at most 5 s), so a live holder never loses it and a dead one blocks
+    /// the others that long at most.
     fn lease_ttl(&self) -> Duration {
-        self.timeout.saturating_add(Duration::from_secs(5))
+        self.timeout
+            .saturating_add(self.timeout.min(Duration::from_secs(5)))
     }
 
     fn cooldown_after(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
@@ -481,7 +483,13 @@ impl RefreshCoordinator {
         let span = info_span!("refresh", key = %key, generation = %trigger);
         tokio::spawn(
             async move {
-                let timeout = this.inner.config.timeout;
+                let config = &this.inner.config;
+                // With a shared store, waiting on another process's lease comes first.
+                let timeout = if this.inner.store.is_shared() {
+                    config.timeout.saturating_add(config.lease_ttl())
+                } else {
+                    config.timeout
+                };
                 let redemption =
                     tokio::time::timeout(timeout, this.redemption(&key, &binding, trigger));
                 // A panic inside the redemption still records a failure (a cooldown), so
