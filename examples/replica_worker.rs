@@ -1,4 +1,5 @@
-//! One replica of an app sharing credentials through a `SqliteStore` file: `callers`
+//! One replica of an app sharing credentials through a `SqliteStore` file (or a
+//! `RedisStore`, when the store argument is a `redis://` URL): `callers`
 //! concurrent tasks call an MCP server as one user for `millis`, through
 //! `SilentRefreshLayer` on a coordinator over the shared file. Prints
 //! `ok=<n> failed=<m> redemptions=<r>` and exits 0 (non-zero on bad arguments).
@@ -7,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --example replica_worker --features sqlite -- \
-//!     <store.db> <mcp url> <token endpoint> <client id> <tenant> <user> <callers> <millis> [redemption timeout ms]
+//!     <store.db | redis://…> <mcp url> <token endpoint> <client id> <tenant> <user> <callers> <millis> [redemption timeout ms]
 //! ```
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tower::{BoxError, Layer, ServiceExt};
-use tower_mcp_auth::store::SqliteStore;
+use tower_mcp_auth::store::{CredentialStore, RedisStore, SqliteStore};
 use tower_mcp_auth::testing::{ReqwestTransport, jsonrpc_request};
 use tower_mcp_auth::{
     AuthHttpClient, Principal, RefreshConfig, RefreshCoordinator, ServerBinding,
@@ -44,7 +45,11 @@ async fn main() -> Result<(), BoxError> {
     };
     let callers: usize = callers.parse()?;
     let run = Duration::from_millis(millis.parse()?);
-    let store = Arc::new(SqliteStore::open(store)?);
+    let store: Arc<dyn CredentialStore> = if store.starts_with("redis://") {
+        Arc::new(RedisStore::builder(store.as_str()).build()?)
+    } else {
+        Arc::new(SqliteStore::open(store)?)
+    };
     let coordinator = RefreshCoordinator::builder(store)
         // The loopback test servers: resolved addresses on loopback are allowed.
         .http_client(AuthHttpClient::reqwest_with_policy(

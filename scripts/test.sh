@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of tower-mcp-auth, in the order a failure is cheapest to see. Fails loudly
 # on the first failure. Needs the Rust toolchain (with rustfmt and clippy) and python3;
-# installs cargo-deny with cargo and chromium / npm / python3-venv from Debian if missing, Authlib
+# installs cargo-deny with cargo and chromium / redis-server / npm / python3-venv from Debian if missing, Authlib
 # from PyPI (the external authorization server of tests/external_as.rs) and, through
 # npx, the MCP conformance suite with its own Node 22 from the npm registry.
 set -euo pipefail
@@ -35,7 +35,14 @@ if ! command -v chromium >/dev/null; then
 fi
 chromium --version
 
-step "unit, integration, loom model-checking, fuzz-smoke, real-browser and doc tests"
+step "redis-server for the Redis store tests (Debian's package; each test starts its own on a free loopback port)"
+if ! command -v redis-server >/dev/null; then
+  echo "redis-server not found; installing it from Debian"
+  apt-get update -qq && apt-get install -y -qq redis-server
+fi
+redis-server --version
+
+step "unit, integration, loom model-checking, fuzz-smoke, real-browser, multi-process and doc tests"
 # Two tests at a time per binary: the storm tests each run hundreds of concurrent calls
 # on a 2-core machine, and timing-based assertions need the CPU they were written for.
 RUST_TEST_THREADS=2 cargo test --all-features

@@ -5,6 +5,8 @@
 //! `invalid_grant`, every call ok. Without the store's lease each process would redeem
 //! at every expiry and the grant would be revoked at the first one.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -124,19 +126,16 @@ async fn seed(
     store.compare_and_swap(&key, None, login).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_processes_share_one_login_and_one_refresh_per_lifetime() {
-    let auth = TestAuthServer::start().await.unwrap();
-    auth.set_access_token_lifetime(LIFETIME);
-    let mcp = TestMcpServer::start(&auth).await.unwrap();
-    let binding =
-        ServerBinding::public_client(&mcp.url(), &auth.token_endpoint(), "replicas").unwrap();
-    let path = fresh_store("shared");
-    // One interactive login, stored where every replica finds it.
-    seed(&path, &auth, &binding, false).await;
-
+/// 4 replicas x 128 callers over the store `store` (a file path or a Redis URL), where
+/// `seed` stored one login; returns nothing, asserts everything.
+async fn replicas_share_one_refresh_per_lifetime(
+    auth: &TestAuthServer,
+    mcp: &TestMcpServer,
+    store: &str,
+    label: &str,
+) {
     let workers: Vec<_> = (0..PROCESSES)
-        .map(|_| spawn_worker(&path, &mcp, &auth, CALLERS, RUN, None))
+        .map(|_| spawn_worker(std::path::Path::new(store), mcp, auth, CALLERS, RUN, None))
         .collect();
     let (mut ok, mut failed, mut redemptions) = (0u64, 0u64, 0u64);
     for worker in workers {
@@ -145,7 +144,7 @@ async fn four_processes_share_one_login_and_one_refresh_per_lifetime() {
     }
     let stats = auth.stats();
     println!(
-        "{PROCESSES} processes x {CALLERS} callers, {LIFETIME:?} tokens, {RUN:?}: \
+        "{label}: {PROCESSES} processes x {CALLERS} callers, {LIFETIME:?} tokens, {RUN:?}: \
          {ok} ok, {failed} failed; redemptions by the replicas {redemptions}, \
          refresh requests at the server {}, invalid_grant {}, reuse detected {}",
         stats.refresh_requests, stats.invalid_grants, stats.reuse_detected
@@ -165,6 +164,36 @@ async fn four_processes_share_one_login_and_one_refresh_per_lifetime() {
         "one redemption per lifetime: {}",
         stats.refresh_requests
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_on_one_sqlite_file_make_one_refresh_per_lifetime() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_access_token_lifetime(LIFETIME);
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let binding =
+        ServerBinding::public_client(&mcp.url(), &auth.token_endpoint(), "replicas").unwrap();
+    let path = fresh_store("shared");
+    // One interactive login, stored where every replica finds it.
+    seed(&path, &auth, &binding, false).await;
+    replicas_share_one_refresh_per_lifetime(&auth, &mcp, path.to_str().unwrap(), "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_on_one_redis_make_one_refresh_per_lifetime() {
+    let redis = common::RedisServer::start();
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_access_token_lifetime(LIFETIME);
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let binding =
+        ServerBinding::public_client(&mcp.url(), &auth.token_endpoint(), "replicas").unwrap();
+    let store = tower_mcp_auth::store::RedisStore::builder(redis.url())
+        .build()
+        .unwrap();
+    let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
+    let login = auth.issue("replicas", "alice", Some("tools"));
+    store.compare_and_swap(&key, None, login).await.unwrap();
+    replicas_share_one_refresh_per_lifetime(&auth, &mcp, &redis.url(), "redis").await;
 }
 
 /// Starts a replica that takes the lease and redeems, waits until its refresh request

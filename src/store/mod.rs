@@ -6,16 +6,22 @@
 //! refresh from overwriting the tokens of an interactive login that finished meanwhile.
 //!
 //! A store shared by several processes ([`SqliteStore`](crate::store::SqliteStore),
-//! feature `sqlite`) also hands out a per-key **redemption lease** with a fencing value:
+//! feature `sqlite`, one machine; [`RedisStore`](crate::store::RedisStore), feature
+//! `redis`, replicas anywhere) also hands out a per-key **redemption lease** with a fencing value:
 //! the process whose local flight leads takes the lease before it redeems, and its write
 //! carries the fence and fails if the lease was lost. Processes that find the lease held
 //! wait for the holder's write (bounded by the lease) instead of redeeming themselves:
 //! one redemption per rejected token across processes (DESIGN invariant 11).
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;

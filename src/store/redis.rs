@@ -1,0 +1,436 @@
+//! The distributed store: credentials and redemption leases in Redis, for replicas.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{BoxFuture, CredentialStore, Lease, LeaseOutcome, Swap};
+use crate::error::StoreError;
+use crate::key::AuthKey;
+use crate::token::{Generation, Secret, TokenSet};
+
+/// Compare-and-swap: KEYS = credential, generation counter; ARGV = expected generation
+/// ("" for none), then the fields. One round trip; a conflict returns what is stored.
+const CAS: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'gen') or ''
+if current ~= ARGV[1] then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local generation = redis.call('INCR', KEYS[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'at', ARGV[2], 'obt', ARGV[3], 'gen', generation)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'rt', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'scope', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'exp', ARGV[6]) end
+if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+return {1, {tostring(generation)}}
+"#;
+
+/// Fenced CAS: KEYS = credential, generation counter, lease; ARGV[8] = fence. A lease
+/// that is not ours any more is a conflict; a write releases the lease.
+const FENCED_CAS: &str = r#"
+if redis.call('GET', KEYS[3]) ~= ARGV[8] then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local current = redis.call('HGET', KEYS[1], 'gen') or ''
+if current ~= ARGV[1] then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local generation = redis.call('INCR', KEYS[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'at', ARGV[2], 'obt', ARGV[3], 'gen', generation)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'rt', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'scope', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'exp', ARGV[6]) end
+if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+redis.call('DEL', KEYS[3])
+return {1, {tostring(generation)}}
+"#;
+
+/// Lease: KEYS = credential, lease, fence counter; ARGV = trigger generation, TTL (ms).
+/// 0: superseded (with what is stored), 1: held (ms left), 2: acquired (the fence).
+const ACQUIRE: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'gen') or ''
+if current ~= ARGV[1] then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local left = redis.call('PTTL', KEYS[2])
+if left > 0 then
+  return {1, {tostring(left)}}
+end
+local fence = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[2], fence, 'PX', ARGV[2])
+return {2, {tostring(fence)}}
+"#;
+
+/// Release: KEYS = lease; ARGV = fence. Only the holder's own lease is deleted.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
+/// Delete: KEYS = credential; ARGV = generation.
+const DELETE: &str = r#"
+if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// A [`CredentialStore`] in Redis (redis-rs on tokio, a reconnecting connection
+/// manager): for replicas on several machines. Compare-and-swap, the redemption lease
+/// and its fence are server-side scripts, one round trip each; generations and fences
+/// come from Redis counters, so they grow across every replica.
+///
+/// When Redis is unreachable, calls fail fast with a [`StoreError`] (connection and
+/// response timeouts, 2 s by default) and work again once it is back; nothing in the
+/// process is dropped.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower_mcp_auth::store::RedisStore;
+/// use tower_mcp_auth::RefreshCoordinator;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::builder("redis://redis.internal:6379/0")
+///     .prefix("chat-app:")
+///     .credential_ttl(Duration::from_secs(30 * 24 * 3600))
+///     .build()?;
+/// let coordinator = RefreshCoordinator::new(Arc::new(store));
+/// # drop(coordinator);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: Arc<str>,
+    credential_ttl: Option<Duration>,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    cas: Script,
+    fenced_cas: Script,
+    acquire: Script,
+    release: Script,
+    delete: Script,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("credential_ttl", &self.credential_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    credential_ttl: Option<Duration>,
+    timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// Prefixes every key (default `tower-mcp-auth:`), so apps can share a Redis.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Expires credentials this long after their last write (default: never; the
+    /// refresh token's own lifetime is a good value).
+    pub fn credential_ttl(mut self, ttl: Duration) -> Self {
+        self.credential_ttl = Some(crate::limits::clamp(ttl));
+        self
+    }
+
+    /// The connection and response timeout of every call (default 2 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Builds the store. Connects lazily: an unreachable Redis fails the first call,
+    /// not the build.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] for a URL that is not a Redis URL.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(self.url.as_str()).map_err(StoreError::new)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::new)?;
+        Ok(RedisStore {
+            connection,
+            prefix: Arc::from(self.prefix),
+            credential_ttl: self.credential_ttl,
+            scripts: Arc::new(Scripts {
+                cas: Script::new(CAS),
+                fenced_cas: Script::new(FENCED_CAS),
+                acquire: Script::new(ACQUIRE),
+                release: Script::new(RELEASE),
+                delete: Script::new(DELETE),
+            }),
+        })
+    }
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// A token set from a credential hash; `None` for an empty or malformed one.
+fn parse(fields: &HashMap<String, String>) -> Option<Arc<TokenSet>> {
+    let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    Some(Arc::new(TokenSet {
+        access_token: Secret::new(fields.get("at")?.as_str()),
+        refresh_token: fields.get("rt").map(|rt| Secret::new(rt.as_str())),
+        scope: fields.get("scope").cloned(),
+        obtained_at: from_millis(number("obt")?),
+        expires_at: number("exp").map(from_millis),
+        generation: Generation(number("gen")?),
+    }))
+}
+
+/// The flat `HGETALL` list the scripts return, as a map.
+fn pairs(list: Vec<String>) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    let mut items = list.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        map.insert(name, value);
+    }
+    map
+}
+
+impl RedisStore {
+    /// A store at `url` (`redis://host:port/db`, `rediss://` for TLS) with the defaults.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "tower-mcp-auth:".to_owned(),
+            credential_ttl: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn credential_key(&self, key: &AuthKey) -> String {
+        let principal = key.principal();
+        // Length-prefixed parts: no two keys share a name whatever their characters.
+        format!(
+            "{}cred:{}:{}:{}:{}:{}",
+            self.prefix,
+            principal.tenant().len(),
+            principal.tenant(),
+            principal.subject().len(),
+            principal.subject(),
+            key.binding()
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    }
+
+    fn lease_key(&self, key: &AuthKey) -> String {
+        format!("{}lease:{}", self.prefix, self.credential_key(key))
+    }
+
+    fn counter(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn swap_args(
+        expected: Option<Generation>,
+        new: &TokenSet,
+        ttl: Option<Duration>,
+    ) -> Vec<String> {
+        vec![
+            expected.map_or_else(String::new, |g| g.0.to_string()),
+            new.access_token.expose().to_owned(),
+            millis(new.obtained_at).to_string(),
+            new.refresh_token
+                .as_ref()
+                .map_or_else(String::new, |rt| rt.expose().to_owned()),
+            new.scope.clone().unwrap_or_default(),
+            new.expires_at
+                .map_or_else(String::new, |at| millis(at).to_string()),
+            ttl.map_or(0, |ttl| ttl.as_millis()).to_string(),
+        ]
+    }
+
+    fn swap_outcome(
+        (status, values): (i64, Vec<String>),
+        mut new: TokenSet,
+    ) -> Result<Swap, StoreError> {
+        if status == 1 {
+            let generation = values
+                .first()
+                .and_then(|g| g.parse().ok())
+                .ok_or_else(|| StoreError::new(std::io::Error::other("malformed CAS reply")))?;
+            new.generation = Generation(generation);
+            return Ok(Swap::Stored(Arc::new(new)));
+        }
+        Ok(Swap::Conflict(parse(&pairs(values))))
+    }
+}
+
+impl CredentialStore for RedisStore {
+    fn load<'a>(
+        &'a self,
+        key: &'a AuthKey,
+    ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let fields: HashMap<String, String> = connection
+                .hgetall(self.credential_key(key))
+                .await
+                .map_err(StoreError::new)?;
+            Ok(parse(&fields))
+        })
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        expected: Option<Generation>,
+        new: TokenSet,
+    ) -> BoxFuture<'a, Result<Swap, StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let reply: (i64, Vec<String>) = self
+                .scripts
+                .cas
+                .key(self.credential_key(key))
+                .key(self.counter("generation"))
+                .arg(Self::swap_args(expected, &new, self.credential_ttl))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(StoreError::new)?;
+            Self::swap_outcome(reply, new)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        generation: Generation,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let deleted: i64 = self
+                .scripts
+                .delete
+                .key(self.credential_key(key))
+                .arg(generation.0.to_string())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(StoreError::new)?;
+            Ok(deleted == 1)
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn acquire_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        trigger: Generation,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let ttl = crate::limits::clamp(ttl).as_millis().max(1);
+            let (status, values): (i64, Vec<String>) = self
+                .scripts
+                .acquire
+                .key(self.credential_key(key))
+                .key(self.lease_key(key))
+                .key(self.counter("fence"))
+                .arg(trigger.0.to_string())
+                .arg(ttl.to_string())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(StoreError::new)?;
+            let number = || {
+                values
+                    .first()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            Ok(match status {
+                2 => LeaseOutcome::Acquired(Lease { fence: number() }),
+                1 => LeaseOutcome::Held(Duration::from_millis(number())),
+                _ => LeaseOutcome::Superseded(parse(&pairs(values))),
+            })
+        })
+    }
+
+    fn compare_and_swap_fenced<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        expected: Option<Generation>,
+        new: TokenSet,
+        lease: Lease,
+    ) -> BoxFuture<'a, Result<Swap, StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let reply: (i64, Vec<String>) = self
+                .scripts
+                .fenced_cas
+                .key(self.credential_key(key))
+                .key(self.counter("generation"))
+                .key(self.lease_key(key))
+                .arg(Self::swap_args(expected, &new, self.credential_ttl))
+                .arg(lease.fence.to_string())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(StoreError::new)?;
+            Self::swap_outcome(reply, new)
+        })
+    }
+
+    fn release_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        lease: Lease,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let _: i64 = self
+                .scripts
+                .release
+                .key(self.lease_key(key))
+                .arg(lease.fence.to_string())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(StoreError::new)?;
+            Ok(())
+        })
+    }
+}
