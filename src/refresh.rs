@@ -254,6 +254,13 @@ impl RefreshCoordinatorBuilder {
             .max_capacity(1_000_000)
             .time_to_live(crate::limits::clamp(config.max_cooldown))
             .build();
+        let hot = self.store.is_shared().then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                // Entries are re-validated on every read; this only bounds idle ones.
+                .time_to_idle(Duration::from_secs(300))
+                .build()
+        });
         RefreshCoordinator {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -261,6 +268,7 @@ impl RefreshCoordinatorBuilder {
                 config,
                 flights: Arc::new(SingleFlight::new()),
                 cooldowns,
+                hot,
                 counters: Counters::default(),
             }),
         }
@@ -305,6 +313,10 @@ struct Inner {
     config: RefreshConfig,
     flights: Arc<SingleFlight<AuthKey, Outcome>>,
     cooldowns: moka::sync::Cache<AuthKey, Cooldown>,
+    /// With a store shared by other processes: the last token set read or written per
+    /// key, so a request with a valid token makes no store round trip. Bypassed for
+    /// 401s and redemptions; replaced by every write of this process.
+    hot: Option<moka::sync::Cache<AuthKey, Arc<TokenSet>>>,
     counters: Counters,
 }
 
@@ -356,10 +368,21 @@ impl RefreshCoordinator {
         key: &AuthKey,
         binding: &Arc<ServerBinding>,
     ) -> Result<Option<Arc<TokenSet>>, Error> {
+        let now = SystemTime::now();
+        // The read cache of a shared store: a valid token not yet due for refresh is
+        // served without a round trip. Anything else reads the store.
+        if let Some(hot) = &self.inner.hot
+            && let Some(cached) = hot.get(key)
+            && self.inner.config.usable(&cached, now)
+            && self.inner.config.refresh_at(&cached).is_none_or(|at| now < at)
+        {
+            return Ok(Some(cached));
+        }
         let Some(stored) = self.inner.store.load(key).await.map_err(Error::Store)? else {
+            self.forget(key);
             return Ok(None);
         };
-        let now = SystemTime::now();
+        self.remember(key, &stored);
         if self.inner.config.usable(&stored, now) {
             let due = self
                 .inner
@@ -388,6 +411,8 @@ impl RefreshCoordinator {
         binding: &Arc<ServerBinding>,
         rejected: Option<Generation>,
     ) -> Result<Arc<TokenSet>, Error> {
+        // A 401: whatever this process cached is suspect; the store decides.
+        self.forget(key);
         let Some(stored) = self.inner.store.load(key).await.map_err(Error::Store)? else {
             return Err(Error::reauth(ReauthReason::NoCredentials));
         };
@@ -503,6 +528,10 @@ impl RefreshCoordinator {
                     }
                 };
                 this.record(&key, trigger, &outcome);
+                match &outcome {
+                    Ok(tokens) => this.remember(&key, tokens),
+                    Err(_) => this.forget(&key),
+                }
                 completer.complete(outcome);
             }
             .instrument(span),
@@ -687,6 +716,25 @@ impl RefreshCoordinator {
                 warn!(?error, "refresh failed; credentials kept");
                 Err(error.into())
             }
+        }
+    }
+
+    /// Keeps `tokens` in the read cache (shared stores only), unless a newer generation
+    /// is already there.
+    fn remember(&self, key: &AuthKey, tokens: &Arc<TokenSet>) {
+        if let Some(hot) = &self.inner.hot {
+            let newer = hot
+                .get(key)
+                .is_some_and(|cached| cached.generation > tokens.generation);
+            if !newer {
+                hot.insert(key.clone(), tokens.clone());
+            }
+        }
+    }
+
+    fn forget(&self, key: &AuthKey) {
+        if let Some(hot) = &self.inner.hot {
+            hot.invalidate(key);
         }
     }
 
