@@ -4,6 +4,12 @@
 //! `SilentRefreshLayer` on a coordinator over the shared file. Prints
 //! `ok=<n> failed=<m> redemptions=<r>` and exits 0 (non-zero on bad arguments).
 //!
+//! With `<millis>` written `storm@<unix ms>`, each caller makes one call at that instant
+//! instead (a storm across processes), and the latencies are printed too
+//! (`latencies_us=<a>,<b>,…`). The store `memory|<access>|<refresh>` is a `MemoryStore`
+//! of this process alone, seeded with those (expired) tokens: today's behaviour of
+//! replicas without a shared store, for the `replica_contention` bench.
+//!
 //! Used by `tests/multi_process.rs`, which starts several of these as real OS processes:
 //!
 //! ```text
@@ -12,15 +18,15 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use tower::{BoxError, Layer, ServiceExt};
-use tower_mcp_auth::store::{CredentialStore, RedisStore, SqliteStore};
+use tower_mcp_auth::store::{CredentialStore, MemoryStore, RedisStore, SqliteStore};
 use tower_mcp_auth::testing::{ReqwestTransport, jsonrpc_request};
 use tower_mcp_auth::{
-    AuthHttpClient, Principal, RefreshConfig, RefreshCoordinator, ServerBinding,
-    SilentRefreshLayer, UrlPolicy,
+    AuthHttpClient, AuthKey, Principal, RefreshConfig, RefreshCoordinator, Secret, ServerBinding,
+    SilentRefresh, SilentRefreshLayer, TokenSet, UrlPolicy,
 };
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -44,9 +50,29 @@ async fn main() -> Result<(), BoxError> {
         return Err("usage: replica_worker <store.db> <mcp url> <token endpoint> <client id> <tenant> <user> <callers> <millis> [timeout ms]".into());
     };
     let callers: usize = callers.parse()?;
-    let run = Duration::from_millis(millis.parse()?);
+    let storm_at = millis
+        .strip_prefix("storm@")
+        .map(str::parse::<u64>)
+        .transpose()?;
+    let run = match storm_at {
+        Some(_) => Duration::ZERO,
+        None => Duration::from_millis(millis.parse()?),
+    };
+    let binding = ServerBinding::public_client(mcp, token_endpoint, client_id.clone())?;
+    let principal = Principal::new(tenant.as_str(), user.as_str());
     let store: Arc<dyn CredentialStore> = if store.starts_with("redis://") {
         Arc::new(RedisStore::builder(store.as_str()).build()?)
+    } else if let Some(seed) = store.strip_prefix("memory|") {
+        let (access, refresh) = seed.split_once('|').ok_or("memory|<access>|<refresh>")?;
+        let memory = MemoryStore::new();
+        let mut tokens = TokenSet::new(Secret::new(access))
+            .with_refresh_token(Secret::new(refresh))
+            .with_scope("tools");
+        tokens.expires_at = Some(tokens.obtained_at);
+        memory
+            .compare_and_swap(&AuthKey::new(&principal, binding.id()), None, tokens)
+            .await?;
+        Arc::new(memory)
     } else {
         Arc::new(SqliteStore::open(store)?)
     };
@@ -60,14 +86,15 @@ async fn main() -> Result<(), BoxError> {
             None => RefreshConfig::default(),
         })
         .build();
-    let binding = ServerBinding::public_client(mcp, token_endpoint, client_id.clone())?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(callers)
         .timeout(Duration::from_secs(30))
         .build()?;
     let client = SilentRefreshLayer::new(coordinator.clone(), binding)
         .layer(ReqwestTransport::from_client(http));
-    let principal = Principal::new(tenant.as_str(), user.as_str());
+    if let Some(at) = storm_at {
+        return storm(client, principal, mcp.clone(), callers, at, &coordinator).await;
+    }
     let until = tokio::time::Instant::now() + run;
     let tasks: Vec<_> = (0..callers)
         .map(|_| {
@@ -108,6 +135,52 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "ok={ok} failed={failed} redemptions={}",
         coordinator.stats().redemptions
+    );
+    Ok(())
+}
+
+/// One call per caller, all at the wall-clock instant `at` (unix ms).
+async fn storm(
+    client: SilentRefresh<ReqwestTransport>,
+    principal: Principal,
+    mcp: String,
+    callers: usize,
+    at: u64,
+    coordinator: &RefreshCoordinator,
+) -> Result<(), BoxError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
+    let calls: Vec<_> = (0..callers)
+        .map(|_| {
+            let (client, principal, mcp) = (client.clone(), principal.clone(), mcp.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let mut request = jsonrpc_request(
+                    &mcp,
+                    1,
+                    "tools/call",
+                    json!({"name": "whoami", "arguments": {}}),
+                );
+                request.extensions_mut().insert(principal);
+                let ok = matches!(client.oneshot(request).await, Ok(r) if r.status().is_success());
+                (ok, started.elapsed().as_micros())
+            })
+        })
+        .collect();
+    let (mut ok, mut failed, mut latencies) = (0, 0, Vec::new());
+    for call in calls {
+        let (success, micros) = call.await?;
+        if success {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        latencies.push(micros.to_string());
+    }
+    println!(
+        "ok={ok} failed={failed} redemptions={} latencies_us={}",
+        coordinator.stats().redemptions,
+        latencies.join(",")
     );
     Ok(())
 }

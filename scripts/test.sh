@@ -59,6 +59,9 @@ cargo bench --bench refresh_contention
 step "reconnect storm bench (exits non-zero if our breaker lets more than one call per backoff window through, is not 100x below no breaker, or recovers slower than 2 s)"
 cargo bench --bench reconnect_storm
 
+step "replica contention bench (real processes over memory, SQLite and Redis; exits non-zero if a shared store redeems twice)"
+cargo bench --bench replica_contention
+
 step "OBO storm bench (exits non-zero unless our layer makes one exchange per user, scope and token lifetime)"
 cargo bench --bench obo_storm
 

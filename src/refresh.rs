@@ -374,7 +374,11 @@ impl RefreshCoordinator {
         if let Some(hot) = &self.inner.hot
             && let Some(cached) = hot.get(key)
             && self.inner.config.usable(&cached, now)
-            && self.inner.config.refresh_at(&cached).is_none_or(|at| now < at)
+            && self
+                .inner
+                .config
+                .refresh_at(&cached)
+                .is_none_or(|at| now < at)
         {
             return Ok(Some(cached));
         }

@@ -234,7 +234,10 @@ async fn redis_stopped_mid_run_fails_fast_and_recovers() {
             "{error}"
         );
     }
-    println!("5 calls needing Redis while it is down failed in {:?}", started.elapsed());
+    println!(
+        "5 calls needing Redis while it is down failed in {:?}",
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "bounded by the store's timeouts"
