@@ -147,20 +147,10 @@ async fn storm(
             path.display().to_string()
         }
         "redis" => {
-            let shared = RedisStore::builder(redis.url())
-                .prefix(format!("bench-{}:", rand_suffix()))
+            // Every run has its own authorization server, so its own binding and key.
+            RedisStore::builder(redis.url())
                 .build()
-                .unwrap();
-            shared
-                .compare_and_swap(&key, None, login.clone())
-                .await
-                .unwrap();
-            // The workers use the default prefix: write there too.
-            let default = RedisStore::builder(redis.url()).build().unwrap();
-            if let Some(old) = default.load(&key).await.unwrap() {
-                default.delete(&key, old.generation).await.unwrap();
-            }
-            default
+                .unwrap()
                 .compare_and_swap(&key, None, login.clone())
                 .await
                 .unwrap();
