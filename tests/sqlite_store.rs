@@ -98,7 +98,7 @@ async fn a_newer_schema_is_refused_with_a_typed_error() {
     let version: i64 = raw
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1, "schema versioned on open");
+    assert_eq!(version, 2, "schema versioned on open");
     raw.pragma_update(None, "user_version", 99).unwrap();
     drop(raw);
     let error = SqliteStore::open(&path).unwrap_err();

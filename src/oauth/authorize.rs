@@ -21,7 +21,7 @@ use crate::oauth::discovery::{
 };
 use crate::oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore};
 use crate::oauth::registration::{ClientConfig, PreRegisteredClient, Registrar};
-use crate::store::CredentialStore;
+use crate::store::{CredentialStore, SharedRecords};
 use crate::token::Secret;
 use crate::url_policy::UrlPolicy;
 
@@ -126,6 +126,7 @@ pub struct AuthorizerBuilder {
     flows: Option<FlowStore>,
     allowed_issuers: Option<Vec<String>>,
     start_endpoint: Option<Url>,
+    records: Option<Arc<dyn SharedRecords>>,
 }
 
 impl fmt::Debug for AuthorizerBuilder {
@@ -161,6 +162,31 @@ impl AuthorizerBuilder {
     /// Shares this flow store (default: a new one with a 15 minute TTL).
     pub fn flows(mut self, flows: FlowStore) -> Self {
         self.flows = Some(flows);
+        self
+    }
+
+    /// Keeps flows and client registrations in `records` (the `SqliteStore` or
+    /// `RedisStore` the replicas share, usually the credential store itself): a flow
+    /// started on one replica completes through a callback on any other and wakes the
+    /// request waiting on the first; every replica and restart reuses one registration.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use tower_mcp_auth::store::SqliteStore;
+    /// use tower_mcp_auth::Authorizer;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = Arc::new(SqliteStore::open("/var/lib/app/credentials.db")?);
+    /// let authorizer = Authorizer::builder("https://mcp.example.com/mcp", store.clone(),
+    ///         "https://app.example.com/oauth/callback".parse()?)
+    ///     .shared_state(store)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn shared_state(mut self, records: Arc<dyn SharedRecords>) -> Self {
+        self.flows = Some(FlowStore::shared(records.clone()));
+        self.records = Some(records);
         self
     }
 
@@ -230,7 +256,12 @@ impl AuthorizerBuilder {
                 server,
                 bindings,
                 discovery: Discovery::new(http.clone(), self.policy),
-                registrar: Registrar::new(http.clone(), self.policy),
+                registrar: match self.records {
+                    Some(records) => {
+                        Registrar::new(http.clone(), self.policy).with_records(records)
+                    }
+                    None => Registrar::new(http.clone(), self.policy),
+                },
                 flows: self.flows.unwrap_or_default(),
                 store: self.store,
                 http,
@@ -260,6 +291,7 @@ impl Authorizer {
             flows: None,
             allowed_issuers: None,
             start_endpoint: None,
+            records: None,
         }
     }
 

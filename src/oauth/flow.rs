@@ -19,6 +19,8 @@ use url::Url;
 
 use crate::binding::ServerBinding;
 use crate::key::AuthKey;
+use crate::oauth::flow_record::{self, RecordStatus};
+use crate::store::SharedRecords;
 use crate::token::{Generation, Secret};
 
 /// What an authorization request asks for.
@@ -154,9 +156,75 @@ struct Flow {
     outcome: watch::Sender<Option<FlowOutcome>>,
     /// Set by the one callback that exchanges the code.
     claimed: std::sync::atomic::AtomicBool,
+    /// The flow's record, when the store is shared by replicas.
+    shared: Option<SharedFlow>,
 }
 
+/// Where a flow's shared record lives.
+#[derive(Clone)]
+struct SharedFlow {
+    records: Arc<dyn SharedRecords>,
+    key: AuthKey,
+    ttl: Duration,
+}
+
+impl SharedFlow {
+    fn name(&self, pending: &PendingFlow) -> String {
+        flow_record::flow_name(pending.state.expose())
+    }
+
+    /// The record's bytes and status.
+    async fn read(&self, pending: &PendingFlow) -> Option<(Vec<u8>, RecordStatus)> {
+        let bytes = match self.records.get_record(&self.name(pending)).await {
+            Ok(bytes) => bytes?,
+            Err(error) => {
+                tracing::warn!(%error, "flow record unavailable");
+                return None;
+            }
+        };
+        let (_, _, status) = flow_record::decode(&bytes)?;
+        Some((bytes, status))
+    }
+
+    /// Moves the record from a status `from` accepts to `to`; whether this call did.
+    async fn transition(
+        &self,
+        pending: &PendingFlow,
+        from: impl Fn(&RecordStatus) -> bool,
+        to: RecordStatus,
+    ) -> bool {
+        let Some((bytes, status)) = self.read(pending).await else {
+            return false;
+        };
+        if !from(&status) {
+            return false;
+        }
+        let next = flow_record::encode(&self.key, pending, &to);
+        self.records
+            .compare_and_set_record(&self.name(pending), Some(&bytes), &next, self.ttl)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "flow record not updated");
+                false
+            })
+    }
+}
+
+/// How often a replica waiting on a shared flow looks for its outcome.
+const RECORD_POLL: Duration = Duration::from_millis(100);
+
 impl Flow {
+    /// Records `outcome` locally if none is there yet; whether this call did.
+    fn settle(&self, outcome: FlowOutcome) -> bool {
+        self.outcome.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(outcome);
+            true
+        })
+    }
+
     fn is_open(&self) -> bool {
         self.outcome.borrow().is_none() && SystemTime::now() < self.pending.expires_at
     }
@@ -191,18 +259,34 @@ impl FlowHandle {
 
     /// Waits until the flow completes or fails (first outcome wins), or `None` once it
     /// has expired without one.
+    ///
+    /// With a shared store, the outcome may be written by another replica (the callback
+    /// landed there): its record is polled too.
     pub async fn outcome(&self) -> Option<FlowOutcome> {
         let mut receiver = self.flow.outcome.subscribe();
-        let expires_in = self
-            .flow
-            .pending
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let wait = receiver.wait_for(Option::is_some);
-        match tokio::time::timeout(expires_in, wait).await {
-            Ok(Ok(outcome)) => outcome.clone(),
-            _ => None,
+        let expires_in = self.flow.pending.remaining();
+        let Some(shared) = &self.flow.shared else {
+            let wait = receiver.wait_for(Option::is_some);
+            return match tokio::time::timeout(expires_in, wait).await {
+                Ok(Ok(outcome)) => outcome.clone(),
+                _ => None,
+            };
+        };
+        let until = tokio::time::Instant::now() + expires_in;
+        loop {
+            if let Some(outcome) = receiver.borrow_and_update().clone() {
+                return Some(outcome);
+            }
+            if let Some((_, RecordStatus::Ended(outcome))) = shared.read(&self.flow.pending).await {
+                self.flow.settle(outcome.clone());
+                return Some(outcome);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return None;
+            }
+            let poll = (until - now).min(RECORD_POLL);
+            let _ = tokio::time::timeout(poll, receiver.changed()).await;
         }
     }
 }
@@ -238,12 +322,15 @@ pub struct FlowStore {
     by_key: moka::future::Cache<AuthKey, Arc<Flow>>,
     by_state: moka::future::Cache<String, (AuthKey, Arc<Flow>)>,
     ttl: Duration,
+    remembered: Duration,
+    records: Option<Arc<dyn SharedRecords>>,
 }
 
 impl fmt::Debug for FlowStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FlowStore")
             .field("ttl", &self.ttl)
+            .field("shared", &self.records.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -278,7 +365,110 @@ impl FlowStore {
                 .time_to_live(remembered)
                 .build(),
             ttl,
+            remembered,
+            records: None,
         }
+    }
+
+    /// A store whose flows are also [`SharedRecords`] (a `SqliteStore` or `RedisStore`
+    /// that the replicas share), living 15 minutes: a flow started on one replica is
+    /// found, claimed, completed and awaited on any other, and survives restarts. If the
+    /// records cannot be reached, flows work in this process alone (a warning is logged).
+    pub fn shared(records: Arc<dyn SharedRecords>) -> Self {
+        Self::shared_with_ttl(records, Duration::from_secs(15 * 60))
+    }
+
+    /// As [`shared`](Self::shared), with flows living `ttl`.
+    pub fn shared_with_ttl(records: Arc<dyn SharedRecords>, ttl: Duration) -> Self {
+        Self {
+            records: Some(records),
+            ..Self::with_ttl(ttl)
+        }
+    }
+
+    fn shared_part(&self, key: &AuthKey) -> Option<SharedFlow> {
+        self.records.as_ref().map(|records| SharedFlow {
+            records: records.clone(),
+            key: key.clone(),
+            ttl: self.remembered,
+        })
+    }
+
+    /// The flow of `state` from the shared records, made local (cached here).
+    async fn load_shared(&self, state: &str) -> Option<(AuthKey, Arc<Flow>)> {
+        let records = self.records.as_ref()?;
+        let bytes = records
+            .get_record(&flow_record::flow_name(state))
+            .await
+            .ok()??;
+        let (key, pending, status) = flow_record::decode(&bytes)?;
+        let flow = Arc::new(Flow {
+            pending: Arc::new(pending),
+            outcome: watch::channel(match &status {
+                RecordStatus::Ended(outcome) => Some(outcome.clone()),
+                _ => None,
+            })
+            .0,
+            claimed: std::sync::atomic::AtomicBool::new(status != RecordStatus::Open),
+            shared: self.shared_part(&key),
+        });
+        self.by_state
+            .insert(state.to_owned(), (key.clone(), flow.clone()))
+            .await;
+        Some((key, flow))
+    }
+
+    /// The local flow of `state`, or the shared one made local.
+    async fn flow(&self, state: &str) -> Option<(AuthKey, Arc<Flow>)> {
+        match self.by_state.get(state).await {
+            Some(found) => Some(found),
+            None => self.load_shared(state).await,
+        }
+    }
+
+    /// The open flow of `key` another replica published, made local.
+    async fn shared_open_flow(&self, key: &AuthKey) -> Option<Arc<Flow>> {
+        let records = self.records.as_ref()?;
+        let state = records
+            .get_record(&flow_record::key_name(key))
+            .await
+            .ok()??;
+        let state = String::from_utf8(state).ok()?;
+        let (found_key, flow) = self.load_shared(&state).await?;
+        let open = found_key == *key
+            && flow.is_open()
+            && !flow.claimed.load(std::sync::atomic::Ordering::SeqCst);
+        open.then_some(flow)
+    }
+
+    /// Writes `flow`'s record, then names it the open flow of `key` unless another
+    /// replica published one meanwhile (returned, to join).
+    async fn publish(&self, key: &AuthKey, flow: &Arc<Flow>) -> Option<Arc<Flow>> {
+        let records = self.records.as_ref()?;
+        let state = flow.pending.state.expose();
+        let record = flow_record::encode(key, &flow.pending, &RecordStatus::Open);
+        let written = records
+            .compare_and_set_record(
+                &flow_record::flow_name(state),
+                None,
+                &record,
+                self.remembered,
+            )
+            .await;
+        if let Err(error) = written {
+            tracing::warn!(%error, "flow record not written; the flow is local to this process");
+            return None;
+        }
+        let name = flow_record::key_name(key);
+        let previous = records.get_record(&name).await.ok().flatten();
+        let named = records
+            .compare_and_set_record(&name, previous.as_deref(), state.as_bytes(), self.ttl)
+            .await
+            .unwrap_or(false);
+        if named {
+            return None;
+        }
+        self.shared_open_flow(key).await
     }
 
     /// Starts a flow for `key`, or joins the open one. When this returns, the flow is
@@ -286,7 +476,9 @@ impl FlowStore {
     pub async fn start_or_join(&self, key: &AuthKey, request: AuthorizationRequest) -> FlowHandle {
         // Building a candidate is cheap (random PKCE pair and state, a URL); it is thrown
         // away when an open flow exists.
-        let candidate = Arc::new(new_flow(request, self.ttl));
+        let mut candidate = new_flow(request, self.ttl);
+        candidate.shared = self.shared_part(key);
+        let candidate = Arc::new(candidate);
         let mut joined = None;
         self.by_key
             .entry_by_ref(key)
@@ -298,6 +490,15 @@ impl FlowStore {
                     if let Some(flow) = current.filter(|flow| flow.is_open()) {
                         *joined = Some(flow);
                         return Op::Nop;
+                    }
+                    // Another replica's open flow for this key is joined like a local one.
+                    let published = match self.shared_open_flow(key).await {
+                        Some(theirs) => Some(theirs),
+                        None => self.publish(key, &candidate).await,
+                    };
+                    if let Some(theirs) = published {
+                        *joined = Some(theirs.clone());
+                        return Op::Put(theirs);
                     }
                     let state = candidate.pending.state.expose().to_owned();
                     self.by_state
@@ -318,14 +519,38 @@ impl FlowStore {
 
     /// The open flow a callback's `state` belongs to, with its key (tenant included).
     pub async fn find_by_state(&self, state: &str) -> Option<(AuthKey, Arc<PendingFlow>)> {
-        let (key, flow) = self.by_state.get(state).await?;
+        let (key, flow) = self.flow(state).await?;
+        if let Some(shared) = &flow.shared {
+            match shared.read(&flow.pending).await {
+                Some((_, RecordStatus::Ended(outcome))) => {
+                    flow.settle(outcome);
+                }
+                Some((_, RecordStatus::Claimed)) => {
+                    flow.claimed
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
         flow.is_open().then(|| (key, flow.pending.clone()))
     }
 
     /// Where the flow of `state` stands; `None` for a state this store never issued (or
     /// has forgotten, past its TTL).
     pub async fn status(&self, state: &str) -> Option<FlowStatus> {
-        let (_, flow) = self.by_state.get(state).await?;
+        let (_, flow) = self.flow(state).await?;
+        if let Some(shared) = &flow.shared {
+            match shared.read(&flow.pending).await {
+                Some((_, RecordStatus::Ended(outcome))) => {
+                    flow.settle(outcome);
+                }
+                Some((_, RecordStatus::Claimed)) => {
+                    flow.claimed
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
         let ended = flow.outcome.borrow().clone();
         Some(match ended {
             Some(outcome) => FlowStatus::Ended(outcome),
@@ -339,34 +564,61 @@ impl FlowStore {
 
     /// Waits for the outcome of the flow of `state` (bounded by its expiry).
     pub async fn outcome(&self, state: &str) -> Option<FlowOutcome> {
-        let (_, flow) = self.by_state.get(state).await?;
+        let (_, flow) = self.flow(state).await?;
         FlowHandle { flow, joined: true }.outcome().await
     }
 
     /// Claims the open flow of `state` for the one callback that may exchange its code:
     /// `None` for unknown, expired, completed or already claimed flows.
+    ///
+    /// With a shared store the claim is the record's (open to claimed, compare-and-set):
+    /// one callback across all replicas.
     pub async fn claim(&self, state: &str) -> Option<(AuthKey, Arc<PendingFlow>)> {
-        let (key, flow) = self.by_state.get(state).await?;
+        let (key, flow) = self.flow(state).await?;
         let first = !flow.claimed.swap(true, std::sync::atomic::Ordering::SeqCst);
-        (first && flow.is_open()).then(|| (key, flow.pending.clone()))
+        if !(first && flow.is_open()) {
+            return None;
+        }
+        if let Some(shared) = &flow.shared
+            && !shared
+                .transition(
+                    &flow.pending,
+                    |status| *status == RecordStatus::Open,
+                    RecordStatus::Claimed,
+                )
+                .await
+        {
+            return None;
+        }
+        Some((key, flow.pending.clone()))
     }
 
     /// Ends the flow of `state` with `outcome` if it is still open. Returns whether this
     /// call decided it (first wins); waiters wake with the outcome.
     pub async fn complete(&self, state: &str, outcome: FlowOutcome) -> bool {
-        let Some((_, flow)) = self.by_state.get(state).await else {
+        let Some((_, flow)) = self.flow(state).await else {
             return false;
         };
         if SystemTime::now() >= flow.pending.expires_at {
             return false;
         }
-        flow.outcome.send_if_modified(|current| {
-            if current.is_some() {
+        if let Some(shared) = &flow.shared {
+            let decided = shared
+                .transition(
+                    &flow.pending,
+                    |status| !matches!(status, RecordStatus::Ended(_)),
+                    RecordStatus::Ended(outcome.clone()),
+                )
+                .await;
+            if !decided {
+                // Another replica ended it first (or the record is gone): adopt theirs.
+                if let Some((_, RecordStatus::Ended(theirs))) = shared.read(&flow.pending).await {
+                    flow.settle(theirs);
+                }
                 return false;
             }
-            *current = Some(outcome);
-            true
-        })
+        }
+        flow.settle(outcome)
     }
 }
 
@@ -398,5 +650,6 @@ fn new_flow(request: AuthorizationRequest, ttl: Duration) -> Flow {
         }),
         outcome: watch::channel(None).0,
         claimed: std::sync::atomic::AtomicBool::new(false),
+        shared: None,
     }
 }

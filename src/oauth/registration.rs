@@ -23,6 +23,7 @@ use crate::error::ConfigError;
 use crate::error::TransientReason;
 use crate::http_client::AuthHttpClient;
 use crate::oauth::discovery::AuthorizationServerMetadata;
+use crate::store::SharedRecords;
 use crate::token::{Generation, Secret};
 use crate::url_policy::{UrlPolicy, UrlRefused};
 
@@ -254,6 +255,56 @@ pub struct Registrar {
     policy: UrlPolicy,
     registrations: moka::future::Cache<String, Arc<ClientRegistration>>,
     next_generation: Arc<AtomicU64>,
+    records: Option<Arc<dyn SharedRecords>>,
+}
+
+/// How long a shared registration record lives without being used again: 90 days.
+const REGISTRATION_TTL: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+
+fn record_name(cache_key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(cache_key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("registration:{hex}")
+}
+
+fn encode(registration: &ClientRegistration) -> Vec<u8> {
+    json!({
+        "client_id": registration.client_id,
+        "client_secret": registration.client_secret.as_ref().map(Secret::expose),
+        "auth_method": match registration.auth_method {
+            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
+            ClientAuthMethod::ClientSecretPost => "client_secret_post",
+            _ => "none",
+        },
+        "issuer": registration.issuer,
+        "redirect_uri": registration.redirect_uri.as_str(),
+        "resource": registration.resource,
+        "token_endpoint": registration.token_endpoint,
+        "generation": registration.generation.0,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn decode(bytes: &[u8]) -> Option<ClientRegistration> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let text = |name: &str| value.get(name)?.as_str().map(str::to_owned);
+    Some(ClientRegistration {
+        client_id: text("client_id")?,
+        client_secret: text("client_secret").map(Secret::new),
+        auth_method: match value.get("auth_method")?.as_str()? {
+            "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
+            "client_secret_post" => ClientAuthMethod::ClientSecretPost,
+            _ => ClientAuthMethod::None,
+        },
+        issuer: text("issuer")?,
+        redirect_uri: text("redirect_uri")?.parse().ok()?,
+        resource: text("resource")?,
+        token_endpoint: text("token_endpoint")?,
+        source: RegistrationSource::Dynamic,
+        generation: Generation(value.get("generation")?.as_u64()?),
+    })
 }
 
 impl fmt::Debug for Registrar {
@@ -327,10 +378,67 @@ impl Registrar {
             policy,
             registrations: moka::future::Cache::builder().max_capacity(100_000).build(),
             next_generation: Arc::new(AtomicU64::new(1)),
+            records: None,
+        }
+    }
+
+    /// Keeps dynamic registrations in `records` too (a `SqliteStore` or `RedisStore`
+    /// the replicas share): every replica, and every restart, reuses one registration
+    /// per fit key instead of registering its own client.
+    pub fn with_records(mut self, records: Arc<dyn SharedRecords>) -> Self {
+        self.records = Some(records);
+        self
+    }
+
+    /// A registration from the shared records.
+    async fn shared(&self, cache_key: &str) -> Option<(Vec<u8>, ClientRegistration)> {
+        let records = self.records.as_ref()?;
+        match records.get_record(&record_name(cache_key)).await {
+            Ok(Some(bytes)) => decode(&bytes).map(|registration| (bytes, registration)),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "shared registrations unavailable");
+                None
+            }
+        }
+    }
+
+    /// Publishes a fresh registration, or returns the one another replica published
+    /// first.
+    async fn publish(
+        &self,
+        cache_key: &str,
+        registration: ClientRegistration,
+    ) -> ClientRegistration {
+        let Some(records) = &self.records else {
+            return registration;
+        };
+        let written = records
+            .compare_and_set_record(
+                &record_name(cache_key),
+                None,
+                &encode(&registration),
+                REGISTRATION_TTL,
+            )
+            .await;
+        match written {
+            Ok(true) => registration,
+            Ok(false) => match self.shared(cache_key).await {
+                Some((_, theirs)) => theirs,
+                None => registration,
+            },
+            Err(error) => {
+                tracing::warn!(%error, "registration not shared");
+                registration
+            }
         }
     }
 
     fn generation(&self) -> Generation {
+        if self.records.is_some() {
+            // Unique across replicas.
+            return Generation(rand::random::<u64>() >> 1);
+        }
         Generation(self.next_generation.fetch_add(1, Ordering::Relaxed))
     }
 
@@ -396,13 +504,17 @@ impl Registrar {
             &token_endpoint,
         );
         self.registrations
-            .try_get_with(cache_key, async {
-                self.register(metadata, config, issuer.clone(), token_endpoint.clone())
-                    .await
-                    .map(Arc::new)
+            .try_get_with(cache_key.clone(), async {
+                if let Some((_, shared)) = self.shared(&cache_key).await {
+                    return Ok(Arc::new(shared));
+                }
+                let registered = self
+                    .register(metadata, config, issuer.clone(), token_endpoint.clone())
+                    .await?;
+                Ok(Arc::new(self.publish(&cache_key, registered).await))
             })
             .await
-            .map_err(|error| (*error).clone())
+            .map_err(|error: Arc<RegistrationError>| (*error).clone())
     }
 
     /// The authorization server rejected `registration` (`invalid_client` and the
@@ -432,6 +544,22 @@ impl Registrar {
                 std::future::ready(op)
             })
             .await;
+        if let Some(records) = &self.records
+            && let Some((bytes, shared)) = self.shared(&cache_key).await
+            && shared.generation == registration.generation
+        {
+            // Deleted for every replica: an empty record that expires at once.
+            let dropped = records
+                .compare_and_set_record(
+                    &record_name(&cache_key),
+                    Some(&bytes),
+                    b"",
+                    std::time::Duration::from_millis(1),
+                )
+                .await
+                .unwrap_or(false);
+            deleted |= dropped;
+        }
         deleted
     }
 

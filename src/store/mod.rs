@@ -49,6 +49,31 @@ pub enum Swap {
     Conflict(Option<Arc<TokenSet>>),
 }
 
+/// Small shared records (flows, client registrations) of a store several processes use:
+/// named byte values with a time to live and compare-and-set.
+///
+/// [`FlowStore::shared`](crate::FlowStore::shared) and
+/// [`Registrar::with_records`](crate::Registrar::with_records) keep their state here, so a
+/// callback that lands on another replica finds its flow, and restarts keep pending
+/// flows and client registrations. [`SqliteStore`] and [`RedisStore`] implement it.
+pub trait SharedRecords: Send + Sync + 'static {
+    /// The value of `name`, unless absent or expired.
+    fn get_record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Sets `name` to `value` for `ttl` if it now holds `expected` (`None`: absent or
+    /// expired). Returns whether it was set.
+    fn compare_and_set_record<'a>(
+        &'a self,
+        name: &'a str,
+        expected: Option<&'a [u8]>,
+        value: &'a [u8],
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
 /// A redemption lease held on one key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {

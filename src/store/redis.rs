@@ -73,6 +73,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
 
+/// Record compare-and-set: KEYS = record; ARGV = expected present ("1"/"0"), expected
+/// value, new value, TTL (ms).
+const RECORD_CAS: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1
+"#;
+
 /// Delete: KEYS = credential; ARGV = generation.
 const DELETE: &str = r#"
 if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then
@@ -121,6 +134,7 @@ struct Scripts {
     acquire: Script,
     release: Script,
     delete: Script,
+    record_cas: Script,
 }
 
 impl fmt::Debug for RedisStore {
@@ -187,6 +201,7 @@ impl RedisStoreBuilder {
                 acquire: Script::new(ACQUIRE),
                 release: Script::new(RELEASE),
                 delete: Script::new(DELETE),
+                record_cas: Script::new(RECORD_CAS),
             }),
         })
     }
@@ -431,6 +446,45 @@ impl CredentialStore for RedisStore {
                 .await
                 .map_err(StoreError::new)?;
             Ok(())
+        })
+    }
+}
+
+impl super::SharedRecords for RedisStore {
+    fn get_record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            connection
+                .get(format!("{}record:{name}", self.prefix))
+                .await
+                .map_err(StoreError::new)
+        })
+    }
+
+    fn compare_and_set_record<'a>(
+        &'a self,
+        name: &'a str,
+        expected: Option<&'a [u8]>,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let set: i64 = self
+                .scripts
+                .record_cas
+                .key(format!("{}record:{name}", self.prefix))
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .arg(value)
+                .arg(crate::limits::clamp(ttl).as_millis().max(1).to_string())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(StoreError::new)?;
+            Ok(set == 1)
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::key::AuthKey;
 use crate::token::{Generation, Secret, TokenSet};
 
 /// The schema version this code writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A [`CredentialStore`] in a SQLite file (bundled SQLite, WAL, `BEGIN IMMEDIATE`
 /// writes, a busy timeout), for several processes on one machine and for restarts:
@@ -142,7 +142,33 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(store_error)?;
-    // Version 0 -> 1: the first schema. (Later versions add steps here.)
+    // Re-read inside the write transaction: another process may have migrated.
+    let version: i64 = transaction
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(store_error)?;
+    if version < 1 {
+        migrate_to_1(&transaction)?;
+    }
+    if version < 2 {
+        // Version 2: shared records (flows, client registrations).
+        transaction
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS records (
+                    name TEXT PRIMARY KEY,
+                    value BLOB NOT NULL,
+                    expires_at_ms INTEGER NOT NULL
+                );",
+            )
+            .map_err(store_error)?;
+    }
+    transaction
+        .pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(store_error)?;
+    transaction.commit().map_err(store_error)
+}
+
+/// Version 1: credentials, leases and counters.
+fn migrate_to_1(transaction: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     transaction
         .execute_batch(
             "CREATE TABLE IF NOT EXISTS credentials (
@@ -171,11 +197,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             );
             INSERT OR IGNORE INTO counters (name, value) VALUES ('generation', 0), ('fence', 0);",
         )
-        .map_err(store_error)?;
-    transaction
-        .pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(store_error)?;
-    transaction.commit().map_err(store_error)
+        .map_err(store_error)
 }
 
 /// The key's three columns.
@@ -411,5 +433,60 @@ impl CredentialStore for SqliteStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let key = KeyColumns::from(key);
         Box::pin(self.run(move |connection| delete_lease(connection, &key, lease.fence)))
+    }
+}
+
+impl super::SharedRecords for SqliteStore {
+    fn get_record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.run(move |connection| {
+            connection
+                .query_row(
+                    "SELECT value FROM records WHERE name = ?1 AND expires_at_ms > ?2",
+                    params![name, millis(SystemTime::now())],
+                    |row| row.get(0),
+                )
+                .optional()
+        }))
+    }
+
+    fn compare_and_set_record<'a>(
+        &'a self,
+        name: &'a str,
+        expected: Option<&'a [u8]>,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let (name, expected, value) = (
+            name.to_owned(),
+            expected.map(<[u8]>::to_vec),
+            value.to_vec(),
+        );
+        Box::pin(self.run(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = millis(SystemTime::now());
+            let current: Option<Vec<u8>> = transaction
+                .query_row(
+                    "SELECT value FROM records WHERE name = ?1 AND expires_at_ms > ?2",
+                    params![name, now],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if current != expected {
+                return Ok(false);
+            }
+            let ttl_ms = i64::try_from(crate::limits::clamp(ttl).as_millis()).unwrap_or(i64::MAX);
+            transaction.execute(
+                "INSERT INTO records (name, value, expires_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, expires_at_ms = excluded.expires_at_ms",
+                params![name, value, now.saturating_add(ttl_ms)],
+            )?;
+            transaction.commit()?;
+            Ok(true)
+        }))
     }
 }

@@ -1,0 +1,158 @@
+//! Flows and client registrations shared by replicas (SqliteStore file, real
+//! redis-server): a flow started on replica A is completed through the callback on
+//! replica B and wakes A's waiting request; one registration serves every replica; a
+//! pending flow and a registration survive a restart of every process.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::RedisServer;
+use serde_json::json;
+use tower::{Layer, ServiceExt};
+use tower_mcp_auth::store::{CredentialStore, RedisStore, SharedRecords, SqliteStore};
+use tower_mcp_auth::testing::{
+    HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request,
+};
+use tower_mcp_auth::{
+    AuthorizationCause, AuthorizationPrompt, Authorizer, FlowOutcome, OAuthRetryLayer, Principal,
+    RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
+};
+
+/// A store both credentials and records live in.
+trait Shared: CredentialStore + SharedRecords {}
+impl<T: CredentialStore + SharedRecords> Shared for T {}
+
+fn sqlite(name: &str) -> impl Fn() -> Arc<dyn Shared> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-flows");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    move || Arc::new(SqliteStore::open(&path).unwrap())
+}
+
+fn redis(server: &RedisServer) -> impl Fn() -> Arc<dyn Shared> {
+    let url = server.url();
+    move || Arc::new(RedisStore::builder(url.as_str()).build().unwrap())
+}
+
+/// A replica: its own store handle (connection), authorizer and client stack.
+fn authorizer(mcp: &TestMcpServer, store: Arc<dyn Shared>) -> Authorizer {
+    let credentials: Arc<dyn CredentialStore> = store.clone() as Arc<dyn CredentialStore>;
+    let records: Arc<dyn SharedRecords> = store as Arc<dyn SharedRecords>;
+    Authorizer::builder(
+        mcp.url(),
+        credentials,
+        "http://127.0.0.1:1/oauth/callback".parse().unwrap(),
+    )
+    .url_policy(UrlPolicy::default().allow_loopback_http())
+    .shared_state(records)
+    .build()
+    .unwrap()
+}
+
+async fn flow_on_one_replica_completes_on_another(open: impl Fn() -> Arc<dyn Shared>) {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let (store_a, store_b) = (open(), open());
+    let (a, b) = (authorizer(&mcp, store_a.clone()), authorizer(&mcp, store_b));
+
+    // Replica A's request waits; its handler sends the user's browser to B's callback.
+    let browser_at_b = HeadlessBrowser::new(b.completer());
+    let handler = move |prompt: AuthorizationPrompt| {
+        let browser = browser_at_b.clone();
+        async move { browser.visit(prompt.url()).await }
+    };
+    let client = OAuthRetryLayer::wait(a.clone(), handler)
+        .with_wait_timeout(Duration::from_secs(20))
+        .layer(
+            SilentRefreshLayer::new(
+                RefreshCoordinator::new(store_a as Arc<dyn CredentialStore>),
+                a.bindings(),
+            )
+            .layer(ReqwestTransport::new()),
+        );
+    let mut request = jsonrpc_request(&mcp.url(), 1, "tools/list", json!({}));
+    request
+        .extensions_mut()
+        .insert(Principal::new("acme", "alice"));
+    let response = client.oneshot(request).await.unwrap();
+    assert!(response.status().is_success());
+    let stats = auth.stats();
+    assert_eq!(stats.code_exchanges, 1, "B exchanged the code");
+    assert_eq!(stats.registrations, 1, "one client for both replicas");
+
+    // B starting a flow for another user reuses the same registration, and joins
+    // nothing of alice's.
+    let bob = b
+        .start(
+            &Principal::new("acme", "bob"),
+            &AuthorizationCause::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!bob.joined());
+    assert_eq!(auth.stats().registrations, 1);
+}
+
+async fn pending_flows_and_registrations_survive_a_restart(open: impl Fn() -> Arc<dyn Shared>) {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let carol = Principal::new("acme", "carol");
+    let url = {
+        let before = authorizer(&mcp, open());
+        let flow = before
+            .start(&carol, &AuthorizationCause::default())
+            .await
+            .unwrap();
+        flow.pending().browser_url().clone()
+        // Every process of the app ends here.
+    };
+    let after = authorizer(&mcp, open());
+    // A second start after the restart joins the flow that was pending.
+    let joined = after
+        .start(&carol, &AuthorizationCause::default())
+        .await
+        .unwrap();
+    assert!(joined.joined(), "the pending flow survived");
+    assert_eq!(joined.pending().browser_url(), &url);
+    HeadlessBrowser::new(after.completer())
+        .visit(&url)
+        .await
+        .unwrap();
+    assert!(matches!(
+        joined.outcome().await,
+        Some(FlowOutcome::Completed(_))
+    ));
+    assert_eq!(
+        auth.stats().registrations,
+        1,
+        "the registration survived too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_flow_started_on_one_replica_completes_on_another() {
+    flow_on_one_replica_completes_on_another(sqlite("across")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_flow_started_on_one_replica_completes_on_another() {
+    let server = RedisServer::start();
+    flow_on_one_replica_completes_on_another(redis(&server)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pending_flows_and_registrations_survive_a_restart() {
+    pending_flows_and_registrations_survive_a_restart(sqlite("restart")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_pending_flows_and_registrations_survive_a_restart() {
+    let server = RedisServer::start();
+    pending_flows_and_registrations_survive_a_restart(redis(&server)).await;
+}
