@@ -16,6 +16,8 @@
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+mod sealing;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -31,6 +33,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "redis"))))]
+pub use sealing::SealingKeys;
 
 use crate::error::StoreError;
 use crate::key::AuthKey;

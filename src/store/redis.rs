@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
+use super::sealing::{self, SealingKeys};
 use super::{BoxFuture, CredentialStore, Lease, LeaseOutcome, Swap};
 use crate::error::StoreError;
 use crate::key::AuthKey;
@@ -126,6 +127,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     credential_ttl: Option<Duration>,
     scripts: Arc<Scripts>,
+    sealing: Option<SealingKeys>,
 }
 
 struct Scripts {
@@ -142,6 +144,7 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("credential_ttl", &self.credential_ttl)
+            .field("sealing", &self.sealing)
             .finish_non_exhaustive()
     }
 }
@@ -154,9 +157,17 @@ pub struct RedisStoreBuilder {
     prefix: String,
     credential_ttl: Option<Duration>,
     timeout: Duration,
+    sealing: Option<SealingKeys>,
 }
 
 impl RedisStoreBuilder {
+    /// Seals tokens and records with `keys` (AES-256-GCM) before they reach Redis.
+    /// Without keys, a warning is logged at build.
+    pub fn sealing(mut self, keys: SealingKeys) -> Self {
+        self.sealing = Some(keys);
+        self
+    }
+
     /// Prefixes every key (default `tower-mcp-auth:`), so apps can share a Redis.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -191,7 +202,11 @@ impl RedisStoreBuilder {
             .set_max_delay(Duration::from_millis(500));
         let connection =
             ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::new)?;
+        if self.sealing.is_none() {
+            sealing::warn_unsealed("RedisStore");
+        }
         Ok(RedisStore {
+            sealing: self.sealing,
             connection,
             prefix: Arc::from(self.prefix),
             credential_ttl: self.credential_ttl,
@@ -249,6 +264,7 @@ impl RedisStore {
             prefix: "tower-mcp-auth:".to_owned(),
             credential_ttl: None,
             timeout: Duration::from_secs(2),
+            sealing: None,
         }
     }
 
@@ -297,7 +313,14 @@ impl RedisStore {
         ]
     }
 
+    fn open(&self, tokens: Option<Arc<TokenSet>>) -> Result<Option<Arc<TokenSet>>, StoreError> {
+        tokens
+            .map(|t| sealing::open_token_set(self.sealing.as_ref(), &t).map(Arc::new))
+            .transpose()
+    }
+
     fn swap_outcome(
+        &self,
         (status, values): (i64, Vec<String>),
         mut new: TokenSet,
     ) -> Result<Swap, StoreError> {
@@ -309,7 +332,7 @@ impl RedisStore {
             new.generation = Generation(generation);
             return Ok(Swap::Stored(Arc::new(new)));
         }
-        Ok(Swap::Conflict(parse(&pairs(values))))
+        Ok(Swap::Conflict(self.open(parse(&pairs(values)))?))
     }
 }
 
@@ -324,7 +347,7 @@ impl CredentialStore for RedisStore {
                 .hgetall(self.credential_key(key))
                 .await
                 .map_err(StoreError::new)?;
-            Ok(parse(&fields))
+            self.open(parse(&fields))
         })
     }
 
@@ -336,16 +359,17 @@ impl CredentialStore for RedisStore {
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
+            let sealed = sealing::seal_token_set(self.sealing.as_ref(), new.clone())?;
             let reply: (i64, Vec<String>) = self
                 .scripts
                 .cas
                 .key(self.credential_key(key))
                 .key(self.counter("generation"))
-                .arg(Self::swap_args(expected, &new, self.credential_ttl))
+                .arg(Self::swap_args(expected, &sealed, self.credential_ttl))
                 .invoke_async(&mut connection)
                 .await
                 .map_err(StoreError::new)?;
-            Self::swap_outcome(reply, new)
+            self.swap_outcome(reply, new)
         })
     }
 
@@ -401,7 +425,7 @@ impl CredentialStore for RedisStore {
             Ok(match status {
                 2 => LeaseOutcome::Acquired(Lease { fence: number() }),
                 1 => LeaseOutcome::Held(Duration::from_millis(number())),
-                _ => LeaseOutcome::Superseded(parse(&pairs(values))),
+                _ => LeaseOutcome::Superseded(self.open(parse(&pairs(values)))?),
             })
         })
     }
@@ -415,18 +439,19 @@ impl CredentialStore for RedisStore {
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
+            let sealed = sealing::seal_token_set(self.sealing.as_ref(), new.clone())?;
             let reply: (i64, Vec<String>) = self
                 .scripts
                 .fenced_cas
                 .key(self.credential_key(key))
                 .key(self.counter("generation"))
                 .key(self.lease_key(key))
-                .arg(Self::swap_args(expected, &new, self.credential_ttl))
+                .arg(Self::swap_args(expected, &sealed, self.credential_ttl))
                 .arg(lease.fence.to_string())
                 .invoke_async(&mut connection)
                 .await
                 .map_err(StoreError::new)?;
-            Self::swap_outcome(reply, new)
+            self.swap_outcome(reply, new)
         })
     }
 
@@ -457,10 +482,13 @@ impl super::SharedRecords for RedisStore {
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            connection
+            let stored: Option<Vec<u8>> = connection
                 .get(format!("{}record:{name}", self.prefix))
                 .await
-                .map_err(StoreError::new)
+                .map_err(StoreError::new)?;
+            stored
+                .map(|bytes| sealing::open_bytes(self.sealing.as_ref(), name, &bytes))
+                .transpose()
         })
     }
 
@@ -473,12 +501,32 @@ impl super::SharedRecords for RedisStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
+            let record = format!("{}record:{name}", self.prefix);
+            // Sealed values differ on every write: compare the opened value, then swap
+            // only if the stored bytes are still the ones that were opened.
+            let raw_expected = match (expected, &self.sealing) {
+                (Some(expected), Some(_)) => {
+                    let stored: Option<Vec<u8>> =
+                        connection.get(&record).await.map_err(StoreError::new)?;
+                    match stored {
+                        Some(raw)
+                            if sealing::open_bytes(self.sealing.as_ref(), name, &raw)?
+                                == expected =>
+                        {
+                            Some(raw)
+                        }
+                        _ => return Ok(false),
+                    }
+                }
+                (expected, _) => expected.map(<[u8]>::to_vec),
+            };
+            let value = sealing::seal_bytes(self.sealing.as_ref(), name, value)?;
             let set: i64 = self
                 .scripts
                 .record_cas
-                .key(format!("{}record:{name}", self.prefix))
-                .arg(if expected.is_some() { "1" } else { "0" })
-                .arg(expected.unwrap_or_default())
+                .key(record)
+                .arg(if raw_expected.is_some() { "1" } else { "0" })
+                .arg(raw_expected.unwrap_or_default())
                 .arg(value)
                 .arg(crate::limits::clamp(ttl).as_millis().max(1).to_string())
                 .invoke_async(&mut connection)

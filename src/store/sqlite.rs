@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::sealing::{self, SealingKeys};
 use super::{BoxFuture, CredentialStore, Lease, LeaseOutcome, Swap};
 use crate::error::StoreError;
 use crate::key::AuthKey;
@@ -42,12 +43,14 @@ const SCHEMA_VERSION: i64 = 2;
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    sealing: Option<SealingKeys>,
 }
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
+            .field("sealing", &self.sealing)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +91,27 @@ impl SqliteStore {
         path: impl AsRef<Path>,
         busy_timeout: Duration,
     ) -> Result<Self, StoreError> {
+        Self::open_with(path, busy_timeout, None)
+    }
+
+    /// As [`open`](Self::open), sealing tokens and records with `keys` (AES-256-GCM)
+    /// before they reach the file. Without keys, a warning is logged at open.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_sealed(path: impl AsRef<Path>, keys: SealingKeys) -> Result<Self, StoreError> {
+        Self::open_with(path, Duration::from_secs(5), Some(keys))
+    }
+
+    fn open_with(
+        path: impl AsRef<Path>,
+        busy_timeout: Duration,
+        sealing: Option<SealingKeys>,
+    ) -> Result<Self, StoreError> {
+        if sealing.is_none() {
+            sealing::warn_unsealed("SqliteStore");
+        }
         let path = path.as_ref().to_path_buf();
         let mut connection = Connection::open(&path).map_err(store_error)?;
         connection.busy_timeout(busy_timeout).map_err(store_error)?;
@@ -101,12 +125,33 @@ impl SqliteStore {
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             path: Arc::new(path),
+            sealing,
         })
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn seal(&self, tokens: TokenSet) -> Result<TokenSet, StoreError> {
+        sealing::seal_token_set(self.sealing.as_ref(), tokens)
+    }
+
+    fn unseal(&self, tokens: Option<Arc<TokenSet>>) -> Result<Option<Arc<TokenSet>>, StoreError> {
+        tokens
+            .map(|t| sealing::open_token_set(self.sealing.as_ref(), &t).map(Arc::new))
+            .transpose()
+    }
+
+    fn unseal_swap(&self, swap: Swap) -> Result<Swap, StoreError> {
+        Ok(match swap {
+            Swap::Stored(stored) => Swap::Stored(
+                self.unseal(Some(stored))?
+                    .unwrap_or_else(|| unreachable!("a stored set was given")),
+            ),
+            Swap::Conflict(current) => Swap::Conflict(self.unseal(current)?),
+        })
     }
 
     /// Runs `work` on the connection on the blocking pool.
@@ -301,7 +346,10 @@ impl CredentialStore for SqliteStore {
         key: &'a AuthKey,
     ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
         let key = KeyColumns::from(key);
-        Box::pin(self.run(move |connection| load(connection, &key)))
+        Box::pin(async move {
+            let loaded = self.run(move |connection| load(connection, &key)).await?;
+            self.unseal(loaded)
+        })
     }
 
     fn compare_and_swap<'a>(
@@ -311,13 +359,19 @@ impl CredentialStore for SqliteStore {
         new: TokenSet,
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
         let key = KeyColumns::from(key);
-        Box::pin(self.run(move |connection| {
-            let transaction =
-                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let outcome = swap(&transaction, &key, expected, new)?;
-            transaction.commit()?;
-            Ok(outcome)
-        }))
+        Box::pin(async move {
+            let new = self.seal(new)?;
+            let outcome = self
+                .run(move |connection| {
+                    let transaction =
+                        connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let outcome = swap(&transaction, &key, expected, new)?;
+                    transaction.commit()?;
+                    Ok(outcome)
+                })
+                .await?;
+            self.unseal_swap(outcome)
+        })
     }
 
     fn delete<'a>(
@@ -352,46 +406,57 @@ impl CredentialStore for SqliteStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
         let key = KeyColumns::from(key);
-        Box::pin(self.run(move |connection| {
-            let transaction =
-                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current = load(&transaction, &key)?;
-            if current.as_ref().map(|t| t.generation) != Some(trigger) {
-                return Ok(LeaseOutcome::Superseded(current));
-            }
-            let now = millis(SystemTime::now());
-            let held: Option<i64> = transaction
-                .query_row(
-                    "SELECT expires_at_ms FROM leases
+        Box::pin(async move {
+            let outcome = self
+                .run(move |connection| {
+                    let transaction =
+                        connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let current = load(&transaction, &key)?;
+                    if current.as_ref().map(|t| t.generation) != Some(trigger) {
+                        return Ok(LeaseOutcome::Superseded(current));
+                    }
+                    let now = millis(SystemTime::now());
+                    let held: Option<i64> = transaction
+                        .query_row(
+                            "SELECT expires_at_ms FROM leases
                      WHERE tenant = ?1 AND subject = ?2 AND binding = ?3",
-                    params![key.tenant, key.subject, key.binding],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(until) = held.filter(|until| *until > now) {
-                let left = Duration::from_millis(u64::try_from(until - now).unwrap_or(0));
-                return Ok(LeaseOutcome::Held(left));
-            }
-            let fence = next(&transaction, "fence")?;
-            let ttl_ms = i64::try_from(crate::limits::clamp(ttl).as_millis()).unwrap_or(i64::MAX);
-            transaction.execute(
-                "INSERT INTO leases (tenant, subject, binding, fence, expires_at_ms)
+                            params![key.tenant, key.subject, key.binding],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    if let Some(until) = held.filter(|until| *until > now) {
+                        let left = Duration::from_millis(u64::try_from(until - now).unwrap_or(0));
+                        return Ok(LeaseOutcome::Held(left));
+                    }
+                    let fence = next(&transaction, "fence")?;
+                    let ttl_ms =
+                        i64::try_from(crate::limits::clamp(ttl).as_millis()).unwrap_or(i64::MAX);
+                    transaction.execute(
+                        "INSERT INTO leases (tenant, subject, binding, fence, expires_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (tenant, subject, binding) DO UPDATE SET
                     fence = excluded.fence, expires_at_ms = excluded.expires_at_ms",
-                params![
-                    key.tenant,
-                    key.subject,
-                    key.binding,
-                    fence,
-                    now.saturating_add(ttl_ms)
-                ],
-            )?;
-            transaction.commit()?;
-            Ok(LeaseOutcome::Acquired(Lease {
-                fence: u64::try_from(fence).unwrap_or(0),
-            }))
-        }))
+                        params![
+                            key.tenant,
+                            key.subject,
+                            key.binding,
+                            fence,
+                            now.saturating_add(ttl_ms)
+                        ],
+                    )?;
+                    transaction.commit()?;
+                    Ok(LeaseOutcome::Acquired(Lease {
+                        fence: u64::try_from(fence).unwrap_or(0),
+                    }))
+                })
+                .await?;
+            Ok(match outcome {
+                LeaseOutcome::Superseded(current) => {
+                    LeaseOutcome::Superseded(self.unseal(current)?)
+                }
+                other => other,
+            })
+        })
     }
 
     fn compare_and_swap_fenced<'a>(
@@ -402,28 +467,34 @@ impl CredentialStore for SqliteStore {
         lease: Lease,
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
         let key = KeyColumns::from(key);
-        Box::pin(self.run(move |connection| {
-            let transaction =
-                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let fence: Option<i64> = transaction
+        Box::pin(async move {
+            let new = self.seal(new)?;
+            let outcome = self
+                .run(move |connection| {
+                    let transaction =
+                        connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let fence: Option<i64> = transaction
                 .query_row(
                     "SELECT fence FROM leases WHERE tenant = ?1 AND subject = ?2 AND binding = ?3",
                     params![key.tenant, key.subject, key.binding],
                     |row| row.get(0),
                 )
                 .optional()?;
-            // The lease was taken over (it expired and another process acquired it):
-            // this writer is stale and writes nothing.
-            let ours = fence.and_then(|f| u64::try_from(f).ok()) == Some(lease.fence);
-            if !ours {
-                let current = load(&transaction, &key)?;
-                return Ok(Swap::Conflict(current));
-            }
-            let outcome = swap(&transaction, &key, expected, new)?;
-            delete_lease(&transaction, &key, lease.fence)?;
-            transaction.commit()?;
-            Ok(outcome)
-        }))
+                    // The lease was taken over (it expired and another process acquired it):
+                    // this writer is stale and writes nothing.
+                    let ours = fence.and_then(|f| u64::try_from(f).ok()) == Some(lease.fence);
+                    if !ours {
+                        let current = load(&transaction, &key)?;
+                        return Ok(Swap::Conflict(current));
+                    }
+                    let outcome = swap(&transaction, &key, expected, new)?;
+                    delete_lease(&transaction, &key, lease.fence)?;
+                    transaction.commit()?;
+                    Ok(outcome)
+                })
+                .await?;
+            self.unseal_swap(outcome)
+        })
     }
 
     fn release_lease<'a>(
@@ -441,16 +512,24 @@ impl super::SharedRecords for SqliteStore {
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let field = name.to_owned();
         let name = name.to_owned();
-        Box::pin(self.run(move |connection| {
-            connection
-                .query_row(
-                    "SELECT value FROM records WHERE name = ?1 AND expires_at_ms > ?2",
-                    params![name, millis(SystemTime::now())],
-                    |row| row.get(0),
-                )
-                .optional()
-        }))
+        Box::pin(async move {
+            let stored: Option<Vec<u8>> = self
+                .run(move |connection| {
+                    connection
+                        .query_row(
+                            "SELECT value FROM records WHERE name = ?1 AND expires_at_ms > ?2",
+                            params![name, millis(SystemTime::now())],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                })
+                .await?;
+            stored
+                .map(|bytes| sealing::open_bytes(self.sealing.as_ref(), &field, &bytes))
+                .transpose()
+        })
     }
 
     fn compare_and_set_record<'a>(
@@ -460,12 +539,12 @@ impl super::SharedRecords for SqliteStore {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let (name, expected, value) = (
-            name.to_owned(),
-            expected.map(<[u8]>::to_vec),
-            value.to_vec(),
-        );
-        Box::pin(self.run(move |connection| {
+        let (name, expected) = (name.to_owned(), expected.map(<[u8]>::to_vec));
+        let sealed = sealing::seal_bytes(self.sealing.as_ref(), &name, value);
+        let keys = self.sealing.clone();
+        Box::pin(async move {
+            let value = sealed?;
+            self.run(move |connection| {
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = millis(SystemTime::now());
@@ -476,6 +555,11 @@ impl super::SharedRecords for SqliteStore {
                     |row| row.get(0),
                 )
                 .optional()?;
+            // Compared opened: sealing makes every write's bytes different.
+            let current = current
+                .map(|bytes| sealing::open_bytes(keys.as_ref(), &name, &bytes))
+                .transpose()
+                .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
             if current != expected {
                 return Ok(false);
             }
@@ -487,6 +571,8 @@ impl super::SharedRecords for SqliteStore {
             )?;
             transaction.commit()?;
             Ok(true)
-        }))
+            })
+            .await
+        })
     }
 }
