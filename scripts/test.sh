@@ -53,6 +53,9 @@ cargo build --quiet --manifest-path fuzz/Cargo.toml --target-dir target/fuzz --b
 step "quickstart (the README's main command)"
 cargo run --quiet --example quickstart
 
+step "shared store example (two replicas, one SQLite file, one refresh)"
+cargo run --quiet --example shared_store
+
 step "refresh contention bench (exits non-zero if our coordinator redeems twice)"
 cargo bench --bench refresh_contention
 
