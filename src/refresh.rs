@@ -39,6 +39,9 @@ use crate::token::{Generation, TokenSet};
 
 type Outcome = Result<Arc<TokenSet>, Error>;
 
+/// How long the read cache of a shared store trusts an entry without reading the store.
+const SHARED_CACHE_TTL: Duration = Duration::from_secs(1);
+
 /// How often a process waiting on another process's lease looks for its write.
 const LEASE_POLL: Duration = Duration::from_millis(25);
 
@@ -257,8 +260,9 @@ impl RefreshCoordinatorBuilder {
         let hot = self.store.is_shared().then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                // Entries are re-validated on every read; this only bounds idle ones.
-                .time_to_idle(Duration::from_secs(300))
+                // What other processes wrote (a new login, a step-up) is seen within a
+                // second: one store read per key and second at most on the hot path.
+                .time_to_live(SHARED_CACHE_TTL)
                 .build()
         });
         RefreshCoordinator {
@@ -315,7 +319,8 @@ struct Inner {
     cooldowns: moka::sync::Cache<AuthKey, Cooldown>,
     /// With a store shared by other processes: the last token set read or written per
     /// key, so a request with a valid token makes no store round trip. Bypassed for
-    /// 401s and redemptions; replaced by every write of this process.
+    /// 401s and redemptions; replaced by every write of this process; re-read after a
+    /// second, so other processes' writes are seen within one.
     hot: Option<moka::sync::Cache<AuthKey, Arc<TokenSet>>>,
     counters: Counters,
 }

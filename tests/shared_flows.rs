@@ -156,3 +156,88 @@ async fn redis_pending_flows_and_registrations_survive_a_restart() {
     let server = RedisServer::start();
     pending_flows_and_registrations_survive_a_restart(redis(&server)).await;
 }
+
+/// The flow's request waits in another OS process (`examples/login_worker.rs`); this
+/// process's callback completes it and the other process's request finishes.
+async fn a_flow_waiting_in_another_process_completes_here(
+    store: &str,
+    open: impl Fn() -> Arc<dyn Shared>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let here = authorizer(&mcp, open());
+    let worker = {
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let built = std::process::Command::new(cargo)
+            .args(["build", "--example", "login_worker", "--all-features"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(built.success());
+        dir.join("login_worker")
+    };
+    let mut child = tokio::process::Command::new(worker)
+        .args([
+            store,
+            &mcp.url(),
+            "http://127.0.0.1:1/oauth/callback",
+            "acme",
+            "dora",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the other process asks for a login")
+            .unwrap()
+            .expect("a line");
+        if let Some(url) = line.strip_prefix("url=") {
+            break url.parse::<url::Url>().unwrap();
+        }
+    };
+    // The user's browser lands on this process's callback.
+    HeadlessBrowser::new(here.completer())
+        .visit(&url)
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the other process's request finishes")
+        .unwrap();
+    assert_eq!(done.as_deref(), Some("ok=1"));
+    assert!(child.wait().await.unwrap().success());
+    assert_eq!(auth.stats().code_exchanges, 1);
+    assert_eq!(
+        auth.stats().registrations,
+        1,
+        "one registration for both processes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_flow_waiting_in_another_process_completes_here() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-flows");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("processes-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let open = {
+        let path = path.clone();
+        move || -> Arc<dyn Shared> { Arc::new(SqliteStore::open(&path).unwrap()) }
+    };
+    a_flow_waiting_in_another_process_completes_here(path.to_str().unwrap(), open).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_flow_waiting_in_another_process_completes_here() {
+    let server = RedisServer::start();
+    a_flow_waiting_in_another_process_completes_here(&server.url(), redis(&server)).await;
+}
