@@ -5,8 +5,8 @@
 //! read, and the write fails if anything was written since. That is what keeps a slow
 //! refresh from overwriting the tokens of an interactive login that finished meanwhile.
 //!
-//! A store shared by several processes ([`SqliteStore`](crate::store::SqliteStore),
-//! feature `sqlite`, one machine; [`RedisStore`](crate::store::RedisStore), feature
+//! A store shared by several processes ([`SqliteStore`],
+//! feature `sqlite`, one machine; [`RedisStore`], feature
 //! `redis`, replicas anywhere) also hands out a per-key **redemption lease** with a fencing value:
 //! the process whose local flight leads takes the lease before it redeems, and its write
 //! carries the fence and fails if the lease was lost. Processes that find the lease held
