@@ -14,15 +14,12 @@ use crate::error::StoreError;
 /// The prefix of a sealed value: `sealed:v1:<key id>:<base64 nonce + ciphertext>`.
 const PREFIX: &str = "sealed:v1:";
 
-/// Keys that seal secrets at rest in a shared store ([`SqliteStore`], [`RedisStore`]):
+/// Keys that seal secrets at rest in a shared store (`SqliteStore`, `RedisStore`):
 /// access and refresh tokens, and the flow and registration records (PKCE verifiers,
 /// client secrets). Values are sealed with the current key and its id; any key given
 /// with [`with_previous`](Self::with_previous) still opens older values, so keys rotate
 /// without a migration. The field a value belongs to is bound in as associated data,
 /// so sealed values cannot be swapped between fields.
-///
-/// [`SqliteStore`]: crate::store::SealingKeys
-/// [`RedisStore`]: crate::store::SealingKeys
 ///
 /// ```
 /// use tower_mcp_auth::store::SealingKeys;
