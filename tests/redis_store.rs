@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::RedisServer;
 use tower::Layer;
-use tower_mcp_auth::store::{CredentialStore, LeaseOutcome, RedisStore, Swap};
+use tower_mcp_auth::store::{CredentialStore, RedisStore, Swap};
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
     AuthKey, Error, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer,
@@ -85,44 +85,7 @@ async fn the_store_contract_holds_across_replicas() {
 async fn the_lease_is_single_fenced_and_taken_over_when_it_expires() {
     let redis = RedisServer::start();
     let (a, b) = (store(&redis), store(&redis));
-    let k = key("bob");
-    let Swap::Stored(stored) = a.compare_and_swap(&k, None, tokens("t1")).await.unwrap() else {
-        panic!()
-    };
-    let ttl = Duration::from_millis(300);
-    let LeaseOutcome::Acquired(lease_a) =
-        a.acquire_lease(&k, stored.generation, ttl).await.unwrap()
-    else {
-        panic!("first acquire")
-    };
-    assert!(matches!(
-        b.acquire_lease(&k, stored.generation, ttl).await.unwrap(),
-        LeaseOutcome::Held(left) if left <= ttl
-    ));
-    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
-    let LeaseOutcome::Acquired(lease_b) =
-        b.acquire_lease(&k, stored.generation, ttl).await.unwrap()
-    else {
-        panic!("takeover")
-    };
-    assert!(lease_b.fence > lease_a.fence);
-    assert!(matches!(
-        a.compare_and_swap_fenced(&k, Some(stored.generation), tokens("stale"), lease_a)
-            .await
-            .unwrap(),
-        Swap::Conflict(_)
-    ));
-    let Swap::Stored(fresh) = b
-        .compare_and_swap_fenced(&k, Some(stored.generation), tokens("fresh"), lease_b)
-        .await
-        .unwrap()
-    else {
-        panic!("the holder writes")
-    };
-    assert!(matches!(
-        a.acquire_lease(&k, stored.generation, ttl).await.unwrap(),
-        LeaseOutcome::Superseded(Some(now)) if now.generation == fresh.generation
-    ));
+    common::lease_contract(&a, &b, &key("bob"), tokens).await;
 }
 
 struct World {

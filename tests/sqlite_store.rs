@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower::Layer;
-use tower_mcp_auth::store::{CredentialStore, LeaseOutcome, SqliteStore, Swap};
+use tower_mcp_auth::store::{CredentialStore, SqliteStore, Swap};
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
     AuthKey, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer, TokenSet,
@@ -112,44 +112,7 @@ async fn the_lease_is_single_fenced_and_taken_over_when_it_expires() {
         SqliteStore::open(&path).unwrap(),
         SqliteStore::open(&path).unwrap(),
     );
-    let k = key("bob");
-    let stored = put(&a, &k, tokens("t1")).await;
-    let ttl = Duration::from_millis(300);
-    let LeaseOutcome::Acquired(lease_a) =
-        a.acquire_lease(&k, stored.generation, ttl).await.unwrap()
-    else {
-        panic!("first acquire")
-    };
-    assert!(matches!(
-        b.acquire_lease(&k, stored.generation, ttl).await.unwrap(),
-        LeaseOutcome::Held(left) if left <= ttl
-    ));
-    // The holder stalls past its lease; the other process takes over.
-    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
-    let LeaseOutcome::Acquired(lease_b) =
-        b.acquire_lease(&k, stored.generation, ttl).await.unwrap()
-    else {
-        panic!("takeover")
-    };
-    assert!(lease_b.fence > lease_a.fence);
-    // The stale holder's write carries a lost fence: nothing is written.
-    let stale = a
-        .compare_and_swap_fenced(&k, Some(stored.generation), tokens("stale"), lease_a)
-        .await
-        .unwrap();
-    assert!(matches!(stale, Swap::Conflict(_)));
-    let written = b
-        .compare_and_swap_fenced(&k, Some(stored.generation), tokens("fresh"), lease_b)
-        .await
-        .unwrap();
-    let Swap::Stored(fresh) = written else {
-        panic!("the holder writes")
-    };
-    // A lease on a generation that moved on says so and hands over what is stored.
-    assert!(matches!(
-        a.acquire_lease(&k, stored.generation, ttl).await.unwrap(),
-        LeaseOutcome::Superseded(Some(now)) if now.generation == fresh.generation
-    ));
+    common::lease_contract(&a, &b, &key("bob"), tokens).await;
 }
 
 /// A writer stuck inside a transaction: operations wait the busy timeout, then fail

@@ -225,6 +225,21 @@ impl Flow {
         })
     }
 
+    /// Takes over what other replicas did to the shared record (claimed, ended).
+    async fn catch_up(&self) {
+        let Some(shared) = &self.shared else { return };
+        match shared.read(&self.pending).await {
+            Some((_, RecordStatus::Ended(outcome))) => {
+                self.settle(outcome);
+            }
+            Some((_, RecordStatus::Claimed)) => {
+                self.claimed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+
     fn is_open(&self) -> bool {
         self.outcome.borrow().is_none() && SystemTime::now() < self.pending.expires_at
     }
@@ -520,18 +535,7 @@ impl FlowStore {
     /// The open flow a callback's `state` belongs to, with its key (tenant included).
     pub async fn find_by_state(&self, state: &str) -> Option<(AuthKey, Arc<PendingFlow>)> {
         let (key, flow) = self.flow(state).await?;
-        if let Some(shared) = &flow.shared {
-            match shared.read(&flow.pending).await {
-                Some((_, RecordStatus::Ended(outcome))) => {
-                    flow.settle(outcome);
-                }
-                Some((_, RecordStatus::Claimed)) => {
-                    flow.claimed
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-                _ => {}
-            }
-        }
+        flow.catch_up().await;
         flow.is_open().then(|| (key, flow.pending.clone()))
     }
 
@@ -539,18 +543,7 @@ impl FlowStore {
     /// has forgotten, past its TTL).
     pub async fn status(&self, state: &str) -> Option<FlowStatus> {
         let (_, flow) = self.flow(state).await?;
-        if let Some(shared) = &flow.shared {
-            match shared.read(&flow.pending).await {
-                Some((_, RecordStatus::Ended(outcome))) => {
-                    flow.settle(outcome);
-                }
-                Some((_, RecordStatus::Claimed)) => {
-                    flow.claimed
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-                _ => {}
-            }
-        }
+        flow.catch_up().await;
         let ended = flow.outcome.borrow().clone();
         Some(match ended {
             Some(outcome) => FlowStatus::Ended(outcome),

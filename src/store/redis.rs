@@ -14,13 +14,11 @@ use crate::error::StoreError;
 use crate::key::AuthKey;
 use crate::token::{Generation, Secret, TokenSet};
 
-/// Compare-and-swap: KEYS = credential, generation counter; ARGV = expected generation
-/// ("" for none), then the fields. One round trip; a conflict returns what is stored.
-const CAS: &str = r#"
-local current = redis.call('HGET', KEYS[1], 'gen') or ''
-if current ~= ARGV[1] then
-  return {0, redis.call('HGETALL', KEYS[1])}
-end
+/// The write of a compare-and-swap whose checks passed: KEYS[1] = credential, KEYS[2] =
+/// generation counter; ARGV[2..7] = the fields and the TTL (ms, 0 for none).
+macro_rules! write_credential {
+    () => {
+        r#"
 local generation = redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'at', ARGV[2], 'obt', ARGV[3], 'gen', generation)
@@ -28,29 +26,43 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'rt', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'scope', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'exp', ARGV[6]) end
 if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
-return {1, {tostring(generation)}}
-"#;
+"#
+    };
+}
+
+/// The generation check: ARGV[1] = expected generation ("" for none). A conflict
+/// returns what is stored.
+macro_rules! check_generation {
+    () => {
+        r#"
+local current = redis.call('HGET', KEYS[1], 'gen') or ''
+if current ~= ARGV[1] then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+"#
+    };
+}
+
+/// Compare-and-swap: KEYS = credential, generation counter; ARGV = expected generation,
+/// then the fields. One round trip; a conflict returns what is stored.
+const CAS: &str = concat!(
+    check_generation!(),
+    write_credential!(),
+    "return {1, {tostring(generation)}}"
+);
 
 /// Fenced CAS: KEYS = credential, generation counter, lease; ARGV[8] = fence. A lease
 /// that is not ours any more is a conflict; a write releases the lease.
-const FENCED_CAS: &str = r#"
+const FENCED_CAS: &str = concat!(
+    r#"
 if redis.call('GET', KEYS[3]) ~= ARGV[8] then
   return {0, redis.call('HGETALL', KEYS[1])}
 end
-local current = redis.call('HGET', KEYS[1], 'gen') or ''
-if current ~= ARGV[1] then
-  return {0, redis.call('HGETALL', KEYS[1])}
-end
-local generation = redis.call('INCR', KEYS[2])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'at', ARGV[2], 'obt', ARGV[3], 'gen', generation)
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'rt', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'scope', ARGV[5]) end
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'exp', ARGV[6]) end
-if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
-redis.call('DEL', KEYS[3])
-return {1, {tostring(generation)}}
-"#;
+"#,
+    check_generation!(),
+    write_credential!(),
+    "redis.call('DEL', KEYS[3])\nreturn {1, {tostring(generation)}}"
+);
 
 /// Lease: KEYS = credential, lease, fence counter; ARGV = trigger generation, TTL (ms).
 /// 0: superseded (with what is stored), 1: held (ms left), 2: acquired (the fence).

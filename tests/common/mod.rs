@@ -243,3 +243,55 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// The lease contract of a shared store, as two processes `a` and `b` see it: one
+/// holder at a time, takeover after expiry with a larger fence, the stale holder's
+/// write refused, and a lease on a moved generation reported as superseded.
+pub async fn lease_contract<S: CredentialStore>(
+    a: &S,
+    b: &S,
+    key: &AuthKey,
+    tokens: impl Fn(&str) -> TokenSet,
+) {
+    use tower_mcp_auth::store::LeaseOutcome;
+    let Swap::Stored(stored) = a.compare_and_swap(key, None, tokens("t1")).await.unwrap() else {
+        panic!("first write")
+    };
+    let ttl = Duration::from_millis(300);
+    let LeaseOutcome::Acquired(lease_a) =
+        a.acquire_lease(key, stored.generation, ttl).await.unwrap()
+    else {
+        panic!("first acquire")
+    };
+    assert!(matches!(
+        b.acquire_lease(key, stored.generation, ttl).await.unwrap(),
+        LeaseOutcome::Held(left) if left <= ttl
+    ));
+    // The holder stalls past its lease; the other process takes over.
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let LeaseOutcome::Acquired(lease_b) =
+        b.acquire_lease(key, stored.generation, ttl).await.unwrap()
+    else {
+        panic!("takeover")
+    };
+    assert!(lease_b.fence > lease_a.fence);
+    // The stale holder's write carries a lost fence: nothing is written.
+    assert!(matches!(
+        a.compare_and_swap_fenced(key, Some(stored.generation), tokens("stale"), lease_a)
+            .await
+            .unwrap(),
+        Swap::Conflict(_)
+    ));
+    let Swap::Stored(fresh) = b
+        .compare_and_swap_fenced(key, Some(stored.generation), tokens("fresh"), lease_b)
+        .await
+        .unwrap()
+    else {
+        panic!("the holder writes")
+    };
+    // A lease on a generation that moved on says so and hands over what is stored.
+    assert!(matches!(
+        a.acquire_lease(key, stored.generation, ttl).await.unwrap(),
+        LeaseOutcome::Superseded(Some(now)) if now.generation == fresh.generation
+    ));
+}
