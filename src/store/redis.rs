@@ -331,6 +331,38 @@ impl RedisStore {
             .transpose()
     }
 
+    /// CAS, or fenced CAS with `lease`: seal, one script call, outcome opened.
+    async fn swap(
+        &self,
+        key: &AuthKey,
+        expected: Option<Generation>,
+        new: TokenSet,
+        lease: Option<Lease>,
+    ) -> Result<Swap, StoreError> {
+        let mut connection = self.connection.clone();
+        let sealed = sealing::seal_token_set(self.sealing.as_ref(), new.clone())?;
+        let script = match lease {
+            Some(_) => &self.scripts.fenced_cas,
+            None => &self.scripts.cas,
+        };
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.credential_key(key))
+            .key(self.counter("generation"));
+        if lease.is_some() {
+            invocation.key(self.lease_key(key));
+        }
+        invocation.arg(Self::swap_args(expected, &sealed, self.credential_ttl));
+        if let Some(lease) = lease {
+            invocation.arg(lease.fence.to_string());
+        }
+        let reply: (i64, Vec<String>) = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(StoreError::new)?;
+        self.swap_outcome(reply, new)
+    }
+
     fn swap_outcome(
         &self,
         (status, values): (i64, Vec<String>),
@@ -369,20 +401,7 @@ impl CredentialStore for RedisStore {
         expected: Option<Generation>,
         new: TokenSet,
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
-        Box::pin(async move {
-            let mut connection = self.connection.clone();
-            let sealed = sealing::seal_token_set(self.sealing.as_ref(), new.clone())?;
-            let reply: (i64, Vec<String>) = self
-                .scripts
-                .cas
-                .key(self.credential_key(key))
-                .key(self.counter("generation"))
-                .arg(Self::swap_args(expected, &sealed, self.credential_ttl))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(StoreError::new)?;
-            self.swap_outcome(reply, new)
-        })
+        Box::pin(self.swap(key, expected, new, None))
     }
 
     fn delete<'a>(
@@ -449,22 +468,7 @@ impl CredentialStore for RedisStore {
         new: TokenSet,
         lease: Lease,
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
-        Box::pin(async move {
-            let mut connection = self.connection.clone();
-            let sealed = sealing::seal_token_set(self.sealing.as_ref(), new.clone())?;
-            let reply: (i64, Vec<String>) = self
-                .scripts
-                .fenced_cas
-                .key(self.credential_key(key))
-                .key(self.counter("generation"))
-                .key(self.lease_key(key))
-                .arg(Self::swap_args(expected, &sealed, self.credential_ttl))
-                .arg(lease.fence.to_string())
-                .invoke_async(&mut connection)
-                .await
-                .map_err(StoreError::new)?;
-            self.swap_outcome(reply, new)
-        })
+        Box::pin(self.swap(key, expected, new, Some(lease)))
     }
 
     fn release_lease<'a>(
