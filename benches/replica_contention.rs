@@ -139,21 +139,26 @@ async fn storm(
                 std::process::id(),
                 rand_suffix()
             ));
-            SqliteStore::open(&path)
+            let seeded = SqliteStore::open(&path)
                 .unwrap()
                 .compare_and_swap(&key, None, login.clone())
                 .await
                 .unwrap();
+            assert!(matches!(seeded, tower_mcp_auth::store::Swap::Stored(_)));
             path.display().to_string()
         }
         "redis" => {
-            // Every run has its own authorization server, so its own binding and key.
-            RedisStore::builder(redis.url())
-                .build()
-                .unwrap()
+            // Runs share the Redis; a run whose servers got an earlier run's ports has
+            // its key too: clear it first.
+            let shared = RedisStore::builder(redis.url()).build().unwrap();
+            if let Some(old) = shared.load(&key).await.unwrap() {
+                shared.delete(&key, old.generation).await.unwrap();
+            }
+            let seeded = shared
                 .compare_and_swap(&key, None, login.clone())
                 .await
                 .unwrap();
+            assert!(matches!(seeded, tower_mcp_auth::store::Swap::Stored(_)));
             redis.url()
         }
         _ => format!(
