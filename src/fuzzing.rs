@@ -89,12 +89,12 @@ pub fn metadata(data: &[u8]) {
         let _ = crate::oauth::discovery::weigh_resource(&resource);
         let server: url::Url = "https://mcp.example.com/mcp".parse().expect("static URL");
         let _ = crate::oauth::discovery::resource_matches(&resource.resource, &server);
-        let _ = crate::oauth::authorize::fuzz_scopes(Some(&resource), None);
+        let _ = crate::oauth::scopes::fuzz_scopes(Some(&resource), None);
     }
     if let Ok(issuer) = serde_json::from_slice::<AuthorizationServerMetadata>(data) {
         let _ = crate::oauth::discovery::weigh_issuer(&issuer);
         let _ = issuer.supports_s256();
-        let _ = crate::oauth::authorize::fuzz_scopes(None, Some(&issuer));
+        let _ = crate::oauth::scopes::fuzz_scopes(None, Some(&issuer));
         for endpoint in [&issuer.authorization_endpoint, &issuer.token_endpoint] {
             if let Some(url) = endpoint.as_deref().and_then(|e| url::Url::parse(e).ok()) {
                 let _ = UrlPolicy::default().check(&url);

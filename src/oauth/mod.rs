@@ -8,3 +8,4 @@ pub(crate) mod flow;
 pub(crate) mod flow_record;
 pub(crate) mod grants;
 pub(crate) mod registration;
+pub(crate) mod scopes;

@@ -34,160 +34,19 @@ use crate::http_client::AuthHttpClient;
 use crate::key::AuthKey;
 use crate::oauth::grants::{self, GrantError};
 use crate::single_flight::{Completer, SingleFlight};
-use crate::store::{CredentialStore, Lease, LeaseOutcome, Swap};
+use crate::store::{CredentialStore, Lease, Swap};
 use crate::token::{Generation, TokenSet};
+
+mod config;
+mod lease;
+
+pub use config::RefreshConfig;
+use lease::Leased;
 
 type Outcome = Result<Arc<TokenSet>, Error>;
 
 /// How long the read cache of a shared store trusts an entry without reading the store.
 const SHARED_CACHE_TTL: Duration = Duration::from_secs(1);
-
-/// How often a process waiting on another process's lease looks for its write.
-const LEASE_POLL: Duration = Duration::from_millis(25);
-
-/// What taking the shared store's lease came to.
-enum Leased {
-    /// This process redeems `TokenSet` (the generation the lease was taken on).
-    Acquired(Lease, Arc<TokenSet>),
-    /// Another process settled it: its result.
-    Settled(Outcome),
-}
-
-/// Timeouts, cooldowns and the refresh-ahead margin of a [`RefreshCoordinator`].
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_mcp_auth::RefreshConfig;
-///
-/// let config = RefreshConfig::default()
-///     .with_timeout(Duration::from_secs(10))
-///     .with_cooldown(Duration::from_secs(2), Duration::from_secs(60));
-/// assert_eq!(config.timeout(), Duration::from_secs(10));
-/// ```
-#[derive(Clone, Debug)]
-pub struct RefreshConfig {
-    timeout: Duration,
-    cooldown: Duration,
-    max_cooldown: Duration,
-    min_margin: Duration,
-    max_margin: Duration,
-    clock_skew: Duration,
-}
-
-impl Default for RefreshConfig {
-    /// 30 s redemption timeout; 5 s cooldown doubling up to 5 min; refresh ahead by 10%
-    /// of the token's lifetime, at least 2 s and at most 60 s, plus up to half that
-    /// again as jitter; a token counts as expired 1 s early (servers round `exp` down to
-    /// the second and clocks differ). Margin and skew never take more than half of a
-    /// short token's lifetime.
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(30),
-            cooldown: Duration::from_secs(5),
-            max_cooldown: Duration::from_secs(300),
-            min_margin: Duration::from_secs(2),
-            max_margin: Duration::from_secs(60),
-            clock_skew: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RefreshConfig {
-    /// The longest one redemption may take, end to end.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Cooldown after a failed redemption: `base`, doubling per consecutive failure,
-    /// capped at `max`.
-    pub fn with_cooldown(mut self, base: Duration, max: Duration) -> Self {
-        self.cooldown = base;
-        self.max_cooldown = max.max(base);
-        self
-    }
-
-    /// The most a token is refreshed ahead of its expiry (default 60 s).
-    pub fn with_max_margin(mut self, margin: Duration) -> Self {
-        self.max_margin = margin;
-        self.min_margin = self.min_margin.min(margin);
-        self
-    }
-
-    /// The least a token is refreshed ahead of its expiry (default 2 s), whatever its
-    /// lifetime; raise it for slow authorization servers or very short tokens.
-    pub fn with_min_margin(mut self, margin: Duration) -> Self {
-        self.min_margin = margin;
-        self.max_margin = self.max_margin.max(margin);
-        self
-    }
-
-    /// How much earlier than its stated expiry a token counts as expired (default 1 s):
-    /// allowance for servers that round `exp` down and for clock differences.
-    pub fn with_clock_skew(mut self, skew: Duration) -> Self {
-        self.clock_skew = skew;
-        self
-    }
-
-    /// The redemption timeout.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// How long a shared store's redemption lease lasts: the redemption timeout plus as
-    /// much again (at most 5 s), so a live holder never loses it and a dead one blocks
-    /// the others that long at most.
-    fn lease_ttl(&self) -> Duration {
-        self.timeout
-            .saturating_add(self.timeout.min(Duration::from_secs(5)))
-    }
-
-    fn cooldown_after(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
-        let doubled = self
-            .cooldown
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-        doubled
-            .max(retry_after.unwrap_or_default())
-            .min(self.max_cooldown)
-    }
-
-    /// When to start refreshing `tokens`: before expiry by the margin plus a jitter
-    /// that is fixed per generation, so every request agrees on the instant.
-    fn refresh_at(&self, tokens: &TokenSet) -> Option<SystemTime> {
-        let expires_at = tokens.expires_at?;
-        let lifetime = tokens.lifetime()?;
-        let margin = (lifetime / 10)
-            .max(self.min_margin)
-            .min(self.max_margin)
-            .saturating_add(self.skew_for(lifetime));
-        let jitter = margin.mul_f64(unit_hash(tokens.generation.0) / 2.0);
-        // A short token keeps at least half its lifetime before refreshing starts.
-        let ahead = (margin + jitter).min(lifetime / 2);
-        Some(expires_at.checked_sub(ahead).unwrap_or(tokens.obtained_at))
-    }
-
-    /// The skew allowance for a token of `lifetime`: never more than a quarter of it,
-    /// so a short token is still served for most of its life.
-    fn skew_for(&self, lifetime: Duration) -> Duration {
-        self.clock_skew.min(lifetime / 4)
-    }
-
-    /// Whether `tokens` may still be sent at `now`: before its expiry less the skew.
-    fn usable(&self, tokens: &TokenSet, now: SystemTime) -> bool {
-        let skew = tokens
-            .lifetime()
-            .map_or(Duration::ZERO, |l| self.skew_for(l));
-        tokens.is_usable_at(crate::limits::system_after(now, skew))
-    }
-}
-
-/// A value in [0, 1) derived from `x` (splitmix64).
-fn unit_hash(x: u64) -> f64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-}
 
 /// Counters since the coordinator was built, for metrics.
 ///
@@ -590,63 +449,6 @@ impl RefreshCoordinator {
         outcome
     }
 
-    /// Takes the shared store's lease to redeem `current`, or waits for the process
-    /// holding it and returns what it stored.
-    async fn lease(&self, key: &AuthKey, mut current: Arc<TokenSet>) -> Result<Leased, Error> {
-        let store = &self.inner.store;
-        let ttl = self.inner.config.lease_ttl();
-        loop {
-            match store
-                .acquire_lease(key, current.generation, ttl)
-                .await
-                .map_err(Error::Store)?
-            {
-                LeaseOutcome::Acquired(lease) => return Ok(Leased::Acquired(lease, current)),
-                LeaseOutcome::Superseded(None) => {
-                    return Ok(Leased::Settled(Err(Error::reauth(
-                        ReauthReason::NoCredentials,
-                    ))));
-                }
-                LeaseOutcome::Superseded(Some(newer)) => {
-                    if self.inner.config.usable(&newer, SystemTime::now()) {
-                        debug!(stored = %newer.generation, "another process refreshed");
-                        return Ok(Leased::Settled(Ok(newer)));
-                    }
-                    if newer.refresh_token.is_none() {
-                        return Ok(Leased::Settled(Err(Error::reauth(
-                            ReauthReason::NoRefreshToken,
-                        ))));
-                    }
-                    // Newer, but expired too: that one is the token to redeem now.
-                    current = newer;
-                }
-                LeaseOutcome::Held(left) => {
-                    debug!(?left, "another process is redeeming; waiting for its write");
-                    self.await_write(key, current.generation, left).await?;
-                }
-            }
-        }
-    }
-
-    /// Polls the store until the generation moves past `generation` or `left` passes
-    /// (the holder died: its lease expires and the next acquire takes over).
-    async fn await_write(
-        &self,
-        key: &AuthKey,
-        generation: Generation,
-        left: Duration,
-    ) -> Result<(), Error> {
-        let until = Instant::now() + left.min(self.inner.config.lease_ttl());
-        while Instant::now() < until {
-            tokio::time::sleep(LEASE_POLL).await;
-            let stored = self.inner.store.load(key).await.map_err(Error::Store)?;
-            if stored.is_none_or(|t| t.generation != generation) {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
     /// Redeems `current`'s refresh token and writes the result (fenced by `lease` when
     /// the store is shared).
     async fn redeem_and_write(
@@ -785,75 +587,6 @@ impl RefreshCoordinator {
                 failures,
                 error: error.clone(),
             },
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::token::Secret;
-
-    #[test]
-    fn cooldown_doubles_honours_retry_after_and_caps() {
-        let config =
-            RefreshConfig::default().with_cooldown(Duration::from_secs(5), Duration::from_secs(60));
-        let waits: Vec<u64> = (1..=6)
-            .map(|n| config.cooldown_after(n, None).as_secs())
-            .collect();
-        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
-        assert_eq!(
-            config
-                .cooldown_after(1, Some(Duration::from_secs(30)))
-                .as_secs(),
-            30
-        );
-        assert_eq!(
-            config
-                .cooldown_after(1, Some(Duration::from_secs(999)))
-                .as_secs(),
-            60
-        );
-    }
-
-    #[test]
-    fn refresh_margin_is_bounded_by_lifetime_and_jittered() {
-        let config = RefreshConfig::default();
-        let mut tokens = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(3600));
-        let mut margins = Vec::new();
-        for generation in 0..50 {
-            tokens.generation = Generation(generation);
-            let at = config.refresh_at(&tokens).unwrap();
-            let margin = tokens.expires_at.unwrap().duration_since(at).unwrap();
-            // 60 s margin + 1 s skew, plus up to half that as jitter.
-            assert!(
-                margin >= Duration::from_secs(61) && margin < Duration::from_millis(91_500),
-                "{margin:?}"
-            );
-            margins.push(margin);
-        }
-        margins.dedup();
-        assert!(margins.len() > 10, "jitter spreads refreshes");
-
-        // Issue #11: a 5 s token got a 0.5-0.75 s margin and hundreds of 401s.
-        let short = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(5));
-        let margin = short
-            .expires_at
-            .unwrap()
-            .duration_since(config.refresh_at(&short).unwrap())
-            .unwrap();
-        assert_eq!(
-            margin,
-            Duration::from_millis(2500),
-            "floor 2 s + skew, at most half"
-        );
-        assert!(config.usable(&short, short.obtained_at + Duration::from_millis(3900)));
-        assert!(!config.usable(&short, short.obtained_at + Duration::from_millis(4000)));
-
-        let tiny = TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(1));
-        assert!(
-            config.usable(&tiny, tiny.obtained_at),
-            "never unusable from the start"
         );
     }
 }
