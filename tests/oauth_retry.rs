@@ -443,3 +443,31 @@ async fn one_default_principal_serves_the_whole_stack() {
         "one login, then its token"
     );
 }
+
+/// A handler that panics fails the flow at once (its waiters are not left to their
+/// timeout): spawned work records its failure even when its body panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_the_request_at_once() {
+    let w = World::new().await;
+    let panicking = w.client(
+        OAuthRetryLayer::wait(w.authorizer.clone(), |_: AuthorizationPrompt| async {
+            if std::hint::black_box(true) {
+                panic!("handler bug");
+            }
+            Ok::<(), BoxError>(())
+        })
+        .with_wait_timeout(Duration::from_secs(60)),
+    );
+    let started = std::time::Instant::now();
+    let error = call_tool(panicking, &w.mcp.url(), &alice(), "whoami")
+        .await
+        .unwrap_err();
+    match crate_error(&error) {
+        Error::AuthorizationFailed { reason } => assert!(reason.contains("panicked"), "{reason}"),
+        other => panic!("expected AuthorizationFailed, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not the 60 s wait timeout"
+    );
+}

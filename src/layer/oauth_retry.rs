@@ -517,11 +517,15 @@ where
                 flow: pending.clone(),
             };
             tokio::spawn(async move {
-                if let Err(error) = handler.authorize(prompt).await {
-                    tracing::warn!(%error, "authorization handler failed");
-                    let reason = format!("authorization handler failed: {error}");
-                    authorizer.fail_flow(&pending.state, reason).await;
-                }
+                // A handler that fails, or panics, fails the flow: its waiters learn at
+                // once instead of waiting out their timeout.
+                let reason = match crate::limits::catch_panic(handler.authorize(prompt)).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(error)) => format!("authorization handler failed: {error}"),
+                    Err(_) => "authorization handler panicked".to_owned(),
+                };
+                tracing::warn!(%reason, "authorization not delivered");
+                authorizer.fail_flow(&pending.state, reason).await;
             });
         }
         let started = Instant::now();
