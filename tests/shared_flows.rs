@@ -241,3 +241,47 @@ async fn redis_a_flow_waiting_in_another_process_completes_here() {
     let server = RedisServer::start();
     a_flow_waiting_in_another_process_completes_here(&server.url(), redis(&server)).await;
 }
+
+/// Shared records that cannot be reached: a new flow still works in its own process
+/// (started, claimed, completed), instead of failing every callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_records_leave_flows_working_in_their_process() {
+    use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowStore, Generation, ServerBinding};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // nothing listens there once the listener is dropped
+    let records = Arc::new(
+        RedisStore::builder(format!("redis://127.0.0.1:{port}/0"))
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    );
+    let flows = FlowStore::shared(records);
+    let binding =
+        ServerBinding::public_client("https://mcp.example/mcp", "https://as.example/token", "c")
+            .unwrap();
+    let key = AuthKey::new(&Principal::new("acme", "erin"), binding.id());
+    let flow = flows
+        .start_or_join(
+            &key,
+            AuthorizationRequest::new(
+                binding,
+                "https://as.example/authorize".parse().unwrap(),
+                "https://app.example/cb".parse().unwrap(),
+            ),
+        )
+        .await;
+    let state = flow.pending().state.expose().to_owned();
+    assert!(flows.claim(&state).await.is_some(), "claimed locally");
+    assert!(
+        flows
+            .complete(&state, FlowOutcome::Completed(Generation(1)))
+            .await
+    );
+    assert_eq!(
+        flow.outcome().await,
+        Some(FlowOutcome::Completed(Generation(1)))
+    );
+}

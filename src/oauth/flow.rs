@@ -210,6 +210,16 @@ impl SharedFlow {
     }
 }
 
+/// What publishing a new flow came to.
+enum Published {
+    /// Its record is shared: other replicas find, claim and complete it.
+    Shared,
+    /// No shared records (or they could not be written): the flow lives here alone.
+    Local,
+    /// Another replica published an open flow for the key first: join it.
+    Theirs(Arc<Flow>),
+}
+
 /// How often a replica waiting on a shared flow looks for its outcome.
 const RECORD_POLL: Duration = Duration::from_millis(100);
 
@@ -456,12 +466,14 @@ impl FlowStore {
         open.then_some(flow)
     }
 
-    /// Writes `flow`'s record, then names it the open flow of `key` unless another
-    /// replica published one meanwhile (returned, to join).
-    async fn publish(&self, key: &AuthKey, flow: &Arc<Flow>) -> Option<Arc<Flow>> {
-        let records = self.records.as_ref()?;
-        let state = flow.pending.state.expose();
-        let record = flow_record::encode(key, &flow.pending, &RecordStatus::Open);
+    /// Writes `pending`'s record, then names it the open flow of `key` unless another
+    /// replica published one meanwhile (to join).
+    async fn publish(&self, key: &AuthKey, pending: &PendingFlow) -> Published {
+        let Some(records) = self.records.as_ref() else {
+            return Published::Local;
+        };
+        let state = pending.state.expose();
+        let record = flow_record::encode(key, pending, &RecordStatus::Open);
         let written = records
             .compare_and_set_record(
                 &flow_record::flow_name(state),
@@ -472,7 +484,7 @@ impl FlowStore {
             .await;
         if let Err(error) = written {
             tracing::warn!(%error, "flow record not written; the flow is local to this process");
-            return None;
+            return Published::Local;
         }
         let name = flow_record::key_name(key);
         let previous = records.get_record(&name).await.ok().flatten();
@@ -480,10 +492,10 @@ impl FlowStore {
             .compare_and_set_record(&name, previous.as_deref(), state.as_bytes(), self.ttl)
             .await
             .unwrap_or(false);
-        if named {
-            return None;
+        if !named && let Some(theirs) = self.shared_open_flow(key).await {
+            return Published::Theirs(theirs);
         }
-        self.shared_open_flow(key).await
+        Published::Shared
     }
 
     /// Starts a flow for `key`, or joins the open one. When this returns, the flow is
@@ -491,44 +503,52 @@ impl FlowStore {
     pub async fn start_or_join(&self, key: &AuthKey, request: AuthorizationRequest) -> FlowHandle {
         // Building a candidate is cheap (random PKCE pair and state, a URL); it is thrown
         // away when an open flow exists.
-        let mut candidate = new_flow(request, self.ttl);
-        candidate.shared = self.shared_part(key);
-        let candidate = Arc::new(candidate);
+        let candidate = new_flow(request, self.ttl);
         let mut joined = None;
+        let mut started = None;
         self.by_key
             .entry_by_ref(key)
             .and_compute_with(|current| {
                 let current = current.map(|entry| entry.into_value());
-                let candidate = candidate.clone();
-                let joined = &mut joined;
+                let (joined, started) = (&mut joined, &mut started);
                 async move {
                     if let Some(flow) = current.filter(|flow| flow.is_open()) {
                         *joined = Some(flow);
                         return Op::Nop;
                     }
                     // Another replica's open flow for this key is joined like a local one.
-                    let published = match self.shared_open_flow(key).await {
-                        Some(theirs) => Some(theirs),
-                        None => self.publish(key, &candidate).await,
-                    };
-                    if let Some(theirs) = published {
+                    if let Some(theirs) = self.shared_open_flow(key).await {
                         *joined = Some(theirs.clone());
                         return Op::Put(theirs);
                     }
-                    let state = candidate.pending.state.expose().to_owned();
+                    let flow = match self.publish(key, &candidate.pending).await {
+                        Published::Theirs(theirs) => {
+                            *joined = Some(theirs.clone());
+                            return Op::Put(theirs);
+                        }
+                        // Only a published flow is claimed and completed through its record.
+                        Published::Shared => Arc::new(Flow {
+                            shared: self.shared_part(key),
+                            ..candidate
+                        }),
+                        Published::Local => Arc::new(candidate),
+                    };
+                    let state = flow.pending.state.expose().to_owned();
                     self.by_state
-                        .insert(state, (key.clone(), candidate.clone()))
+                        .insert(state, (key.clone(), flow.clone()))
                         .await;
-                    Op::Put(candidate)
+                    *started = Some(flow.clone());
+                    Op::Put(flow)
                 }
             })
             .await;
-        match joined {
-            Some(flow) => FlowHandle { flow, joined: true },
-            None => FlowHandle {
-                flow: candidate,
+        match (joined, started) {
+            (Some(flow), _) => FlowHandle { flow, joined: true },
+            (None, Some(flow)) => FlowHandle {
+                flow,
                 joined: false,
             },
+            (None, None) => unreachable!("the compute closure either joins or starts a flow"),
         }
     }
 
