@@ -206,14 +206,16 @@ impl CallbackService {
             return self.page(CallbackPage::InvalidLink { app });
         };
         let flows = self.completer.flows();
-        let pending: Option<Arc<PendingFlow>> = flows
-            .find_by_state(state.expose())
-            .await
-            .map(|(_, pending)| pending);
+        // The cookie check first: an unbound request costs no flow lookup beyond the
+        // page that tells how its flow stands.
         if !self.binding.verify_headers(&parts.headers, state.expose()) {
             tracing::warn!("OAuth callback without a valid browser binding; ignored");
             return self.settled_page(flows.status(state.expose()).await);
         }
+        let pending: Option<Arc<PendingFlow>> = flows
+            .find_by_state(state.expose())
+            .await
+            .map(|(_, pending)| pending);
         let outcome = self.completer.complete(&params).await;
         let server = pending
             .as_ref()
