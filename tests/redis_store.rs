@@ -12,8 +12,7 @@ use tower::Layer;
 use tower_mcp_auth::store::{CredentialStore, RedisStore, Swap};
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
-    AuthKey, Error, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer,
-    TokenSet,
+    AuthKey, Error, Principal, RefreshCoordinator, ServerBinding, SilentRefreshLayer,
 };
 
 fn key(user: &str) -> AuthKey {
@@ -23,12 +22,7 @@ fn key(user: &str) -> AuthKey {
     AuthKey::new(&Principal::new("acme:colon", user), binding.id())
 }
 
-fn tokens(access: &str) -> TokenSet {
-    TokenSet::new(Secret::new(access))
-        .with_refresh_token(Secret::new(format!("rt-{access}")))
-        .with_expires_in(Duration::from_secs(3600))
-        .with_scope("tools")
-}
+use common::sample_tokens as tokens;
 
 fn store(redis: &RedisServer) -> RedisStore {
     RedisStore::builder(redis.url())

@@ -12,7 +12,7 @@ use tower::Layer;
 use tower_mcp_auth::store::{CredentialStore, SqliteStore, Swap};
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
-    AuthKey, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer, TokenSet,
+    AuthKey, Principal, RefreshCoordinator, ServerBinding, SilentRefreshLayer, TokenSet,
 };
 
 fn file(name: &str) -> PathBuf {
@@ -32,12 +32,7 @@ fn key(user: &str) -> AuthKey {
     AuthKey::new(&Principal::new("acme", user), binding.id())
 }
 
-fn tokens(access: &str) -> TokenSet {
-    TokenSet::new(Secret::new(access))
-        .with_refresh_token(Secret::new(format!("rt-{access}")))
-        .with_expires_in(Duration::from_secs(3600))
-        .with_scope("tools")
-}
+use common::sample_tokens as tokens;
 
 async fn put(store: &SqliteStore, key: &AuthKey, tokens: TokenSet) -> Arc<TokenSet> {
     let expected = store.load(key).await.unwrap().map(|t| t.generation);

@@ -295,3 +295,12 @@ pub async fn lease_contract<S: CredentialStore>(
         LeaseOutcome::Superseded(Some(now)) if now.generation == fresh.generation
     ));
 }
+
+/// A token set for store tests: access token `access`, refresh token `rt-<access>`, an
+/// hour's lifetime, scope `tools`.
+pub fn sample_tokens(access: &str) -> TokenSet {
+    TokenSet::new(tower_mcp_auth::Secret::new(access))
+        .with_refresh_token(tower_mcp_auth::Secret::new(format!("rt-{access}")))
+        .with_expires_in(Duration::from_secs(3600))
+        .with_scope("tools")
+}
