@@ -107,7 +107,8 @@ struct Row {
 async fn run(strategy: &'static str) -> Row {
     let upstream = Arc::new(TestUpstream::start().await.expect("upstream"));
     let attempts = Arc::new(AtomicU64::new(0));
-    let http = reqwest::Client::builder()
+    let http = tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
         .timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(CLIENTS)
         .build()

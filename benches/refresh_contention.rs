@@ -256,7 +256,8 @@ async fn build(name: &str, auth: &TestAuthServer, expired: bool) -> Arc<dyn Stra
             .unwrap_or_default(),
         expires_at: tokens.expires_at.unwrap_or(SystemTime::now()),
     };
-    let http = reqwest::Client::builder()
+    let http = tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
         .pool_max_idle_per_host(1024)
         .build()
         .unwrap();

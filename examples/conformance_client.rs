@@ -416,7 +416,8 @@ async fn cross_app_stack(
         OboGrant::JwtBearer,
     ));
     let transport = StreamingTransport {
-        client: reqwest::Client::builder()
+        client: tower_mcp_auth::client::ReqwestService::builder()
+            .expect("TLS")
             .connect_timeout(Duration::from_secs(5))
             .build()?,
     };
@@ -466,7 +467,8 @@ async fn client_stack(server: &str, context: &ConformanceContext) -> Result<Http
     let user = Principal::new("conformance", "user");
     let browser = HeadlessBrowser::new(authorizer.completer());
     let transport = StreamingTransport {
-        client: reqwest::Client::builder()
+        client: tower_mcp_auth::client::ReqwestService::builder()
+            .expect("TLS")
             .connect_timeout(Duration::from_secs(5))
             .build()?,
     };

@@ -86,7 +86,8 @@ async fn main() -> Result<(), BoxError> {
             None => RefreshConfig::default(),
         })
         .build();
-    let http = reqwest::Client::builder()
+    let http = tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
         .pool_max_idle_per_host(callers)
         .timeout(Duration::from_secs(30))
         .build()?;

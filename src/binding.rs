@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::error::{CapacityReached, ConfigError};
@@ -153,16 +152,11 @@ impl ServerBinding {
     }
 
     fn digest(&self) -> BindingId {
-        let mut hasher = Sha256::new();
-        for part in [
-            self.resource.as_str(),
-            self.issuer.as_deref().unwrap_or(""),
-            self.client_id.as_str(),
-        ] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-        BindingId(hasher.finalize().into())
+        BindingId(crate::crypto::sha256_fields([
+            self.resource.as_str().as_bytes(),
+            self.issuer.as_deref().unwrap_or("").as_bytes(),
+            self.client_id.as_bytes(),
+        ]))
     }
 }
 

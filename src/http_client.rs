@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceExt};
@@ -31,8 +31,9 @@ type BoxedService = BoxCloneSyncService<http::Request<Bytes>, http::Response<Byt
 /// use std::time::Duration;
 /// use tower_mcp_auth::AuthHttpClient;
 ///
-/// // The default: reqwest, no redirects, 10 s timeout, 1 MiB response cap.
-/// let client = AuthHttpClient::reqwest().with_timeout(Duration::from_secs(5));
+/// // The default: reqwest (hyper without the `reqwest` feature), no redirects,
+/// // 10 s timeout, 1 MiB response cap.
+/// let client = AuthHttpClient::new().with_timeout(Duration::from_secs(5));
 ///
 /// // Or any tower service, e.g. one with a proxy or custom TLS.
 /// let custom = AuthHttpClient::from_service(tower::service_fn(|_req: http::Request<bytes::Bytes>| async {
@@ -48,56 +49,156 @@ pub struct AuthHttpClient {
 }
 
 impl AuthHttpClient {
-    /// The default client: reqwest (rustls), redirects disabled, and every address a
-    /// host name resolves to checked at connect time against the strict
-    /// [`UrlPolicy::default`] (no loopback, private or special-purpose addresses), so
-    /// a name that resolves or rebinds to an internal address is refused.
-    ///
-    /// Should reqwest fail to initialise (no usable TLS backend), every call fails with
-    /// that error instead of falling back to a client with another redirect policy.
-    pub fn reqwest() -> Self {
-        Self::reqwest_with_policy(UrlPolicy::default())
+    /// The default client with the strict [`UrlPolicy::default`]: reqwest with the
+    /// `reqwest` feature (on by default), hyper otherwise. See
+    /// [`with_policy`](Self::with_policy).
+    pub fn new() -> Self {
+        Self::with_policy(UrlPolicy::default())
     }
 
-    /// As [`reqwest`](Self::reqwest), checking resolved addresses against `policy`
-    /// (e.g. [`UrlPolicy::allow_private_ranges`] for an authorization server inside
-    /// the company network). Literal IP hosts are not resolved; the
-    /// [`Authorizer`](crate::Authorizer) checks those in every URL it learns.
+    /// The default client, checking every address a host name resolves to at connect
+    /// time against `policy` (e.g. [`UrlPolicy::allow_private_ranges`] for an
+    /// authorization server inside the company network), so a name that resolves or
+    /// rebinds to a refused address is never connected to. Literal IP hosts are not
+    /// resolved; the [`Authorizer`](crate::Authorizer) checks those in every URL it
+    /// learns. Redirects are never followed (a token request must not be replayed
+    /// elsewhere).
     ///
-    /// [`from_reqwest`](Self::from_reqwest) and [`from_service`](Self::from_service)
-    /// use the given client's own resolver: no connect-time check unless that client
-    /// has one.
+    /// Should the client fail to initialise (no TLS roots), every call fails with that
+    /// error instead of falling back to a client with another policy.
     ///
     /// ```
     /// use tower_mcp_auth::{AuthHttpClient, UrlPolicy};
     ///
-    /// let corporate = AuthHttpClient::reqwest_with_policy(UrlPolicy::default().allow_private_ranges());
+    /// let corporate = AuthHttpClient::with_policy(UrlPolicy::default().allow_private_ranges());
     /// # drop(corporate);
     /// ```
+    pub fn with_policy(policy: UrlPolicy) -> Self {
+        #[cfg(feature = "reqwest")]
+        return Self::reqwest_with_policy(policy);
+        #[cfg(not(feature = "reqwest"))]
+        return Self::hyper_with_policy(policy);
+    }
+
+    /// reqwest (rustls with ring), redirects disabled, the strict
+    /// [`UrlPolicy::default`] at connect time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_mcp_auth::AuthHttpClient;
+    ///
+    /// let client = AuthHttpClient::reqwest().with_timeout(Duration::from_secs(5));
+    /// # drop(client);
+    /// ```
+    #[cfg(feature = "reqwest")]
+    pub fn reqwest() -> Self {
+        Self::reqwest_with_policy(UrlPolicy::default())
+    }
+
+    /// As [`reqwest`](Self::reqwest), checking resolved addresses against `policy`.
+    ///
+    /// [`from_reqwest`](Self::from_reqwest) and [`from_service`](Self::from_service)
+    /// use the given client's own resolver: no connect-time check unless that client
+    /// has one.
+    #[cfg(feature = "reqwest")]
     pub fn reqwest_with_policy(policy: UrlPolicy) -> Self {
-        match reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(DEFAULT_TIMEOUT)
-            .dns_resolver(Arc::new(PolicyResolver { policy }))
-            .build()
-        {
-            Ok(client) => Self::from_reqwest(client),
-            Err(error) => {
-                let error: Arc<str> = format!("reqwest client unavailable: {error}").into();
-                Self::from_service(tower::service_fn(move |_: http::Request<Bytes>| {
-                    let error = error.clone();
-                    async move { Err::<http::Response<Bytes>, BoxError>(error.to_string().into()) }
-                }))
-            }
+        let config = crate::client::HttpClientConfig::new()
+            .connect_timeout(DEFAULT_TIMEOUT)
+            .url_policy(policy);
+        match crate::client::ReqwestService::with_config(&config) {
+            Ok(service) => Self::from_http_service(service),
+            Err(error) => Self::unavailable(error.to_string()),
         }
+    }
+
+    /// hyper-util's client over rustls, the strict [`UrlPolicy::default`] at connect
+    /// time: the default without the `reqwest` feature.
+    pub fn hyper() -> Self {
+        Self::hyper_with_policy(UrlPolicy::default())
+    }
+
+    /// As [`hyper`](Self::hyper), checking resolved addresses against `policy`.
+    pub fn hyper_with_policy(policy: UrlPolicy) -> Self {
+        let config = crate::client::HttpClientConfig::new()
+            .connect_timeout(DEFAULT_TIMEOUT)
+            .url_policy(policy);
+        match crate::client::hyper_client::<http_body_util::Full<Bytes>>(&config) {
+            Ok(client) => Self::from_http_service(client),
+            Err(error) => Self::unavailable(error.to_string()),
+        }
+    }
+
+    fn unavailable(error: String) -> Self {
+        let error: Arc<str> = error.into();
+        Self::from_service(tower::service_fn(move |_: http::Request<Bytes>| {
+            let error = error.clone();
+            async move { Err::<http::Response<Bytes>, BoxError>(error.to_string().into()) }
+        }))
     }
 
     /// Uses a configured reqwest client. Configure it without redirects: token
     /// endpoints must not redirect.
+    #[cfg(feature = "reqwest")]
     pub fn from_reqwest(client: reqwest::Client) -> Self {
+        Self::from_http_service(crate::client::ReqwestService::from_client(client))
+    }
+
+    /// Uses any HTTP client service with a streaming response body (hyper's, reqwest's,
+    /// one behind a proxy or with custom TLS). The body is read up to the response cap
+    /// and no further.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower_mcp_auth::AuthHttpClient;
+    /// use tower_mcp_auth::client::{hyper_client, HttpClientConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let client = AuthHttpClient::from_http_service(hyper_client::<Full<Bytes>>(&HttpClientConfig::new())?);
+    /// # drop(client);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_http_service<S, ResBody>(service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<http_body_util::Full<Bytes>>,
+                Response = http::Response<ResBody>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
         let service = tower::service_fn(move |request: http::Request<Bytes>| {
-            let client = client.clone();
-            async move { send_with_reqwest(&client, request).await }
+            let call = service
+                .clone()
+                .oneshot(request.map(http_body_util::Full::new));
+            async move {
+                let response = call.await.map_err(Into::into)?;
+                let (parts, body) = response.into_parts();
+                // Stop reading at the hard cap instead of buffering whatever a server
+                // sends; the configured (lower) cap is checked in `send`.
+                let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                    body,
+                    DEFAULT_MAX_RESPONSE_BYTES,
+                ))
+                .await
+                {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                        return Err(
+                            Box::new(HttpError::TooLarge(DEFAULT_MAX_RESPONSE_BYTES)) as BoxError
+                        );
+                    }
+                    Err(error) => return Err(error),
+                };
+                Ok(http::Response::from_parts(parts, body))
+            }
         });
         Self::from_service(service)
     }
@@ -166,7 +267,7 @@ impl AuthHttpClient {
 
 impl Default for AuthHttpClient {
     fn default() -> Self {
-        Self::reqwest()
+        Self::new()
     }
 }
 
@@ -176,25 +277,6 @@ impl fmt::Debug for AuthHttpClient {
             .field("timeout", &self.timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .finish_non_exhaustive()
-    }
-}
-
-/// Resolves with the system resolver, then keeps only the addresses `policy` allows;
-/// none left is an error (fail closed).
-struct PolicyResolver {
-    policy: UrlPolicy,
-}
-
-impl reqwest::dns::Resolve for PolicyResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.policy;
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed = filter_addresses(&policy, &host, resolved)?;
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
     }
 }
 
@@ -224,29 +306,6 @@ pub(crate) fn filter_addresses(
     }
 }
 
-async fn send_with_reqwest(
-    client: &reqwest::Client,
-    request: http::Request<Bytes>,
-) -> Result<http::Response<Bytes>, BoxError> {
-    let request = reqwest::Request::try_from(request)?;
-    let mut response = client.execute(request).await?;
-    let mut builder = http::Response::builder()
-        .status(response.status())
-        .version(response.version());
-    if let Some(headers) = builder.headers_mut() {
-        *headers = std::mem::take(response.headers_mut());
-    }
-    // Stop reading at the hard cap instead of buffering whatever a server sends.
-    let mut body = BytesMut::new();
-    while let Some(chunk) = response.chunk().await? {
-        body.extend_from_slice(&chunk);
-        if body.len() > DEFAULT_MAX_RESPONSE_BYTES {
-            return Err(Box::new(HttpError::TooLarge(DEFAULT_MAX_RESPONSE_BYTES)));
-        }
-    }
-    Ok(builder.body(body.freeze())?)
-}
-
 /// `Retry-After` read from raw header bytes, for the fuzz targets.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn retry_after_value(value: &[u8]) -> Option<Duration> {
@@ -258,16 +317,64 @@ pub(crate) fn retry_after_value(value: &[u8]) -> Option<Duration> {
     retry_after(&headers)
 }
 
-/// `Retry-After` as delta-seconds (the HTTP-date form is ignored: clocks disagree).
+/// `Retry-After` as delta-seconds or as an HTTP-date (IMF-fixdate, RFC 9110 §5.6.7),
+/// the latter turned into the time left from now (zero if it has passed).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
+    let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = parse_http_date(value)?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`); `None` for anything else.
+pub(crate) fn parse_http_date(value: &str) -> Option<std::time::SystemTime> {
+    let rest = value.split_once(", ")?.1;
+    let mut fields = rest.split(' ');
+    let (day, month, year, time, zone) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    if fields.next().is_some() || zone != "GMT" || day.len() != 2 || year.len() != 4 {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let day: i64 = day.parse().ok()?;
+    let year: i64 = year.parse().ok()?;
+    let mut clock = time.split(':');
+    let (h, m, sec): (i64, i64, i64) = (
+        clock.next()?.parse().ok()?,
+        clock.next()?.parse().ok()?,
+        clock.next()?.parse().ok()?,
+    );
+    if clock.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), all in checked-size i64.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + h * 3600 + m * 60 + sec;
+    let seconds = u64::try_from(seconds).ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
 /// Why a call to an authorization server failed before its body could be interpreted.
@@ -316,15 +423,76 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_parses_delta_seconds_only() {
+    fn retry_after_parses_delta_seconds_and_http_dates() {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        // A date in the past means "now".
         headers.insert(
             http::header::RETRY_AFTER,
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
-        assert_eq!(retry_after(&headers), None);
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(std::time::UNIX_EPOCH)
+        );
+        // A date 90 s ahead.
+        let ahead = std::time::SystemTime::now() + Duration::from_secs(90);
+        let secs = ahead
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let formatted = format_http_date(days, rem);
+        headers.insert(http::header::RETRY_AFTER, formatted.parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            wait > Duration::from_secs(85) && wait <= Duration::from_secs(90),
+            "{wait:?}"
+        );
+        for bad in [
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+            "Sun, 06 Nov -994 08:49:37 GMT",
+            "soon",
+            "-5",
+        ] {
+            headers.insert(http::header::RETRY_AFTER, bad.parse().unwrap());
+            assert_eq!(retry_after(&headers), None, "{bad}");
+        }
+    }
+
+    /// IMF-fixdate of `days` since the epoch plus `rem` seconds (test helper; the
+    /// inverse of the civil-from-days algorithm).
+    fn format_http_date(days: u64, rem: u64) -> String {
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+        format!(
+            "{weekday}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
+            months[(m - 1) as usize],
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
     }
 
     #[tokio::test]

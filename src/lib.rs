@@ -80,6 +80,8 @@
 mod binding;
 mod breaker;
 mod challenge;
+pub mod client;
+mod crypto;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]

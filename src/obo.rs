@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info_span, warn};
 use url::Url;
 
@@ -340,7 +339,7 @@ impl fmt::Debug for OboExchanger {
 impl OboExchanger {
     /// An exchanger over the default HTTP client.
     pub fn new(config: OboConfig) -> Self {
-        Self::with_http_client(config, AuthHttpClient::reqwest())
+        Self::with_http_client(config, AuthHttpClient::new())
     }
 
     /// An exchanger over `http`.
@@ -375,7 +374,7 @@ impl OboExchanger {
         let config = &self.inner.config;
         CacheKey {
             tenant: Arc::from(principal.tenant()),
-            assertion: Sha256::digest(assertion.secret().expose().as_bytes()).into(),
+            assertion: crate::crypto::sha256(&[assertion.secret().expose().as_bytes()]),
             scopes: Arc::from(config.scopes.join(" ")),
             audience: config.audience.as_deref().map(Arc::from),
             resource: config.resource.as_deref().map(Arc::from),

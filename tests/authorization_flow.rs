@@ -70,7 +70,8 @@ async fn world() -> World {
 
 /// The browser: follows the authorization URL to the redirect back, returns its query.
 async fn browser(url: &Url) -> String {
-    let http = reqwest::Client::builder()
+    let http = tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -92,7 +92,8 @@ async fn visit(url: &str, cookie: Option<&str>) -> reqwest::Response {
 }
 
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+    tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
@@ -418,7 +419,8 @@ async fn a_callback_cut_off_mid_exchange_still_completes_and_a_retry_says_so() {
     let w = world().await;
     let (flow, cookie, back) = w.start().await;
     w.auth.set_latency(std::time::Duration::from_millis(600));
-    let impatient = reqwest::Client::builder()
+    let impatient = tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
         .redirect(reqwest::redirect::Policy::none())
         .timeout(std::time::Duration::from_millis(100))
         .build()

@@ -38,7 +38,8 @@ impl Service<http::Request<reqwest::Body>> for Transport {
 }
 
 fn transport(attempts: Arc<AtomicU64>) -> Transport {
-    let http = reqwest::Client::builder()
+    let http = tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))
         .build()

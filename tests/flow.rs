@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use tower_mcp_auth::{
     AuthKey, AuthorizationRequest, FlowOutcome, FlowStore, Generation, Principal, ServerBinding,
 };
@@ -185,8 +184,10 @@ async fn the_authorization_url_carries_pkce_s256_state_resource_and_scopes() {
     assert_eq!(params["scope"], "tools.read offline_access");
     assert_eq!(params["state"], pending.state.expose());
     assert_eq!(params["code_challenge_method"], "S256");
-    let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(Sha256::digest(pending.pkce_verifier.expose().as_bytes()));
+    let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        pending.pkce_verifier.expose().as_bytes(),
+    ));
     assert_eq!(params["code_challenge"], expected);
     let debug = format!("{flow:?}");
     assert!(

@@ -393,7 +393,8 @@ async fn a_client_rejected_during_the_code_exchange_is_registered_anew() {
                 authorizer.clone(),
             );
             async move {
-                let http = reqwest::Client::builder()
+                let http = tower_mcp_auth::client::ReqwestService::builder()
+                    .expect("TLS")
                     .redirect(reqwest::redirect::Policy::none())
                     .build()?;
                 let response = http

@@ -563,7 +563,10 @@ async fn fixture_revokes_the_grant_family_when_a_rotated_refresh_token_is_replay
             ("client_id", CLIENT_ID.to_owned()),
         ]
     };
-    let http = reqwest::Client::new();
+    let http = tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
+        .build()
+        .unwrap();
     let refresh = tokens.refresh_token.as_ref().unwrap().expose();
     let first = http
         .post(h.auth.token_endpoint())

@@ -34,7 +34,8 @@ async fn breaker_outside_silent_refresh_ignores_401s_and_opens_on_outages() {
     )
     .with_keying(BreakerKeying::OriginAndPrincipal);
     let handle = breaker.handle();
-    let http = reqwest::Client::builder()
+    let http = tower_mcp_auth::client::ReqwestService::builder()
+        .expect("TLS")
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();

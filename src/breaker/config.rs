@@ -166,7 +166,7 @@ impl BreakerConfig {
         if self.jitter == 0.0 {
             return period;
         }
-        let cut: f64 = rand::random::<f64>() * self.jitter;
+        let cut: f64 = crate::crypto::random_unit() * self.jitter;
         period.mul_f64(1.0 - cut)
     }
 }

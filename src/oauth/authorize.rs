@@ -144,7 +144,7 @@ impl AuthorizerBuilder {
     }
 
     /// The HTTP client for metadata, registration and token calls (default:
-    /// [`AuthHttpClient::reqwest_with_policy`] with this builder's URL policy).
+    /// [`AuthHttpClient::with_policy`] with this builder's URL policy).
     pub fn http_client(mut self, http: AuthHttpClient) -> Self {
         self.http = Some(http);
         self
@@ -246,7 +246,7 @@ impl AuthorizerBuilder {
         // By default the HTTP client checks resolved addresses against the same policy.
         let http = self
             .http
-            .unwrap_or_else(|| AuthHttpClient::reqwest_with_policy(self.policy));
+            .unwrap_or_else(|| AuthHttpClient::with_policy(self.policy));
         let mut client = self.client;
         client.resource = server.to_string();
         Ok(Authorizer {

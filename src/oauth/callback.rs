@@ -122,7 +122,7 @@ pub enum CallbackError {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let completer = AuthorizationCompleter::new(FlowStore::new(), Arc::new(MemoryStore::new()), AuthHttpClient::reqwest());
+/// let completer = AuthorizationCompleter::new(FlowStore::new(), Arc::new(MemoryStore::new()), AuthHttpClient::new());
 /// let forged = CallbackParams::from_query("code=c&state=made-up");
 /// assert!(matches!(completer.complete(&forged).await, Err(CallbackError::UnknownState)));
 /// # }

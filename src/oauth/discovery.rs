@@ -252,7 +252,7 @@ pub(crate) fn weigh_issuer(issuer: &AuthorizationServerMetadata) -> usize {
 /// use tower_mcp_auth::{AuthHttpClient, Discovery, UrlPolicy};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let discovery = Discovery::new(AuthHttpClient::reqwest(), UrlPolicy::default());
+/// let discovery = Discovery::new(AuthHttpClient::new(), UrlPolicy::default());
 /// let server = "https://mcp.example.com/mcp".parse()?;
 /// let resource = discovery.protected_resource(&server, None).await?;
 /// let issuer = resource.authorization_servers[0].parse()?;
@@ -386,7 +386,7 @@ impl Discovery {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// // Nothing listens on port 9: no metadata, so the defaults apply.
-    /// let discovery = Discovery::new(AuthHttpClient::reqwest(), UrlPolicy::default().allow_loopback_http());
+    /// let discovery = Discovery::new(AuthHttpClient::new(), UrlPolicy::default().allow_loopback_http());
     /// let metadata = discovery.legacy_authorization_server(&"http://127.0.0.1:9/mcp".parse()?).await;
     /// assert!(metadata.is_err(), "an unreachable server is an error, not a default");
     /// # Ok(())

@@ -178,8 +178,7 @@ impl JwtSigner {
         if let Some(kid) = &self.key_id {
             header["kid"] = kid.as_str().into();
         }
-        let mut jti = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut jti);
+        let jti: [u8; 16] = crate::crypto::random_bytes();
         let claims = serde_json::json!({
             "iss": client_id,
             "sub": client_id,

@@ -3,7 +3,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::binding::{ClientAuthMethod, ServerBinding};
@@ -21,19 +20,20 @@ pub(crate) enum RecordStatus {
 
 /// The record of the flow of `state`.
 pub(crate) fn flow_name(state: &str) -> String {
-    format!("flow:{}", hex(&Sha256::digest(state.as_bytes())))
+    format!("flow:{}", hex(&crate::crypto::sha256(&[state.as_bytes()])))
 }
 
 /// The record naming the open flow of `key`.
 pub(crate) fn key_name(key: &AuthKey) -> String {
     let principal = key.principal();
-    let mut hasher = Sha256::new();
-    for part in [principal.tenant(), principal.subject()] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hasher.update(key.binding().as_bytes());
-    format!("flowkey:{}", hex(&hasher.finalize()))
+    let digest = crate::crypto::sha256(&[
+        &(principal.tenant().len() as u64).to_be_bytes(),
+        principal.tenant().as_bytes(),
+        &(principal.subject().len() as u64).to_be_bytes(),
+        principal.subject().as_bytes(),
+        key.binding().as_bytes(),
+    ]);
+    format!("flowkey:{}", hex(&digest))
 }
 
 fn hex(bytes: &[u8]) -> String {

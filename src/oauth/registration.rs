@@ -262,10 +262,8 @@ pub struct Registrar {
 const REGISTRATION_TTL: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
 
 fn record_name(cache_key: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(cache_key.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("registration:{hex}")
+    let digest = crate::crypto::sha256(&[cache_key.as_bytes()]);
+    format!("registration:{}", crate::crypto::hex(&digest))
 }
 
 fn encode(registration: &ClientRegistration) -> Vec<u8> {
@@ -437,7 +435,7 @@ impl Registrar {
     fn generation(&self) -> Generation {
         if self.records.is_some() {
             // Unique across replicas.
-            return Generation(rand::random::<u64>() >> 1);
+            return Generation(crate::crypto::random_u64() >> 1);
         }
         Generation(self.next_generation.fetch_add(1, Ordering::Relaxed))
     }

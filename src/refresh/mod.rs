@@ -97,7 +97,7 @@ pub struct RefreshCoordinatorBuilder {
 }
 
 impl RefreshCoordinatorBuilder {
-    /// Uses `http` for token requests (default: [`AuthHttpClient::reqwest`]).
+    /// Uses `http` for token requests (default: [`AuthHttpClient::new`]).
     pub fn http_client(mut self, http: AuthHttpClient) -> Self {
         self.http = Some(http);
         self
@@ -160,7 +160,7 @@ impl fmt::Debug for RefreshCoordinatorBuilder {
 /// use tower_mcp_auth::{AuthHttpClient, RefreshConfig, RefreshCoordinator, store::MemoryStore};
 ///
 /// let coordinator = RefreshCoordinator::builder(Arc::new(MemoryStore::new()))
-///     .http_client(AuthHttpClient::reqwest())
+///     .http_client(AuthHttpClient::new())
 ///     .config(RefreshConfig::default())
 ///     .build();
 /// assert_eq!(coordinator.stats().redemptions, 0);

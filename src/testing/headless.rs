@@ -54,7 +54,8 @@ const MAX_HOPS: usize = 20;
 impl HeadlessBrowser {
     /// A browser that completes flows through `completer`.
     pub fn new(completer: AuthorizationCompleter) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::client::ReqwestService::builder()
+            .expect("TLS roots")
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()

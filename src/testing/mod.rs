@@ -56,10 +56,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn random_token(prefix: &str) -> String {
-    use rand::Rng;
-    let bytes: [u8; 16] = rand::thread_rng().r#gen();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{hex}")
+    let bytes: [u8; 16] = crate::crypto::random_bytes();
+    format!("{prefix}-{}", crate::crypto::hex(&bytes))
 }
 
 /// A server on loopback. Dropping it kills it: the listener and every open connection
@@ -120,10 +118,14 @@ pub struct ReqwestTransport {
 impl ReqwestTransport {
     /// A transport on a new reqwest client with a 30 s timeout per request.
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
+        let client = crate::client::ReqwestService::builder()
+            .and_then(|builder| {
+                builder
+                    .timeout(std::time::Duration::from_secs(30))
+                    .build()
+                    .map_err(|e| crate::client::ClientBuildError::new(e.into()))
+            })
+            .expect("reqwest client with TLS roots");
         Self { client }
     }
 

@@ -38,7 +38,8 @@ impl Harness {
             .config(config)
             .build();
         // A pool big enough that 512 concurrent calls do not queue on connections.
-        let http = reqwest::Client::builder()
+        let http = tower_mcp_auth::client::ReqwestService::builder()
+            .expect("TLS")
             .pool_max_idle_per_host(1024)
             .build()
             .unwrap();

@@ -3,9 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use sha2::{Digest, Sha256};
 
 use crate::oauth::flow::PendingFlow;
 use crate::token::Secret;
@@ -62,23 +60,20 @@ impl BrowserBinding {
         self
     }
 
-    fn mac(&self, state: &str) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.expose().as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(state.as_bytes());
-        mac
+    fn mac(&self, state: &str) -> [u8; 32] {
+        crate::crypto::hmac_sha256(self.key.expose().as_bytes(), state.as_bytes())
     }
 
     /// The name of the cookie of the flow with `state`.
     pub fn cookie_name(&self, state: &str) -> String {
-        let digest = Sha256::digest(state.as_bytes());
+        let digest = crate::crypto::sha256(&[state.as_bytes()]);
         let short = String::from_utf8_lossy(&hex(&digest[..8])).into_owned();
         format!("{COOKIE_PREFIX}{short}")
     }
 
     /// The cookie value bound to `state`.
     pub fn cookie_value(&self, state: &str) -> String {
-        String::from_utf8_lossy(&hex(&self.mac(state).finalize().into_bytes())).into_owned()
+        String::from_utf8_lossy(&hex(&self.mac(state))).into_owned()
     }
 
     /// Whether the `Cookie` header carries the binding for `state` (constant time).
@@ -89,7 +84,13 @@ impl BrowserBinding {
             .filter_map(|pair| pair.trim().split_once('='))
             .filter(|(candidate, _)| candidate.trim() == name)
             .filter_map(|(_, value)| unhex(value.trim().trim_matches('"')))
-            .any(|tag| self.mac(state).verify_slice(&tag).is_ok())
+            .any(|tag| {
+                crate::crypto::hmac_sha256_verify(
+                    self.key.expose().as_bytes(),
+                    state.as_bytes(),
+                    &tag,
+                )
+            })
     }
 
     /// Whether the request's `Cookie` headers carry the binding for `state`. Headers

@@ -57,7 +57,7 @@ pub type StartCheck = Arc<dyn Fn(&http::request::Parts, &Principal) -> bool + Se
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let completer = AuthorizationCompleter::new(FlowStore::new(), Arc::new(MemoryStore::new()), AuthHttpClient::reqwest());
+/// let completer = AuthorizationCompleter::new(FlowStore::new(), Arc::new(MemoryStore::new()), AuthHttpClient::new());
 /// let callback = CallbackService::new(completer, BrowserBinding::new(b"secret key"))
 ///     .with_app_name("Example Chat")
 ///     // Only the app user the flow is for may use its start link.
@@ -288,7 +288,7 @@ impl<B> tower::Service<Request<B>> for CallbackService {
 /// use std::sync::Arc;
 /// use tower_mcp_auth::{callback_router, store::MemoryStore, AuthHttpClient, AuthorizationCompleter, BrowserBinding, CallbackService, FlowStore};
 ///
-/// let completer = AuthorizationCompleter::new(FlowStore::new(), Arc::new(MemoryStore::new()), AuthHttpClient::reqwest());
+/// let completer = AuthorizationCompleter::new(FlowStore::new(), Arc::new(MemoryStore::new()), AuthHttpClient::new());
 /// let service = CallbackService::new(completer, BrowserBinding::new(b"key")).with_start_path("/oauth/start");
 /// let app: axum::Router = callback_router("/oauth/callback", service);
 /// # drop(app);

@@ -221,28 +221,25 @@ impl AuthState {
     }
 
     fn sign_assertion(&self, claims: &serde_json::Value) -> String {
-        use hmac::Mac;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let input = format!(
             "{}.{}",
             b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
             b64.encode(claims.to_string())
         );
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.assertion_key)
-            .expect("HMAC takes any key length");
-        mac.update(input.as_bytes());
-        format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+        let tag = crate::crypto::hmac_sha256(&self.assertion_key, input.as_bytes());
+        format!("{input}.{}", b64.encode(tag))
     }
 
     /// The subject of `assertion` if this server signed it for `audience` and it has
     /// not expired.
     fn verify_assertion(&self, assertion: &str, audience: &str) -> Option<String> {
-        use hmac::Mac;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let (input, signature) = assertion.rsplit_once('.')?;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.assertion_key).ok()?;
-        mac.update(input.as_bytes());
-        mac.verify_slice(&b64.decode(signature).ok()?).ok()?;
+        let tag = b64.decode(signature).ok()?;
+        if !crate::crypto::hmac_sha256_verify(&self.assertion_key, input.as_bytes(), &tag) {
+            return None;
+        }
         let payload = input.split_once('.')?.1;
         let claims: serde_json::Value = serde_json::from_slice(&b64.decode(payload).ok()?).ok()?;
         let now = std::time::SystemTime::now()
@@ -306,7 +303,7 @@ impl TestAuthServer {
     pub async fn start() -> std::io::Result<Self> {
         let state = Arc::new(AuthState {
             issuer: Mutex::new(String::new()),
-            assertion_key: rand::random(),
+            assertion_key: crate::crypto::random_bytes(),
             tokens: Mutex::new(Tokens::default()),
             knobs: Mutex::new(Knobs {
                 consenting_user: "alice".into(),

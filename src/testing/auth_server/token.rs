@@ -32,7 +32,7 @@ fn code_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, Str
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
     };
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+        .encode(crate::crypto::sha256(&[verifier.as_bytes()]));
     let valid = !issued.used
         && issued.client_id == client_id
         && form.get("redirect_uri") == Some(&issued.redirect_uri)
