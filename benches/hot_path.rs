@@ -28,7 +28,7 @@ const URL: &str = "https://mcp.example.com/mcp";
 #[derive(Clone)]
 struct Instant200;
 
-impl Service<Request<Full<Bytes>>> for Instant200 {
+impl<B: Send + 'static> Service<Request<B>> for Instant200 {
     type Response = Response<()>;
     type Error = tower::BoxError;
     type Future = Ready<Result<Response<()>, tower::BoxError>>;
@@ -37,7 +37,7 @@ impl Service<Request<Full<Bytes>>> for Instant200 {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         std::hint::black_box(request);
         ready(Ok(Response::new(())))
     }
@@ -56,7 +56,7 @@ impl Service<Request<Full<Bytes>>> for RwLockInjector {
     type Future = Ready<Result<Response<()>, tower::BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        Service::<Request<Full<Bytes>>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {

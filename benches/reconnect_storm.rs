@@ -40,16 +40,16 @@ struct Transport {
     attempts: Arc<AtomicU64>,
 }
 
-impl Service<http::Request<reqwest::Body>> for Transport {
+impl<B: tower_mcp_auth::RequestBody> Service<http::Request<B>> for Transport {
     type Response = http::Response<Bytes>;
     type Error = reqwest::Error;
-    type Future = <ReqwestTransport as Service<http::Request<reqwest::Body>>>::Future;
+    type Future = <ReqwestTransport as Service<http::Request<B>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        Service::<http::Request<B>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, request: http::Request<reqwest::Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         self.inner.call(request)
     }
@@ -59,7 +59,9 @@ impl Service<http::Request<reqwest::Body>> for Transport {
 /// first opens.
 fn client(strategy: &str, transport: Transport, opened_at: Arc<AtomicU64>) -> Client {
     match strategy {
-        "no breaker" => BoxCloneSyncService::new(transport.map_err(BoxError::from)),
+        "no breaker" => BoxCloneSyncService::new(
+            ServiceExt::<http::Request<reqwest::Body>>::map_err(transport, BoxError::from),
+        ),
         "tower-resilience (unkeyed)" => {
             let layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
                 .failure_rate_threshold(0.5)
@@ -69,11 +71,10 @@ fn client(strategy: &str, transport: Transport, opened_at: Arc<AtomicU64>) -> Cl
                 .permitted_calls_in_half_open(1)
                 .build()
                 .expect("valid configuration");
-            BoxCloneSyncService::new(
-                layer
-                    .layer(transport)
-                    .map_err(|e| -> BoxError { format!("{e}").into() }),
-            )
+            BoxCloneSyncService::new(ServiceExt::<http::Request<reqwest::Body>>::map_err(
+                layer.layer(transport),
+                |e| -> BoxError { format!("{e}").into() },
+            ))
         }
         _ => {
             // The defaults: open 250 ms doubling to 1 s, so a probe at least every second.

@@ -251,7 +251,7 @@ async fn hot_path(store: Arc<dyn CredentialStore>, calls: usize) -> f64 {
         store.delete(&key, old.generation).await.unwrap();
     }
     store.compare_and_swap(&key, None, tokens).await.unwrap();
-    let inner = tower::service_fn(|_req: http::Request<http_body_util::Full<Bytes>>| async {
+    let inner = tower::service_fn(|_req: http::Request<tower_mcp_auth::ReplayBody>| async {
         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
             Bytes::new(),
         )))

@@ -15,10 +15,8 @@
 //! Run it by hand against a server: `cargo run --example conformance_client -- http://localhost:3000/mcp`.
 //! `scripts/conformance.sh` runs every scenario strictly, one at a time.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -46,30 +44,7 @@ const MAX_RECONNECTS: usize = 5;
 
 type HttpService = BoxCloneService<Request<reqwest::Body>, Response<reqwest::Body>, BoxError>;
 
-/// reqwest as the innermost service, with streaming response bodies (an SSE stream
-/// may stay open after the message the client waits for).
-#[derive(Clone)]
-struct StreamingTransport {
-    client: reqwest::Client,
-}
-
-impl tower::Service<Request<reqwest::Body>> for StreamingTransport {
-    type Response = Response<reqwest::Body>;
-    type Error = reqwest::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<reqwest::Body>) -> Self::Future {
-        let client = self.client.clone();
-        Box::pin(async move {
-            let response = client.execute(reqwest::Request::try_from(request)?).await?;
-            Ok(Response::from(response))
-        })
-    }
-}
+use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
 
 /// One server-sent event.
 #[derive(Debug, Default)]
@@ -415,12 +390,10 @@ async fn cross_app_stack(
         ClientAuth::SecretBasic(Secret::new(secret)),
         OboGrant::JwtBearer,
     ));
-    let transport = StreamingTransport {
-        client: tower_mcp_auth::client::ReqwestService::builder()
-            .expect("TLS")
-            .connect_timeout(Duration::from_secs(5))
-            .build()?,
-    };
+    // The crate's production client: streaming bodies both ways, no overall timeout.
+    let transport = ReqwestService::with_config(
+        &HttpClientConfig::new().connect_timeout(Duration::from_secs(5)),
+    )?;
     let stack = ServiceBuilder::new()
         .layer(
             OboHeaderLayer::new(
@@ -466,12 +439,10 @@ async fn client_stack(server: &str, context: &ConformanceContext) -> Result<Http
     let authorizer = authorizer.build()?;
     let user = Principal::new("conformance", "user");
     let browser = HeadlessBrowser::new(authorizer.completer());
-    let transport = StreamingTransport {
-        client: tower_mcp_auth::client::ReqwestService::builder()
-            .expect("TLS")
-            .connect_timeout(Duration::from_secs(5))
-            .build()?,
-    };
+    // The crate's production client: streaming bodies both ways, no overall timeout.
+    let transport = ReqwestService::with_config(
+        &HttpClientConfig::new().connect_timeout(Duration::from_secs(5)),
+    )?;
     let stack = ServiceBuilder::new()
         .layer(
             OAuthRetryLayer::wait(authorizer.clone(), browser)

@@ -107,22 +107,22 @@ impl ClientBuildError {
 }
 
 /// The rustls configuration both clients use: ring as the crypto provider, the
-/// platform's verifier and roots, TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1 by ALPN.
+/// platform's verifier and roots, TLS 1.2 and 1.3. No ALPN protocols: each client
+/// adds those it speaks (hyper-rustls refuses a configuration that has them).
 ///
 /// ```
 /// let config = tower_mcp_auth::client::tls_config().expect("TLS roots");
-/// assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+/// assert!(config.alpn_protocols.is_empty());
 /// ```
 pub fn tls_config() -> Result<rustls::ClientConfig, ClientBuildError> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientBuildError(e.into()))?
         .with_platform_verifier()
         .map_err(|e| ClientBuildError(e.into()))?
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -295,8 +295,11 @@ mod reqwest_service {
         /// A `reqwest::ClientBuilder` with this crate's TLS ([`tls_config`]) and
         /// redirects off, to configure further.
         pub fn builder() -> Result<reqwest::ClientBuilder, ClientBuildError> {
+            let mut tls = tls_config()?;
+            // reqwest uses a preconfigured TLS configuration as it is.
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Ok(reqwest::Client::builder()
-                .tls_backend_preconfigured(tls_config()?)
+                .tls_backend_preconfigured(tls)
                 .redirect(reqwest::redirect::Policy::none()))
         }
 

@@ -94,6 +94,10 @@ mod oauth;
 mod obo;
 mod refresh;
 mod replay;
+/// rmcp's Streamable HTTP transport on this crate's layers (feature `rmcp`).
+#[cfg(feature = "rmcp")]
+#[path = "rmcp_client.rs"]
+pub mod rmcp;
 mod single_flight;
 pub mod store;
 #[cfg(feature = "test-util")]
@@ -127,7 +131,7 @@ pub use layer::callback::{
 #[doc(inline)]
 pub use layer::circuit_breaker::{
     BreakerKeying, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, ClassifyOutcome,
-    DefaultClassifier, ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer,
+    DefaultClassifier, ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer, UnavailableBody,
 };
 #[doc(inline)]
 pub use layer::oauth_retry::{
@@ -158,6 +162,6 @@ pub use oauth::registration::{
 };
 pub use obo::{OboConfig, OboError, OboExchanger, OboStats, OboToken, UserAssertion};
 pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};
-pub use replay::DEFAULT_MAX_REPLAY_BODY;
+pub use replay::{DEFAULT_MAX_REPLAY_BODY, ReplayBody, RequestBody};
 pub use token::{Generation, Secret, TokenSet};
 pub use url_policy::{UrlPolicy, UrlRefused};

@@ -19,19 +19,19 @@ struct Transport {
     attempts: Arc<AtomicU64>,
 }
 
-impl Service<http::Request<reqwest::Body>> for Transport {
+impl<B: tower_mcp_auth::RequestBody> Service<http::Request<B>> for Transport {
     type Response = http::Response<bytes::Bytes>;
     type Error = reqwest::Error;
-    type Future = <ReqwestTransport as Service<http::Request<reqwest::Body>>>::Future;
+    type Future = <ReqwestTransport as Service<http::Request<B>>>::Future;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        Service::<http::Request<B>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, request: http::Request<reqwest::Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         self.inner.call(request)
     }
@@ -216,8 +216,7 @@ async fn unauthorized_and_forbidden_never_open_the_circuit() {
     for status in [401, 403, 404] {
         upstream.set_status(status);
         for _ in 0..20 {
-            let response = client
-                .ready()
+            let response = ServiceExt::<http::Request<reqwest::Body>>::ready(&mut client)
                 .await
                 .unwrap()
                 .call(get(&upstream.url()))
@@ -338,7 +337,10 @@ async fn a_dropped_probe_frees_the_slot_and_a_hung_probe_times_out() {
     tokio::time::sleep(Duration::from_millis(350)).await;
 
     // Admission happens in `call`: this call is the probe. Dropping it frees the slot.
-    let probe = client.ready().await.unwrap().call(get(&upstream.url()));
+    let probe = ServiceExt::<http::Request<reqwest::Body>>::ready(&mut client)
+        .await
+        .unwrap()
+        .call(get(&upstream.url()));
     let refused = client.clone().oneshot(get(&upstream.url())).await;
     assert_eq!(rejection(&refused), Some(Rejection::ProbeInFlight));
     drop(probe);

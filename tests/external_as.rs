@@ -109,7 +109,13 @@ impl AuthlibServer {
     }
 
     async fn stats(&self) -> Value {
-        let body = reqwest::get(format!("{}/stats", self.issuer))
+        let http = tower_mcp_auth::client::ReqwestService::builder()
+            .expect("TLS")
+            .build()
+            .unwrap();
+        let body = http
+            .get(format!("{}/stats", self.issuer))
+            .send()
             .await
             .unwrap()
             .bytes()
@@ -129,7 +135,7 @@ async fn authlib_jwt_bearer_one_exchange_per_user_and_the_assertion_stays_home()
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let recording = {
         let seen = seen.clone();
-        tower::service_fn(move |request: http::Request<reqwest::Body>| {
+        tower::service_fn(move |request: http::Request<tower_mcp_auth::ReplayBody>| {
             let bearer = request
                 .headers()
                 .get("authorization")

@@ -331,7 +331,7 @@ async fn a_request_refused_before_another_finished_authorizing_just_replays() {
     w.auth.set_consenting_user("alice");
     // The slow request's 401 reaches the layer only after the fast request has run the
     // whole flow: it must replay with those credentials, not authorize a second time.
-    let transport = tower::service_fn(|request: http::Request<reqwest::Body>| {
+    let transport = tower::service_fn(|request: http::Request<tower_mcp_auth::ReplayBody>| {
         let slow = request.extensions().get::<Slow>().is_some();
         async move {
             let response = ReqwestTransport::new().oneshot(request).await?;

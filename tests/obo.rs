@@ -310,7 +310,7 @@ async fn an_upstream_401_forces_exactly_one_re_exchange() {
     assert_eq!(w.auth.stats().obo_exchanges, 2);
 
     // A server that refuses every token: one re-exchange, then a typed error.
-    let refusing = tower::service_fn(|_: http::Request<reqwest::Body>| async {
+    let refusing = tower::service_fn(|_: http::Request<tower_mcp_auth::ReplayBody>| async {
         let mut response = http::Response::new(bytes::Bytes::new());
         *response.status_mut() = http::StatusCode::UNAUTHORIZED;
         Ok::<_, std::convert::Infallible>(response)

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::Body;
 use pin_project::pin_project;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
@@ -21,7 +19,9 @@ use crate::error::{Error, ReauthReason};
 use crate::key::Principal;
 use crate::oauth::authorize::{AuthorizationCause, Authorizer};
 use crate::oauth::flow::{FlowOutcome, PendingFlow};
-use crate::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayTemplate, make_replayable};
+use crate::replay::{
+    DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, make_replayable,
+};
 use crate::store::BoxFuture;
 
 /// What an [`AuthorizationHandler`] gets: whose authorization it is and the persisted
@@ -264,17 +264,15 @@ impl<S> OAuthRetry<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OAuthRetry<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    ReqBody: Body + From<Bytes> + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
+    ReqBody: RequestBody,
     ResBody: Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, ReqBody, ResBody>;
+    type Future = ResponseFuture<S, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -291,7 +289,7 @@ where
             let mut inner = inner;
             return ResponseFuture {
                 state: State::Calling {
-                    call: inner.call(request),
+                    call: inner.call(request.map(ReplayBody::new)),
                 },
                 retry: None,
             };
@@ -322,26 +320,26 @@ struct Retry<S> {
     template: Option<ReplayTemplate>,
 }
 
-type Prepared<B> = Result<(Request<B>, Option<ReplayTemplate>), BoxError>;
+type Prepared = Result<(Request<ReplayBody>, Option<ReplayTemplate>), BoxError>;
 
 /// Response future of [`OAuthRetry`].
 #[pin_project]
-pub struct ResponseFuture<S, B, R>
+pub struct ResponseFuture<S, R>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     #[pin]
-    state: State<S, B, R>,
+    state: State<S, R>,
     retry: Option<Retry<S>>,
 }
 
 #[pin_project(project = StateProj)]
-enum State<S, B, R>
+enum State<S, R>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     Preparing {
-        prepare: BoxFuture<'static, Prepared<B>>,
+        prepare: BoxFuture<'static, Prepared>,
         service: Option<S>,
     },
     Calling {
@@ -353,12 +351,11 @@ where
     },
 }
 
-impl<S, B, R> Future for ResponseFuture<S, B, R>
+impl<S, R> Future for ResponseFuture<S, R>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<R>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    B: From<Bytes> + Send + 'static,
     R: Send + 'static,
 {
     type Output = Result<Response<R>, BoxError>;
@@ -434,14 +431,10 @@ fn cause_of<R>(result: &Result<Response<R>, BoxError>) -> Option<Cause> {
     }
 }
 
-async fn authorize_and_replay<S, B, R>(
-    retry: Retry<S>,
-    first: Cause,
-) -> Result<Response<R>, BoxError>
+async fn authorize_and_replay<S, R>(retry: Retry<S>, first: Cause) -> Result<Response<R>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone,
+    S: Service<Request<ReplayBody>, Response = Response<R>> + Clone,
     S::Error: Into<BoxError>,
-    B: From<Bytes>,
 {
     let Retry {
         shared,

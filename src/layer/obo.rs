@@ -6,9 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::Body;
 use pin_project::pin_project;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
@@ -18,7 +16,9 @@ use super::with_default_principal;
 use crate::error::{ConfigError, Error, TransientReason};
 use crate::key::Principal;
 use crate::obo::{OboError, OboExchanger, OboToken, UserAssertion};
-use crate::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayTemplate, make_replayable};
+use crate::replay::{
+    DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, make_replayable,
+};
 use crate::store::BoxFuture;
 
 /// Exchanges the request's [`UserAssertion`] for an On-Behalf-Of token
@@ -158,21 +158,19 @@ impl<S> OboHeader<S> {
     }
 }
 
-type Prepared<B> = Result<(Request<B>, Option<ReplayTemplate>, Arc<OboToken>), BoxError>;
+type Prepared = Result<(Request<ReplayBody>, Option<ReplayTemplate>, Arc<OboToken>), BoxError>;
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OboHeader<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    ReqBody: Body + From<Bytes> + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
+    ReqBody: RequestBody,
     ResBody: Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, ReqBody, ResBody>;
+    type Future = ResponseFuture<S, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -185,7 +183,7 @@ where
         let shared = &self.shared;
         if !crate::binding::covers(&shared.resource, request.uri()) {
             return ResponseFuture::with(State::Calling {
-                call: inner.call(request),
+                call: inner.call(request.map(ReplayBody::new)),
             });
         }
         let Some(assertion) = request.extensions().get::<UserAssertion>().cloned() else {
@@ -234,12 +232,12 @@ fn bearer(token: &OboToken) -> Result<HeaderValue, Error> {
 
 /// Response future of [`OboHeader`].
 #[pin_project]
-pub struct ResponseFuture<S, B, R>
+pub struct ResponseFuture<S, R>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     #[pin]
-    state: State<S, B, R>,
+    state: State<S, R>,
     replay: Option<(OboExchanger, Principal, UserAssertion, S)>,
     template: Option<ReplayTemplate>,
     /// The token the first attempt carried: a 401 re-exchanges only if it is still
@@ -248,12 +246,12 @@ where
 }
 
 #[pin_project(project = StateProj)]
-enum State<S, B, R>
+enum State<S, R>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     Preparing {
-        prepare: BoxFuture<'static, Prepared<B>>,
+        prepare: BoxFuture<'static, Prepared>,
         service: Option<S>,
     },
     Calling {
@@ -268,11 +266,11 @@ where
     },
 }
 
-impl<S, B, R> ResponseFuture<S, B, R>
+impl<S, R> ResponseFuture<S, R>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
-    fn with(state: State<S, B, R>) -> Self {
+    fn with(state: State<S, R>) -> Self {
         Self {
             state,
             replay: None,
@@ -286,12 +284,11 @@ where
     }
 }
 
-impl<S, B, R> Future for ResponseFuture<S, B, R>
+impl<S, R> Future for ResponseFuture<S, R>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<R>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    B: From<Bytes> + Send + 'static,
     R: Send + 'static,
 {
     type Output = Result<Response<R>, BoxError>;
@@ -326,7 +323,7 @@ where
                         let token = exchanger
                             .token_after_rejection(&principal, &assertion, &sent)
                             .await?;
-                        let mut request = template.request::<B>();
+                        let mut request = template.request();
                         request
                             .headers_mut()
                             .insert(header::AUTHORIZATION, bearer(&token)?);

@@ -5,9 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::Body;
 use pin_project::pin_project;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
@@ -18,7 +16,9 @@ use crate::binding::{BindingSlot, ServerBinding};
 use crate::error::{Error, TransientReason};
 use crate::key::{AuthKey, Principal};
 use crate::refresh::RefreshCoordinator;
-use crate::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayTemplate, make_replayable};
+use crate::replay::{
+    DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, make_replayable,
+};
 use crate::store::BoxFuture;
 use crate::token::{Generation, TokenSet};
 
@@ -134,15 +134,13 @@ impl<S> SilentRefresh<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SilentRefresh<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
-    ReqBody: Body + From<Bytes> + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
+    ReqBody: RequestBody,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -154,7 +152,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = &self.layer;
         if !layer.bindings.covers(request.uri()) {
-            return ResponseFuture::calling(inner.call(request));
+            return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
         }
         let principal = with_default_principal(&mut request, layer.default_principal.as_ref());
         let Some(principal) = principal.as_ref() else {
@@ -163,7 +161,7 @@ where
         let Some(binding) = layer.bindings.get(principal.tenant()) else {
             // No client registered for this tenant yet: nothing to attach or refresh.
             // A 401 goes back as it is, for an OAuthRetryLayer to act on.
-            return ResponseFuture::calling(inner.call(request));
+            return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
         };
         let context = RefreshContext {
             coordinator: layer.coordinator.clone(),
@@ -187,8 +185,8 @@ struct RefreshContext {
     binding: Arc<ServerBinding>,
 }
 
-struct Prepared<B> {
-    request: Request<B>,
+struct Prepared {
+    request: Request<ReplayBody>,
     replay: Option<ReplayTemplate>,
     generation: Option<Generation>,
 }
@@ -197,10 +195,9 @@ async fn prepare<B>(
     context: RefreshContext,
     request: Request<B>,
     max_replay_body: usize,
-) -> Result<Prepared<B>, BoxError>
+) -> Result<Prepared, BoxError>
 where
-    B: Body + From<Bytes>,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let token = context
         .coordinator
@@ -237,12 +234,12 @@ fn bearer(token: &TokenSet) -> Result<HeaderValue, Error> {
 
 /// Response future of [`SilentRefresh`].
 #[pin_project]
-pub struct ResponseFuture<S, B>
+pub struct ResponseFuture<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     #[pin]
-    state: State<S, B>,
+    state: State<S>,
     /// The service for the replay (not yet readied; `Oneshot` readies it).
     service: Option<S>,
     context: Option<RefreshContext>,
@@ -250,12 +247,12 @@ where
 }
 
 #[pin_project(project = StateProj)]
-enum State<S, B>
+enum State<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     Preparing {
-        prepare: BoxFuture<'static, Result<Prepared<B>, BoxError>>,
+        prepare: BoxFuture<'static, Result<Prepared, BoxError>>,
     },
     Calling {
         #[pin]
@@ -266,17 +263,17 @@ where
         www_authenticate: Vec<HeaderValue>,
     },
     Replaying {
-        #[pin]
-        call: Oneshot<S, Request<B>>,
+        // Boxed: replays are rare and the request inside is large.
+        call: Pin<Box<Oneshot<S, Request<ReplayBody>>>>,
     },
     Failed {
         error: Option<BoxError>,
     },
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S> ResponseFuture<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     fn calling(call: S::Future) -> Self {
         Self {
@@ -297,11 +294,10 @@ where
     }
 }
 
-impl<S, B, ResBody> Future for ResponseFuture<S, B>
+impl<S, ResBody> Future for ResponseFuture<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
-    B: From<Bytes>,
 {
     type Output = Result<Response<ResBody>, BoxError>;
 
@@ -375,11 +371,11 @@ where
                         .headers_mut()
                         .insert(header::AUTHORIZATION, bearer(&token)?);
                     this.state.set(State::Replaying {
-                        call: Oneshot::new(service, request),
+                        call: Box::pin(Oneshot::new(service, request)),
                     });
                 }
                 StateProj::Replaying { call } => {
-                    return call.poll(cx).map_err(Into::into);
+                    return call.as_mut().poll(cx).map_err(Into::into);
                 }
                 StateProj::Failed { error } => {
                     let error = error

@@ -107,12 +107,13 @@ impl Drop for ServerHandle {
     }
 }
 
-/// reqwest as a `tower::Service<http::Request<reqwest::Body>>`, answering
-/// `http::Response<Bytes>`: the innermost service of a client stack in the examples,
-/// tests and benchmarks.
+/// reqwest as a `tower::Service<http::Request<B>>` for any request body, answering
+/// `http::Response<Bytes>` (the whole body read): the innermost service of a client
+/// stack in the tests and benchmarks. Production code uses
+/// [`ReqwestService`](crate::client::ReqwestService), which streams responses.
 #[derive(Clone, Debug)]
 pub struct ReqwestTransport {
-    client: reqwest::Client,
+    service: crate::client::ReqwestService,
 }
 
 impl ReqwestTransport {
@@ -126,12 +127,14 @@ impl ReqwestTransport {
                     .map_err(|e| crate::client::ClientBuildError::new(e.into()))
             })
             .expect("reqwest client with TLS roots");
-        Self { client }
+        Self::from_client(client)
     }
 
     /// A transport on `client` (give it a timeout).
     pub fn from_client(client: reqwest::Client) -> Self {
-        Self { client }
+        Self {
+            service: crate::client::ReqwestService::from_client(client),
+        }
     }
 }
 
@@ -141,7 +144,11 @@ impl Default for ReqwestTransport {
     }
 }
 
-impl tower::Service<http::Request<reqwest::Body>> for ReqwestTransport {
+impl<B> tower::Service<http::Request<B>> for ReqwestTransport
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
     type Response = http::Response<Bytes>;
     type Error = reqwest::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -150,14 +157,13 @@ impl tower::Service<http::Request<reqwest::Body>> for ReqwestTransport {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<reqwest::Body>) -> Self::Future {
-        let client = self.client.clone();
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = tower::Service::call(&mut self.service, request);
         Box::pin(async move {
-            let request = reqwest::Request::try_from(request)?;
-            let mut response = client.execute(request).await?;
+            let response = reqwest::Response::from(call.await?);
             let mut converted = http::Response::new(Bytes::new());
             *converted.status_mut() = response.status();
-            *converted.headers_mut() = std::mem::take(response.headers_mut());
+            *converted.headers_mut() = response.headers().clone();
             *converted.body_mut() = response.bytes().await?;
             Ok(converted)
         })

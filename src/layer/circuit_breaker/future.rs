@@ -14,38 +14,39 @@ use super::ClassifyOutcome;
 use super::service::{Gate, Permit, wait_for_change};
 use crate::breaker::{Decision, Outcome, Rejection};
 use crate::error::Error;
+use crate::replay::ReplayBody;
 
-type Read<B> = Pin<Box<dyn Future<Output = Result<(Request<B>, bool), BoxError>> + Send>>;
+type Read = Pin<Box<dyn Future<Output = Result<(Request<ReplayBody>, bool), BoxError>> + Send>>;
 
 const POLLED_AFTER_COMPLETION: &str = "response future polled after completion";
 
 /// Response future of [`CircuitBreaker`](super::CircuitBreaker).
 #[pin_project]
-pub struct ResponseFuture<S, C, B>
+pub struct ResponseFuture<S, C>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     #[pin]
-    state: State<S, C, B>,
+    state: State<S, C>,
 }
 
-impl<S, C, B> ResponseFuture<S, C, B>
+impl<S, C> ResponseFuture<S, C>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
-    pub(super) fn new(state: State<S, C, B>) -> Self {
+    pub(super) fn new(state: State<S, C>) -> Self {
         Self { state }
     }
 }
 
 #[pin_project(project = StateProj)]
-pub(super) enum State<S, C, B>
+pub(super) enum State<S, C>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     /// Reading a small body to learn whether it is an `initialize` (a session start).
     Reading {
-        read: Read<B>,
+        read: Read,
         service: Option<S>,
         gate: Option<Gate>,
         classifier: C,
@@ -57,7 +58,7 @@ where
         changed: Pin<Box<dyn Future<Output = ()> + Send>>,
         /// Waiting is bounded like a probe: calls in flight may hang.
         deadline: Pin<Box<Sleep>>,
-        pending: Option<(S, Request<B>)>,
+        pending: Option<(S, Request<ReplayBody>)>,
         gate: Option<Gate>,
         classifier: C,
         session_start: bool,
@@ -72,15 +73,15 @@ where
     },
 }
 
-impl<S, C, B> State<S, C, B>
+impl<S, C> State<S, C>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayBody>>,
 {
     pub(super) fn gated(
         gate: Gate,
         changes: watch::Receiver<u64>,
         service: S,
-        request: Request<B>,
+        request: Request<ReplayBody>,
         classifier: C,
         session_start: bool,
     ) -> Self {
@@ -100,7 +101,7 @@ where
         decision: Decision,
         changes: watch::Receiver<u64>,
         mut service: S,
-        request: Request<B>,
+        request: Request<ReplayBody>,
         classifier: C,
         session_start: bool,
     ) -> Self {
@@ -121,9 +122,9 @@ where
     }
 }
 
-impl<S, C, B, ResBody> Future for ResponseFuture<S, C, B>
+impl<S, C, ResBody> Future for ResponseFuture<S, C>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
     C: ClassifyOutcome<ResBody>,
 {

@@ -34,7 +34,9 @@ pub use future::ResponseFuture;
 pub use handle::CircuitBreakerHandle;
 pub use keying::{BreakerKeying, KeyFn};
 pub use service::CircuitBreaker;
-pub use unavailable::{ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer, UnavailableFuture};
+pub use unavailable::{
+    ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer, UnavailableBody, UnavailableFuture,
+};
 
 use std::fmt;
 use std::sync::Arc;

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Body;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 use tower::{BoxError, Service};
@@ -20,7 +18,7 @@ use super::{ClassifyOutcome, DefaultClassifier, ResponseFuture, Shared};
 use crate::breaker::{Admission, Breaker, Decision, Outcome, Rejection, Transition};
 use crate::error::Error;
 use crate::key::Principal;
-use crate::replay::make_replayable;
+use crate::replay::{ReplayBody, RequestBody, make_replayable};
 
 /// The service of [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
 pub struct CircuitBreaker<S, C = DefaultClassifier> {
@@ -66,16 +64,14 @@ impl<S, C> CircuitBreaker<S, C> {
 
 impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for CircuitBreaker<S, C>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     C: ClassifyOutcome<ResBody>,
-    ReqBody: Body + From<Bytes> + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
+    ReqBody: RequestBody,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, C, ReqBody>;
+    type Future = ResponseFuture<S, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -121,14 +117,21 @@ where
             },
             Decision::Admit(admission) => State::Admitted {
                 probe_timeout: gate.probe_timeout(admission),
-                call: self.inner.call(request),
+                call: self.inner.call(request.map(ReplayBody::new)),
                 permit: gate.permit(admission, false),
                 classifier,
             },
             Decision::Wait => {
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
-                State::gated(gate, changes, service, request, classifier, false)
+                State::gated(
+                    gate,
+                    changes,
+                    service,
+                    request.map(ReplayBody::new),
+                    classifier,
+                    false,
+                )
             }
         })
     }
