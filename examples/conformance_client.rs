@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_mcp_auth::store::MemoryStore;
 use tower_mcp_auth::testing::HeadlessBrowser;
@@ -38,11 +38,12 @@ const REDIRECT_URI: &str = "http://localhost:3000/callback";
 /// This client's Client ID Metadata Document, used where the server supports CIMD.
 const CLIENT_METADATA_URL: &str = "https://conformance-test.local/client-metadata.json";
 /// The runner kills clients after 30 s; finish (and report) before that.
-const OVERALL_TIMEOUT: Duration = Duration::from_secs(25);
+pub(crate) const OVERALL_TIMEOUT: Duration = Duration::from_secs(25);
 const PROTOCOL_VERSION: &str = "2025-11-25";
 const MAX_RECONNECTS: usize = 5;
 
-type HttpService = BoxCloneService<Request<reqwest::Body>, Response<reqwest::Body>, BoxError>;
+pub(crate) type HttpService =
+    BoxCloneSyncService<Request<tower_mcp_auth::ReplayBody>, Response<reqwest::Body>, BoxError>;
 
 use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
 
@@ -141,7 +142,10 @@ impl McpClient {
         let response = self
             .service
             .clone()
-            .oneshot(self.with_assertion(request))
+            .oneshot(
+                self.with_assertion(request)
+                    .map(tower_mcp_auth::ReplayBody::new),
+            )
             .await?;
         if let Some(session) = response.headers().get("mcp-session-id") {
             self.session = Some(session.clone());
@@ -300,7 +304,7 @@ fn result_of(message: Value) -> Result<Value, BoxError> {
 }
 
 /// The defaults a form's schema declares (SEP-1034): accepting applies them.
-fn schema_defaults(schema: &Value) -> Value {
+pub(crate) fn schema_defaults(schema: &Value) -> Value {
     let mut content = Map::new();
     if let Some(properties) = schema["properties"].as_object() {
         for (name, property) in properties {
@@ -313,7 +317,7 @@ fn schema_defaults(schema: &Value) -> Value {
 }
 
 /// Arguments for a tool from its input schema: a value of the declared type per property.
-fn arguments_for(schema: &Value) -> Value {
+pub(crate) fn arguments_for(schema: &Value) -> Value {
     let mut arguments = Map::new();
     if let Some(properties) = schema["properties"].as_object() {
         for (index, (name, property)) in properties.iter().enumerate() {
@@ -332,14 +336,14 @@ fn arguments_for(schema: &Value) -> Value {
 
 /// `MCP_CONFORMANCE_CONTEXT`: what an operator would configure.
 #[derive(Default, serde::Deserialize)]
-struct ConformanceContext {
-    client_id: Option<String>,
-    client_secret: Option<String>,
+pub(crate) struct ConformanceContext {
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: Option<String>,
     /// Cross-app access (SEP-990): the user's ID token from their identity provider,
     /// and where to exchange it.
-    idp_id_token: Option<String>,
-    idp_client_id: Option<String>,
-    idp_token_endpoint: Option<String>,
+    pub(crate) idp_id_token: Option<String>,
+    pub(crate) idp_client_id: Option<String>,
+    pub(crate) idp_token_endpoint: Option<String>,
 }
 
 /// The suite's servers are all `http://localhost`: resolved addresses on loopback are
@@ -351,7 +355,7 @@ fn loopback_http() -> AuthHttpClient {
 /// Cross-app access: the user's ID token becomes an ID-JAG at the identity provider,
 /// and the ID-JAG an access token at the MCP server's authorization server (found by
 /// discovery), through `OboHeaderLayer`. No interactive authorization.
-async fn cross_app_stack(
+pub(crate) async fn cross_app_stack(
     server: &str,
     context: &ConformanceContext,
     idp_token_endpoint: &str,
@@ -403,10 +407,13 @@ async fn cross_app_stack(
             .with_default_principal(Principal::new("conformance", "user")),
         )
         .service(transport);
-    Ok(BoxCloneService::new(stack))
+    Ok(BoxCloneSyncService::new(stack))
 }
 
-async fn client_stack(server: &str, context: &ConformanceContext) -> Result<HttpService, BoxError> {
+pub(crate) async fn client_stack(
+    server: &str,
+    context: &ConformanceContext,
+) -> Result<HttpService, BoxError> {
     let store = Arc::new(MemoryStore::new());
     let mut authorizer = Authorizer::builder(server, store.clone(), REDIRECT_URI.parse()?)
         .client_name("tower-mcp-auth conformance client")
@@ -459,7 +466,7 @@ async fn client_stack(server: &str, context: &ConformanceContext) -> Result<Http
             .with_default_principal(user),
         )
         .service(transport);
-    Ok(BoxCloneService::new(stack))
+    Ok(BoxCloneSyncService::new(stack))
 }
 
 async fn run(server: String, context: ConformanceContext) -> Result<(), BoxError> {

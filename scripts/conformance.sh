@@ -6,6 +6,8 @@
 #
 #   scripts/conformance.sh                 # the 20 tier-scored + 3 draft + cross-app access
 #   scripts/conformance.sh auth/scope-step-up ...   # just these
+#   CLIENT=rmcp scripts/conformance.sh     # the same with examples/rmcp_conformance_client.rs
+#                                          # (rmcp's transport on the crate's layers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,9 +53,14 @@ else
   SCENARIOS=("${TIER_SCORED[@]}" "${DRAFT[@]}" "${EXTENSIONS[@]}")
 fi
 
-cargo build --quiet --example conformance_client
-CLIENT="$PWD/target/debug/examples/conformance_client"
-OUT="$PWD/target/conformance"
+case "${CLIENT:-hand-written}" in
+  hand-written) EXAMPLE=conformance_client ;;
+  rmcp) EXAMPLE=rmcp_conformance_client ;;
+  *) echo "CLIENT must be hand-written or rmcp" >&2; exit 2 ;;
+esac
+cargo build --quiet --example "$EXAMPLE"
+CLIENT="$PWD/target/debug/examples/$EXAMPLE"
+OUT="$PWD/target/conformance/$EXAMPLE"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
@@ -71,7 +78,7 @@ for scenario in "${SCENARIOS[@]}"; do
   fi
 done
 
-echo "conformance ${CONFORMANCE_VERSION}: ${passed} passed, ${#failed[@]} failed"
+echo "conformance ${CONFORMANCE_VERSION} ($EXAMPLE): ${passed} passed, ${#failed[@]} failed"
 if [[ ${#failed[@]} -gt 0 ]]; then
   printf '  failed: %s\n' "${failed[@]}"
   echo "  logs and checks.json files: $OUT"

@@ -22,6 +22,12 @@ if ! command -v cargo-deny >/dev/null; then
 fi
 cargo deny check licenses bans sources
 
+step "without default features the crate builds on hyper alone (no reqwest in the tree)"
+cargo check --quiet --no-default-features
+if cargo tree --no-default-features -e normal -i reqwest >/dev/null 2>&1; then
+  echo "reqwest is in the tree without the reqwest feature"; exit 1
+fi
+
 step "docs (broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 
@@ -56,6 +62,12 @@ cargo run --quiet --example quickstart
 step "shared store example (two replicas, one SQLite file, one refresh)"
 cargo run --quiet --example shared_store
 
+step "client examples: hyper, reqwest (SSE streamed), rmcp, an axum proxy"
+for example in hyper_client reqwest_client rmcp_client axum_proxy; do
+  echo "--- $example"
+  cargo run --quiet --example "$example"
+done
+
 step "refresh contention bench (exits non-zero if our coordinator redeems twice)"
 cargo bench --bench refresh_contention
 
@@ -77,5 +89,8 @@ if ! command -v npx >/dev/null; then
   apt-get update -qq && apt-get install -y -qq npm
 fi
 scripts/conformance.sh
+
+step "MCP conformance suite again, with rmcp's transport on the crate's layers (examples/rmcp_conformance_client.rs)"
+CLIENT=rmcp scripts/conformance.sh
 
 printf '\nall tests passed\n'
