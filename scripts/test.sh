@@ -24,7 +24,7 @@ cargo deny check licenses bans sources
 
 step "without default features the crate builds on hyper alone (no reqwest in the tree)"
 cargo check --quiet --no-default-features
-if cargo tree --no-default-features -e normal -i reqwest >/dev/null 2>&1; then
+if cargo tree --no-default-features -e normal | grep -q "reqwest v"; then
   echo "reqwest is in the tree without the reqwest feature"; exit 1
 fi
 
@@ -62,8 +62,8 @@ cargo run --quiet --example quickstart
 step "shared store example (two replicas, one SQLite file, one refresh)"
 cargo run --quiet --example shared_store
 
-step "client examples: hyper, reqwest (SSE streamed), rmcp, an axum proxy"
-for example in hyper_client reqwest_client rmcp_client axum_proxy; do
+step "client examples: hyper, reqwest (SSE streamed), rmcp, an axum proxy, Prometheus metrics"
+for example in hyper_client reqwest_client rmcp_client axum_proxy metrics; do
   echo "--- $example"
   cargo run --quiet --example "$example"
 done

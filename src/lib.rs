@@ -90,6 +90,7 @@ mod http_client;
 mod key;
 pub mod layer;
 mod limits;
+pub mod metrics;
 mod oauth;
 mod obo;
 mod refresh;

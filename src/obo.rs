@@ -395,6 +395,7 @@ impl OboExchanger {
             && token.use_until > SystemTime::now()
         {
             self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::count(crate::metrics::OBO_CACHE_HITS);
             return Ok(token);
         }
         self.fly(&self.inner.flights, key, assertion).await
@@ -419,6 +420,7 @@ impl OboExchanger {
             if cached.access_token != rejected.access_token && cached.use_until > SystemTime::now()
             {
                 self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::count(crate::metrics::OBO_CACHE_HITS);
                 return Ok(cached);
             }
             self.inner.cache.invalidate(&key).await;
@@ -566,6 +568,7 @@ impl OboExchanger {
         let mut assertion = assertion.secret().clone();
         loop {
             self.inner.exchanges.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::count(crate::metrics::OBO_EXCHANGES);
             let granted = request_token(
                 &self.inner.http,
                 &AssertionRequest {

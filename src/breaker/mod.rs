@@ -57,6 +57,24 @@ pub enum Rejection {
     Unproven,
 }
 
+impl Rejection {
+    /// A stable snake_case name, e.g. for a metrics label.
+    ///
+    /// ```
+    /// assert_eq!(tower_mcp_auth::Rejection::ProbeInFlight.label(), "probe_in_flight");
+    /// ```
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::Open => "open",
+            Rejection::ProbeInFlight => "probe_in_flight",
+            Rejection::Throttled => "throttled",
+            Rejection::StormCooldown => "storm_cooldown",
+            Rejection::ProbeTimedOut => "probe_timed_out",
+            Rejection::Unproven => "unproven",
+        }
+    }
+}
+
 /// How a finished call counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

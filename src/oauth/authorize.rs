@@ -428,6 +428,9 @@ impl Authorizer {
             None => request,
         };
         let flow = inner.flows.start_or_join(&key, request).await;
+        if !flow.joined() {
+            crate::metrics::count(crate::metrics::FLOWS_STARTED);
+        }
         tracing::debug!(
             key = %key,
             joined = flow.joined(),

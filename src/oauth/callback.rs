@@ -177,6 +177,15 @@ impl AuthorizationCompleter {
                         None,
                     )))
                 });
+            let label = match &outcome {
+                Ok(_) => "completed",
+                Err(CallbackError::Exchange(Error::ReauthRequired {
+                    reason: ReauthReason::ClientRejected { .. },
+                    ..
+                })) => "client_rejected",
+                Err(_) => "failed",
+            };
+            crate::metrics::count_with(crate::metrics::FLOWS_COMPLETED, "outcome", label);
             if let Err(error) = &outcome {
                 let ended = match error {
                     CallbackError::Exchange(Error::ReauthRequired {

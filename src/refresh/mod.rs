@@ -312,6 +312,7 @@ impl RefreshCoordinator {
             .counters
             .blocked_waits
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::count(crate::metrics::REFRESH_BLOCKED_WAITS);
         waiter
             .await
             .unwrap_or_else(|| Err(Error::transient(TransientReason::Abandoned, None)))
@@ -346,6 +347,7 @@ impl RefreshCoordinator {
             .counters
             .cooled_down
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::count(crate::metrics::REFRESH_COOLDOWN_ANSWERS);
         Some(match cooldown.error {
             Error::Transient {
                 reason,
@@ -481,6 +483,7 @@ impl RefreshCoordinator {
             .counters
             .redemptions
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::count(crate::metrics::REFRESH_REDEMPTIONS);
         debug!("redeeming refresh token");
         let granted = grants::refresh(
             &self.inner.http,
@@ -552,6 +555,27 @@ impl RefreshCoordinator {
     /// Starts or clears the key's cooldown after a redemption of `trigger`.
     fn record(&self, key: &AuthKey, trigger: Generation, outcome: &Outcome) {
         let cooldowns = &self.inner.cooldowns;
+        let label = match outcome {
+            Ok(_) => Some("refreshed"),
+            Err(Error::ReauthRequired {
+                reason: ReauthReason::InvalidGrant,
+                ..
+            }) => Some("invalid_grant"),
+            // No request was sent for these.
+            Err(Error::ReauthRequired {
+                reason: ReauthReason::NoCredentials | ReauthReason::NoRefreshToken,
+                ..
+            })
+            | Err(Error::Transient {
+                reason: TransientReason::CoolingDown(_),
+                ..
+            }) => None,
+            Err(Error::ReauthRequired { .. }) => Some("reauth_required"),
+            Err(_) => Some("failed"),
+        };
+        if let Some(label) = label {
+            crate::metrics::count_with(crate::metrics::REFRESH_OUTCOMES, "outcome", label);
+        }
         let error = match outcome {
             Ok(_) => return cooldowns.invalidate(key),
             // Nothing left to redeem: later callers fail fast without any cooldown.
@@ -579,6 +603,7 @@ impl RefreshCoordinator {
         };
         let wait = self.inner.config.cooldown_after(failures, retry_after);
         debug!(?wait, failures, "cooling down");
+        crate::metrics::count(crate::metrics::REFRESH_COOLDOWNS);
         cooldowns.insert(
             key.clone(),
             Cooldown {

@@ -87,6 +87,12 @@ impl Shared {
 
     fn notify(&self, key: &str, transition: Option<Transition>) {
         let Some(transition) = transition else { return };
+        let to = match transition.to {
+            crate::breaker::CircuitState::Closed => "closed",
+            crate::breaker::CircuitState::Open => "open",
+            crate::breaker::CircuitState::HalfOpen => "half_open",
+        };
+        crate::metrics::count_with(crate::metrics::BREAKER_TRANSITIONS, "to", to);
         tracing::info!(
             key,
             from = ?transition.from,

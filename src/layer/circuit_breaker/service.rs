@@ -164,6 +164,7 @@ impl Gate {
 
     pub(super) fn refusal(&self, reason: Rejection, retry_after: Duration) -> Error {
         tracing::debug!(key = self.key, %reason, ?retry_after, "call refused");
+        crate::metrics::count_with(crate::metrics::BREAKER_REFUSALS, "reason", reason.label());
         Error::CircuitOpen {
             key: self.key.clone(),
             reason,
