@@ -95,7 +95,6 @@ mod oauth;
 mod obo;
 mod refresh;
 mod replay;
-/// rmcp's Streamable HTTP transport on this crate's layers (feature `rmcp`).
 #[cfg(feature = "rmcp")]
 #[path = "rmcp_client.rs"]
 pub mod rmcp;
