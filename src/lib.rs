@@ -54,7 +54,7 @@
 //!
 //! let client = ServiceBuilder::new()
 //!     .layer(SilentRefreshLayer::new(RefreshCoordinator::new(store), binding))
-//!     .service_fn(|request: http::Request<Full<Bytes>>| async move {
+//!     .service_fn(|request: http::Request<tower_mcp_auth::ReplayBody>| async move {
 //!         assert_eq!(request.headers()["authorization"], "Bearer alice-token");
 //!         Ok::<_, tower::BoxError>(http::Response::new(()))
 //!     });

@@ -9,11 +9,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+use bytes::{Bytes, BytesMut};
+use http::Request;
+use http::request::Parts;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use tower::BoxError;
 
 /// The default cap on a buffered request body: 1 MiB.
@@ -28,7 +29,7 @@ pub const DEFAULT_MAX_REPLAY_BODY: usize = 1 << 20;
 /// fn accepts<B: tower_mcp_auth::RequestBody>() {}
 /// accepts::<http_body_util::Full<bytes::Bytes>>();
 /// accepts::<http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>>();
-/// accepts::<tower_mcp_auth::ReplayBody<http_body_util::Empty<bytes::Bytes>>>();
+/// accepts::<tower_mcp_auth::ReplayBody>();
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the request body of a tower-mcp-auth layer",
@@ -46,7 +47,7 @@ impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + S
 /// `Service<http::Request<ReplayBody>>`.
 ///
 /// ```
-/// use bytes::Bytes;
+/// use bytes::{Bytes, BytesMut};
 /// use http_body::Body;
 /// use tower_mcp_auth::ReplayBody;
 ///
@@ -187,11 +188,7 @@ impl Body for ReplayBody {
 /// Everything needed to send a request again.
 #[derive(Clone)]
 pub(crate) struct ReplayTemplate {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
+    parts: Parts,
     body: Bytes,
 }
 
@@ -203,13 +200,181 @@ impl ReplayTemplate {
 
     /// A fresh copy of the request (the body costs a reference count).
     pub(crate) fn request(&self) -> Request<ReplayBody> {
-        let mut request = Request::new(ReplayBody::buffered(self.body.clone()));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
-        *request.extensions_mut() = self.extensions.clone();
-        request
+        Request::from_parts(self.parts.clone(), ReplayBody::buffered(self.body.clone()))
+    }
+}
+
+/// A request whose body could not be buffered without waiting: the parts, the bytes
+/// read so far, and the rest of the body.
+pub(crate) struct Unfinished {
+    parts: Parts,
+    prefix: Bytes,
+    rest: ReplayBody,
+}
+
+/// What [`buffer_now`] managed.
+// Returned once and taken apart at once: boxing the common variant would cost the hot
+// path an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Buffering {
+    /// The request to send now and, if its body was buffered, the template to send it
+    /// again.
+    Ready(Request<ReplayBody>, Option<ReplayTemplate>),
+    /// The body is still arriving: finish with [`Unfinished::finish`].
+    Unfinished(Box<Unfinished>),
+}
+
+/// Buffers `request`'s body if it is known to fit in `max` bytes and is already in
+/// memory, without waiting: the hot path of every layer (no future, no allocation
+/// for a body that is buffered already, `Full` or reqwest's in-memory body).
+pub(crate) fn buffer_now<B: RequestBody>(
+    request: Request<B>,
+    max: usize,
+) -> Result<Buffering, BoxError> {
+    let (parts, body) = request.into_parts();
+    let mut body = Some(body);
+    let slot = &mut body as &mut dyn std::any::Any;
+    // Bodies that need no boxing to be read in place.
+    if let Some(replay) = slot.downcast_mut::<Option<ReplayBody>>() {
+        if let Some(bytes) = replay.as_ref().and_then(ReplayBody::as_bytes) {
+            // Buffered by an outer layer already: a reference count, not a copy.
+            return Ok(ready(parts, bytes.clone()));
+        }
+    } else if let Some(Some(full)) = slot.downcast_mut::<Option<Full<Bytes>>>()
+        && full
+            .size_hint()
+            .upper()
+            .is_some_and(|upper| upper <= max as u64)
+    {
+        return match read_now(full, max)? {
+            Read::All(bytes) => Ok(ready(parts, bytes)),
+            // A `Full` is read in one poll; anything else is a body it does not hold.
+            Read::TooLarge | Read::Partial(_) | Read::Untouched => {
+                Err("in-memory body larger than its size hint".into())
+            }
+        };
+    }
+    let Some(body) = body else {
+        return Err("request body missing".into());
+    };
+    let mut body = ReplayBody::new(body);
+    let fits = body
+        .size_hint()
+        .upper()
+        .is_some_and(|upper| upper <= max as u64);
+    if !fits {
+        return Ok(Buffering::Ready(Request::from_parts(parts, body), None));
+    }
+    if let Some(bytes) = body.as_bytes() {
+        let bytes = bytes.clone();
+        return Ok(ready(parts, bytes));
+    }
+    Ok(match read_now(&mut body, max)? {
+        Read::All(bytes) => ready(parts, bytes),
+        Read::Partial(prefix) => Buffering::Unfinished(Box::new(Unfinished {
+            parts,
+            prefix,
+            rest: body,
+        })),
+        Read::Untouched => Buffering::Unfinished(Box::new(Unfinished {
+            parts,
+            prefix: Bytes::new(),
+            rest: body,
+        })),
+        Read::TooLarge => return Err("request body larger than its size hint".into()),
+    })
+}
+
+impl Unfinished {
+    /// Reads the rest of the body (up to the cap) and makes the request replayable.
+    pub(crate) async fn finish(
+        self,
+        max: usize,
+    ) -> Result<(Request<ReplayBody>, Option<ReplayTemplate>), BoxError> {
+        let remaining = max.saturating_sub(self.prefix.len());
+        let rest = Limited::new(self.rest, remaining)
+            .collect()
+            .await?
+            .to_bytes();
+        let body = if self.prefix.is_empty() {
+            rest
+        } else {
+            let mut joined = BytesMut::with_capacity(self.prefix.len() + rest.len());
+            joined.extend_from_slice(&self.prefix);
+            joined.extend_from_slice(&rest);
+            joined.freeze()
+        };
+        match ready(self.parts, body) {
+            Buffering::Ready(request, template) => Ok((request, template)),
+            Buffering::Unfinished(_) => Err("unreachable: a buffered body is ready".into()),
+        }
+    }
+}
+
+fn ready(parts: Parts, body: Bytes) -> Buffering {
+    let template = ReplayTemplate { parts, body };
+    Buffering::Ready(template.request(), Some(template))
+}
+
+enum Read {
+    /// The whole body.
+    All(Bytes),
+    /// What arrived before the body had to wait.
+    Partial(Bytes),
+    /// Nothing arrived yet.
+    Untouched,
+    TooLarge,
+}
+
+/// Reads whatever `body` yields without waiting (a no-op waker: nothing is lost, a
+/// pending body is finished later by the async path).
+fn read_now<B>(body: &mut B, max: usize) -> Result<Read, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    loop {
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Trailers are dropped, as `collect().to_bytes()` drops them.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let read =
+                    first.as_ref().map_or(0, Bytes::len) + more.as_ref().map_or(0, BytesMut::len);
+                if read + data.len() > max {
+                    return Ok(Read::TooLarge);
+                }
+                match (&first, &mut more) {
+                    (None, _) => first = Some(data),
+                    (Some(head), None) => {
+                        let mut joined = BytesMut::with_capacity(head.len() + data.len());
+                        joined.extend_from_slice(head);
+                        joined.extend_from_slice(&data);
+                        more = Some(joined);
+                        first = Some(Bytes::new());
+                    }
+                    (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+                }
+            }
+            Poll::Ready(Some(Err(error))) => return Err(error.into()),
+            Poll::Ready(None) => {
+                return Ok(Read::All(match more {
+                    Some(joined) => joined.freeze(),
+                    None => first.unwrap_or_default(),
+                }));
+            }
+            Poll::Pending => {
+                return Ok(match (more, first) {
+                    (Some(joined), _) => Read::Partial(joined.freeze()),
+                    (None, Some(head)) => Read::Partial(head),
+                    (None, None) => Read::Untouched,
+                });
+            }
+        }
     }
 }
 
@@ -219,30 +384,10 @@ pub(crate) async fn make_replayable<B: RequestBody>(
     request: Request<B>,
     max: usize,
 ) -> Result<(Request<ReplayBody>, Option<ReplayTemplate>), BoxError> {
-    let (parts, body) = request.into_parts();
-    let body = ReplayBody::new(body);
-    let fits = body
-        .size_hint()
-        .upper()
-        .is_some_and(|upper| upper <= max as u64);
-    if !fits {
-        return Ok((Request::from_parts(parts, body), None));
+    match buffer_now(request, max)? {
+        Buffering::Ready(request, template) => Ok((request, template)),
+        Buffering::Unfinished(unfinished) => unfinished.finish(max).await,
     }
-    let body = match body.as_bytes() {
-        // Buffered by an outer layer already: a reference count, not a copy.
-        Some(bytes) => bytes.clone(),
-        None if body.is_end_stream() => Bytes::new(),
-        None => Limited::new(body, max).collect().await?.to_bytes(),
-    };
-    let template = ReplayTemplate {
-        method: parts.method,
-        uri: parts.uri,
-        version: parts.version,
-        headers: parts.headers,
-        extensions: parts.extensions,
-        body,
-    };
-    Ok((template.request(), Some(template)))
 }
 
 #[cfg(test)]
@@ -303,5 +448,68 @@ mod tests {
         let request = Request::new(Stream(StreamBody::new(futures::stream::iter(chunks))));
         let (_, template) = make_replayable(request, 1024).await.unwrap();
         assert!(template.is_none());
+    }
+
+    /// A body of known size whose bytes arrive in two parts, the second later.
+    struct Arriving {
+        rx: futures::channel::mpsc::UnboundedReceiver<Bytes>,
+        size: u64,
+    }
+
+    impl Body for Arriving {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            use futures::Stream;
+            Pin::new(&mut self.rx)
+                .poll_next(cx)
+                .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.size)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_keeps_what_was_read_without_waiting() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(Bytes::from_static(b"{\"jsonrpc\":"))
+            .unwrap();
+        let request = Request::new(Arriving { rx, size: 17 });
+        let Buffering::Unfinished(unfinished) = buffer_now(request, 1024).unwrap() else {
+            panic!("the second part has not arrived");
+        };
+        tx.unbounded_send(Bytes::from_static(b"\"2.0\"}")).unwrap();
+        drop(tx);
+        let (request, template) = unfinished.finish(1024).await.unwrap();
+        assert_eq!(
+            template.unwrap().body(),
+            &Bytes::from_static(b"{\"jsonrpc\":\"2.0\"}")
+        );
+        assert_eq!(
+            request.into_body().collect().await.unwrap().to_bytes(),
+            Bytes::from_static(b"{\"jsonrpc\":\"2.0\"}")
+        );
+    }
+
+    #[tokio::test]
+    async fn in_memory_bodies_are_ready_at_once_and_buffers_are_shared() {
+        let request = Request::new(Full::new(Bytes::from_static(b"{}")));
+        let Buffering::Ready(request, Some(template)) = buffer_now(request, 1024).unwrap() else {
+            panic!("a Full body is in memory");
+        };
+        // An inner layer gets the same buffer: no copy.
+        let Buffering::Ready(_, Some(inner)) = buffer_now(request, 1024).unwrap() else {
+            panic!("a buffered body is ready");
+        };
+        assert_eq!(inner.body().as_ptr(), template.body().as_ptr());
+        // A body larger than its size hint claims is refused, not truncated.
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(Bytes::from_static(b"0123456789"))
+            .unwrap();
+        assert!(buffer_now(Request::new(Arriving { rx, size: 4 }), 4).is_err());
     }
 }

@@ -89,9 +89,52 @@ pub struct TokenSet {
     pub expires_at: Option<SystemTime>,
     /// Assigned by the store on every write.
     pub generation: Generation,
+    /// `Bearer <access token>`, built on first use and shared by every request that
+    /// carries this token set.
+    pub(crate) bearer: BearerHeader,
+}
+
+/// A lazily built, sensitive `Authorization` header value. Equal to every other (it
+/// is derived from the access token), shown in `Debug` as `..`.
+#[derive(Clone, Default)]
+pub(crate) struct BearerHeader(std::sync::OnceLock<(Secret, Option<http::HeaderValue>)>);
+
+impl PartialEq for BearerHeader {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for BearerHeader {}
+
+impl fmt::Debug for BearerHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("..")
+    }
 }
 
 impl TokenSet {
+    /// `Bearer <access token>` as a sensitive header value (built once per token set;
+    /// `None` if the token is not a valid header value).
+    pub(crate) fn bearer_header(&self) -> Option<http::HeaderValue> {
+        let build = || {
+            let value = format!("Bearer {}", self.access_token.expose());
+            let mut value = http::HeaderValue::try_from(value).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        let (built_for, header) = self
+            .bearer
+            .0
+            .get_or_init(|| (self.access_token.clone(), build()));
+        // `access_token` is a public field: a header built for another value is stale.
+        if Arc::ptr_eq(&built_for.0, &self.access_token.0) {
+            header.clone()
+        } else {
+            build()
+        }
+    }
+
     /// A token set holding only an access token, obtained now, with no known expiry.
     pub fn new(access_token: Secret) -> Self {
         Self {
@@ -101,6 +144,7 @@ impl TokenSet {
             obtained_at: SystemTime::now(),
             expires_at: None,
             generation: Generation(0),
+            bearer: BearerHeader::default(),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::key::Principal;
 use crate::oauth::authorize::{AuthorizationCause, Authorizer};
 use crate::oauth::flow::{FlowOutcome, PendingFlow};
 use crate::replay::{
-    DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, make_replayable,
+    Buffering, DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, buffer_now,
 };
 use crate::store::BoxFuture;
 
@@ -119,7 +119,7 @@ enum Mode {
 /// let client = ServiceBuilder::new()
 ///     .layer(OAuthRetryLayer::return_early(authorizer.clone()))
 ///     .layer(SilentRefreshLayer::new(RefreshCoordinator::new(store), authorizer.bindings()))
-///     .service_fn(|request: http::Request<Full<Bytes>>| async move {
+///     .service_fn(|request: http::Request<tower_mcp_auth::ReplayBody>| async move {
 ///         // Your HTTP client goes here; this server answers everything with 200.
 ///         Ok::<_, tower::BoxError>(http::Response::new(()))
 ///     });
@@ -295,19 +295,39 @@ where
             };
         };
         let max = shared.max_replay_body;
-        let for_replays = inner.clone();
-        ResponseFuture {
-            state: State::Preparing {
-                prepare: Box::pin(make_replayable(request, max)),
-                service: Some(inner),
+        let retry = |service: S, template: Option<ReplayTemplate>| Retry {
+            shared: shared.clone(),
+            service,
+            sent_at: SystemTime::now(),
+            principal,
+            template,
+        };
+        match buffer_now(request, max) {
+            // The hot path: the body is in memory, the inner service is called now.
+            Ok(Buffering::Ready(request, template)) => {
+                let retry = template.map(|template| retry(inner.clone(), Some(template)));
+                let mut inner = inner;
+                ResponseFuture {
+                    state: State::Calling {
+                        call: inner.call(request),
+                    },
+                    retry,
+                }
+            }
+            Ok(Buffering::Unfinished(unfinished)) => ResponseFuture {
+                retry: Some(retry(inner.clone(), None)),
+                state: State::Preparing {
+                    prepare: Box::pin(unfinished.finish(max)),
+                    service: Some(inner),
+                },
             },
-            retry: Some(Retry {
-                shared: shared.clone(),
-                service: for_replays,
-                sent_at: SystemTime::now(),
-                principal,
-                template: None,
-            }),
+            Err(error) => ResponseFuture {
+                retry: None,
+                state: State::Preparing {
+                    prepare: Box::pin(std::future::ready(Err(error))),
+                    service: Some(inner),
+                },
+            },
         }
     }
 }

@@ -52,7 +52,7 @@ use crate::store::BoxFuture;
 /// let client = ServiceBuilder::new()
 ///     .layer(OboHeaderLayer::new(exchanger, "https://mcp.example.com/mcp")?
 ///         .with_default_principal(Principal::new("acme", "alice")))
-///     .service_fn(|_: http::Request<Full<Bytes>>| async {
+///     .service_fn(|_: http::Request<tower_mcp_auth::ReplayBody>| async {
 ///         Ok::<_, tower::BoxError>(http::Response::new(()))
 ///     });
 /// // No UserAssertion in the request: it is not sent.

@@ -17,7 +17,8 @@ use crate::error::{Error, TransientReason};
 use crate::key::{AuthKey, Principal};
 use crate::refresh::RefreshCoordinator;
 use crate::replay::{
-    DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, make_replayable,
+    Buffering, DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, Unfinished,
+    buffer_now, make_replayable,
 };
 use crate::store::BoxFuture;
 use crate::token::{Generation, TokenSet};
@@ -53,7 +54,7 @@ use crate::token::{Generation, TokenSet};
 /// let coordinator = RefreshCoordinator::new(Arc::new(MemoryStore::new()));
 /// let client = ServiceBuilder::new()
 ///     .layer(SilentRefreshLayer::new(coordinator, binding).with_default_principal(Principal::new("acme", "alice")))
-///     .service_fn(|request: http::Request<Full<Bytes>>| async move {
+///     .service_fn(|request: http::Request<tower_mcp_auth::ReplayBody>| async move {
 ///         // Your HTTP client goes here (hyper, reqwest, ...). No token stored yet:
 ///         assert!(request.headers().get("authorization").is_none());
 ///         Ok::<_, tower::BoxError>(http::Response::new(()))
@@ -163,19 +164,78 @@ where
             // A 401 goes back as it is, for an OAuthRetryLayer to act on.
             return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
         };
-        let context = RefreshContext {
-            coordinator: layer.coordinator.clone(),
-            key: AuthKey::new(principal, binding.id()),
-            binding,
-        };
-        let prepare = Box::pin(prepare(context.clone(), request, layer.max_replay_body));
-        ResponseFuture {
-            state: State::Preparing { prepare },
-            service: Some(inner),
-            context: Some(context),
-            replay: None,
+        let key = AuthKey::new(principal, binding.id());
+        // The hot path: a valid token at hand and a body already in memory. No future
+        // is boxed and nothing is awaited before the inner service is called.
+        if let Some(token) = layer.coordinator.token_now(&key) {
+            let (mut request, replay) = match buffer_now(request, layer.max_replay_body) {
+                Ok(Buffering::Ready(request, replay)) => (request, replay),
+                Ok(Buffering::Unfinished(unfinished)) => {
+                    let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
+                    return later(layer, inner, key, binding, input);
+                }
+                Err(error) => return ResponseFuture::failed(error),
+            };
+            let Some(header) = token.bearer_header() else {
+                return ResponseFuture::failed(invalid_token_header().into());
+            };
+            request.headers_mut().insert(header::AUTHORIZATION, header);
+            let replay_service = replay.as_ref().map(|_| inner.clone());
+            let call = inner.call(request);
+            return ResponseFuture {
+                state: State::Calling { call },
+                service: replay_service,
+                context: Some(RefreshContext {
+                    coordinator: layer.coordinator.clone(),
+                    key,
+                    binding,
+                }),
+                replay: replay.map(|template| (template, Some(token.generation))),
+            };
         }
+        later(layer, inner, key, binding, PrepareInput::Request(request))
     }
+}
+
+/// The path that awaits: the store, a refresh, or a body still arriving.
+fn later<S, B>(
+    layer: &SilentRefreshLayer,
+    inner: S,
+    key: AuthKey,
+    binding: Arc<ServerBinding>,
+    input: PrepareInput<B>,
+) -> ResponseFuture<S>
+where
+    S: Service<Request<ReplayBody>>,
+    B: RequestBody,
+{
+    let context = RefreshContext {
+        coordinator: layer.coordinator.clone(),
+        key,
+        binding,
+    };
+    let prepare = Box::pin(prepare(context.clone(), input, layer.max_replay_body));
+    ResponseFuture {
+        state: State::Preparing { prepare },
+        service: Some(inner),
+        context: Some(context),
+        replay: None,
+    }
+}
+
+/// A request for the async path: as it came, or with its body partly read.
+// Moved once, into the boxed future of the slow path.
+#[allow(clippy::large_enum_variant)]
+enum PrepareInput<B> {
+    Request(Request<B>),
+    Unfinished(Box<Unfinished>),
+}
+
+fn invalid_token_header() -> Error {
+    Error::transient(
+        TransientReason::InvalidResponse("access token is not a valid header value".into()),
+        None,
+    )
 }
 
 #[derive(Clone)]
@@ -193,7 +253,7 @@ struct Prepared {
 
 async fn prepare<B>(
     context: RefreshContext,
-    request: Request<B>,
+    input: PrepareInput<B>,
     max_replay_body: usize,
 ) -> Result<Prepared, BoxError>
 where
@@ -203,7 +263,10 @@ where
         .coordinator
         .token(&context.key, &context.binding)
         .await?;
-    let (mut request, replay) = make_replayable(request, max_replay_body).await?;
+    let (mut request, replay) = match input {
+        PrepareInput::Request(request) => make_replayable(request, max_replay_body).await?,
+        PrepareInput::Unfinished(unfinished) => unfinished.finish(max_replay_body).await?,
+    };
     let generation = match &token {
         Some(token) => {
             request
@@ -221,15 +284,7 @@ where
 }
 
 fn bearer(token: &TokenSet) -> Result<HeaderValue, Error> {
-    let mut value = HeaderValue::try_from(format!("Bearer {}", token.access_token.expose()))
-        .map_err(|_| {
-            Error::transient(
-                TransientReason::InvalidResponse("access token is not a valid header value".into()),
-                None,
-            )
-        })?;
-    value.set_sensitive(true);
-    Ok(value)
+    token.bearer_header().ok_or_else(invalid_token_header)
 }
 
 /// Response future of [`SilentRefresh`].

@@ -268,6 +268,20 @@ impl RefreshCoordinator {
         self.redeem(key, binding, stored.generation).await.map(Some)
     }
 
+    /// The hot path of [`token`](Self::token): the stored token if it can be had
+    /// without waiting (the read cache of a shared store, or an in-memory store) and is
+    /// valid and not yet due for refresh. `None` means: ask [`token`](Self::token).
+    pub(crate) fn token_now(&self, key: &AuthKey) -> Option<Arc<TokenSet>> {
+        let now = SystemTime::now();
+        let cached = match &self.inner.hot {
+            Some(hot) => hot.get(key)?,
+            None => self.inner.store.load_now(key)??,
+        };
+        let config = &self.inner.config;
+        (config.usable(&cached, now) && config.refresh_at(&cached).is_none_or(|at| now < at))
+            .then_some(cached)
+    }
+
     /// The token to replay with after the resource server rejected the one of
     /// generation `rejected` (`None`: the request carried no token).
     ///

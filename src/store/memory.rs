@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
-use moka::future::Cache;
 use moka::ops::compute::Op;
+use moka::sync::Cache;
 
 use super::{BoxFuture, CredentialStore, Swap};
 use crate::error::{CapacityReached, StoreError};
@@ -65,13 +65,13 @@ impl MemoryStore {
 
     /// Refuses a write that would add a key beyond capacity. (A soft bound: writers
     /// racing for the last slots can overshoot by their number.)
-    async fn admit(&self, key: &AuthKey) -> Result<(), StoreError> {
+    fn admit(&self, key: &AuthKey) -> Result<(), StoreError> {
         if self.cache.contains_key(key) {
             return Ok(());
         }
         // moka counts lazily: settle pending writes, expirations and removals first.
         // New keys are first logins, rare enough for this to cost nothing that matters.
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
         if self.cache.entry_count() < self.max_capacity {
             return Ok(());
         }
@@ -179,7 +179,11 @@ impl CredentialStore for MemoryStore {
         &'a self,
         key: &'a AuthKey,
     ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
-        Box::pin(async move { Ok(self.cache.get(key).await) })
+        Box::pin(async move { Ok(self.cache.get(key)) })
+    }
+
+    fn load_now(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
+        Some(self.cache.get(key))
     }
 
     fn compare_and_swap<'a>(
@@ -190,25 +194,21 @@ impl CredentialStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
         Box::pin(async move {
             if expected.is_none() {
-                self.admit(key).await?;
+                self.admit(key)?;
             }
             let mut outcome = Swap::Conflict(None);
-            self.cache
-                .entry_by_ref(key)
-                .and_compute_with(|current| {
-                    let current = current.map(|entry| entry.into_value());
-                    let op = if current.as_ref().map(|t| t.generation) == expected {
-                        new.generation = self.next_generation();
-                        let stored = Arc::new(new);
-                        outcome = Swap::Stored(stored.clone());
-                        Op::Put(stored)
-                    } else {
-                        outcome = Swap::Conflict(current);
-                        Op::Nop
-                    };
-                    std::future::ready(op)
-                })
-                .await;
+            self.cache.entry_by_ref(key).and_compute_with(|current| {
+                let current = current.map(|entry| entry.into_value());
+                if current.as_ref().map(|t| t.generation) == expected {
+                    new.generation = self.next_generation();
+                    let stored = Arc::new(new);
+                    outcome = Swap::Stored(stored.clone());
+                    Op::Put(stored)
+                } else {
+                    outcome = Swap::Conflict(current);
+                    Op::Nop
+                }
+            });
             Ok(outcome)
         })
     }
@@ -222,17 +222,13 @@ impl CredentialStore for MemoryStore {
             let mut deleted = false;
             self.cache
                 .entry_by_ref(key)
-                .and_compute_with(|current| {
-                    let op = match current {
-                        Some(entry) if entry.value().generation == generation => {
-                            deleted = true;
-                            Op::Remove
-                        }
-                        _ => Op::Nop,
-                    };
-                    std::future::ready(op)
-                })
-                .await;
+                .and_compute_with(|current| match current {
+                    Some(entry) if entry.value().generation == generation => {
+                        deleted = true;
+                        Op::Remove
+                    }
+                    _ => Op::Nop,
+                });
             Ok(deleted)
         })
     }
@@ -310,7 +306,7 @@ mod tests {
                 .unwrap_err();
             assert_eq!(refused.capacity_reached().map(|c| c.max), Some(8));
         }
-        store.cache.run_pending_tasks().await;
+        store.cache.run_pending_tasks();
         for user in 0..8 {
             let stored = store.load(&key(&format!("real-{user}"))).await.unwrap();
             assert!(

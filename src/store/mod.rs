@@ -131,6 +131,14 @@ pub trait CredentialStore: Send + Sync + 'static {
         key: &'a AuthKey,
     ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>>;
 
+    /// The token set stored for `key`, if the store can tell without waiting (an
+    /// in-memory store); `None` when it must be asked with [`load`](Self::load). The
+    /// layers' hot path uses it to skip a future per request.
+    fn load_now(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
+        let _ = key;
+        None
+    }
+
     /// Stores `new` (its `generation` is ignored and replaced) if the stored generation
     /// is `expected` (`None`: nothing stored).
     fn compare_and_swap<'a>(
@@ -198,6 +206,10 @@ impl<T: CredentialStore + ?Sized> CredentialStore for Arc<T> {
         key: &'a AuthKey,
     ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
         (**self).load(key)
+    }
+
+    fn load_now(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
+        (**self).load_now(key)
     }
 
     fn compare_and_swap<'a>(

@@ -133,7 +133,7 @@ impl Shared {
 /// let breaker = CircuitBreakerLayer::new(BreakerConfig::default().with_consecutive_failures(2))
 ///     .with_keying(BreakerKeying::Origin);
 /// let handle = breaker.handle();
-/// let client = ServiceBuilder::new().layer(breaker).service_fn(|_req: http::Request<Full<Bytes>>| async {
+/// let client = ServiceBuilder::new().layer(breaker).service_fn(|_req: http::Request<tower_mcp_auth::ReplayBody>| async {
 ///     Err::<http::Response<Full<Bytes>>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
 /// });
 /// let request = || http::Request::post("http://down.example/mcp").body(Full::new(Bytes::new())).unwrap();
