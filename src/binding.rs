@@ -221,19 +221,39 @@ pub(crate) fn covers(resource: &Url, uri: &http::Uri) -> bool {
         || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
 }
 
-/// Whether `path` has no dot segment and no encoded or alternative separator.
+/// Whether `path` has no dot segment and no encoded or alternative separator. One
+/// pass over the bytes, no allocation: it runs for every request.
 fn is_normal_path(path: &str) -> bool {
-    if path.contains('\\') {
+    let bytes = path.as_bytes();
+    if !bytes.iter().any(|&b| matches!(b, b'\\' | b'%' | b'.')) {
+        return true;
+    }
+    if bytes.contains(&b'\\') {
         return false;
     }
-    path.split('/').all(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        if lower.contains("%2f") || lower.contains("%5c") {
-            return false;
-        }
-        let decoded = lower.replace("%2e", ".");
-        decoded != "." && decoded != ".."
+    bytes.split(|&b| b == b'/').all(|segment| {
+        let encoded_separator = segment.windows(3).any(|w| {
+            w[0] == b'%'
+                && ((w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+                    || (w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c')))
+        });
+        !encoded_separator && !matches!(dots(segment), Some(1 | 2))
     })
+}
+
+/// How many dots `segment` is made of, `.` and `%2e` alike; `None` if anything else is
+/// in it.
+fn dots(segment: &[u8]) -> Option<usize> {
+    let (mut count, mut rest) = (0, segment);
+    while !rest.is_empty() {
+        match rest {
+            [b'.', tail @ ..] => rest = tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => rest = tail,
+            _ => return None,
+        }
+        count += 1;
+    }
+    Some(count)
 }
 
 /// Where the [`ServerBinding`] of one MCP server is found at request time.
@@ -387,6 +407,36 @@ pub(crate) fn parse_http_url(field: &'static str, value: &str) -> Result<Url, Co
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn normal_paths_refuse_dot_segments_and_encoded_separators() {
+        for ok in [
+            "/mcp",
+            "/",
+            "",
+            "/mcp/a.b",
+            "/mcp/...",
+            "/mcp/%2e%2e%2e",
+            "/mcp/a%20b",
+        ] {
+            assert!(is_normal_path(ok), "{ok}");
+        }
+        for bad in [
+            "/mcp/../x",
+            "/mcp/./x",
+            "/mcp/..",
+            "/mcp/%2e%2E/x",
+            "/mcp/.%2e",
+            "/mcp/%2E",
+            "/mcp/a%2Fb",
+            "/mcp/a%2fb",
+            "/mcp/a%5cb",
+            "/mcp/a%5Cb",
+            "/mcp\\x",
+        ] {
+            assert!(!is_normal_path(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     fn binding(resource: &str) -> ServerBinding {

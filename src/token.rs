@@ -89,25 +89,33 @@ pub struct TokenSet {
     pub expires_at: Option<SystemTime>,
     /// Assigned by the store on every write.
     pub generation: Generation,
-    /// `Bearer <access token>`, built on first use and shared by every request that
-    /// carries this token set.
-    pub(crate) bearer: BearerHeader,
+    /// Values derived from the token set on first use and shared by every request
+    /// that carries it: the header, how long it may be served without a check.
+    pub(crate) derived: Derived,
 }
 
-/// A lazily built, sensitive `Authorization` header value. Equal to every other (it
-/// is derived from the access token), shown in `Debug` as `..`.
-#[derive(Clone, Default)]
-pub(crate) struct BearerHeader(std::sync::OnceLock<(Secret, Option<http::HeaderValue>)>);
+/// What [`TokenSet::serve_until`] was computed from.
+type ServeInputs = (u64, Option<SystemTime>, SystemTime, Generation);
 
-impl PartialEq for BearerHeader {
+/// Lazily derived values of a [`TokenSet`]: the sensitive `Authorization` header, and
+/// until when a refresh coordinator may serve it without the slow path. Equal to every
+/// other (everything in it is derived), shown in `Debug` as `..`.
+#[derive(Clone, Default)]
+pub(crate) struct Derived {
+    bearer: std::sync::OnceLock<(Secret, Option<http::HeaderValue>)>,
+    /// ((coordinator id, expiry, obtained, generation), serve until; `None`: no expiry).
+    serve_until: std::sync::OnceLock<(ServeInputs, Option<SystemTime>)>,
+}
+
+impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for BearerHeader {}
+impl Eq for Derived {}
 
-impl fmt::Debug for BearerHeader {
+impl fmt::Debug for Derived {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("..")
     }
@@ -124,14 +132,39 @@ impl TokenSet {
             Some(value)
         };
         let (built_for, header) = self
+            .derived
             .bearer
-            .0
             .get_or_init(|| (self.access_token.clone(), build()));
         // `access_token` is a public field: a header built for another value is stale.
         if Arc::ptr_eq(&built_for.0, &self.access_token.0) {
             header.clone()
         } else {
             build()
+        }
+    }
+
+    /// Until when the coordinator `coordinator` may serve this token set without
+    /// looking further, computed once by `compute` (`None`: no expiry). The fields are
+    /// public: an answer computed for other field values is recomputed, never reused.
+    pub(crate) fn serve_until(
+        &self,
+        coordinator: u64,
+        compute: impl Fn(&TokenSet) -> Option<SystemTime>,
+    ) -> Option<SystemTime> {
+        let inputs = (
+            coordinator,
+            self.expires_at,
+            self.obtained_at,
+            self.generation,
+        );
+        let (cached_for, until) = self
+            .derived
+            .serve_until
+            .get_or_init(|| (inputs, compute(self)));
+        if *cached_for == inputs {
+            *until
+        } else {
+            compute(self)
         }
     }
 
@@ -144,7 +177,7 @@ impl TokenSet {
             obtained_at: SystemTime::now(),
             expires_at: None,
             generation: Generation(0),
-            bearer: BearerHeader::default(),
+            derived: Derived::default(),
         }
     }
 

@@ -44,7 +44,7 @@ impl GrantedTokens {
                 .expires_in
                 .map(|d| crate::limits::system_after(obtained_at, d)),
             generation: previous.map_or(Generation(0), |p| p.generation),
-            bearer: Default::default(),
+            derived: Default::default(),
         }
     }
 }

@@ -124,6 +124,20 @@ impl RefreshConfig {
         self.clock_skew.min(lifetime / 4)
     }
 
+    /// Until when `tokens` is usable and not yet due for refresh (`None`: no expiry):
+    /// the hot path serves it without further checks before that instant.
+    pub(super) fn serve_until(&self, tokens: &TokenSet) -> Option<SystemTime> {
+        let expires_at = tokens.expires_at?;
+        let skew = tokens
+            .lifetime()
+            .map_or(Duration::ZERO, |l| self.skew_for(l));
+        let usable_until = expires_at.checked_sub(skew).unwrap_or(tokens.obtained_at);
+        Some(match self.refresh_at(tokens) {
+            Some(at) => at.min(usable_until),
+            None => usable_until,
+        })
+    }
+
     /// Whether `tokens` may still be sent at `now`: before its expiry less the skew.
     pub(super) fn usable(&self, tokens: &TokenSet, now: SystemTime) -> bool {
         let skew = tokens
@@ -145,6 +159,33 @@ fn unit_hash(x: u64) -> f64 {
 mod tests {
     use super::*;
     use crate::token::{Generation, Secret};
+
+    #[test]
+    fn serve_until_agrees_with_usable_and_refresh_at() {
+        let config = RefreshConfig::default();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for (lifetime, generation) in [
+            (1u64, 1u64),
+            (3, 2),
+            (5, 3),
+            (60, 4),
+            (3600, 5),
+            (86_400, 6),
+        ] {
+            let mut tokens = TokenSet::new(Secret::new("a"));
+            tokens.obtained_at = start;
+            tokens.expires_at = Some(start + Duration::from_secs(lifetime));
+            tokens.generation = Generation(generation);
+            let until = config.serve_until(&tokens).unwrap();
+            for ms in (0..=lifetime * 1000).step_by(((lifetime * 1000) / 500).max(1) as usize) {
+                let now = start + Duration::from_millis(ms);
+                let slow = config.usable(&tokens, now)
+                    && config.refresh_at(&tokens).is_none_or(|at| now < at);
+                assert_eq!(now < until, slow, "lifetime {lifetime}s at {ms} ms");
+            }
+        }
+        assert_eq!(config.serve_until(&TokenSet::new(Secret::new("a"))), None);
+    }
 
     #[test]
     fn cooldown_doubles_honours_retry_after_and_caps() {

@@ -124,8 +124,10 @@ impl RefreshCoordinatorBuilder {
                 .time_to_live(SHARED_CACHE_TTL)
                 .build()
         });
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         RefreshCoordinator {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 store: self.store,
                 http: self.http.unwrap_or_default(),
                 config,
@@ -171,6 +173,8 @@ pub struct RefreshCoordinator {
 }
 
 struct Inner {
+    /// Tells coordinators (and their configurations) apart in per-token caches.
+    id: u64,
     store: Arc<dyn CredentialStore>,
     http: AuthHttpClient,
     config: RefreshConfig,
@@ -272,13 +276,14 @@ impl RefreshCoordinator {
     /// without waiting (the read cache of a shared store, or an in-memory store) and is
     /// valid and not yet due for refresh. `None` means: ask [`token`](Self::token).
     pub(crate) fn token_now(&self, key: &AuthKey) -> Option<Arc<TokenSet>> {
-        let now = SystemTime::now();
         let cached = match &self.inner.hot {
             Some(hot) => hot.get(key)?,
             None => self.inner.store.load_now(key)??,
         };
         let config = &self.inner.config;
-        (config.usable(&cached, now) && config.refresh_at(&cached).is_none_or(|at| now < at))
+        let until = cached.serve_until(self.inner.id, |tokens| config.serve_until(tokens));
+        until
+            .is_none_or(|until| SystemTime::now() < until)
             .then_some(cached)
     }
 

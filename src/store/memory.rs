@@ -1,31 +1,37 @@
-//! The embedded default store: a bounded moka cache.
+//! The embedded default store: a bounded, sharded in-memory map.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
-use moka::Expiry;
-use moka::ops::compute::Op;
-use moka::sync::Cache;
+use tokio::time::Instant;
 
 use super::{BoxFuture, CredentialStore, Swap};
 use crate::error::{CapacityReached, StoreError};
 use crate::key::AuthKey;
 use crate::token::{Generation, TokenSet};
 
-/// An in-process [`CredentialStore`] on a moka cache.
+/// Shards of the map: writers to different keys rarely share a lock.
+const SHARDS: usize = 16;
+
+/// An in-process [`CredentialStore`].
 ///
 /// Entries expire with their credential: a token set with a refresh token lives for the
 /// refresh-token lifetime (unbounded by default) even after its access token expired,
 /// because the refresh token is what recovers it; one without a refresh token goes when
-/// its access token expires. Clones share the same cache.
+/// its access token expires. Clones share the same map.
 ///
 /// The store is bounded, but it never evicts a credential to make room: once it holds
 /// `max_capacity` keys, writing credentials for a new key fails with a [`StoreError`]
 /// whose [`capacity_reached`](StoreError::capacity_reached) is set, and every stored
 /// user keeps theirs. (A flood of made-up principals cannot push real users' refresh
 /// tokens out.)
+///
+/// Reads take a shard's read lock and clone an `Arc`: the layers read the store on
+/// every request, so it is a plain sharded map (moka's read bookkeeping cost the hot
+/// path more than the whole bare injector it is compared with; see BENCHMARKS.md).
 ///
 /// ```
 /// use std::time::Duration;
@@ -39,13 +45,32 @@ use crate::token::{Generation, TokenSet};
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<AuthKey, Arc<TokenSet>>,
-    next_generation: Arc<AtomicU64>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: [RwLock<HashMap<AuthKey, Entry>>; SHARDS],
+    /// Entries stored, expired ones included until they are swept.
+    len: AtomicU64,
+    next_generation: AtomicU64,
     max_capacity: u64,
+    refresh_token_ttl: Option<Duration>,
+}
+
+struct Entry {
+    tokens: Arc<TokenSet>,
+    /// When the entry stops existing; `None`: never.
+    deadline: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.deadline.is_none_or(|deadline| now < deadline)
+    }
 }
 
 impl MemoryStore {
-    /// A store holding up to 100,000 keys, refresh tokens kept until evicted.
+    /// A store holding up to 100,000 keys, refresh tokens kept until deleted.
     pub fn new() -> Self {
         Self::builder().build()
     }
@@ -58,35 +83,97 @@ impl MemoryStore {
         }
     }
 
-    /// The number of stored keys (approximate: moka counts lazily).
+    /// The number of keys stored (expired entries may count until they are swept).
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.inner.len.load(Ordering::Relaxed)
     }
 
-    /// Refuses a write that would add a key beyond capacity. (A soft bound: writers
-    /// racing for the last slots can overshoot by their number.)
-    fn admit(&self, key: &AuthKey) -> Result<(), StoreError> {
-        if self.cache.contains_key(key) {
-            return Ok(());
+    fn shard(&self, key: &AuthKey) -> usize {
+        // FNV-1a over the subject and the binding: spreads keys, costs a few ns. Not a
+        // security boundary: a skewed spread only means more lock sharing.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &byte in key
+            .principal()
+            .subject()
+            .as_bytes()
+            .iter()
+            .chain(&key.binding().0[..4])
+        {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
         }
-        // moka counts lazily: settle pending writes, expirations and removals first.
-        // New keys are first logins, rare enough for this to cost nothing that matters.
-        self.cache.run_pending_tasks();
-        if self.cache.entry_count() < self.max_capacity {
-            return Ok(());
+        (hash % SHARDS as u64) as usize
+    }
+
+    fn read(&self, key: &AuthKey) -> RwLockReadGuard<'_, HashMap<AuthKey, Entry>> {
+        self.inner.shards[self.shard(key)]
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self, key: &AuthKey) -> RwLockWriteGuard<'_, HashMap<AuthKey, Entry>> {
+        self.inner.shards[self.shard(key)]
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, key: &AuthKey) -> Option<Arc<TokenSet>> {
+        let shard = self.read(key);
+        let entry = shard.get(key)?;
+        if entry.deadline.is_some() && !entry.live(Instant::now()) {
+            return None;
+        }
+        Some(entry.tokens.clone())
+    }
+
+    /// Takes a slot for a new key, sweeping expired entries first when full.
+    fn admit(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        for attempt in 0..2 {
+            let taken = inner
+                .len
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| {
+                    (len < inner.max_capacity).then_some(len + 1)
+                });
+            if taken.is_ok() {
+                return Ok(());
+            }
+            if attempt == 0 {
+                self.sweep();
+            }
         }
         tracing::warn!(
-            max = self.max_capacity,
+            max = inner.max_capacity,
             "credential store full; new key refused"
         );
         Err(StoreError::new(CapacityReached {
             what: "credential store",
-            max: self.max_capacity,
+            max: inner.max_capacity,
         }))
     }
 
+    /// Removes every expired entry.
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &self.inner.shards {
+            let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
+            let before = shard.len();
+            shard.retain(|_, entry| entry.live(now));
+            let removed = (before - shard.len()) as u64;
+            self.inner.len.fetch_sub(removed, Ordering::AcqRel);
+        }
+    }
+
+    fn deadline(&self, tokens: &TokenSet) -> Option<Instant> {
+        let ttl = if tokens.refresh_token.is_some() {
+            self.inner.refresh_token_ttl.map(crate::limits::clamp)
+        } else {
+            tokens.expires_at.map(crate::limits::ttl_until)
+        };
+        ttl.map(|ttl| crate::limits::instant_after(Instant::now(), ttl))
+    }
+
     fn next_generation(&self) -> Generation {
-        Generation(self.next_generation.fetch_add(1, Ordering::Relaxed))
+        Generation(self.inner.next_generation.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -99,12 +186,12 @@ impl Default for MemoryStore {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.cache.entry_count())
+            .field("entries", &self.entry_count())
             .finish_non_exhaustive()
     }
 }
 
-/// Builds a [`MemoryStore`].
+/// Configures a [`MemoryStore`].
 #[derive(Debug, Clone)]
 pub struct MemoryStoreBuilder {
     max_capacity: u64,
@@ -112,8 +199,7 @@ pub struct MemoryStoreBuilder {
 }
 
 impl MemoryStoreBuilder {
-    /// The most keys held (default 100,000); beyond it new keys are refused, stored
-    /// ones are never evicted for room.
+    /// The most keys the store holds; writes for new keys beyond it are refused.
     pub fn max_capacity(mut self, max_capacity: u64) -> Self {
         self.max_capacity = max_capacity;
         self
@@ -128,49 +214,14 @@ impl MemoryStoreBuilder {
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
         MemoryStore {
-            max_capacity: self.max_capacity,
-            // No moka capacity: moka would evict (TinyLFU) instead of refusing.
-            cache: Cache::builder()
-                .expire_after(CredentialExpiry {
-                    refresh_token_ttl: self.refresh_token_ttl,
-                })
-                .build(),
-            next_generation: Arc::new(AtomicU64::new(1)),
+            inner: Arc::new(Inner {
+                shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+                len: AtomicU64::new(0),
+                next_generation: AtomicU64::new(1),
+                max_capacity: self.max_capacity,
+                refresh_token_ttl: self.refresh_token_ttl,
+            }),
         }
-    }
-}
-
-struct CredentialExpiry {
-    refresh_token_ttl: Option<Duration>,
-}
-
-impl CredentialExpiry {
-    fn time_to_live(&self, tokens: &TokenSet) -> Option<Duration> {
-        if tokens.refresh_token.is_some() {
-            return self.refresh_token_ttl.map(crate::limits::clamp);
-        }
-        tokens.expires_at.map(crate::limits::ttl_until)
-    }
-}
-
-impl Expiry<AuthKey, Arc<TokenSet>> for CredentialExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &AuthKey,
-        value: &Arc<TokenSet>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        self.time_to_live(value)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &AuthKey,
-        value: &Arc<TokenSet>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        self.time_to_live(value)
     }
 }
 
@@ -179,11 +230,12 @@ impl CredentialStore for MemoryStore {
         &'a self,
         key: &'a AuthKey,
     ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
-        Box::pin(async move { Ok(self.cache.get(key)) })
+        let tokens = self.get(key);
+        Box::pin(std::future::ready(Ok(tokens)))
     }
 
     fn load_now(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
-        Some(self.cache.get(key))
+        Some(self.get(key))
     }
 
     fn compare_and_swap<'a>(
@@ -193,23 +245,46 @@ impl CredentialStore for MemoryStore {
         mut new: TokenSet,
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
         Box::pin(async move {
-            if expected.is_none() {
-                self.admit(key)?;
-            }
-            let mut outcome = Swap::Conflict(None);
-            self.cache.entry_by_ref(key).and_compute_with(|current| {
-                let current = current.map(|entry| entry.into_value());
-                if current.as_ref().map(|t| t.generation) == expected {
-                    new.generation = self.next_generation();
-                    let stored = Arc::new(new);
-                    outcome = Swap::Stored(stored.clone());
-                    Op::Put(stored)
-                } else {
-                    outcome = Swap::Conflict(current);
-                    Op::Nop
+            let now = Instant::now();
+            let deadline = self.deadline(&new);
+            let mut admitted = false;
+            loop {
+                let mut shard = self.write(key);
+                let current = shard
+                    .get(key)
+                    .filter(|e| e.live(now))
+                    .map(|e| e.tokens.clone());
+                if current.as_ref().map(|t| t.generation) != expected {
+                    drop(shard);
+                    if admitted {
+                        self.inner.len.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    return Ok(Swap::Conflict(current));
                 }
-            });
-            Ok(outcome)
+                // A key not in the map takes a slot first (outside the shard's lock:
+                // admitting may sweep every shard).
+                let occupied = shard.contains_key(key);
+                if !occupied && !admitted {
+                    drop(shard);
+                    self.admit()?;
+                    admitted = true;
+                    continue;
+                }
+                if occupied && admitted {
+                    // Another writer created the key meanwhile; its slot counts.
+                    self.inner.len.fetch_sub(1, Ordering::AcqRel);
+                }
+                new.generation = self.next_generation();
+                let stored = Arc::new(new);
+                shard.insert(
+                    key.clone(),
+                    Entry {
+                        tokens: stored.clone(),
+                        deadline,
+                    },
+                );
+                return Ok(Swap::Stored(stored));
+            }
         })
     }
 
@@ -218,19 +293,18 @@ impl CredentialStore for MemoryStore {
         key: &'a AuthKey,
         generation: Generation,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let mut deleted = false;
-            self.cache
-                .entry_by_ref(key)
-                .and_compute_with(|current| match current {
-                    Some(entry) if entry.value().generation == generation => {
-                        deleted = true;
-                        Op::Remove
-                    }
-                    _ => Op::Nop,
-                });
-            Ok(deleted)
-        })
+        let deleted = {
+            let mut shard = self.write(key);
+            let matches = shard
+                .get(key)
+                .is_some_and(|entry| entry.tokens.generation == generation);
+            if matches {
+                shard.remove(key);
+                self.inner.len.fetch_sub(1, Ordering::AcqRel);
+            }
+            matches
+        };
+        Box::pin(std::future::ready(Ok(deleted)))
     }
 }
 
@@ -306,7 +380,6 @@ mod tests {
                 .unwrap_err();
             assert_eq!(refused.capacity_reached().map(|c| c.max), Some(8));
         }
-        store.cache.run_pending_tasks();
         for user in 0..8 {
             let stored = store.load(&key(&format!("real-{user}"))).await.unwrap();
             assert!(
@@ -339,5 +412,28 @@ mod tests {
         }))
         .await;
         assert_eq!(wins.into_iter().filter(|w| *w.as_ref().unwrap()).count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_free_their_slots() {
+        let store = MemoryStore::builder().max_capacity(2).build();
+        let short = || TokenSet::new(Secret::new("a")).with_expires_in(Duration::from_secs(60));
+        put(&store, &key("one"), short()).await;
+        put(&store, &key("two"), short()).await;
+        assert!(
+            store
+                .compare_and_swap(&key("three"), None, short())
+                .await
+                .is_err()
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // Both expired: gone for readers, and their slots are reclaimed for a new key.
+        assert!(store.load(&key("one")).await.unwrap().is_none());
+        assert!(store.load_now(&key("two")).unwrap().is_none());
+        put(&store, &key("three"), short()).await;
+        assert_eq!(store.entry_count(), 1);
+        // An expired key can be written again as new.
+        put(&store, &key("three"), short()).await;
+        assert_eq!(store.entry_count(), 1);
     }
 }

@@ -255,7 +255,7 @@ fn parse(fields: &HashMap<String, String>) -> Option<Arc<TokenSet>> {
         obtained_at: from_millis(number("obt")?),
         expires_at: number("exp").map(from_millis),
         generation: Generation(number("gen")?),
-        bearer: Default::default(),
+        derived: Default::default(),
     }))
 }
 

@@ -276,7 +276,7 @@ fn load(connection: &Connection, key: &KeyColumns) -> rusqlite::Result<Option<Ar
                     obtained_at: from_millis(row.get(3)?),
                     expires_at: row.get::<_, Option<i64>>(4)?.map(from_millis),
                     generation: Generation(u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0)),
-                    bearer: Default::default(),
+                    derived: Default::default(),
                 })
             },
         )
