@@ -95,6 +95,11 @@ mod oauth;
 mod obo;
 mod refresh;
 mod replay;
+
+/// The README's code blocks, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 #[cfg(feature = "rmcp")]
 #[path = "rmcp_client.rs"]
 pub mod rmcp;
