@@ -93,6 +93,8 @@ mod limits;
 pub mod metrics;
 mod oauth;
 mod obo;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 mod refresh;
 mod replay;
 

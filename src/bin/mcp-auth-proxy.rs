@@ -1,0 +1,148 @@
+//! `mcp-auth-proxy`: MCP servers behind one address, auth added transparently.
+//!
+//! ```text
+//! mcp-auth-proxy serve --config proxy.toml   # run the gateway
+//! mcp-auth-proxy check --config proxy.toml   # validate a configuration, every error with its line
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tower_mcp_auth::proxy::{Gateway, ProxyConfig};
+
+/// How long streams may go on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+const USAGE: &str = "usage: mcp-auth-proxy <serve|check> --config <file>";
+
+fn config_path(args: &[String]) -> Option<PathBuf> {
+    let at = args.iter().position(|a| a == "--config")?;
+    args.get(at + 1).map(PathBuf::from)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(command), Some(path)) = (args.first(), config_path(&args)) else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let config = match ProxyConfig::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match command.as_str() {
+        "check" => {
+            println!(
+                "{}: ok ({} upstream{}, listening on {})",
+                path.display(),
+                config.upstreams.len(),
+                if config.upstreams.len() == 1 { "" } else { "s" },
+                config.listen
+            );
+            ExitCode::SUCCESS
+        }
+        "serve" => serve(config),
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(config: ProxyConfig) -> ExitCode {
+    // Logs go to stderr, structured by tracing; no secret is ever a field.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match Gateway::new(&config) {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, listen = %config.listen, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().unwrap_or(config.listen);
+        // The address on stdout, for supervisors and tests that asked for port 0.
+        println!("listening on http://{addr}");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = axum::serve(
+            listener,
+            gateway
+                .router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        let mut server = std::pin::pin!(server.into_future());
+        tokio::select! {
+            result = &mut server => return exit(result),
+            () = shutdown_signal() => {}
+        }
+        tracing::info!(grace = ?SHUTDOWN_GRACE, "shutting down; letting streams finish");
+        let _ = stop.send(true);
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(result) => exit(result),
+            Err(_) => {
+                tracing::warn!("streams still open after the grace period; closing them");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+fn exit(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => return interrupt.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

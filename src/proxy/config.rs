@@ -1,0 +1,498 @@
+//! The gateway's configuration: one TOML file, secrets only from the environment.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error, with the line it is about (1-based) when it has one.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The line of the offending value, if the error is about one.
+    pub line: Option<usize>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// The gateway's configuration, validated.
+///
+/// ```
+/// let config = tower_mcp_auth::proxy::ProxyConfig::parse(r#"
+/// listen = "127.0.0.1:8080"
+///
+/// [identity]
+/// mode = "trusted-header"
+/// header = "x-user"
+/// trusted_sources = ["127.0.0.1"]
+///
+/// [[upstream]]
+/// name = "everything"
+/// url = "http://127.0.0.1:3001/mcp"
+/// auth = "none"
+/// "#, &|_| None).unwrap();
+/// assert_eq!(config.upstreams[0].name, "everything");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where the gateway listens.
+    pub listen: SocketAddr,
+    /// Where credentials and flows live.
+    pub store: StoreConfig,
+    /// Who the caller is.
+    pub identity: IdentityConfig,
+    /// The MCP servers behind the gateway, reached at `/{name}/mcp`.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The largest request body accepted (bytes); larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+/// Where credentials and flows live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// A SQLite file (the default: `mcp-auth-proxy.db` beside the working directory).
+    Sqlite(PathBuf),
+    /// A Redis URL, for replicas.
+    Redis(String),
+}
+
+/// How the gateway learns who is calling.
+#[derive(Debug, Clone)]
+pub enum IdentityConfig {
+    /// A header set by a front proxy, believed only from `trusted_sources`.
+    TrustedHeader {
+        /// The header carrying the user (the principal's subject).
+        header: HeaderName,
+        /// The tenant of every principal.
+        tenant: String,
+        /// The peers allowed to set the header.
+        trusted_sources: Vec<IpAddr>,
+    },
+}
+
+/// One MCP server behind the gateway.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The path segment: the upstream is served at `/{name}/mcp`.
+    pub name: String,
+    /// The MCP endpoint.
+    pub url: url::Url,
+    /// How the gateway authenticates to it.
+    pub auth: UpstreamAuth,
+}
+
+/// How the gateway authenticates to an upstream.
+#[derive(Clone)]
+pub enum UpstreamAuth {
+    /// Nothing added.
+    None,
+    /// A static header, its value from the environment.
+    Header {
+        /// The header.
+        name: HeaderName,
+        /// Its value (sensitive).
+        value: HeaderValue,
+    },
+}
+
+impl fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAuth::None => f.write_str("None"),
+            UpstreamAuth::Header { name, .. } => {
+                write!(f, "Header {{ name: {name}, value: [redacted] }}")
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Spanned<String>,
+    #[serde(default)]
+    store: Option<RawStore>,
+    identity: Spanned<RawIdentity>,
+    #[serde(default)]
+    max_body_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    upstream: Vec<Spanned<RawUpstream>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    sqlite: Option<Spanned<String>>,
+    redis_url_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    mode: Spanned<String>,
+    header: Option<Spanned<String>>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    trusted_sources: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    auth: Spanned<String>,
+    header_name: Option<Spanned<String>>,
+    header_value_env: Option<Spanned<String>>,
+}
+
+/// The default request body cap: 4 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+impl ProxyConfig {
+    /// Reads and validates the file at `path`, secrets from the process environment.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            line: None,
+            message: format!("cannot read {}: {error}", path.display()),
+        })?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates `text`; `env` looks secrets up by variable name.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let line_of = |span: Range<usize>| {
+            let end = span.start.min(text.len());
+            Some(
+                text.as_bytes()[..end]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1,
+            )
+        };
+        let at = |span: Range<usize>, message: String| ConfigError {
+            line: line_of(span),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError {
+            line: error.span().and_then(line_of),
+            message: error.message().to_owned(),
+        })?;
+        let listen = raw.listen.get_ref().parse().map_err(|_| {
+            at(
+                raw.listen.span(),
+                format!(
+                    "listen: `{}` is not an address and port (e.g. 127.0.0.1:8080)",
+                    raw.listen.get_ref()
+                ),
+            )
+        })?;
+        let store = match raw.store {
+            None => StoreConfig::Sqlite(PathBuf::from("mcp-auth-proxy.db")),
+            Some(RawStore {
+                sqlite: Some(_),
+                redis_url_env: Some(redis),
+            }) => {
+                return Err(at(
+                    redis.span(),
+                    "store: give `sqlite` or `redis_url_env`, not both".into(),
+                ));
+            }
+            Some(RawStore {
+                sqlite: Some(path), ..
+            }) => StoreConfig::Sqlite(PathBuf::from(path.into_inner())),
+            Some(RawStore {
+                redis_url_env: Some(variable),
+                ..
+            }) => match env(variable.get_ref()) {
+                Some(url) => StoreConfig::Redis(url),
+                None => {
+                    return Err(at(
+                        variable.span(),
+                        format!(
+                            "store: environment variable `{}` is not set",
+                            variable.get_ref()
+                        ),
+                    ));
+                }
+            },
+            Some(RawStore { .. }) => StoreConfig::Sqlite(PathBuf::from("mcp-auth-proxy.db")),
+        };
+        let identity_span = raw.identity.span();
+        let raw_identity = raw.identity.into_inner();
+        let identity = match raw_identity.mode.get_ref().as_str() {
+            "trusted-header" => {
+                let header = raw_identity.header.ok_or_else(|| {
+                    at(
+                        identity_span.clone(),
+                        "identity: mode `trusted-header` needs `header`".into(),
+                    )
+                })?;
+                let name = HeaderName::try_from(header.get_ref().as_str()).map_err(|_| {
+                    at(
+                        header.span(),
+                        format!(
+                            "identity.header: `{}` is not a header name",
+                            header.get_ref()
+                        ),
+                    )
+                })?;
+                if raw_identity.trusted_sources.is_empty() {
+                    return Err(at(
+                        identity_span,
+                        "identity: `trusted_sources` must list the front proxy's addresses".into(),
+                    ));
+                }
+                let mut sources = Vec::new();
+                for source in raw_identity.trusted_sources {
+                    sources.push(source.get_ref().parse::<IpAddr>().map_err(|_| {
+                        at(
+                            source.span(),
+                            format!(
+                                "identity.trusted_sources: `{}` is not an IP address",
+                                source.get_ref()
+                            ),
+                        )
+                    })?);
+                }
+                IdentityConfig::TrustedHeader {
+                    header: name,
+                    tenant: raw_identity.tenant.unwrap_or_else(|| "default".into()),
+                    trusted_sources: sources,
+                }
+            }
+            other => {
+                return Err(at(
+                    raw_identity.mode.span(),
+                    format!("identity.mode: unknown mode `{other}` (known: trusted-header)"),
+                ));
+            }
+        };
+        let max_body_bytes = match raw.max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(max) => usize::try_from(*max.get_ref())
+                .ok()
+                .filter(|max| *max > 0)
+                .ok_or_else(|| at(max.span(), "max_body_bytes: must be positive".into()))?,
+        };
+        if raw.upstream.is_empty() {
+            return Err(ConfigError {
+                line: None,
+                message: "no [[upstream]]: the gateway would have nothing to serve".into(),
+            });
+        }
+        let mut names = HashSet::new();
+        let mut upstreams = Vec::new();
+        for upstream in raw.upstream {
+            let upstream = upstream.into_inner();
+            let name = upstream.name.get_ref();
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_name {
+                return Err(at(
+                    upstream.name.span(),
+                    format!("upstream.name: `{name}` must be letters, digits, `-` or `_`"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(at(
+                    upstream.name.span(),
+                    format!("upstream.name: `{name}` is used twice"),
+                ));
+            }
+            let url = url::Url::parse(upstream.url.get_ref())
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    at(
+                        upstream.url.span(),
+                        format!(
+                            "upstream.url: `{}` is not an http(s) URL",
+                            upstream.url.get_ref()
+                        ),
+                    )
+                })?;
+            let auth = match upstream.auth.get_ref().as_str() {
+                "none" => UpstreamAuth::None,
+                "header" => {
+                    let (Some(header), Some(variable)) =
+                        (upstream.header_name, upstream.header_value_env)
+                    else {
+                        return Err(at(
+                            upstream.auth.span(),
+                            "upstream: auth `header` needs `header_name` and `header_value_env` (the value comes from the environment, never from this file)".into(),
+                        ));
+                    };
+                    let name = HeaderName::try_from(header.get_ref().as_str()).map_err(|_| {
+                        at(
+                            header.span(),
+                            format!(
+                                "upstream.header_name: `{}` is not a header name",
+                                header.get_ref()
+                            ),
+                        )
+                    })?;
+                    let value = env(variable.get_ref()).ok_or_else(|| {
+                        at(
+                            variable.span(),
+                            format!(
+                                "upstream.header_value_env: environment variable `{}` is not set",
+                                variable.get_ref()
+                            ),
+                        )
+                    })?;
+                    let mut value = HeaderValue::try_from(value).map_err(|_| {
+                        at(
+                            variable.span(),
+                            format!(
+                                "upstream.header_value_env: `{}` holds no valid header value",
+                                variable.get_ref()
+                            ),
+                        )
+                    })?;
+                    value.set_sensitive(true);
+                    UpstreamAuth::Header { name, value }
+                }
+                "oauth" | "obo" => {
+                    return Err(at(
+                        upstream.auth.span(),
+                        format!(
+                            "upstream.auth: `{}` is not available in this version yet (known: none, header)",
+                            upstream.auth.get_ref()
+                        ),
+                    ));
+                }
+                other => {
+                    return Err(at(
+                        upstream.auth.span(),
+                        format!("upstream.auth: unknown mode `{other}` (known: none, header)"),
+                    ));
+                }
+            };
+            upstreams.push(UpstreamConfig {
+                name: upstream.name.into_inner(),
+                url,
+                auth,
+            });
+        }
+        Ok(Self {
+            listen,
+            store,
+            identity,
+            upstreams,
+            max_body_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"listen = "127.0.0.1:8080"
+
+[identity]
+mode = "trusted-header"
+header = "x-user"
+trusted_sources = ["127.0.0.1", "::1"]
+
+[[upstream]]
+name = "plain"
+url = "http://127.0.0.1:3001/mcp"
+auth = "none"
+
+[[upstream]]
+name = "keyed"
+url = "https://mcp.example.com/mcp"
+auth = "header"
+header_name = "x-api-key"
+header_value_env = "KEYED_SECRET"
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "KEYED_SECRET").then(|| "s3cr3t".to_owned())
+    }
+
+    #[test]
+    fn a_good_file_parses_and_secrets_stay_out_of_debug() {
+        let config = ProxyConfig::parse(GOOD, &env).unwrap();
+        assert_eq!(config.upstreams.len(), 2);
+        assert_eq!(
+            config.store,
+            StoreConfig::Sqlite("mcp-auth-proxy.db".into())
+        );
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn every_error_names_its_line() {
+        let cases = [
+            (GOOD.replace("127.0.0.1:8080", "nowhere"), 1, "listen"),
+            (
+                GOOD.replace("mode = \"trusted-header\"", "mode = \"magic\""),
+                4,
+                "unknown mode",
+            ),
+            (
+                GOOD.replace("\"::1\"", "\"not-an-ip\""),
+                6,
+                "not an IP address",
+            ),
+            (
+                GOOD.replace("name = \"keyed\"", "name = \"plain\""),
+                14,
+                "used twice",
+            ),
+            (
+                GOOD.replace("auth = \"none\"", "auth = \"kerberos\""),
+                11,
+                "unknown mode",
+            ),
+            (
+                GOOD.replace("http://127.0.0.1:3001/mcp", "ftp://x"),
+                10,
+                "not an http(s) URL",
+            ),
+            (
+                GOOD.replace("KEYED_SECRET", "MISSING_SECRET"),
+                18,
+                "is not set",
+            ),
+            (
+                GOOD.replace("name = \"plain\"", "name = \"a/b\""),
+                9,
+                "letters, digits",
+            ),
+            (
+                GOOD.replace("auth = \"none\"", "auth = \"none\"\nsurprise = 1"),
+                12,
+                "surprise",
+            ),
+            (GOOD.replace("listen = ", "listen = = "), 1, ""),
+        ];
+        for (text, line, needle) in cases {
+            let error = ProxyConfig::parse(&text, &env).unwrap_err();
+            assert_eq!(error.line, Some(line), "{error} in\n{text}");
+            assert!(error.to_string().contains(needle), "{error}");
+        }
+        let error = ProxyConfig::parse("listen = \"127.0.0.1:1\"\n[identity]\nmode = \"trusted-header\"\nheader = \"x-user\"\ntrusted_sources = [\"127.0.0.1\"]\n", &env).unwrap_err();
+        assert!(error.to_string().contains("no [[upstream]]"), "{error}");
+    }
+}

@@ -1,0 +1,290 @@
+//! The gateway's HTTP server: `/{upstream}/mcp` forwarded through a per-upstream
+//! stack, `/healthz`, `/readyz`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, StatusCode, header};
+use serde_json::json;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+use super::config::{IdentityConfig, ProxyConfig, StoreConfig, UpstreamAuth};
+use crate::client::{HttpClientConfig, ReqwestService};
+use crate::error::Error;
+use crate::key::{AuthKey, BindingId, Principal};
+use crate::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer};
+use crate::store::CredentialStore;
+use crate::{BreakerConfig, ReplayBody};
+
+type UpstreamService =
+    BoxCloneSyncService<http::Request<ReplayBody>, http::Response<reqwest::Body>, BoxError>;
+
+/// One upstream as the gateway serves it.
+#[derive(Clone)]
+struct Upstream {
+    url: url::Url,
+    service: UpstreamService,
+}
+
+/// The gateway: its upstreams, identity rule and store.
+#[derive(Clone)]
+pub struct Gateway {
+    upstreams: Arc<HashMap<String, Upstream>>,
+    identity: Arc<IdentityConfig>,
+    store: Arc<dyn CredentialStore>,
+    max_body_bytes: usize,
+}
+
+/// Why the gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] crate::error::StoreError),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientBuildError),
+}
+
+impl Gateway {
+    /// Builds the gateway for `config`: opens the store, builds one stack per upstream.
+    pub fn new(config: &ProxyConfig) -> Result<Self, GatewayError> {
+        let store: Arc<dyn CredentialStore> = match &config.store {
+            StoreConfig::Sqlite(path) => Arc::new(crate::store::SqliteStore::open(path)?),
+            StoreConfig::Redis(url) => {
+                #[cfg(feature = "redis")]
+                {
+                    Arc::new(crate::store::RedisStore::builder(url.clone()).build()?)
+                }
+                #[cfg(not(feature = "redis"))]
+                {
+                    let _ = url;
+                    return Err(GatewayError::Store(crate::error::StoreError::new(
+                        std::io::Error::other("this build has no Redis support (feature `redis`)"),
+                    )));
+                }
+            }
+        };
+        // No overall timeout: SSE streams stay open as long as the upstream keeps them.
+        let http = ReqwestService::with_config(
+            &HttpClientConfig::new().connect_timeout(Duration::from_secs(10)),
+        )?;
+        let mut upstreams = HashMap::new();
+        for upstream in &config.upstreams {
+            // The breaker is keyed by upstream and principal: one user's failures never
+            // refuse another's calls.
+            let breaker = CircuitBreakerLayer::new(BreakerConfig::default())
+                .with_keying(BreakerKeying::OriginAndPrincipal);
+            let service = match &upstream.auth {
+                UpstreamAuth::None => BoxCloneSyncService::new(
+                    ServiceBuilder::new().layer(breaker).service(http.clone()),
+                ),
+                UpstreamAuth::Header { name, value } => BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .layer(breaker)
+                        .layer(tower_http::set_header::SetRequestHeaderLayer::overriding(
+                            name.clone(),
+                            value.clone(),
+                        ))
+                        .service(http.clone()),
+                ),
+            };
+            upstreams.insert(
+                upstream.name.clone(),
+                Upstream {
+                    url: upstream.url.clone(),
+                    service,
+                },
+            );
+        }
+        Ok(Self {
+            upstreams: Arc::new(upstreams),
+            identity: Arc::new(config.identity.clone()),
+            store,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    /// The gateway as an axum router (serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`: the trusted-header
+    /// identity needs the peer address).
+    pub fn router(self) -> axum::Router {
+        let max = self.max_body_bytes;
+        axum::Router::new()
+            .route("/{upstream}/mcp", axum::routing::any(forward))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route("/readyz", axum::routing::get(ready))
+            .with_state(self)
+            .layer(
+                ServiceBuilder::new()
+                    // Secrets never reach the trace output.
+                    .layer(
+                        tower_http::sensitive_headers::SetSensitiveHeadersLayer::new([
+                            header::AUTHORIZATION,
+                            header::COOKIE,
+                            header::SET_COOKIE,
+                        ]),
+                    )
+                    .layer(tower_http::trace::TraceLayer::new_for_http())
+                    .layer(tower_http::limit::RequestBodyLimitLayer::new(max)),
+            )
+    }
+}
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    let mut response = (
+        status,
+        axum::Json(
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": message}}),
+        ),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"mcp-auth-proxy\""),
+        );
+    }
+    response
+}
+
+/// Who is calling, by the configured rule.
+fn principal(
+    identity: &IdentityConfig,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Principal, (StatusCode, &'static str)> {
+    match identity {
+        IdentityConfig::TrustedHeader {
+            header,
+            tenant,
+            trusted_sources,
+        } => {
+            let claimed = headers.get(header);
+            if !trusted_sources.contains(&peer.ip()) {
+                if claimed.is_some() {
+                    tracing::warn!(peer = %peer.ip(), "identity header from an untrusted address refused");
+                    return Err((
+                        StatusCode::FORBIDDEN,
+                        "identity header from an untrusted address",
+                    ));
+                }
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    "no identity: requests must come through the front proxy",
+                ));
+            }
+            let user = claimed
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .ok_or((StatusCode::UNAUTHORIZED, "no identity header"))?;
+            Ok(Principal::new(tenant.as_str(), user))
+        }
+    }
+}
+
+async fn forward(
+    State(gateway): State<Gateway>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let Some(upstream) = gateway.upstreams.get(&name).cloned() else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no upstream named `{name}`"),
+        );
+    };
+    let principal = match principal(&gateway.identity, peer, request.headers()) {
+        Ok(principal) => principal,
+        Err((status, message)) => return json_error(status, message),
+    };
+    let (mut parts, body) = request.into_parts();
+    // MCP forbids token passthrough: the caller's credentials stay here.
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove(header::COOKIE);
+    parts.headers.remove(header::HOST);
+    let IdentityConfig::TrustedHeader { header, .. } = &*gateway.identity;
+    parts.headers.remove(header);
+    strip_hop_by_hop(&mut parts.headers);
+    let mut url = upstream.url.clone();
+    url.set_query(parts.uri.query());
+    parts.uri = match url.as_str().parse() {
+        Ok(uri) => uri,
+        Err(_) => return json_error(StatusCode::BAD_GATEWAY, "upstream URL"),
+    };
+    parts.extensions = http::Extensions::new();
+    parts.extensions.insert(principal);
+    let request = http::Request::from_parts(parts, ReplayBody::new(body));
+    match upstream.service.oneshot(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            // Streamed as it arrives: SSE events are passed on one by one.
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => match Error::find(error.as_ref()) {
+            Some(Error::CircuitOpen { retry_after, .. }) => {
+                let mut response = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream unavailable; retry later",
+                );
+                let seconds = retry_after.as_secs().max(1);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, seconds.into());
+                response
+            }
+            _ => {
+                tracing::warn!(upstream = %name, %error, "upstream call failed");
+                json_error(StatusCode::BAD_GATEWAY, "upstream unreachable")
+            }
+        },
+    }
+}
+
+async fn ready(State(gateway): State<Gateway>) -> Response {
+    let probe = AuthKey::new(
+        &Principal::new("mcp-auth-proxy", "readyz"),
+        BindingId([0; 32]),
+    );
+    match tokio::time::timeout(Duration::from_secs(2), gateway.store.load(&probe)).await {
+        Ok(Ok(_)) => "ready".into_response(),
+        Ok(Err(error)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}")).into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store: timed out").into_response(),
+    }
+}

@@ -1,0 +1,299 @@
+//! The `mcp-auth-proxy` binary, run as a user would: a TOML file, secrets from the
+//! environment, real upstream MCP servers on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tower_mcp_auth::client::ReqwestService;
+use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mcp-auth-proxy");
+
+struct Proxy {
+    child: Child,
+    url: String,
+    _dir: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("proxy")
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the gateway with `config` (listening on a free port); returns once it
+/// printed its address.
+fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Proxy {
+    let dir = dir(name);
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    Proxy {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+fn config(trusted: &str, upstreams: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+max_body_bytes = 65536
+
+[store]
+sqlite = "gateway.db"
+
+[identity]
+mode = "trusted-header"
+header = "x-user"
+trusted_sources = ["{trusted}"]
+{upstreams}"#
+    )
+}
+
+fn http() -> reqwest::Client {
+    ReqwestService::builder().unwrap().build().unwrap()
+}
+
+fn call(id: u64, tool: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": {"text": "hi"}}})
+    .to_string()
+}
+
+async fn post(url: &str, user: Option<&str>, body: String) -> reqwest::Response {
+    let mut request = http()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        // The caller's own token must never reach the upstream.
+        .header("authorization", "Bearer caller-token-must-stay-home")
+        .body(body);
+    if let Some(user) = user {
+        request = request.header("x-user", user);
+    }
+    request.send().await.unwrap()
+}
+
+/// A JSON-RPC message from a JSON or SSE body.
+fn message(content_type: &str, body: &str) -> Value {
+    if content_type.starts_with("text/event-stream") {
+        let data: String = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .collect();
+        serde_json::from_str(&data).unwrap()
+    } else {
+        serde_json::from_str(body).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn header_auth_is_added_the_callers_token_stays_home_and_sse_streams() {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let token = auth.issue("gateway", "service-account", None);
+    let bearer = format!("Bearer {}", token.access_token.expose());
+    let upstreams = format!(
+        r#"
+[[upstream]]
+name = "tools"
+url = "{}"
+auth = "header"
+header_name = "authorization"
+header_value_env = "TOOLS_BEARER"
+"#,
+        mcp.url()
+    );
+    let proxy = start(
+        "header",
+        &config("127.0.0.1", &upstreams),
+        &[("TOOLS_BEARER", bearer.as_str())],
+    );
+    let endpoint = format!("{}/tools/mcp", proxy.url);
+
+    for sse in [false, true] {
+        mcp.set_sse(sse);
+        let response = post(&endpoint, Some("alice"), call(1, "whoami")).await;
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(content_type.starts_with("text/event-stream"), sse);
+        let body = response.text().await.unwrap();
+        assert_eq!(
+            message(&content_type, &body)["result"]["content"][0]["text"],
+            "service-account"
+        );
+    }
+    let seen = mcp.seen_tokens();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|t| t == token.access_token.expose()),
+        "the upstream saw another token: {seen:?}"
+    );
+
+    // A malformed JSON-RPC body is passed on; the upstream's answer comes back as it is.
+    let response = post(&endpoint, Some("alice"), "{not json".into()).await;
+    let status = response.status();
+    assert!(status.is_client_error(), "{status}");
+    let health = http()
+        .get(format!("{}/healthz", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = http()
+        .get(format!("{}/readyz", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer() {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let upstreams = format!(
+        "\n[[upstream]]\nname = \"open\"\nurl = \"{}\"\nauth = \"none\"\n",
+        mcp.url()
+    );
+    let proxy = start("bad-input", &config("127.0.0.1", &upstreams), &[]);
+
+    // Unknown upstream.
+    let response = post(
+        &format!("{}/nope/mcp", proxy.url),
+        Some("alice"),
+        call(1, "echo"),
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+    // No identity from a trusted address: 401 with a challenge.
+    let response = post(&format!("{}/open/mcp", proxy.url), None, call(1, "echo")).await;
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+    // Oversize body: 413, nothing reaches the upstream.
+    let before = mcp.stats().requests;
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":\"{}\"}}",
+        "a".repeat(70_000)
+    );
+    let response = post(&format!("{}/open/mcp", proxy.url), Some("alice"), big).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(mcp.stats().requests, before);
+    // Without credentials the upstream answers 401 itself; the gateway passes it on.
+    let response = post(
+        &format!("{}/open/mcp", proxy.url),
+        Some("alice"),
+        call(1, "echo"),
+    )
+    .await;
+    assert_eq!(response.status(), 401);
+
+    // A gateway that trusts only another address refuses a spoofed identity header.
+    let strict = start("strict", &config("10.9.9.9", &upstreams), &[]);
+    let before = mcp.stats().requests;
+    let response = post(
+        &format!("{}/open/mcp", strict.url),
+        Some("admin"),
+        call(1, "echo"),
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(mcp.stats().requests, before, "nothing forwarded");
+}
+
+#[test]
+fn check_explains_every_error_with_its_line() {
+    let dir = dir("check");
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        config(
+            "127.0.0.1",
+            "\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\nauth = \"none\"\n",
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .args(["check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok (1 upstream"));
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        config(
+            "127.0.0.1",
+            "\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\nauth = \"header\"\nheader_name = \"x-key\"\nheader_value_env = \"NOT_SET_ANYWHERE\"\n",
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .args(["check", "--config", bad.to_str().unwrap()])
+        .env_remove("NOT_SET_ANYWHERE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 17:") && stderr.contains("NOT_SET_ANYWHERE"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let upstreams = format!(
+        "\n[[upstream]]\nname = \"a\"\nurl = \"{}\"\nauth = \"none\"\n",
+        mcp.url()
+    );
+    let mut proxy = start("sigterm", &config("127.0.0.1", &upstreams), &[]);
+    let pid = proxy.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
