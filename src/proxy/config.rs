@@ -81,6 +81,14 @@ pub enum IdentityConfig {
         /// The peers allowed to set the header.
         trusted_sources: Vec<IpAddr>,
     },
+    /// Every caller is one principal: for a single-user gateway on a workstation or a
+    /// test bench, never for a shared one.
+    Anonymous {
+        /// The principal every request acts for.
+        tenant: String,
+        /// The principal's subject.
+        subject: String,
+    },
 }
 
 /// One MCP server behind the gateway.
@@ -276,10 +284,16 @@ impl ProxyConfig {
                     trusted_sources: sources,
                 }
             }
+            "anonymous" => IdentityConfig::Anonymous {
+                tenant: raw_identity.tenant.unwrap_or_else(|| "default".into()),
+                subject: "anonymous".to_owned(),
+            },
             other => {
                 return Err(at(
                     raw_identity.mode.span(),
-                    format!("identity.mode: unknown mode `{other}` (known: trusted-header)"),
+                    format!(
+                        "identity.mode: unknown mode `{other}` (known: trusted-header, anonymous)"
+                    ),
                 ));
             }
         };

@@ -78,8 +78,10 @@ impl Gateway {
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
             // The breaker is keyed by upstream and principal: one user's failures never
-            // refuse another's calls.
-            let breaker = CircuitBreakerLayer::new(BreakerConfig::default())
+            // refuse another's calls. No storm guard: the gateway forwards its callers'
+            // sessions, and a caller that opens many sessions against a healthy server
+            // must not be refused (only upstream failures count).
+            let breaker = CircuitBreakerLayer::new(BreakerConfig::default().without_storm_guard())
                 .with_keying(BreakerKeying::OriginAndPrincipal);
             let service = match &upstream.auth {
                 UpstreamAuth::None => BoxCloneSyncService::new(
@@ -212,6 +214,9 @@ fn principal(
                 .ok_or((StatusCode::UNAUTHORIZED, "no identity header"))?;
             Ok(Principal::new(tenant.as_str(), user))
         }
+        IdentityConfig::Anonymous { tenant, subject } => {
+            Ok(Principal::new(tenant.as_str(), subject.as_str()))
+        }
     }
 }
 
@@ -236,8 +241,9 @@ async fn forward(
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::COOKIE);
     parts.headers.remove(header::HOST);
-    let IdentityConfig::TrustedHeader { header, .. } = &*gateway.identity;
-    parts.headers.remove(header);
+    if let IdentityConfig::TrustedHeader { header, .. } = &*gateway.identity {
+        parts.headers.remove(header);
+    }
     strip_hop_by_hop(&mut parts.headers);
     let mut url = upstream.url.clone();
     url.set_query(parts.uri.query());
