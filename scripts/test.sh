@@ -93,6 +93,9 @@ scripts/conformance.sh
 step "MCP conformance suite again, with rmcp's transport on the crate's layers (examples/rmcp_conformance_client.rs)"
 CLIENT=rmcp scripts/conformance.sh
 
+step "mcp-auth-proxy: the README's example configuration is valid"
+cargo run --quiet --features proxy --bin mcp-auth-proxy -- check --config proxy.example.toml
+
 step "mcp-auth-proxy transparency: the suite's server scenarios against server-everything, directly and through the gateway"
 scripts/gateway-conformance.sh
 
