@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tower_mcp_auth::client::ReqwestService;
-use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
+use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer, TestUpstream};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mcp-auth-proxy");
 
@@ -296,4 +296,47 @@ async fn sigterm_shuts_down_cleanly() {
         assert!(std::time::Instant::now() < deadline, "still running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn metrics_show_the_breaker_and_no_identity() {
+    let upstream = TestUpstream::start().await.unwrap();
+    upstream.set_status(503);
+    let upstreams = format!(
+        "\n[[upstream]]\nname = \"flaky\"\nurl = \"{}\"\nauth = \"none\"\n",
+        upstream.url()
+    );
+    let proxy = start("metrics", &config("127.0.0.1", &upstreams), &[]);
+    let endpoint = format!("{}/flaky/mcp", proxy.url);
+    let mut statuses = Vec::new();
+    for id in 0..8 {
+        statuses.push(
+            post(&endpoint, Some("alice-metrics"), call(id, "echo"))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    // Five upstream failures pass through, then the circuit refuses with 503 itself.
+    assert_eq!(&statuses[..5], &[503; 5], "{statuses:?}");
+    let text = http()
+        .get(format!("{}/metrics", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("mcp_auth_breaker_transitions_total{to=\"open\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_auth_breaker_refusals_total{reason=\"open\"}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("alice-metrics") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
 }

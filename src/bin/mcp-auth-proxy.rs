@@ -75,7 +75,10 @@ fn serve(config: ProxyConfig) -> ExitCode {
     };
     runtime.block_on(async move {
         let gateway = match Gateway::new(&config) {
-            Ok(gateway) => gateway,
+            Ok(gateway) => match metrics_recorder() {
+                Some(handle) => gateway.with_metrics(handle),
+                None => gateway,
+            },
             Err(error) => {
                 tracing::error!(%error, "cannot start");
                 return ExitCode::FAILURE;
@@ -117,6 +120,20 @@ fn serve(config: ProxyConfig) -> ExitCode {
             }
         }
     })
+}
+
+/// The process-wide Prometheus recorder for the crate's counters (`/metrics`).
+fn metrics_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => {
+            tower_mcp_auth::metrics::describe();
+            Some(handle)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "metrics disabled");
+            None
+        }
+    }
 }
 
 fn exit(result: std::io::Result<()>) -> ExitCode {

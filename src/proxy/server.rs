@@ -39,6 +39,7 @@ pub struct Gateway {
     identity: Arc<IdentityConfig>,
     store: Arc<dyn CredentialStore>,
     max_body_bytes: usize,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Why the gateway could not be built.
@@ -110,7 +111,15 @@ impl Gateway {
             identity: Arc::new(config.identity.clone()),
             store,
             max_body_bytes: config.max_body_bytes,
+            metrics: None,
         })
+    }
+
+    /// Serves `/metrics` from `handle` (the crate's counters, Prometheus text format).
+    /// The binary installs the recorder; a library user may install their own.
+    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// The gateway as an axum router (serve it with
@@ -122,6 +131,7 @@ impl Gateway {
             .route("/{upstream}/mcp", axum::routing::any(forward))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .route("/readyz", axum::routing::get(ready))
+            .route("/metrics", axum::routing::get(metrics))
             .with_state(self)
             .layer(
                 ServiceBuilder::new()
@@ -278,6 +288,17 @@ async fn forward(
                 json_error(StatusCode::BAD_GATEWAY, "upstream unreachable")
             }
         },
+    }
+}
+
+async fn metrics(State(gateway): State<Gateway>) -> Response {
+    match &gateway.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
     }
 }
 
