@@ -123,17 +123,13 @@ fn serve(config: ProxyConfig) -> ExitCode {
 }
 
 /// The process-wide Prometheus recorder for the crate's counters (`/metrics`).
-fn metrics_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => {
-            tower_mcp_auth::metrics::describe();
-            Some(handle)
-        }
-        Err(error) => {
-            tracing::warn!(%error, "metrics disabled");
-            None
-        }
+fn metrics_recorder() -> Option<tower_mcp_auth::proxy::PrometheusHandle> {
+    let handle = tower_mcp_auth::proxy::PrometheusRecorder::new().install();
+    match &handle {
+        Some(_) => tower_mcp_auth::metrics::describe(),
+        None => tracing::warn!("another metrics recorder is installed; /metrics disabled"),
     }
+    handle
 }
 
 fn exit(result: std::io::Result<()>) -> ExitCode {

@@ -20,10 +20,12 @@
 //! ```
 
 mod config;
+mod prometheus;
 mod server;
 
 pub use config::{
     ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, ProxyConfig, StoreConfig, UpstreamAuth,
     UpstreamConfig,
 };
+pub use prometheus::{PrometheusHandle, PrometheusRecorder};
 pub use server::{Gateway, GatewayError};

@@ -39,7 +39,7 @@ pub struct Gateway {
     identity: Arc<IdentityConfig>,
     store: Arc<dyn CredentialStore>,
     max_body_bytes: usize,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    metrics: Option<super::PrometheusHandle>,
 }
 
 /// Why the gateway could not be built.
@@ -117,7 +117,7 @@ impl Gateway {
 
     /// Serves `/metrics` from `handle` (the crate's counters, Prometheus text format).
     /// The binary installs the recorder; a library user may install their own.
-    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+    pub fn with_metrics(mut self, handle: super::PrometheusHandle) -> Self {
         self.metrics = Some(handle);
         self
     }
