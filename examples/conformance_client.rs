@@ -99,6 +99,46 @@ struct McpClient {
     next_id: u64,
     /// The user's token, for On-Behalf-Of exchanges (never sent as is).
     assertion: Option<UserAssertion>,
+    /// Responses that arrived on a stream nobody was reading them from (a server may
+    /// answer a resumed request on any GET stream, the standalone one included).
+    unclaimed: Arc<Unclaimed>,
+}
+
+#[derive(Default)]
+struct Unclaimed {
+    responses: std::sync::Mutex<std::collections::HashMap<String, Value>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Unclaimed {
+    fn put(&self, message: Value) {
+        let id = message["id"].to_string();
+        self.responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, message);
+        self.arrived.notify_waiters();
+    }
+
+    fn take(&self, id: u64) -> Option<Value> {
+        self.responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&json!(id).to_string())
+    }
+
+    /// Waits until the response to `id` arrives on another stream.
+    async fn claim(&self, id: u64) -> Value {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(message) = self.take(id) {
+                return message;
+            }
+            arrived.await;
+        }
+    }
 }
 
 impl McpClient {
@@ -180,20 +220,27 @@ impl McpClient {
                 let body = response.into_body().collect().await?.to_bytes();
                 return result_of(serde_json::from_slice(&body)?);
             }
-            if let Some(message) = self
-                .read_stream(
-                    response.into_body(),
-                    Some(id),
-                    &mut last_event_id,
-                    &mut retry,
-                )
-                .await?
-            {
-                return result_of(message);
+            let unclaimed = self.unclaimed.clone();
+            let read = self.read_stream(
+                response.into_body(),
+                Some(id),
+                &mut last_event_id,
+                &mut retry,
+            );
+            tokio::select! {
+                read = read => {
+                    if let Some(message) = read? {
+                        return result_of(message);
+                    }
+                }
+                message = unclaimed.claim(id) => return result_of(message),
             }
             // The stream closed before the response: resume it after `retry`.
             eprintln!("stream closed before the response to {method}; reconnecting in {retry:?}");
             tokio::time::sleep(retry).await;
+            if let Some(message) = self.unclaimed.take(id) {
+                return result_of(message);
+            }
             response = self.send(self.get(last_event_id.as_deref())?).await?;
             check_status(&response, "GET stream")?;
         }
@@ -241,6 +288,8 @@ impl McpClient {
                     self.answer_server_message(&message).await?;
                 } else if want.is_some_and(|id| message["id"] == json!(id)) {
                     return Ok(Some(message));
+                } else if message.get("id").is_some() {
+                    self.unclaimed.put(message);
                 }
             }
         }
@@ -484,6 +533,7 @@ async fn run(server: String, context: ConformanceContext) -> Result<(), BoxError
         protocol_version: None,
         next_id: 0,
         assertion,
+        unclaimed: Arc::default(),
     };
     let initialized = client
         .request(
