@@ -103,7 +103,6 @@ mod replay;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 #[cfg(feature = "rmcp")]
-#[path = "rmcp_client.rs"]
 pub mod rmcp;
 mod single_flight;
 pub mod store;
