@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# One clean build, not an edit loop: incremental caches would only cost disk (GBs here).
+export CARGO_INCREMENTAL=0
+disk() { printf 'disk: %s free on the target filesystem; target/ holds %s\n' \
+  "$(df -h --output=avail . | tail -1 | tr -d ' ')" "$(du -sh target 2>/dev/null | cut -f1 || echo 0)"; }
+disk
+
 step "format"
 cargo fmt --all -- --check
 
@@ -99,4 +105,5 @@ cargo run --quiet --features proxy --bin mcp-auth-proxy -- check --config proxy.
 step "mcp-auth-proxy transparency: the suite's server scenarios against server-everything, directly and through the gateway"
 scripts/gateway-conformance.sh
 
+disk
 printf '\nall tests passed\n'
