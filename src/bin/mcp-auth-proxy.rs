@@ -91,6 +91,7 @@ fn serve(config: ProxyConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let shutdown = shutdown_signal();
         let addr = listener.local_addr().unwrap_or(config.listen);
         // The address on stdout, for supervisors and tests that asked for port 0.
         println!("listening on http://{addr}");
@@ -108,7 +109,7 @@ fn serve(config: ProxyConfig) -> ExitCode {
         let mut server = std::pin::pin!(server.into_future());
         tokio::select! {
             result = &mut server => return exit(result),
-            () = shutdown_signal() => {}
+            () = shutdown => {}
         }
         tracing::info!(grace = ?SHUTDOWN_GRACE, "shutting down; letting streams finish");
         let _ = stop.send(true);
@@ -142,20 +143,32 @@ fn exit(result: std::io::Result<()>) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Registers the handlers now, not when first polled: a supervisor (or a test) may send
+/// SIGTERM the moment it reads the address, and an unregistered SIGTERM kills the process.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return interrupt.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let handlers = signal(SignalKind::terminate())
+            .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)));
+        async move {
+            match handlers {
+                Ok((mut terminate, mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                Err(error) => {
+                    // The default dispositions still stop the process, only without grace.
+                    tracing::warn!(%error, "cannot handle shutdown signals; no graceful shutdown");
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
