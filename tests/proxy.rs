@@ -340,3 +340,149 @@ async fn metrics_show_the_breaker_and_no_identity() {
         "{text}"
     );
 }
+
+/// A port free now, for a gateway that must know its own public URL before it starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn oauth_config(port: u16) -> String {
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+cookie_key_env = "GATEWAY_COOKIE_KEY"
+allow_loopback_http = true
+
+[store]
+sqlite = "gateway.db"
+
+[identity]
+mode = "trusted-header"
+header = "x-user"
+trusted_sources = ["127.0.0.1"]
+"#
+    )
+}
+
+async fn post_as(
+    url: &str,
+    user: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (Value, Option<String>) {
+    let mut request = http()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("x-user", user)
+        .body(body.to_string());
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let response = request.send().await.unwrap();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = response.text().await.unwrap();
+    (message(&content_type, &text), session)
+}
+
+fn initialize(id: u64, url_elicitation: bool) -> Value {
+    let capabilities = if url_elicitation {
+        json!({"elicitation": {"form": {}, "url": {}}})
+    } else {
+        json!({})
+    };
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": capabilities,
+        "clientInfo": {"name": "proxy-test", "version": "1"}}})
+}
+
+#[tokio::test]
+async fn oauth_upstream_connect_first_then_the_users_own_token_even_after_a_restart() {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let config = format!(
+        "{}\n[[upstream]]\nname = \"docs\"\nurl = \"{}\"\nauth = \"oauth\"\n",
+        oauth_config(port),
+        mcp.url()
+    );
+    let key = [(
+        "GATEWAY_COOKIE_KEY",
+        "0123456789abcdef0123456789abcdef-test",
+    )];
+    let proxy = start("oauth", &config, &key);
+    assert_eq!(proxy.url, public);
+    let endpoint = format!("{public}/docs/mcp");
+
+    // Alice's client declared URL elicitation: MCP's -32042 with the sign-in link.
+    let (answer, _) = post_as(&endpoint, "alice", None, initialize(1, true)).await;
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
+    let elicitation = &answer["error"]["data"]["elicitations"][0];
+    assert_eq!(elicitation["mode"], "url");
+    let link = elicitation["url"].as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with(&format!("{public}/oauth/docs/start?flow=")),
+        "{link}"
+    );
+    // Bob's client did not: a tool result that shows him his own link.
+    let (answer, _) = post_as(&endpoint, "bob", None, initialize(1, false)).await;
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    let call = serde_json::from_str::<Value>(&call(2, "whoami")).unwrap();
+    let (answer, _) = post_as(&endpoint, "bob", None, call.clone()).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("{public}/oauth/docs/start?flow=")),
+        "{text}"
+    );
+    assert_eq!(auth.stats().code_exchanges, 0);
+
+    // Alice's link is hers: Bob's browser is refused at the start endpoint.
+    let callback: url::Url = format!("{public}/oauth/docs/callback").parse().unwrap();
+    let as_user = |user: &str| {
+        tower_mcp_auth::testing::HeadlessBrowser::for_redirect_uri(callback.clone())
+            .with_header("x-user".parse().unwrap(), user.parse().unwrap())
+    };
+    assert!(as_user("bob").visit(&link.parse().unwrap()).await.is_err());
+    assert_eq!(auth.stats().code_exchanges, 0);
+    // Her own browser signs her in, through the gateway's callback.
+    auth.set_consenting_user("alice");
+    as_user("alice")
+        .visit(&link.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(auth.stats().code_exchanges, 1);
+
+    // Her retry goes through, with her own token, to the end of a session.
+    let (answer, session) = post_as(&endpoint, "alice", None, initialize(3, true)).await;
+    assert!(answer["result"]["serverInfo"].is_object(), "{answer}");
+    let session = session.expect("the upstream's session id passed back");
+    let (answer, _) = post_as(&endpoint, "alice", Some(&session), call.clone()).await;
+    assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
+    // Bob still has nothing.
+    let (answer, _) = post_as(&endpoint, "bob", None, call.clone()).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+
+    // A restart forgets nothing: credentials and the registration are in the SQLite file.
+    let registrations = auth.stats().registrations;
+    drop(proxy);
+    let _proxy = start("oauth", &config, &key);
+    let (answer, _) = post_as(&endpoint, "alice", Some(&session), call).await;
+    assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
+    assert_eq!(auth.stats().code_exchanges, 1);
+    assert_eq!(auth.stats().registrations, registrations);
+}

@@ -465,11 +465,34 @@ where
     } = retry;
     let template = template.ok_or("replay template missing")?;
     let mut cause = first;
+    // The first request of a tenant since this process started went out without a
+    // binding, hence without the credentials the store may hold (a restart, a new
+    // replica): fill the binding from the stored registration, then any usable
+    // credentials will do.
+    let mut since = sent_at;
+    if shared
+        .authorizer
+        .bindings()
+        .get(principal.tenant())
+        .is_none()
+    {
+        let challenge = match &cause {
+            Cause::Unauthorized { challenge, .. } => challenge.clone(),
+            Cause::InsufficientScope { challenge } => Some(challenge.clone()),
+        };
+        // A rejected client is dealt with by the authorization below, once.
+        let binding_cause = AuthorizationCause::challenge(challenge);
+        shared
+            .authorizer
+            .restore_binding(&principal, &binding_cause)
+            .await?;
+        since = SystemTime::UNIX_EPOCH;
+    }
     // Credentials that arrived while the request was out (a concurrent request's
     // authorization finished): one plain replay instead of a second authorization.
     if shared
         .authorizer
-        .has_credentials_since(&principal, sent_at)
+        .has_credentials_since(&principal, since)
         .await
     {
         tracing::debug!("newer credentials than the refused request; replaying");

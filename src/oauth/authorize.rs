@@ -112,6 +112,14 @@ impl fmt::Debug for Authorizer {
     }
 }
 
+/// What [`Authorizer::bind`] learned: the server's metadata and the tenant's binding.
+struct Bound {
+    resource_metadata: Option<Arc<ProtectedResourceMetadata>>,
+    metadata: Arc<AuthorizationServerMetadata>,
+    binding: crate::ServerBinding,
+    authorization_endpoint: Url,
+}
+
 /// Builds an [`Authorizer`].
 #[must_use]
 pub struct AuthorizerBuilder {
@@ -362,45 +370,12 @@ impl Authorizer {
     ) -> Result<FlowHandle, Error> {
         let inner = &*self.inner;
         let challenge = cause.challenge.as_ref();
-        let (resource_metadata, metadata) = self.discover(challenge).await?;
-        let resource = resource_metadata
-            .as_ref()
-            .map_or_else(|| inner.server.to_string(), |m| m.resource.clone());
-        let authorization_endpoint =
-            endpoint(&metadata, metadata.authorization_endpoint.as_deref())?;
-        let token_endpoint = endpoint(&metadata, metadata.token_endpoint.as_deref())?;
-        inner
-            .policy
-            .check(&authorization_endpoint)
-            .and_then(|()| inner.policy.check(&token_endpoint))
-            .map_err(|refused| Error::Discovery(DiscoveryError::Refused(refused)))?;
-
-        let mut config = inner.client.clone();
-        config.resource = resource;
-        let tenant = principal.tenant();
-        let mut client = inner
-            .registrar
-            .client_for(tenant, &metadata, &config)
-            .await
-            .map_err(Error::Registration)?;
-        if cause.client_rejected && inner.registrar.rejected(tenant, &client).await {
-            tracing::info!(tenant, issuer = %client.issuer, "client rejected; registering anew");
-            client = inner
-                .registrar
-                .client_for(tenant, &metadata, &config)
-                .await
-                .map_err(Error::Registration)?;
-        }
-        let binding = client.binding().map_err(|error| {
-            Error::Discovery(DiscoveryError::NotFound {
-                tried: vec![format!("usable resource and token endpoint ({error})")],
-            })
-        })?;
-        inner
-            .bindings
-            .set(tenant, binding.clone())
-            .map_err(|full| Error::Store(crate::error::StoreError::new(full)))?;
-
+        let Bound {
+            resource_metadata,
+            metadata,
+            binding,
+            authorization_endpoint,
+        } = self.bind(principal.tenant(), cause).await?;
         let key = AuthKey::new(principal, binding.id());
         let granted = match inner.store.load(&key).await {
             Ok(Some(tokens)) => tokens.scope.clone(),
@@ -438,6 +413,70 @@ impl Authorizer {
             "authorization flow pending"
         );
         Ok(flow)
+    }
+
+    /// Fills `principal`'s tenant's binding from discovery and the stored (or a new)
+    /// client registration, unless it is filled already. After a restart the slot is
+    /// empty until then, so requests went out without the credentials the store holds.
+    pub(crate) async fn restore_binding(
+        &self,
+        principal: &Principal,
+        cause: &AuthorizationCause,
+    ) -> Result<(), Error> {
+        if self.inner.bindings.get(principal.tenant()).is_none() {
+            self.bind(principal.tenant(), cause).await?;
+        }
+        Ok(())
+    }
+
+    /// Discovery and the tenant's client registration; sets the tenant's binding.
+    async fn bind(&self, tenant: &str, cause: &AuthorizationCause) -> Result<Bound, Error> {
+        let inner = &*self.inner;
+        let challenge = cause.challenge.as_ref();
+        let (resource_metadata, metadata) = self.discover(challenge).await?;
+        let resource = resource_metadata
+            .as_ref()
+            .map_or_else(|| inner.server.to_string(), |m| m.resource.clone());
+        let authorization_endpoint =
+            endpoint(&metadata, metadata.authorization_endpoint.as_deref())?;
+        let token_endpoint = endpoint(&metadata, metadata.token_endpoint.as_deref())?;
+        inner
+            .policy
+            .check(&authorization_endpoint)
+            .and_then(|()| inner.policy.check(&token_endpoint))
+            .map_err(|refused| Error::Discovery(DiscoveryError::Refused(refused)))?;
+
+        let mut config = inner.client.clone();
+        config.resource = resource;
+        let mut client = inner
+            .registrar
+            .client_for(tenant, &metadata, &config)
+            .await
+            .map_err(Error::Registration)?;
+        if cause.client_rejected && inner.registrar.rejected(tenant, &client).await {
+            tracing::info!(tenant, issuer = %client.issuer, "client rejected; registering anew");
+            client = inner
+                .registrar
+                .client_for(tenant, &metadata, &config)
+                .await
+                .map_err(Error::Registration)?;
+        }
+        let binding = client.binding().map_err(|error| {
+            Error::Discovery(DiscoveryError::NotFound {
+                tried: vec![format!("usable resource and token endpoint ({error})")],
+            })
+        })?;
+        inner
+            .bindings
+            .set(tenant, binding.clone())
+            .map_err(|full| Error::Store(crate::error::StoreError::new(full)))?;
+
+        Ok(Bound {
+            resource_metadata,
+            metadata,
+            binding,
+            authorization_endpoint,
+        })
     }
 
     /// Resource metadata (if the server publishes it) and authorization server metadata.

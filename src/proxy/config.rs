@@ -58,6 +58,15 @@ pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// The largest request body accepted (bytes); larger ones get 413.
     pub max_body_bytes: usize,
+    /// Where browsers reach the gateway: sign-in links and OAuth callbacks are under
+    /// `{public_url}/oauth/{upstream}/`. Required by `oauth` upstreams.
+    pub public_url: Option<url::Url>,
+    /// The key that signs the sign-in cookie (from the environment, 32 bytes or more).
+    /// Required by `oauth` upstreams.
+    pub cookie_key: Option<crate::Secret>,
+    /// Lets upstreams and their authorization servers be plain `http` on loopback
+    /// (local development and tests only; default false).
+    pub allow_loopback_http: bool,
 }
 
 /// Where credentials and flows live.
@@ -107,6 +116,14 @@ pub struct UpstreamConfig {
 pub enum UpstreamAuth {
     /// Nothing added.
     None,
+    /// Each user's own OAuth credentials for the upstream: discovery, then the client
+    /// registration (pre-registered at its issuer, or dynamic), a sign-in link for users
+    /// who have none yet, silent refresh after that.
+    OAuth {
+        /// Client credentials registered beforehand at `issuer`; `None`: register
+        /// dynamically.
+        pre_registered: Option<PreRegistered>,
+    },
     /// A static header, its value from the environment.
     Header {
         /// The header.
@@ -116,10 +133,38 @@ pub enum UpstreamAuth {
     },
 }
 
+/// Client credentials registered at an authorization server beforehand.
+#[derive(Clone)]
+pub struct PreRegistered {
+    /// The authorization server (issuer identifier) they were registered at.
+    pub issuer: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret, for confidential clients (from the environment).
+    pub client_secret: Option<crate::Secret>,
+}
+
+impl fmt::Debug for PreRegistered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreRegistered")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
 impl fmt::Debug for UpstreamAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UpstreamAuth::None => f.write_str("None"),
+            UpstreamAuth::OAuth { pre_registered } => f
+                .debug_struct("OAuth")
+                .field("pre_registered", pre_registered)
+                .finish(),
             UpstreamAuth::Header { name, .. } => {
                 write!(f, "Header {{ name: {name}, value: [redacted] }}")
             }
@@ -138,6 +183,10 @@ struct RawConfig {
     max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     upstream: Vec<Spanned<RawUpstream>>,
+    public_url: Option<Spanned<String>>,
+    cookie_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_loopback_http: bool,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +215,9 @@ struct RawUpstream {
     auth: Spanned<String>,
     header_name: Option<Spanned<String>>,
     header_value_env: Option<Spanned<String>>,
+    issuer: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    client_secret_env: Option<Spanned<String>>,
 }
 
 /// The default request body cap: 4 MiB.
@@ -304,6 +356,49 @@ impl ProxyConfig {
                 .filter(|max| *max > 0)
                 .ok_or_else(|| at(max.span(), "max_body_bytes: must be positive".into()))?,
         };
+        let public_url = match raw.public_url {
+            None => None,
+            Some(text) => {
+                let url = url::Url::parse(text.get_ref())
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https"))
+                    .filter(|url| url.path() == "/" && url.query().is_none())
+                    .ok_or_else(|| {
+                        at(
+                            text.span(),
+                            format!(
+                                "public_url: `{}` must be an http(s) origin without a path, as browsers reach the gateway (e.g. https://mcp.example.com)",
+                                text.get_ref()
+                            ),
+                        )
+                    })?;
+                Some(url)
+            }
+        };
+        let cookie_key = match raw.cookie_key_env {
+            None => None,
+            Some(variable) => {
+                let key = env(variable.get_ref()).ok_or_else(|| {
+                    at(
+                        variable.span(),
+                        format!(
+                            "cookie_key_env: environment variable `{}` is not set",
+                            variable.get_ref()
+                        ),
+                    )
+                })?;
+                if key.len() < 32 {
+                    return Err(at(
+                        variable.span(),
+                        format!(
+                            "cookie_key_env: `{}` must hold at least 32 bytes (e.g. `openssl rand -hex 32`)",
+                            variable.get_ref()
+                        ),
+                    ));
+                }
+                Some(crate::Secret::new(key))
+            }
+        };
         if raw.upstream.is_empty() {
             return Err(ConfigError {
                 line: None,
@@ -384,19 +479,71 @@ impl ProxyConfig {
                     value.set_sensitive(true);
                     UpstreamAuth::Header { name, value }
                 }
-                "oauth" | "obo" => {
+                "oauth" => {
+                    if public_url.is_none() || cookie_key.is_none() {
+                        return Err(at(
+                            upstream.auth.span(),
+                            "upstream: auth `oauth` needs the top-level `public_url` (where browsers reach the gateway) and `cookie_key_env` (the key of the sign-in cookie)".into(),
+                        ));
+                    }
+                    let pre_registered = match (upstream.client_id, upstream.issuer) {
+                        (None, None) => {
+                            if let Some(secret) = upstream.client_secret_env {
+                                return Err(at(
+                                    secret.span(),
+                                    "upstream.client_secret_env: only with `client_id` and `issuer`".into(),
+                                ));
+                            }
+                            None
+                        }
+                        (Some(client_id), Some(issuer)) => {
+                            let client_secret = match upstream.client_secret_env {
+                                None => None,
+                                Some(variable) => Some(crate::Secret::new(
+                                    env(variable.get_ref()).ok_or_else(|| {
+                                        at(
+                                            variable.span(),
+                                            format!(
+                                                "upstream.client_secret_env: environment variable `{}` is not set",
+                                                variable.get_ref()
+                                            ),
+                                        )
+                                    })?,
+                                )),
+                            };
+                            Some(PreRegistered {
+                                issuer: issuer.into_inner(),
+                                client_id: client_id.into_inner(),
+                                client_secret,
+                            })
+                        }
+                        (Some(client_id), None) => {
+                            return Err(at(
+                                client_id.span(),
+                                "upstream.client_id: pre-registered credentials name their `issuer` (the authorization server they belong to)".into(),
+                            ));
+                        }
+                        (None, Some(issuer)) => {
+                            return Err(at(
+                                issuer.span(),
+                                "upstream.issuer: only with a pre-registered `client_id`".into(),
+                            ));
+                        }
+                    };
+                    UpstreamAuth::OAuth { pre_registered }
+                }
+                "obo" => {
                     return Err(at(
                         upstream.auth.span(),
-                        format!(
-                            "upstream.auth: `{}` is not available in this version yet (known: none, header)",
-                            upstream.auth.get_ref()
-                        ),
+                        "upstream.auth: `obo` is not available in this version yet (known: none, header, oauth)".into(),
                     ));
                 }
                 other => {
                     return Err(at(
                         upstream.auth.span(),
-                        format!("upstream.auth: unknown mode `{other}` (known: none, header)"),
+                        format!(
+                            "upstream.auth: unknown mode `{other}` (known: none, header, oauth)"
+                        ),
                     ));
                 }
             };
@@ -412,6 +559,9 @@ impl ProxyConfig {
             identity,
             upstreams,
             max_body_bytes,
+            public_url,
+            cookie_key,
+            allow_loopback_http: raw.allow_loopback_http,
         })
     }
 }
@@ -506,6 +656,38 @@ header_value_env = "KEYED_SECRET"
             assert_eq!(error.line, Some(line), "{error} in\n{text}");
             assert!(error.to_string().contains(needle), "{error}");
         }
+        let oauth = GOOD.replace("auth = \"none\"", "auth = \"oauth\"");
+        let error = ProxyConfig::parse(&oauth, &env).unwrap_err();
+        assert_eq!(error.line, Some(11), "{error}");
+        assert!(error.to_string().contains("public_url"), "{error}");
+        let with_public = |extra: &str| {
+            format!(
+                "public_url = \"https://gw.example.com\"\ncookie_key_env = \"KEYED_SECRET\"\n{}",
+                oauth.replace("auth = \"oauth\"", &format!("auth = \"oauth\"{extra}"))
+            )
+        };
+        // KEYED_SECRET is 6 bytes: too short for a cookie key.
+        let error = ProxyConfig::parse(&with_public(""), &env).unwrap_err();
+        assert_eq!(error.line, Some(2), "{error}");
+        assert!(error.to_string().contains("32 bytes"), "{error}");
+        let long = |name: &str| (name == "KEYED_SECRET").then(|| "k".repeat(32));
+        let config = ProxyConfig::parse(&with_public(""), &long).unwrap();
+        assert!(matches!(
+            config.upstreams[0].auth,
+            UpstreamAuth::OAuth {
+                pre_registered: None
+            }
+        ));
+        assert!(!format!("{config:?}").contains(&"k".repeat(32)));
+        let error = ProxyConfig::parse(&with_public("\nclient_id = \"gw\""), &long).unwrap_err();
+        assert_eq!(error.line, Some(14), "{error}");
+        assert!(error.to_string().contains("issuer"), "{error}");
+        let error = ProxyConfig::parse(
+            &with_public("").replace("https://gw.example.com", "https://gw.example.com/sub"),
+            &long,
+        )
+        .unwrap_err();
+        assert_eq!(error.line, Some(1), "{error}");
         let error = ProxyConfig::parse("listen = \"127.0.0.1:1\"\n[identity]\nmode = \"trusted-header\"\nheader = \"x-user\"\ntrusted_sources = [\"127.0.0.1\"]\n", &env).unwrap_err();
         assert!(error.to_string().contains("no [[upstream]]"), "{error}");
     }

@@ -2,9 +2,12 @@
 //! each at `/{name}/mcp`, with auth to the upstream added transparently.
 //!
 //! This version forwards Streamable HTTP (POST, GET, DELETE; SSE streamed event by
-//! event) for upstreams that need no credentials (`auth = "none"`) or a static header
-//! from the environment (`auth = "header"`), with the caller's identity from a header
-//! set by a trusted front proxy. The caller's own `Authorization` is never forwarded.
+//! event) for upstreams that need no credentials (`auth = "none"`), a static header
+//! from the environment (`auth = "header"`), or each user's own OAuth credentials
+//! (`auth = "oauth"`: a user without them gets a sign-in link as the JSON-RPC answer,
+//! MCP's `-32042` URL elicitation error where the client declared it), with the
+//! caller's identity from a header set by a trusted front proxy. The caller's own
+//! `Authorization` is never forwarded.
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -20,12 +23,13 @@
 //! ```
 
 mod config;
+mod connect;
 mod prometheus;
 mod server;
 
 pub use config::{
-    ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, ProxyConfig, StoreConfig, UpstreamAuth,
-    UpstreamConfig,
+    ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, PreRegistered, ProxyConfig, StoreConfig,
+    UpstreamAuth, UpstreamConfig,
 };
 pub use prometheus::{PrometheusHandle, PrometheusRecorder};
 pub use server::{Gateway, GatewayError};

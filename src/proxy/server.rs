@@ -15,12 +15,16 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 use super::config::{IdentityConfig, ProxyConfig, StoreConfig, UpstreamAuth};
+use super::connect::{self, Message};
 use crate::client::{HttpClientConfig, ReqwestService};
 use crate::error::Error;
 use crate::key::{AuthKey, BindingId, Principal};
 use crate::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer};
-use crate::store::CredentialStore;
-use crate::{BreakerConfig, ReplayBody};
+use crate::store::{CredentialStore, SharedRecords};
+use crate::{
+    Authorizer, BreakerConfig, BrowserBinding, CallbackService, OAuthRetryLayer,
+    PreRegisteredClient, RefreshCoordinator, ReplayBody, SilentRefreshLayer, UrlPolicy,
+};
 
 type UpstreamService =
     BoxCloneSyncService<http::Request<ReplayBody>, http::Response<reqwest::Body>, BoxError>;
@@ -40,6 +44,10 @@ pub struct Gateway {
     store: Arc<dyn CredentialStore>,
     max_body_bytes: usize,
     metrics: Option<super::PrometheusHandle>,
+    /// The start and callback endpoints of the `oauth` upstreams, by upstream name.
+    callbacks: Arc<HashMap<String, CallbackService>>,
+    /// MCP sessions whose client declared URL-mode elicitation in `initialize`.
+    url_elicitation_sessions: moka::sync::Cache<String, ()>,
 }
 
 /// Why the gateway could not be built.
@@ -51,17 +59,33 @@ pub enum GatewayError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(#[from] crate::client::ClientBuildError),
+    /// An `oauth` upstream could not be set up (its URL refused by the URL policy, ...).
+    #[error("upstream `{upstream}`: {source}")]
+    Upstream {
+        /// The upstream's name.
+        upstream: String,
+        /// What was wrong.
+        source: crate::ConfigError,
+    },
 }
 
 impl Gateway {
     /// Builds the gateway for `config`: opens the store, builds one stack per upstream.
     pub fn new(config: &ProxyConfig) -> Result<Self, GatewayError> {
-        let store: Arc<dyn CredentialStore> = match &config.store {
-            StoreConfig::Sqlite(path) => Arc::new(crate::store::SqliteStore::open(path)?),
+        // Credentials, pending flows and client registrations all live in the one store,
+        // so a restart forgets nothing and replicas on one Redis share everything.
+        let (store, records): (Arc<dyn CredentialStore>, Arc<dyn SharedRecords>) = match &config
+            .store
+        {
+            StoreConfig::Sqlite(path) => {
+                let store = Arc::new(crate::store::SqliteStore::open(path)?);
+                (store.clone(), store)
+            }
             StoreConfig::Redis(url) => {
                 #[cfg(feature = "redis")]
                 {
-                    Arc::new(crate::store::RedisStore::builder(url.clone()).build()?)
+                    let store = Arc::new(crate::store::RedisStore::builder(url.clone()).build()?);
+                    (store.clone(), store)
                 }
                 #[cfg(not(feature = "redis"))]
                 {
@@ -77,6 +101,7 @@ impl Gateway {
             &HttpClientConfig::new().connect_timeout(Duration::from_secs(10)),
         )?;
         let mut upstreams = HashMap::new();
+        let mut callbacks = HashMap::new();
         for upstream in &config.upstreams {
             // The breaker is keyed by upstream and principal: one user's failures never
             // refuse another's calls. No storm guard: the gateway forwards its callers'
@@ -97,6 +122,36 @@ impl Gateway {
                         ))
                         .service(http.clone()),
                 ),
+                UpstreamAuth::OAuth { pre_registered } => {
+                    let authorizer = oauth_authorizer(
+                        config,
+                        &upstream.name,
+                        &upstream.url,
+                        pre_registered.as_ref(),
+                        &store,
+                        &records,
+                    )
+                    .map_err(|source| GatewayError::Upstream {
+                        upstream: upstream.name.clone(),
+                        source,
+                    })?;
+                    callbacks.insert(
+                        upstream.name.clone(),
+                        callback_service(config, &upstream.name, &authorizer),
+                    );
+                    BoxCloneSyncService::new(
+                        ServiceBuilder::new()
+                            .layer(breaker)
+                            // Return early: the caller gets the sign-in link in the
+                            // protocol at once; a request is never held open for it.
+                            .layer(OAuthRetryLayer::return_early(authorizer.clone()))
+                            .layer(SilentRefreshLayer::new(
+                                RefreshCoordinator::new(store.clone()),
+                                authorizer.bindings(),
+                            ))
+                            .service(http.clone()),
+                    )
+                }
             };
             upstreams.insert(
                 upstream.name.clone(),
@@ -112,6 +167,11 @@ impl Gateway {
             store,
             max_body_bytes: config.max_body_bytes,
             metrics: None,
+            callbacks: Arc::new(callbacks),
+            url_elicitation_sessions: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
         })
     }
 
@@ -127,26 +187,111 @@ impl Gateway {
     /// identity needs the peer address).
     pub fn router(self) -> axum::Router {
         let max = self.max_body_bytes;
-        axum::Router::new()
+        let callbacks = self.callbacks.clone();
+        let mut router = axum::Router::new()
             .route("/{upstream}/mcp", axum::routing::any(forward))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .route("/readyz", axum::routing::get(ready))
             .route("/metrics", axum::routing::get(metrics))
-            .with_state(self)
-            .layer(
-                ServiceBuilder::new()
-                    // Secrets never reach the trace output.
-                    .layer(
-                        tower_http::sensitive_headers::SetSensitiveHeadersLayer::new([
-                            header::AUTHORIZATION,
-                            header::COOKIE,
-                            header::SET_COOKIE,
-                        ]),
-                    )
-                    .layer(tower_http::trace::TraceLayer::new_for_http())
-                    .layer(tower_http::limit::RequestBodyLimitLayer::new(max)),
-            )
+            .with_state(self);
+        for (name, service) in callbacks.iter() {
+            router = router.merge(crate::callback_router(
+                &format!("/oauth/{name}/callback"),
+                service.clone(),
+            ));
+        }
+        router.layer(
+            ServiceBuilder::new()
+                // Secrets never reach the trace output.
+                .layer(
+                    tower_http::sensitive_headers::SetSensitiveHeadersLayer::new([
+                        header::AUTHORIZATION,
+                        header::COOKIE,
+                        header::SET_COOKIE,
+                    ]),
+                )
+                .layer(tower_http::trace::TraceLayer::new_for_http())
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(max)),
+        )
     }
+}
+
+/// The authorizer of an `oauth` upstream: sign-in links under
+/// `{public_url}/oauth/{name}/start`, callbacks at `{public_url}/oauth/{name}/callback`,
+/// flows and registrations in the gateway's store.
+fn oauth_authorizer(
+    config: &ProxyConfig,
+    name: &str,
+    url: &url::Url,
+    pre_registered: Option<&super::config::PreRegistered>,
+    store: &Arc<dyn CredentialStore>,
+    records: &Arc<dyn SharedRecords>,
+) -> Result<Authorizer, crate::ConfigError> {
+    // `ProxyConfig::parse` refuses an `oauth` upstream without a public URL.
+    let public = config
+        .public_url
+        .as_ref()
+        .ok_or(crate::ConfigError::UnsupportedUrl {
+            field: "public_url",
+        })?;
+    let join = |path: String| {
+        public
+            .join(&path)
+            .map_err(|source| crate::ConfigError::InvalidUrl {
+                field: "public_url",
+                source,
+            })
+    };
+    let mut builder = Authorizer::builder(
+        url.as_str(),
+        store.clone(),
+        join(format!("oauth/{name}/callback"))?,
+    )
+    .client_name("mcp-auth-proxy")
+    .start_url(join(format!("oauth/{name}/start"))?)
+    .shared_state(records.clone());
+    if config.allow_loopback_http {
+        builder = builder.url_policy(UrlPolicy::default().allow_loopback_http());
+    }
+    if let Some(client) = pre_registered {
+        let mut registered = PreRegisteredClient::new(&client.issuer, &client.client_id);
+        if let Some(secret) = &client.client_secret {
+            registered =
+                registered.with_secret(secret.clone(), crate::ClientAuthMethod::ClientSecretBasic);
+        }
+        builder = builder.pre_registered(registered);
+    }
+    builder.build()
+}
+
+/// The start and callback endpoints of an `oauth` upstream. A start link is honoured
+/// only for the browser of the user it was made for: the identity rule must name the
+/// flow's principal for the browser's own request.
+fn callback_service(config: &ProxyConfig, name: &str, authorizer: &Authorizer) -> CallbackService {
+    let key = config
+        .cookie_key
+        .as_ref()
+        .map(|key| key.expose().as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut binding = BrowserBinding::new(&key);
+    if config
+        .public_url
+        .as_ref()
+        .is_some_and(|url| url.scheme() == "http")
+    {
+        binding = binding.insecure_cookies();
+    }
+    let identity = config.identity.clone();
+    CallbackService::new(authorizer.completer(), binding)
+        .with_start_path(format!("/oauth/{name}/start"))
+        .with_app_name(format!("mcp-auth-proxy ({name})"))
+        .with_start_check(move |request, principal| {
+            request
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .and_then(|peer| self::principal(&identity, peer.0, &request.headers).ok())
+                .is_some_and(|browser_user| &browser_user == principal)
+        })
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
@@ -263,15 +408,64 @@ async fn forward(
     };
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(principal);
-    let request = http::Request::from_parts(parts, ReplayBody::new(body));
+    // A POST carries one JSON-RPC message (capped by the body limit): read it, so that
+    // a request that cannot go upstream yet is answered in JSON-RPC, with its id.
+    let (body, message) = if parts.method == http::Method::POST {
+        match axum::body::to_bytes(body, gateway.max_body_bytes).await {
+            Ok(bytes) => {
+                let message = Message::parse(&bytes);
+                (ReplayBody::buffered(bytes), message)
+            }
+            Err(_) => {
+                return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            }
+        }
+    } else {
+        (ReplayBody::new(body), None)
+    };
+    let session = parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let url_elicitation = match &message {
+        Some(message) if message.is_initialize() => message.declares_url_elicitation,
+        _ => session
+            .as_ref()
+            .is_some_and(|session| gateway.url_elicitation_sessions.contains_key(session)),
+    };
+    let request = http::Request::from_parts(parts, body);
     match upstream.service.oneshot(request).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            if url_elicitation
+                && message.as_ref().is_some_and(Message::is_initialize)
+                && let Some(session) = parts
+                    .headers
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+            {
+                gateway
+                    .url_elicitation_sessions
+                    .insert(session.to_owned(), ());
+            }
             // Streamed as it arrives: SSE events are passed on one by one.
             Response::from_parts(parts, Body::new(body))
         }
         Err(error) => match Error::find(error.as_ref()) {
+            Some(Error::AuthorizationRequired { url, .. }) => {
+                let elicitation_id = crate::crypto::hex(&crate::crypto::random_bytes::<16>());
+                let (status, body) = connect::answer(
+                    &name,
+                    url.as_str(),
+                    message.as_ref(),
+                    url_elicitation,
+                    &elicitation_id,
+                );
+                tracing::info!(upstream = %name, "no credentials for the upstream yet; sign-in link sent");
+                (status, axum::Json(body)).into_response()
+            }
             Some(Error::CircuitOpen { retry_after, .. }) => {
                 let mut response = json_error(
                     StatusCode::SERVICE_UNAVAILABLE,

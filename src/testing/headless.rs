@@ -43,7 +43,10 @@ use crate::store::BoxFuture;
 #[derive(Clone, Debug)]
 pub struct HeadlessBrowser {
     http: reqwest::Client,
-    completer: AuthorizationCompleter,
+    /// Finds the flow's redirect URI and, unless `through_callback`, completes it.
+    completer: Option<AuthorizationCompleter>,
+    /// The redirect URI, when the flows live in another process.
+    redirect_uri: Option<Url>,
     through_callback: bool,
     headers: http::HeaderMap,
 }
@@ -54,6 +57,29 @@ const MAX_HOPS: usize = 20;
 impl HeadlessBrowser {
     /// A browser that completes flows through `completer`.
     pub fn new(completer: AuthorizationCompleter) -> Self {
+        Self::with_completer(Some(completer))
+    }
+
+    /// A browser for flows of another process (a gateway, a bridge): it follows the
+    /// link until the redirect comes back to `redirect_uri`, and requests that URL
+    /// itself with its cookies, as a browser would.
+    ///
+    /// ```
+    /// use tower_mcp_auth::testing::HeadlessBrowser;
+    ///
+    /// let browser = HeadlessBrowser::for_redirect_uri(
+    ///     "http://127.0.0.1:8080/oauth/docs/callback".parse().unwrap(),
+    /// );
+    /// # drop(browser);
+    /// ```
+    pub fn for_redirect_uri(redirect_uri: Url) -> Self {
+        let mut browser = Self::with_completer(None);
+        browser.redirect_uri = Some(redirect_uri);
+        browser.through_callback = true;
+        browser
+    }
+
+    fn with_completer(completer: Option<AuthorizationCompleter>) -> Self {
         let http = crate::client::ReqwestService::builder()
             .expect("TLS roots")
             .redirect(reqwest::redirect::Policy::none())
@@ -63,6 +89,7 @@ impl HeadlessBrowser {
         Self {
             http,
             completer,
+            redirect_uri: None,
             through_callback: false,
             headers: http::HeaderMap::new(),
         }
@@ -90,18 +117,26 @@ impl HeadlessBrowser {
     /// When `url` names no open flow, a server stops redirecting (a form to fill in),
     /// the redirects do not end, or the callback does not complete the flow.
     pub async fn visit(&self, url: &Url) -> Result<(), BoxError> {
-        let state = url
-            .query_pairs()
-            .find(|(name, _)| name == "state" || name == "flow")
-            .map(|(_, value)| value.into_owned())
-            .ok_or_else(|| format!("{} carries no state or flow parameter", redacted(url)))?;
-        let (_, pending) = self
-            .completer
-            .flows()
-            .find_by_state(&state)
-            .await
-            .ok_or("no open authorization flow for the URL's state")?;
-        let redirect_uri = &pending.request.redirect_uri;
+        let redirect_uri = match (&self.redirect_uri, &self.completer) {
+            (Some(uri), _) => uri.clone(),
+            (None, Some(completer)) => {
+                let state = url
+                    .query_pairs()
+                    .find(|(name, _)| name == "state" || name == "flow")
+                    .map(|(_, value)| value.into_owned())
+                    .ok_or_else(|| {
+                        format!("{} carries no state or flow parameter", redacted(url))
+                    })?;
+                let (_, pending) = completer
+                    .flows()
+                    .find_by_state(&state)
+                    .await
+                    .ok_or("no open authorization flow for the URL's state")?;
+                pending.request.redirect_uri.clone()
+            }
+            (None, None) => return Err("a browser needs a completer or a redirect URI".into()),
+        };
+        let redirect_uri = &redirect_uri;
         let mut jar: HashMap<String, Vec<(String, String)>> = HashMap::new();
         let mut current = url.clone();
         for _ in 0..MAX_HOPS {
@@ -156,7 +191,11 @@ impl HeadlessBrowser {
             return Err(format!("the callback endpoint answered {status}").into());
         }
         let params = CallbackParams::from_query(url.query().unwrap_or_default());
-        self.completer.complete(&params).await?;
+        let completer = self
+            .completer
+            .as_ref()
+            .ok_or("a browser needs a completer or a redirect URI")?;
+        completer.complete(&params).await?;
         Ok(())
     }
 }
