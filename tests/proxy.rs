@@ -1,6 +1,8 @@
 //! The `mcp-auth-proxy` binary, run as a user would: a TOML file, secrets from the
 //! environment, real upstream MCP servers on loopback.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -485,4 +487,108 @@ async fn oauth_upstream_connect_first_then_the_users_own_token_even_after_a_rest
     assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
     assert_eq!(auth.stats().code_exchanges, 1);
     assert_eq!(auth.stats().registrations, registrations);
+}
+
+#[tokio::test]
+async fn replicas_on_one_redis_share_flows_registrations_and_one_refresh() {
+    let redis = common::RedisServer::start();
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_rotation(true);
+    auth.set_access_token_lifetime(Duration::from_secs(5));
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    mcp.set_stateless(true);
+    // One public address for both replicas, as behind a load balancer; here it is
+    // replica B's, so every browser step lands on B.
+    let port_b = free_port();
+    let public = format!("http://127.0.0.1:{port_b}");
+    let replica = |listen: &str| {
+        format!(
+            r#"listen = "{listen}"
+public_url = "{public}"
+cookie_key_env = "GATEWAY_COOKIE_KEY"
+allow_loopback_http = true
+
+[store]
+redis_url_env = "GATEWAY_REDIS_URL"
+
+[identity]
+mode = "trusted-header"
+header = "x-user"
+trusted_sources = ["127.0.0.1"]
+
+[[upstream]]
+name = "docs"
+url = "{}"
+auth = "oauth"
+"#,
+            mcp.url()
+        )
+    };
+    let redis_url = redis.url();
+    let env = [
+        (
+            "GATEWAY_COOKIE_KEY",
+            "0123456789abcdef0123456789abcdef-test",
+        ),
+        ("GATEWAY_REDIS_URL", redis_url.as_str()),
+    ];
+    let a = start("replica-a", &replica("127.0.0.1:0"), &env);
+    let b = start("replica-b", &replica(&format!("127.0.0.1:{port_b}")), &env);
+    let call = serde_json::from_str::<Value>(&call(1, "whoami")).unwrap();
+
+    // The flow starts on A; the browser's start link and callback land on B.
+    let (answer, _) = post_as(
+        &format!("{}/docs/mcp", a.url),
+        "alice",
+        None,
+        initialize(1, true),
+    )
+    .await;
+    let link = answer["error"]["data"]["elicitations"][0]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_owned();
+    assert!(
+        link.starts_with(&format!("{public}/oauth/docs/start")),
+        "{link}"
+    );
+    auth.set_consenting_user("alice");
+    tower_mcp_auth::testing::HeadlessBrowser::for_redirect_uri(
+        format!("{public}/oauth/docs/callback").parse().unwrap(),
+    )
+    .with_header("x-user".parse().unwrap(), "alice".parse().unwrap())
+    .visit(&link.parse().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(auth.stats().code_exchanges, 1);
+    // Both replicas now serve her with her token; one registration between them.
+    for replica in [&a, &b] {
+        let (answer, _) = post_as(
+            &format!("{}/docs/mcp", replica.url),
+            "alice",
+            None,
+            call.clone(),
+        )
+        .await;
+        assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
+    }
+    assert_eq!(auth.stats().registrations, 1);
+    assert_eq!(auth.stats().refresh_requests, 0);
+
+    // Past the token's lifetime, 16 calls at once across both replicas: one refresh of
+    // the rotating refresh token, no replay of it, every call answered.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let calls = (0..16).map(|i| {
+        let url = format!("{}/docs/mcp", if i % 2 == 0 { &a.url } else { &b.url });
+        let call = call.clone();
+        async move { post_as(&url, "alice", None, call).await.0 }
+    });
+    for answer in futures::future::join_all(calls).await {
+        assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
+    }
+    let stats = auth.stats();
+    assert_eq!(stats.refresh_successes, 1, "{stats:?}");
+    assert_eq!(stats.invalid_grants, 0, "{stats:?}");
+    assert_eq!(stats.reuse_detected, 0, "{stats:?}");
+    assert_eq!(stats.code_exchanges, 1);
 }
