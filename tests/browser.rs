@@ -6,8 +6,7 @@
 //!
 //! Needs `chromium` on the PATH (or `CHROMIUM`); fails loudly without it.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,60 +20,9 @@ use tower_mcp_auth::{
 };
 use url::Url;
 
-fn chromium() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".to_owned())
-}
+mod common;
 
-fn profile(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("chromium-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("profile dir");
-    dir
-}
-
-/// Runs headless Chromium on `url` with a fresh profile and `mode` (`--dump-dom` or
-/// `--screenshot=…`); returns what it printed.
-async fn run_chromium(url: &Url, name: &str, mode: &str) -> Result<String, BoxError> {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--window-size=900,560",
-                "--hide-scrollbars",
-            ])
-            .arg(format!("--user-data-dir={}", profile(name).display()))
-            .arg(mode)
-            .arg(url.as_str())
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .map_err(|_| "chromium did not finish within 60 s")?
-    .map_err(|e| {
-        format!(
-            "cannot run {} ({e}); the test command installs it",
-            chromium()
-        )
-    })?;
-    if !output.status.success() {
-        return Err(format!(
-            "chromium failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
+use common::run_chromium;
 
 /// Visible text of a DOM dump, roughly: tags dropped, whitespace folded.
 fn text(dom: &str) -> String {

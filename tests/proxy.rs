@@ -592,3 +592,135 @@ auth = "oauth"
     assert_eq!(stats.reuse_detected, 0, "{stats:?}");
     assert_eq!(stats.code_exchanges, 1);
 }
+
+/// The `data-state` of `upstream`'s row on a `/connections` page.
+fn row_state(page: &str, upstream: &str) -> String {
+    let row = page
+        .split(&format!("id=\"upstream-{upstream}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no row for {upstream} in {page}"));
+    row.split("data-state=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no state for {upstream} in {row}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn connections_page_connects_in_chromium_and_disconnects() {
+    let auth = TestAuthServer::start().await.unwrap();
+    // The consent page hops through a cookie, as real providers' do.
+    auth.set_interaction(true);
+    auth.set_consenting_user("anonymous");
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    mcp.set_stateless(true);
+    let plain = TestUpstream::start().await.unwrap();
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    // A single-user gateway (a browser sends no identity header).
+    let config = format!(
+        r#"listen = "127.0.0.1:{port}"
+public_url = "{public}"
+cookie_key_env = "GATEWAY_COOKIE_KEY"
+allow_loopback_http = true
+
+[store]
+sqlite = "gateway.db"
+
+[identity]
+mode = "anonymous"
+
+[[upstream]]
+name = "docs"
+url = "{}"
+auth = "oauth"
+
+[[upstream]]
+name = "plain"
+url = "{}"
+auth = "none"
+"#,
+        mcp.url(),
+        plain.url()
+    );
+    let key = [(
+        "GATEWAY_COOKIE_KEY",
+        "0123456789abcdef0123456789abcdef-test",
+    )];
+    let _proxy = start("connections", &config, &key);
+    let page_url: url::Url = format!("{public}/connections").parse().unwrap();
+
+    let page = common::run_chromium(&page_url, "connections-before", "--dump-dom")
+        .await
+        .unwrap();
+    assert_eq!(row_state(&page, "docs"), "needs-sign-in");
+    assert_eq!(row_state(&page, "plain"), "none");
+    let connect = page
+        .split("id=\"connect-docs\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a connect button for docs");
+    // The browser follows the page's Connect link: start link, consent (with its
+    // cookie hop), the gateway's callback.
+    let landing = common::run_chromium(
+        &page_url.join(connect).unwrap(),
+        "connections-connect",
+        "--dump-dom",
+    )
+    .await
+    .unwrap();
+    assert_eq!(auth.stats().code_exchanges, 1, "{landing}");
+    let page = common::run_chromium(&page_url, "connections-after", "--dump-dom")
+        .await
+        .unwrap();
+    assert_eq!(row_state(&page, "docs"), "connected");
+    assert!(page.contains("id=\"disconnect-docs\""), "{page}");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("connections.png");
+    common::run_chromium(
+        &page_url,
+        "connections-shot",
+        &format!("--screenshot={}", shot.display()),
+    )
+    .await
+    .unwrap();
+    assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+    println!("connections page screenshot: {}", shot.display());
+
+    // Calls go through with the user's token now.
+    let endpoint = format!("{public}/docs/mcp");
+    let whoami = serde_json::from_str::<Value>(&call(1, "whoami")).unwrap();
+    let (answer, _) = post_as(&endpoint, "ignored", None, whoami.clone()).await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "anonymous",
+        "{answer}"
+    );
+
+    // Disconnect: a form post bound to the user; a forged one changes nothing.
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let form = |csrf: &str| {
+        http()
+            .post(format!("{public}/connections/docs/disconnect"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}"))
+    };
+    let forged = form(&"0".repeat(csrf.len())).send().await.unwrap();
+    assert_eq!(forged.status(), 403);
+    let (answer, _) = post_as(&endpoint, "ignored", None, whoami.clone()).await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "anonymous",
+        "{answer}"
+    );
+    let done = form(&csrf).send().await.unwrap();
+    assert_eq!(done.status(), 303);
+    let page = common::run_chromium(&page_url, "connections-gone", "--dump-dom")
+        .await
+        .unwrap();
+    assert_eq!(row_state(&page, "docs"), "needs-sign-in");
+    let (answer, _) = post_as(&endpoint, "ignored", None, whoami).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+}

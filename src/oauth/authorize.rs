@@ -306,6 +306,11 @@ impl Authorizer {
         &self.inner.server
     }
 
+    /// The credential store the authorizer writes to.
+    pub(crate) fn store(&self) -> &Arc<dyn CredentialStore> {
+        &self.inner.store
+    }
+
     /// The slot holding each tenant's binding, for
     /// [`SilentRefreshLayer::new`](crate::SilentRefreshLayer::new).
     pub fn bindings(&self) -> BindingSlot {

@@ -24,6 +24,7 @@
 
 mod config;
 mod connect;
+mod connections;
 mod prometheus;
 mod server;
 

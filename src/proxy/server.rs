@@ -31,16 +31,36 @@ type UpstreamService =
 
 /// One upstream as the gateway serves it.
 #[derive(Clone)]
-struct Upstream {
+pub(crate) struct Upstream {
     url: url::Url,
     service: UpstreamService,
+    /// The sign-in of an `oauth` upstream.
+    pub(crate) authorizer: Option<Authorizer>,
+    /// The upstream's circuit breakers (one per principal).
+    pub(crate) breaker: crate::CircuitBreakerHandle,
+    /// The refresh coordinator of an `oauth` upstream (its per-process token cache).
+    pub(crate) coordinator: Option<RefreshCoordinator>,
+}
+
+impl Upstream {
+    /// The breaker key of `principal`'s calls (`BreakerKeying::OriginAndPrincipal`).
+    pub(crate) fn breaker_key(&self, principal: &Principal) -> String {
+        format!(
+            "{}://{}:{} {}:{}",
+            self.url.scheme(),
+            self.url.host_str().unwrap_or_default(),
+            self.url.port_or_known_default().unwrap_or_default(),
+            principal.tenant(),
+            principal.subject()
+        )
+    }
 }
 
 /// The gateway: its upstreams, identity rule and store.
 #[derive(Clone)]
 pub struct Gateway {
-    upstreams: Arc<HashMap<String, Upstream>>,
-    identity: Arc<IdentityConfig>,
+    pub(crate) upstreams: Arc<HashMap<String, Upstream>>,
+    pub(crate) identity: Arc<IdentityConfig>,
     store: Arc<dyn CredentialStore>,
     max_body_bytes: usize,
     metrics: Option<super::PrometheusHandle>,
@@ -48,6 +68,8 @@ pub struct Gateway {
     callbacks: Arc<HashMap<String, CallbackService>>,
     /// MCP sessions whose client declared URL-mode elicitation in `initialize`.
     url_elicitation_sessions: moka::sync::Cache<String, ()>,
+    /// Signs the `/connections` forms (derived from the cookie key, or random).
+    form_key: Arc<[u8; 32]>,
 }
 
 /// Why the gateway could not be built.
@@ -109,6 +131,9 @@ impl Gateway {
             // must not be refused (only upstream failures count).
             let breaker = CircuitBreakerLayer::new(BreakerConfig::default().without_storm_guard())
                 .with_keying(BreakerKeying::OriginAndPrincipal);
+            let breaker_handle = breaker.handle();
+            let mut authorizer_of_upstream = None;
+            let mut coordinator_of_upstream = None;
             let service = match &upstream.auth {
                 UpstreamAuth::None => BoxCloneSyncService::new(
                     ServiceBuilder::new().layer(breaker).service(http.clone()),
@@ -139,16 +164,16 @@ impl Gateway {
                         upstream.name.clone(),
                         callback_service(config, &upstream.name, &authorizer),
                     );
+                    authorizer_of_upstream = Some(authorizer.clone());
+                    let coordinator = RefreshCoordinator::new(store.clone());
+                    coordinator_of_upstream = Some(coordinator.clone());
                     BoxCloneSyncService::new(
                         ServiceBuilder::new()
                             .layer(breaker)
                             // Return early: the caller gets the sign-in link in the
                             // protocol at once; a request is never held open for it.
                             .layer(OAuthRetryLayer::return_early(authorizer.clone()))
-                            .layer(SilentRefreshLayer::new(
-                                RefreshCoordinator::new(store.clone()),
-                                authorizer.bindings(),
-                            ))
+                            .layer(SilentRefreshLayer::new(coordinator, authorizer.bindings()))
                             .service(http.clone()),
                     )
                 }
@@ -158,6 +183,9 @@ impl Gateway {
                 Upstream {
                     url: upstream.url.clone(),
                     service,
+                    authorizer: authorizer_of_upstream,
+                    breaker: breaker_handle,
+                    coordinator: coordinator_of_upstream,
                 },
             );
         }
@@ -172,7 +200,39 @@ impl Gateway {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
+            form_key: Arc::new(match &config.cookie_key {
+                Some(key) => {
+                    crate::crypto::hmac_sha256(key.expose().as_bytes(), b"mcp-auth-proxy forms")
+                }
+                None => crate::crypto::random_bytes::<32>(),
+            }),
         })
+    }
+
+    /// The token of `principal`'s `/connections` forms.
+    pub(crate) fn form_token(&self, principal: &Principal) -> String {
+        crate::crypto::hex(&self.form_tag(principal))
+    }
+
+    /// Whether `token` is `principal`'s form token.
+    pub(crate) fn form_token_matches(&self, principal: &Principal, token: &str) -> bool {
+        let expected = self.form_token(principal);
+        // Constant time: both are hex strings of one length.
+        expected.len() == token.len()
+            && expected
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+
+    fn form_tag(&self, principal: &Principal) -> [u8; 32] {
+        let mut data = Vec::new();
+        for field in [principal.tenant(), principal.subject()] {
+            data.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            data.extend_from_slice(field.as_bytes());
+        }
+        crate::crypto::hmac_sha256(&*self.form_key, &data)
     }
 
     /// Serves `/metrics` from `handle` (the crate's counters, Prometheus text format).
@@ -193,6 +253,15 @@ impl Gateway {
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .route("/readyz", axum::routing::get(ready))
             .route("/metrics", axum::routing::get(metrics))
+            .route("/connections", axum::routing::get(super::connections::list))
+            .route(
+                "/connections/{upstream}/connect",
+                axum::routing::get(super::connections::connect),
+            )
+            .route(
+                "/connections/{upstream}/disconnect",
+                axum::routing::post(super::connections::disconnect),
+            )
             .with_state(self);
         for (name, service) in callbacks.iter() {
             router = router.merge(crate::callback_router(
@@ -337,7 +406,7 @@ fn json_error(status: StatusCode, message: &str) -> Response {
 }
 
 /// Who is calling, by the configured rule.
-fn principal(
+pub(crate) fn principal(
     identity: &IdentityConfig,
     peer: SocketAddr,
     headers: &HeaderMap,

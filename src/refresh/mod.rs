@@ -565,7 +565,7 @@ impl RefreshCoordinator {
         }
     }
 
-    fn forget(&self, key: &AuthKey) {
+    pub(crate) fn forget(&self, key: &AuthKey) {
         if let Some(hot) = &self.inner.hot {
             hot.invalidate(key);
         }

@@ -305,3 +305,59 @@ pub fn sample_tokens(access: &str) -> TokenSet {
         .with_expires_in(Duration::from_secs(3600))
         .with_scope("tools")
 }
+
+/// Headless Chromium (Debian's `chromium`, installed by the README's test command).
+pub fn chromium() -> String {
+    std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".to_owned())
+}
+
+pub fn profile(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chromium-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("profile dir");
+    dir
+}
+
+/// Runs headless Chromium on `url` with a fresh profile and `mode` (`--dump-dom` or
+/// `--screenshot=…`); returns what it printed.
+pub async fn run_chromium(url: &url::Url, name: &str, mode: &str) -> Result<String, BoxError> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--window-size=900,560",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--user-data-dir={}", profile(name).display()))
+            .arg(mode)
+            .arg(url.as_str())
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .map_err(|_| "chromium did not finish within 60 s")?
+    .map_err(|e| {
+        format!(
+            "cannot run {} ({e}); the test command installs it",
+            chromium()
+        )
+    })?;
+    if !output.status.success() {
+        return Err(format!(
+            "chromium failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
