@@ -54,6 +54,13 @@ if ! command -v redis-server >/dev/null; then
 fi
 redis-server --version
 
+step "npm, and the official TypeScript MCP SDK for tests/proxy.rs (pinned by its package-lock.json)"
+if ! command -v npx >/dev/null; then
+  echo "npx not found; installing npm from Debian"
+  apt-get update -qq && apt-get install -y -qq npm
+fi
+npm ci --silent --no-audit --no-fund --prefix tests/external/ts-client
+
 step "unit, integration, loom model-checking, fuzz-smoke, real-browser, multi-process and doc tests"
 # Two tests at a time per binary: the storm tests each run hundreds of concurrent calls
 # on a 2-core machine, and timing-based assertions need the CPU they were written for.
@@ -90,10 +97,6 @@ step "hot path bench (each benchmark run once as a smoke test)"
 cargo bench --bench hot_path -- --test
 
 step "MCP conformance suite, client scenarios, strictly one at a time"
-if ! command -v npx >/dev/null; then
-  echo "npx not found; installing npm from Debian"
-  apt-get update -qq && apt-get install -y -qq npm
-fi
 scripts/conformance.sh
 
 step "MCP conformance suite again, with rmcp's transport on the crate's layers (examples/rmcp_conformance_client.rs)"

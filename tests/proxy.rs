@@ -724,3 +724,94 @@ auth = "none"
     let (answer, _) = post_as(&endpoint, "ignored", None, whoami).await;
     assert_eq!(answer["result"]["isError"], true, "{answer}");
 }
+
+/// The official TypeScript SDK client (tests/external/ts-client, installed by the test
+/// command) against the gateway: `-32042`, a browser follower signs the user in, the
+/// retry works. Once with a stateful upstream answering in SSE, once stateless.
+#[tokio::test]
+async fn typescript_sdk_client_completes_the_url_elicitation_connect_flow() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    for (variant, stateless, sse) in [("stateful-sse", false, true), ("stateless", true, false)] {
+        let auth = TestAuthServer::start().await.unwrap();
+        auth.set_consenting_user("alice");
+        let mcp = TestMcpServer::start(&auth).await.unwrap();
+        mcp.set_stateless(stateless);
+        mcp.set_sse(sse);
+        let port = free_port();
+        let public = format!("http://127.0.0.1:{port}");
+        let config = format!(
+            "{}\n[[upstream]]\nname = \"docs\"\nurl = \"{}\"\nauth = \"oauth\"\n",
+            oauth_config(port),
+            mcp.url()
+        );
+        let key = [(
+            "GATEWAY_COOKIE_KEY",
+            "0123456789abcdef0123456789abcdef-test",
+        )];
+        let _proxy = start(&format!("ts-{variant}"), &config, &key);
+
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/external/ts-client");
+        assert!(
+            std::path::Path::new(dir)
+                .join("node_modules/@modelcontextprotocol/sdk")
+                .exists(),
+            "the TypeScript SDK is not installed: the test command runs `npm ci` in {dir}"
+        );
+        let mut client = tokio::process::Command::new("npx")
+            .args(["-y", "-p", "node@22", "node", "connect.mjs"])
+            .arg(format!("{public}/docs/mcp"))
+            .arg("alice")
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("npx (the test command installs npm)");
+        let mut stdin = client.stdin.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(client.stdout.take().unwrap()).lines();
+        let mut next = async || -> Value {
+            let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+                .await
+                .expect("the TypeScript client answers within 120 s")
+                .unwrap()
+                .expect("a line from the TypeScript client");
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+        };
+
+        let event = next().await;
+        assert_eq!(event["event"], "url-elicitation", "{variant}: {event}");
+        assert_eq!(event["code"], -32042);
+        assert_eq!(event["mode"], "url");
+        let link = event["url"].as_str().unwrap();
+        assert!(
+            link.starts_with(&format!("{public}/oauth/docs/start?flow=")),
+            "{link}"
+        );
+        // The browser follower: the user's browser, signed in at the front proxy.
+        tower_mcp_auth::testing::HeadlessBrowser::for_redirect_uri(
+            format!("{public}/oauth/docs/callback").parse().unwrap(),
+        )
+        .with_header("x-user".parse().unwrap(), "alice".parse().unwrap())
+        .visit(&link.parse().unwrap())
+        .await
+        .unwrap();
+        stdin.write_all(b"signed in\n").await.unwrap();
+
+        assert_eq!(next().await["event"], "connected", "{variant}");
+        let done = next().await;
+        assert_eq!(done["event"], "done", "{variant}: {done}");
+        assert_eq!(done["whoami"], "alice", "{variant}: {done}");
+        assert!(
+            done["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "whoami"),
+            "{done}"
+        );
+        let status = client.wait().await.unwrap();
+        assert!(status.success(), "{variant}: {status}");
+        assert_eq!(auth.stats().code_exchanges, 1, "{variant}");
+    }
+}
