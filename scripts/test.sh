@@ -93,6 +93,9 @@ cargo bench --bench replica_contention
 step "OBO storm bench (exits non-zero unless our layer makes one exchange per user, scope and token lifetime)"
 cargo bench --bench obo_storm
 
+step "gateway bench (direct vs through mcp-auth-proxy; every call must be answered)"
+cargo bench --bench gateway
+
 step "hot path bench (each benchmark run once as a smoke test)"
 cargo bench --bench hot_path -- --test
 

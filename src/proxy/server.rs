@@ -477,12 +477,16 @@ async fn forward(
     };
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(principal);
-    // A POST carries one JSON-RPC message (capped by the body limit): read it, so that
-    // a request that cannot go upstream yet is answered in JSON-RPC, with its id.
+    // A POST carries one JSON-RPC message (capped by the body limit): read whole, it
+    // goes upstream with its length (a stream would go chunked, which costs both ends),
+    // and where the upstream has sign-in, a "connect first" answer can carry its id.
     let (body, message) = if parts.method == http::Method::POST {
         match axum::body::to_bytes(body, gateway.max_body_bytes).await {
             Ok(bytes) => {
-                let message = Message::parse(&bytes);
+                let message = upstream
+                    .authorizer
+                    .as_ref()
+                    .and_then(|_| Message::parse(&bytes));
                 (ReplayBody::buffered(bytes), message)
             }
             Err(_) => {
@@ -492,16 +496,14 @@ async fn forward(
     } else {
         (ReplayBody::new(body), None)
     };
-    let session = parts
-        .headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let url_elicitation = match &message {
         Some(message) if message.is_initialize() => message.declares_url_elicitation,
-        _ => session
-            .as_ref()
+        Some(_) => parts
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
             .is_some_and(|session| gateway.url_elicitation_sessions.contains_key(session)),
+        None => false,
     };
     let request = http::Request::from_parts(parts, body);
     match upstream.service.oneshot(request).await {
