@@ -21,7 +21,7 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The latest `exp` a JWT may claim and still be read as a time: the year 9999. An
 /// `exp` beyond it is absurd and the token is treated as invalid.
-const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
+pub(crate) const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
 
 /// `d` clamped to [`MAX_LIFETIME`].
 pub(crate) fn clamp(d: Duration) -> Duration {

@@ -815,3 +815,181 @@ async fn typescript_sdk_client_completes_the_url_elicitation_connect_flow() {
         assert_eq!(auth.stats().code_exchanges, 1, "{variant}");
     }
 }
+
+/// An identity provider for the `jwt` mode: a P-256 key, its JWKS served on loopback.
+struct Idp {
+    key: ring::signature::EcdsaKeyPair,
+    url: String,
+}
+
+impl Idp {
+    async fn start(kid: &'static str) -> Self {
+        use base64::Engine;
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+        let point = ring::signature::KeyPair::public_key(&key).as_ref().to_vec();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { axum::Json(jwks) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { key, url }
+    }
+
+    fn token(&self, kid: &str, claims: Value) -> String {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let signature = self.key.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(signature.as_ref()))
+    }
+}
+
+#[tokio::test]
+async fn jwt_identity_accepts_valid_tokens_only() {
+    let idp = Idp::start("k1").await;
+    let other = Idp::start("k1").await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+allow_loopback_http = true
+
+[store]
+sqlite = "gateway.db"
+
+[identity]
+mode = "jwt"
+issuer = "https://idp.example.com"
+audience = "mcp-gateway"
+jwks_url = "{}"
+tenant_claim = "org"
+
+[[upstream]]
+name = "plain"
+url = "{}"
+auth = "none"
+"#,
+        idp.url,
+        upstream.url()
+    );
+    let proxy = start("jwt", &config, &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |changes: Value| {
+        let mut claims = json!({"iss": "https://idp.example.com", "aud": ["mcp-gateway"],
+            "sub": "alice", "org": "acme", "exp": now + 300, "nbf": now - 10});
+        for (name, value) in changes.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
+        claims
+    };
+    let page = |token: Option<String>| {
+        let mut request = http().get(format!("{}/connections", proxy.url));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        async move { request.send().await.unwrap() }
+    };
+
+    let ok = page(Some(idp.token("k1", claims(json!({}))))).await;
+    assert_eq!(ok.status(), 200);
+    assert!(
+        ok.text()
+            .await
+            .unwrap()
+            .contains("Signed in as <strong>alice</strong>")
+    );
+    let forwarded = http()
+        .post(format!("{}/plain/mcp", proxy.url))
+        .header(
+            "authorization",
+            format!("Bearer {}", idp.token("k1", claims(json!({})))),
+        )
+        .header("content-type", "application/json")
+        .body(call(1, "echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 200);
+
+    let refused = [
+        ("no token", None),
+        (
+            "expired",
+            Some(idp.token("k1", claims(json!({"exp": now - 3600})))),
+        ),
+        (
+            "not yet valid",
+            Some(idp.token("k1", claims(json!({"nbf": now + 3600})))),
+        ),
+        (
+            "another audience",
+            Some(idp.token("k1", claims(json!({"aud": "other"})))),
+        ),
+        (
+            "another issuer",
+            Some(idp.token("k1", claims(json!({"iss": "https://evil"})))),
+        ),
+        (
+            "no tenant claim",
+            Some(idp.token("k1", claims(json!({"org": null})))),
+        ),
+        (
+            "signed by another key",
+            Some(other.token("k1", claims(json!({})))),
+        ),
+        ("unknown key id", Some(idp.token("k9", claims(json!({}))))),
+        (
+            "huge exp",
+            Some(idp.token("k1", claims(json!({"exp": 1e300})))),
+        ),
+        ("not a JWT", Some("not-a-jwt".to_owned())),
+        (
+            "alg none",
+            Some({
+                let token = idp.token("k1", claims(json!({})));
+                let mut parts: Vec<&str> = token.split('.').collect();
+                let none = base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    br#"{"alg":"none","kid":"k1"}"#,
+                );
+                parts[0] = &none;
+                format!("{}.{}.", parts[0], parts[1])
+            }),
+        ),
+    ];
+    for (case, token) in refused {
+        let response = page(token).await;
+        assert_eq!(response.status(), 401, "{case}");
+        assert!(
+            response.headers().contains_key("www-authenticate"),
+            "{case}"
+        );
+    }
+    // Refused tokens changed nothing: a valid one still works.
+    let ok = page(Some(idp.token("k1", claims(json!({"sub": "bob"}))))).await;
+    assert!(
+        ok.text()
+            .await
+            .unwrap()
+            .contains("Signed in as <strong>bob</strong>")
+    );
+}

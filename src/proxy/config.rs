@@ -90,6 +90,9 @@ pub enum IdentityConfig {
         /// The peers allowed to set the header.
         trusted_sources: Vec<IpAddr>,
     },
+    /// A JWT bearer token from the caller's identity provider, verified against its
+    /// JWKS: principal = tenant (claim or fixed) + `sub`.
+    Jwt(super::jwt::JwtIdentity),
     /// Every caller is one principal: for a single-user gateway on a workstation or a
     /// test bench, never for a shared one.
     Anonymous {
@@ -205,6 +208,10 @@ struct RawIdentity {
     tenant: Option<String>,
     #[serde(default)]
     trusted_sources: Vec<Spanned<String>>,
+    issuer: Option<Spanned<String>>,
+    audience: Option<Spanned<String>>,
+    jwks_url: Option<Spanned<String>>,
+    tenant_claim: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +343,38 @@ impl ProxyConfig {
                     trusted_sources: sources,
                 }
             }
+            "jwt" => {
+                let required = |value: Option<Spanned<String>>, name: &str| {
+                    value.ok_or_else(|| {
+                        at(
+                            identity_span.clone(),
+                            format!("identity: mode `jwt` needs `{name}`"),
+                        )
+                    })
+                };
+                let issuer = required(raw_identity.issuer, "issuer")?.into_inner();
+                let audience = required(raw_identity.audience, "audience")?.into_inner();
+                let jwks = required(raw_identity.jwks_url, "jwks_url")?;
+                let jwks_url = url::Url::parse(jwks.get_ref())
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https"))
+                    .ok_or_else(|| {
+                        at(
+                            jwks.span(),
+                            format!(
+                                "identity.jwks_url: `{}` is not an http(s) URL",
+                                jwks.get_ref()
+                            ),
+                        )
+                    })?;
+                IdentityConfig::Jwt(super::jwt::JwtIdentity {
+                    issuer,
+                    audience,
+                    jwks_url,
+                    tenant_claim: raw_identity.tenant_claim,
+                    tenant: raw_identity.tenant.unwrap_or_else(|| "default".into()),
+                })
+            }
             "anonymous" => IdentityConfig::Anonymous {
                 tenant: raw_identity.tenant.unwrap_or_else(|| "default".into()),
                 subject: "anonymous".to_owned(),
@@ -344,7 +383,7 @@ impl ProxyConfig {
                 return Err(at(
                     raw_identity.mode.span(),
                     format!(
-                        "identity.mode: unknown mode `{other}` (known: trusted-header, anonymous)"
+                        "identity.mode: unknown mode `{other}` (known: trusted-header, jwt, anonymous)"
                     ),
                 ));
             }
@@ -656,6 +695,16 @@ header_value_env = "KEYED_SECRET"
             assert_eq!(error.line, Some(line), "{error} in\n{text}");
             assert!(error.to_string().contains(needle), "{error}");
         }
+        let jwt = GOOD.replace("mode = \"trusted-header\"", "mode = \"jwt\"");
+        let error = ProxyConfig::parse(&jwt, &env).unwrap_err();
+        assert_eq!(error.line, Some(3), "{error}");
+        assert!(error.to_string().contains("`issuer`"), "{error}");
+        let jwt = jwt.replace(
+            "mode = \"jwt\"",
+            "mode = \"jwt\"\nissuer = \"https://idp\"\naudience = \"gw\"\njwks_url = \"https://idp/jwks\"",
+        );
+        let config = ProxyConfig::parse(&jwt, &env).unwrap();
+        assert!(matches!(config.identity, IdentityConfig::Jwt(_)));
         let oauth = GOOD.replace("auth = \"none\"", "auth = \"oauth\"");
         let error = ProxyConfig::parse(&oauth, &env).unwrap_err();
         assert_eq!(error.line, Some(11), "{error}");

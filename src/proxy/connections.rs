@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, Form, Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use http::{HeaderMap, StatusCode};
 
-use super::server::{Gateway, Upstream, principal};
+use super::server::{Gateway, Upstream};
 use crate::key::{AuthKey, Principal};
 use crate::{AuthorizationCause, CircuitState, escape_html};
 
@@ -91,14 +91,21 @@ pub(crate) async fn state_of(upstream: &Upstream, principal: &Principal) -> Conn
 }
 
 fn refused(status: StatusCode, message: &str) -> Response {
-    (
+    let mut response = (
         status,
         Html(page(
             "Connections",
             &format!("<p>{}</p>", escape_html(message)),
         )),
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"mcp-auth-proxy\""),
+        );
+    }
+    response
 }
 
 fn page(title: &str, body: &str) -> String {
@@ -119,7 +126,7 @@ pub(crate) async fn list(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let principal = match principal(&gateway.identity, peer, &headers) {
+    let principal = match gateway.identify(peer, &headers).await {
         Ok(principal) => principal,
         Err((status, message)) => return refused(status, message),
     };
@@ -167,7 +174,7 @@ pub(crate) async fn connect(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let principal = match principal(&gateway.identity, peer, &headers) {
+    let principal = match gateway.identify(peer, &headers).await {
         Ok(principal) => principal,
         Err((status, message)) => return refused(status, message),
     };
@@ -212,7 +219,7 @@ pub(crate) async fn disconnect(
     headers: HeaderMap,
     Form(form): Form<DisconnectForm>,
 ) -> Response {
-    let principal = match principal(&gateway.identity, peer, &headers) {
+    let principal = match gateway.identify(peer, &headers).await {
         Ok(principal) => principal,
         Err((status, message)) => return refused(status, message),
     };

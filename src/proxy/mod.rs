@@ -25,6 +25,7 @@
 mod config;
 mod connect;
 mod connections;
+mod jwt;
 mod prometheus;
 mod server;
 
@@ -32,5 +33,6 @@ pub use config::{
     ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, PreRegistered, ProxyConfig, StoreConfig,
     UpstreamAuth, UpstreamConfig,
 };
+pub use jwt::JwtIdentity;
 pub use prometheus::{PrometheusHandle, PrometheusRecorder};
 pub use server::{Gateway, GatewayError};

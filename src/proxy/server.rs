@@ -70,6 +70,8 @@ pub struct Gateway {
     url_elicitation_sessions: moka::sync::Cache<String, ()>,
     /// Signs the `/connections` forms (derived from the cookie key, or random).
     form_key: Arc<[u8; 32]>,
+    /// Verifies inbound JWTs (identity mode `jwt`).
+    jwt: Option<Arc<super::jwt::JwtVerifier>>,
 }
 
 /// Why the gateway could not be built.
@@ -200,6 +202,20 @@ impl Gateway {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
+            jwt: match &config.identity {
+                IdentityConfig::Jwt(identity) => {
+                    let policy = if config.allow_loopback_http {
+                        UrlPolicy::default().allow_loopback_http()
+                    } else {
+                        UrlPolicy::default()
+                    };
+                    Some(Arc::new(super::jwt::JwtVerifier::new(
+                        identity.clone(),
+                        crate::AuthHttpClient::with_policy(policy),
+                    )))
+                }
+                _ => None,
+            },
             form_key: Arc::new(match &config.cookie_key {
                 Some(key) => {
                     crate::crypto::hmac_sha256(key.expose().as_bytes(), b"mcp-auth-proxy forms")
@@ -207,6 +223,24 @@ impl Gateway {
                 None => crate::crypto::random_bytes::<32>(),
             }),
         })
+    }
+
+    /// Who is calling: the configured rule applied to the request's peer and headers.
+    pub(crate) async fn identify(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<Principal, (StatusCode, &'static str)> {
+        match &self.jwt {
+            Some(verifier) => verifier
+                .principal(headers.get(header::AUTHORIZATION))
+                .await
+                .map_err(|error| {
+                    tracing::info!(%error, "inbound token refused");
+                    (StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+                }),
+            None => principal(&self.identity, peer, headers),
+        }
     }
 
     /// The token of `principal`'s `/connections` forms.
@@ -351,16 +385,21 @@ fn callback_service(config: &ProxyConfig, name: &str, authorizer: &Authorizer) -
         binding = binding.insecure_cookies();
     }
     let identity = config.identity.clone();
-    CallbackService::new(authorizer.completer(), binding)
+    let service = CallbackService::new(authorizer.completer(), binding)
         .with_start_path(format!("/oauth/{name}/start"))
-        .with_app_name(format!("mcp-auth-proxy ({name})"))
-        .with_start_check(move |request, principal| {
-            request
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .and_then(|peer| self::principal(&identity, peer.0, &request.headers).ok())
-                .is_some_and(|browser_user| &browser_user == principal)
-        })
+        .with_app_name(format!("mcp-auth-proxy ({name})"));
+    if matches!(identity, IdentityConfig::Jwt(_)) {
+        // A browser carries no bearer token: the link is bound to the browser that
+        // opens it first (the signed cookie), not checked against a user.
+        return service;
+    }
+    service.with_start_check(move |request, principal| {
+        request
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .and_then(|peer| self::principal(&identity, peer.0, &request.headers).ok())
+            .is_some_and(|browser_user| &browser_user == principal)
+    })
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
@@ -441,6 +480,8 @@ pub(crate) fn principal(
         IdentityConfig::Anonymous { tenant, subject } => {
             Ok(Principal::new(tenant.as_str(), subject.as_str()))
         }
+        // Verified asynchronously, by `Gateway::identify`.
+        IdentityConfig::Jwt(_) => Err((StatusCode::UNAUTHORIZED, "a bearer token is required")),
     }
 }
 
@@ -456,7 +497,7 @@ async fn forward(
             &format!("no upstream named `{name}`"),
         );
     };
-    let principal = match principal(&gateway.identity, peer, request.headers()) {
+    let principal = match gateway.identify(peer, request.headers()).await {
         Ok(principal) => principal,
         Err((status, message)) => return json_error(status, message),
     };

@@ -1,0 +1,293 @@
+//! Inbound identity from a JWT bearer token, verified against the issuer's JWKS.
+//!
+//! Signatures: RS256 and ES256 (ring). Keys are fetched from `jwks_url` and cached; a
+//! token naming a key id the cache does not hold refetches the set (at most once per
+//! [`REFETCH_INTERVAL`]), so the issuer's key rotation is followed without letting
+//! made-up key ids hammer it. `iss`, `aud`, `exp` (required) and `nbf` are checked with
+//! [`LEEWAY`] for clock skew. The token itself is never logged or forwarded.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::http_client::AuthHttpClient;
+use crate::key::Principal;
+
+/// Clock skew allowed on `exp` and `nbf`.
+pub(crate) const LEEWAY: Duration = Duration::from_secs(60);
+/// The least time between two fetches of the key set.
+pub(crate) const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a fetched key set is used before it is fetched again.
+pub(crate) const KEYS_TTL: Duration = Duration::from_secs(600);
+
+/// What the `jwt` identity mode checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIdentity {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// A value the token's `aud` must hold.
+    pub audience: String,
+    /// Where the issuer publishes its keys.
+    pub jwks_url: url::Url,
+    /// The claim holding the tenant; `None`: every principal is in `tenant`.
+    pub tenant_claim: Option<String>,
+    /// The tenant when there is no tenant claim.
+    pub tenant: String,
+}
+
+/// Why a bearer token was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum JwtError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("the token is not a JWT")]
+    Malformed,
+    #[error("unsupported signature algorithm `{0}`")]
+    Algorithm(String),
+    #[error("no key of the issuer has this token's key id")]
+    UnknownKey,
+    #[error("the signature does not verify")]
+    Signature,
+    #[error("the token expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token is from another issuer")]
+    Issuer,
+    #[error("the token is for another audience")]
+    Audience,
+    #[error("the token names no subject")]
+    Subject,
+    #[error("the issuer's keys could not be fetched: {0}")]
+    Keys(String),
+}
+
+enum Key {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// P-256, uncompressed point.
+    P256(Vec<u8>),
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, std::sync::Arc<Key>>,
+    fetched_at: Option<Instant>,
+}
+
+/// Verifies inbound JWTs for the gateway.
+pub(crate) struct JwtVerifier {
+    config: JwtIdentity,
+    http: AuthHttpClient,
+    keys: Mutex<KeySet>,
+    /// One fetch at a time; callers that waited find the keys it brought.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl JwtVerifier {
+    pub(crate) fn new(config: JwtIdentity, http: AuthHttpClient) -> Self {
+        Self {
+            config,
+            http,
+            keys: Mutex::new(KeySet::default()),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The principal of a verified `Authorization: Bearer` token.
+    pub(crate) async fn principal(
+        &self,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Result<Principal, JwtError> {
+        let token = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(JwtError::Missing)?;
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError::Malformed);
+        };
+        let decode = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| JwtError::Malformed)
+        };
+        let header: Value =
+            serde_json::from_slice(&decode(header)?).map_err(|_| JwtError::Malformed)?;
+        let claims: Value =
+            serde_json::from_slice(&decode(payload)?).map_err(|_| JwtError::Malformed)?;
+        let signature = decode(signature)?;
+        let algorithm = header["alg"].as_str().unwrap_or_default();
+        if !matches!(algorithm, "RS256" | "ES256") {
+            return Err(JwtError::Algorithm(algorithm.chars().take(16).collect()));
+        }
+        let kid = header["kid"].as_str().unwrap_or_default();
+        let key = self.key(kid).await?;
+        let signed = &token.as_bytes()[..header_len(token)];
+        let verified = match (&*key, algorithm) {
+            (Key::Rsa { n, e }, "RS256") => ring::signature::RsaPublicKeyComponents { n, e }
+                .verify(
+                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    signed,
+                    &signature,
+                )
+                .is_ok(),
+            (Key::P256(point), "ES256") => ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_FIXED,
+                point,
+            )
+            .verify(signed, &signature)
+            .is_ok(),
+            _ => false,
+        };
+        if !verified {
+            return Err(JwtError::Signature);
+        }
+        self.check_claims(&claims)
+    }
+
+    fn check_claims(&self, claims: &Value) -> Result<Principal, JwtError> {
+        if claims["iss"].as_str() != Some(self.config.issuer.as_str()) {
+            return Err(JwtError::Issuer);
+        }
+        let audience = &self.config.audience;
+        let for_us = match &claims["aud"] {
+            Value::String(aud) => aud == audience,
+            Value::Array(auds) => auds.iter().any(|a| a.as_str() == Some(audience)),
+            _ => false,
+        };
+        if !for_us {
+            return Err(JwtError::Audience);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let leeway = LEEWAY.as_secs_f64();
+        // Numbers from the network: compared as floats, never turned into durations.
+        let exp = claims["exp"].as_f64().ok_or(JwtError::Expired)?;
+        // An `exp` past the year 9999 is absurd: such a token is invalid, as elsewhere.
+        let latest = crate::limits::MAX_UNIX_SECONDS as f64;
+        if !(exp.is_finite() && exp + leeway > now && exp <= latest) {
+            return Err(JwtError::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf").filter(|v| !v.is_null()) {
+            let nbf = nbf.as_f64().ok_or(JwtError::NotYetValid)?;
+            if !(nbf.is_finite() && nbf - leeway <= now) {
+                return Err(JwtError::NotYetValid);
+            }
+        }
+        let subject = claims["sub"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or(JwtError::Subject)?;
+        let tenant = match &self.config.tenant_claim {
+            Some(claim) => claims[claim.as_str()]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .ok_or(JwtError::Subject)?,
+            None => self.config.tenant.as_str(),
+        };
+        Ok(Principal::new(tenant, subject))
+    }
+
+    /// The key `kid`, fetching the set when it is stale or lacks the key (rate-limited).
+    async fn key(&self, kid: &str) -> Result<std::sync::Arc<Key>, JwtError> {
+        let lookup = |keys: &KeySet| {
+            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < KEYS_TTL);
+            (keys.keys.get(kid).cloned(), fresh, keys.fetched_at)
+        };
+        let (found, fresh, _) = lookup(&self.keys.lock().unwrap_or_else(|e| e.into_inner()));
+        if let (Some(key), true) = (&found, fresh) {
+            return Ok(key.clone());
+        }
+        let _fetching = self.fetching.lock().await;
+        let (found, fresh, fetched_at) =
+            lookup(&self.keys.lock().unwrap_or_else(|e| e.into_inner()));
+        if let (Some(key), true) = (&found, fresh) {
+            return Ok(key.clone());
+        }
+        let may_fetch = fetched_at.is_none_or(|at| at.elapsed() >= REFETCH_INTERVAL) || !fresh;
+        if !may_fetch {
+            return found.ok_or(JwtError::UnknownKey);
+        }
+        match self.fetch().await {
+            Ok(keys) => {
+                let mut set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+                set.keys = keys;
+                set.fetched_at = Some(Instant::now());
+                set.keys.get(kid).cloned().ok_or(JwtError::UnknownKey)
+            }
+            // A stale set still verifies the keys it has while the issuer is down.
+            Err(error) => found.ok_or(error),
+        }
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, std::sync::Arc<Key>>, JwtError> {
+        let mut request = http::Request::new(Bytes::new());
+        *request.uri_mut() = self
+            .config
+            .jwks_url
+            .as_str()
+            .parse()
+            .map_err(|_| JwtError::Keys("jwks_url".into()))?;
+        request.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let response = self
+            .http
+            .send(request)
+            .await
+            .map_err(|error| JwtError::Keys(error.to_string()))?;
+        if !response.status().is_success() {
+            return Err(JwtError::Keys(format!("status {}", response.status())));
+        }
+        let set: Value = serde_json::from_slice(response.body())
+            .map_err(|_| JwtError::Keys("not a JSON key set".into()))?;
+        let mut keys = HashMap::new();
+        for jwk in set["keys"].as_array().into_iter().flatten() {
+            let field = |name: &str| {
+                jwk[name]
+                    .as_str()
+                    .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+            };
+            let key = match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
+                (Some("RSA"), _) => match (field("n"), field("e")) {
+                    (Some(n), Some(e)) => Key::Rsa { n, e },
+                    _ => continue,
+                },
+                (Some("EC"), Some("P-256")) => match (field("x"), field("y")) {
+                    (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => {
+                        Key::P256([&[4u8][..], &x, &y].concat())
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let kid = jwk["kid"].as_str().unwrap_or_default().to_owned();
+            keys.insert(kid, std::sync::Arc::new(key));
+        }
+        tracing::info!(keys = keys.len(), "inbound identity: issuer keys fetched");
+        Ok(keys)
+    }
+}
+
+/// The length of `header.payload`, the signed part of a compact JWS.
+fn header_len(token: &str) -> usize {
+    token.rfind('.').unwrap_or(0)
+}
