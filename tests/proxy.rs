@@ -993,3 +993,74 @@ auth = "none"
             .contains("Signed in as <strong>bob</strong>")
     );
 }
+
+#[tokio::test]
+async fn obo_upstream_exchanges_the_callers_token_once_and_never_forwards_it() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.register_client("gateway", Some("gateway-secret"));
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    mcp.set_stateless(true);
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+allow_loopback_http = true
+
+[store]
+sqlite = "gateway.db"
+
+[identity]
+mode = "jwt"
+issuer = "{issuer}"
+audience = "gateway"
+jwks_url = "{jwks}"
+
+[[upstream]]
+name = "docs"
+url = "{mcp}"
+auth = "obo"
+token_endpoint = "{token}"
+client_id = "gateway"
+client_secret_env = "GATEWAY_OBO_SECRET"
+grant = "jwt-bearer"
+"#,
+        issuer = auth.issuer(),
+        jwks = auth.jwks_url(),
+        mcp = mcp.url(),
+        token = auth.token_endpoint()
+    );
+    let proxy = start("obo", &config, &[("GATEWAY_OBO_SECRET", "gateway-secret")]);
+    let endpoint = format!("{}/docs/mcp", proxy.url);
+    let whoami = |token: &str, id: u64| {
+        http()
+            .post(&endpoint)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(call(id, "whoami"))
+            .send()
+    };
+    let alice = auth.user_assertion("alice", "gateway", Duration::from_secs(600));
+    for id in 1..=3 {
+        let response = whoami(&alice, id).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
+    }
+    assert_eq!(
+        auth.stats().obo_exchanges,
+        1,
+        "one exchange for three calls"
+    );
+    let bob = auth.user_assertion("bob", "gateway", Duration::from_secs(600));
+    let answer: Value = whoami(&bob, 4).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["result"]["content"][0]["text"], "bob", "{answer}");
+    assert_eq!(auth.stats().obo_exchanges, 2);
+    // A token issued to another app is refused at the door: nothing is exchanged.
+    let foreign = auth.user_assertion("alice", "other-app", Duration::from_secs(600));
+    let refused = whoami(&foreign, 5).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(auth.stats().obo_exchanges, 2);
+    // The callers' own tokens never reached the MCP server.
+    let seen = mcp.seen_tokens();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|t| *t != alice && *t != bob), "{seen:?}");
+}

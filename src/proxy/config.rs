@@ -127,6 +127,9 @@ pub enum UpstreamAuth {
         /// dynamically.
         pre_registered: Option<PreRegistered>,
     },
+    /// The caller's inbound JWT exchanged On-Behalf-Of the user for a token for the
+    /// upstream (identity mode `jwt` only: the inbound token is the assertion).
+    Obo(Box<crate::OboConfig>),
     /// A static header, its value from the environment.
     Header {
         /// The header.
@@ -168,6 +171,8 @@ impl fmt::Debug for UpstreamAuth {
                 .debug_struct("OAuth")
                 .field("pre_registered", pre_registered)
                 .finish(),
+            // OboConfig's Debug redacts its secrets.
+            UpstreamAuth::Obo(config) => f.debug_tuple("Obo").field(config).finish(),
             UpstreamAuth::Header { name, .. } => {
                 write!(f, "Header {{ name: {name}, value: [redacted] }}")
             }
@@ -225,6 +230,11 @@ struct RawUpstream {
     issuer: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     client_secret_env: Option<Spanned<String>>,
+    token_endpoint: Option<Spanned<String>>,
+    grant: Option<Spanned<String>>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    audience: Option<String>,
 }
 
 /// The default request body cap: 4 MiB.
@@ -572,10 +582,75 @@ impl ProxyConfig {
                     UpstreamAuth::OAuth { pre_registered }
                 }
                 "obo" => {
-                    return Err(at(
-                        upstream.auth.span(),
-                        "upstream.auth: `obo` is not available in this version yet (known: none, header, oauth)".into(),
-                    ));
+                    if !matches!(identity, IdentityConfig::Jwt(_)) {
+                        return Err(at(
+                            upstream.auth.span(),
+                            "upstream: auth `obo` needs identity mode `jwt` (the caller's token is what is exchanged)".into(),
+                        ));
+                    }
+                    let (Some(endpoint), Some(client_id)) =
+                        (upstream.token_endpoint, upstream.client_id)
+                    else {
+                        return Err(at(
+                            upstream.auth.span(),
+                            "upstream: auth `obo` needs `token_endpoint` and `client_id`".into(),
+                        ));
+                    };
+                    let token_endpoint = url::Url::parse(endpoint.get_ref())
+                        .ok()
+                        .filter(|url| matches!(url.scheme(), "http" | "https"))
+                        .ok_or_else(|| {
+                            at(
+                                endpoint.span(),
+                                format!(
+                                    "upstream.token_endpoint: `{}` is not an http(s) URL",
+                                    endpoint.get_ref()
+                                ),
+                            )
+                        })?;
+                    let client_auth = match upstream.client_secret_env {
+                        None => crate::ClientAuth::None,
+                        Some(variable) => crate::ClientAuth::SecretBasic(crate::Secret::new(
+                            env(variable.get_ref()).ok_or_else(|| {
+                                at(
+                                    variable.span(),
+                                    format!(
+                                        "upstream.client_secret_env: environment variable `{}` is not set",
+                                        variable.get_ref()
+                                    ),
+                                )
+                            })?,
+                        )),
+                    };
+                    let grant = match upstream.grant.as_ref().map(|g| g.get_ref().as_str()) {
+                        None | Some("token-exchange") => crate::OboGrant::token_exchange(),
+                        Some("jwt-bearer") => crate::OboGrant::JwtBearer,
+                        Some("entra-obo") => crate::OboGrant::EntraOnBehalfOf,
+                        Some(other) => {
+                            let span = upstream
+                                .grant
+                                .as_ref()
+                                .map(Spanned::span)
+                                .unwrap_or_default();
+                            return Err(at(
+                                span,
+                                format!(
+                                    "upstream.grant: unknown grant `{other}` (known: token-exchange, jwt-bearer, entra-obo)"
+                                ),
+                            ));
+                        }
+                    };
+                    let mut config = crate::OboConfig::new(
+                        token_endpoint,
+                        client_id.into_inner(),
+                        client_auth,
+                        grant,
+                    )
+                    .with_scopes(upstream.scopes);
+                    if let Some(audience) = upstream.audience {
+                        config = config.with_audience(audience);
+                    }
+                    UpstreamAuth::Obo(Box::new(config))
                 }
                 other => {
                     return Err(at(

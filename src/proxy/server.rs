@@ -40,6 +40,9 @@ pub(crate) struct Upstream {
     pub(crate) breaker: crate::CircuitBreakerHandle,
     /// The refresh coordinator of an `oauth` upstream (its per-process token cache).
     pub(crate) coordinator: Option<RefreshCoordinator>,
+    /// An `obo` upstream: the caller's inbound token goes to the stack as the
+    /// assertion to exchange.
+    obo: bool,
 }
 
 impl Upstream {
@@ -149,6 +152,28 @@ impl Gateway {
                         ))
                         .service(http.clone()),
                 ),
+                UpstreamAuth::Obo(obo) => {
+                    let policy = if config.allow_loopback_http {
+                        UrlPolicy::default().allow_loopback_http()
+                    } else {
+                        UrlPolicy::default()
+                    };
+                    let exchanger = crate::OboExchanger::with_http_client(
+                        (**obo).clone(),
+                        crate::AuthHttpClient::with_policy(policy),
+                    );
+                    let layer = crate::OboHeaderLayer::new(exchanger, upstream.url.as_str())
+                        .map_err(|source| GatewayError::Upstream {
+                            upstream: upstream.name.clone(),
+                            source,
+                        })?;
+                    BoxCloneSyncService::new(
+                        ServiceBuilder::new()
+                            .layer(breaker)
+                            .layer(layer)
+                            .service(http.clone()),
+                    )
+                }
                 UpstreamAuth::OAuth { pre_registered } => {
                     let authorizer = oauth_authorizer(
                         config,
@@ -188,6 +213,7 @@ impl Gateway {
                     authorizer: authorizer_of_upstream,
                     breaker: breaker_handle,
                     coordinator: coordinator_of_upstream,
+                    obo: matches!(upstream.auth, UpstreamAuth::Obo(_)),
                 },
             );
         }
@@ -502,8 +528,19 @@ async fn forward(
         Err((status, message)) => return json_error(status, message),
     };
     let (mut parts, body) = request.into_parts();
-    // MCP forbids token passthrough: the caller's credentials stay here.
-    parts.headers.remove(header::AUTHORIZATION);
+    // MCP forbids token passthrough: the caller's credentials stay here. For an `obo`
+    // upstream the (verified) inbound token is only the assertion that gets exchanged.
+    let assertion = parts
+        .headers
+        .remove(header::AUTHORIZATION)
+        .filter(|_| upstream.obo)
+        .and_then(|value| {
+            let value = value.to_str().ok()?;
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))?;
+            Some(crate::UserAssertion::new(token.trim()))
+        });
     parts.headers.remove(header::COOKIE);
     parts.headers.remove(header::HOST);
     if let IdentityConfig::TrustedHeader { header, .. } = &*gateway.identity {
@@ -518,6 +555,9 @@ async fn forward(
     };
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(principal);
+    if let Some(assertion) = assertion {
+        parts.extensions.insert(assertion);
+    }
     // A POST carries one JSON-RPC message (capped by the body limit): read whole, it
     // goes upstream with its length (a stream would go chunked, which costs both ends),
     // and where the upstream has sign-in, a "connect first" answer can carry its id.
@@ -577,6 +617,13 @@ async fn forward(
                 );
                 tracing::info!(upstream = %name, "no credentials for the upstream yet; sign-in link sent");
                 (status, axum::Json(body)).into_response()
+            }
+            Some(Error::Obo(refused)) => {
+                tracing::info!(upstream = %name, error = %refused, "On-Behalf-Of exchange refused");
+                json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "your token could not be exchanged for this server",
+                )
             }
             Some(Error::CircuitOpen { retry_after, .. }) => {
                 let mut response = json_error(

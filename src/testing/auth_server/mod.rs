@@ -177,7 +177,8 @@ type PendingInteraction = (String, HashMap<String, String>);
 pub(crate) struct AuthState {
     issuer: Mutex<String>,
     /// Signs the user assertions this server hands out (HS256).
-    assertion_key: [u8; 32],
+    /// Signs user assertions (ES256); its public half is served at `/jwks.json`.
+    assertion_key: ring::signature::EcdsaKeyPair,
     tokens: Mutex<Tokens>,
     knobs: Mutex<Knobs>,
     counters: Counters,
@@ -224,11 +225,22 @@ impl AuthState {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let input = format!(
             "{}.{}",
-            b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64.encode(r#"{"alg":"ES256","typ":"JWT","kid":"assertions"}"#),
             b64.encode(claims.to_string())
         );
-        let tag = crate::crypto::hmac_sha256(&self.assertion_key, input.as_bytes());
-        format!("{input}.{}", b64.encode(tag))
+        let signature = self
+            .assertion_key
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .expect("ECDSA signing");
+        format!("{input}.{}", b64.encode(signature.as_ref()))
+    }
+
+    /// The assertion key as a JWKS document.
+    fn jwks(&self) -> serde_json::Value {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let point = ring::signature::KeyPair::public_key(&self.assertion_key).as_ref();
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "assertions", "alg": "ES256",
+            "use": "sig", "x": b64.encode(&point[1..33]), "y": b64.encode(&point[33..65])}]})
     }
 
     /// The subject of `assertion` if this server signed it for `audience` and it has
@@ -236,10 +248,11 @@ impl AuthState {
     fn verify_assertion(&self, assertion: &str, audience: &str) -> Option<String> {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let (input, signature) = assertion.rsplit_once('.')?;
-        let tag = b64.decode(signature).ok()?;
-        if !crate::crypto::hmac_sha256_verify(&self.assertion_key, input.as_bytes(), &tag) {
-            return None;
-        }
+        let signature = b64.decode(signature).ok()?;
+        let public = ring::signature::KeyPair::public_key(&self.assertion_key);
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, public)
+            .verify(input.as_bytes(), &signature)
+            .ok()?;
         let payload = input.split_once('.')?.1;
         let claims: serde_json::Value = serde_json::from_slice(&b64.decode(payload).ok()?).ok()?;
         let now = std::time::SystemTime::now()
@@ -303,7 +316,7 @@ impl TestAuthServer {
     pub async fn start() -> std::io::Result<Self> {
         let state = Arc::new(AuthState {
             issuer: Mutex::new(String::new()),
-            assertion_key: crate::crypto::random_bytes(),
+            assertion_key: assertion_key_pair(),
             tokens: Mutex::new(Tokens::default()),
             knobs: Mutex::new(Knobs {
                 consenting_user: "alice".into(),
@@ -323,6 +336,7 @@ impl TestAuthServer {
         let router = Router::new()
             .route("/token", post(token::token_endpoint))
             .route("/.well-known/oauth-authorization-server", get(metadata))
+            .route("/jwks.json", get(jwks))
             .route("/register", post(register))
             .route("/authorize", get(consent::authorize))
             .route("/interaction", get(consent::interaction))
@@ -342,6 +356,11 @@ impl TestAuthServer {
         format!("{}/token", self.issuer())
     }
 
+    /// Where the keys of its user assertions are published (a JWKS document).
+    pub fn jwks_url(&self) -> String {
+        format!("{}/jwks.json", self.issuer())
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.handle.addr
@@ -356,7 +375,7 @@ impl TestAuthServer {
     }
 
     /// A user assertion, as the user's identity provider would issue it to `audience`
-    /// (the middle-tier client that exchanges it): an HS256 JWT this server accepts in
+    /// (the middle-tier client that exchanges it): an ES256 JWT (its key at `/jwks.json`) this server accepts in
     /// its `jwt-bearer` and `token-exchange` grants until it expires.
     pub fn user_assertion(&self, subject: &str, audience: &str, lifetime: Duration) -> String {
         let now = std::time::SystemTime::now()
@@ -531,12 +550,25 @@ async fn metadata(State(state): State<Arc<AuthState>>) -> Json<serde_json::Value
         "authorization_endpoint": format!("{real}/authorize"),
         "token_endpoint": format!("{real}/token"),
         "registration_endpoint": format!("{real}/register"),
+        "jwks_uri": format!("{real}/jwks.json"),
         "response_types_supported": ["code"],
         "authorization_response_iss_parameter_supported": true,
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
     }))
+}
+
+async fn jwks(State(state): State<Arc<AuthState>>) -> Json<serde_json::Value> {
+    Json(state.jwks())
+}
+
+/// A fresh P-256 key for the user assertions this server issues.
+fn assertion_key_pair() -> ring::signature::EcdsaKeyPair {
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key generation");
+    ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("its own key")
 }
 
 async fn register(
