@@ -1064,3 +1064,66 @@ grant = "jwt-bearer"
     assert!(!seen.is_empty());
     assert!(seen.iter().all(|t| *t != alice && *t != bob), "{seen:?}");
 }
+
+#[tokio::test]
+async fn wait_holds_the_request_until_the_user_signs_in_through_connections() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    mcp.set_stateless(true);
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let config = format!(
+        "{}\n[[upstream]]\nname = \"docs\"\nurl = \"{}\"\nauth = \"oauth\"\nwait_seconds = 20\n\n[[upstream]]\nname = \"brief\"\nurl = \"{}\"\nauth = \"oauth\"\nwait_seconds = 1\n",
+        oauth_config(port),
+        mcp.url(),
+        mcp.url()
+    );
+    let key = [(
+        "GATEWAY_COOKIE_KEY",
+        "0123456789abcdef0123456789abcdef-test",
+    )];
+    let _proxy = start("wait", &config, &key);
+    let whoami = serde_json::from_str::<Value>(&call(7, "whoami")).unwrap();
+
+    // Held: the answer comes only after Alice signed in on /connections.
+    let held = tokio::spawn({
+        let (url, call) = (format!("{public}/docs/mcp"), whoami.clone());
+        async move { post_as(&url, "alice", None, call).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !held.is_finished(),
+        "the request is held while she has not signed in"
+    );
+    let browser = tower_mcp_auth::testing::HeadlessBrowser::for_redirect_uri(
+        format!("{public}/oauth/docs/callback").parse().unwrap(),
+    )
+    .with_header("x-user".parse().unwrap(), "alice".parse().unwrap());
+    browser
+        .visit(
+            &format!("{public}/connections/docs/connect")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (answer, _) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("answered once she signed in")
+        .unwrap();
+    assert_eq!(answer["id"], 7);
+    assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
+    assert_eq!(auth.stats().code_exchanges, 1);
+
+    // Past the wait, the caller gets the link after all.
+    let started = std::time::Instant::now();
+    let (answer, _) = post_as(&format!("{public}/brief/mcp"), "bob", None, whoami).await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("{public}/oauth/brief/start?flow=")),
+        "{text}"
+    );
+}

@@ -126,6 +126,10 @@ pub enum UpstreamAuth {
         /// Client credentials registered beforehand at `issuer`; `None`: register
         /// dynamically.
         pre_registered: Option<PreRegistered>,
+        /// Hold a request of a user without credentials this long for the sign-in to
+        /// finish (the link is on `/connections`) before answering "connect first";
+        /// `None`: answer at once.
+        wait: Option<std::time::Duration>,
     },
     /// The caller's inbound JWT exchanged On-Behalf-Of the user for a token for the
     /// upstream (identity mode `jwt` only: the inbound token is the assertion).
@@ -167,9 +171,13 @@ impl fmt::Debug for UpstreamAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UpstreamAuth::None => f.write_str("None"),
-            UpstreamAuth::OAuth { pre_registered } => f
+            UpstreamAuth::OAuth {
+                pre_registered,
+                wait,
+            } => f
                 .debug_struct("OAuth")
                 .field("pre_registered", pre_registered)
+                .field("wait", wait)
                 .finish(),
             // OboConfig's Debug redacts its secrets.
             UpstreamAuth::Obo(config) => f.debug_tuple("Obo").field(config).finish(),
@@ -235,7 +243,11 @@ struct RawUpstream {
     #[serde(default)]
     scopes: Vec<String>,
     audience: Option<String>,
+    wait_seconds: Option<Spanned<u64>>,
 }
+
+/// The longest an `oauth` upstream's `wait_seconds` may hold a request.
+pub const MAX_WAIT_SECONDS: u64 = 600;
 
 /// The default request body cap: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
@@ -579,7 +591,24 @@ impl ProxyConfig {
                             ));
                         }
                     };
-                    UpstreamAuth::OAuth { pre_registered }
+                    let wait = match upstream.wait_seconds {
+                        None => None,
+                        Some(seconds) if (1..=MAX_WAIT_SECONDS).contains(seconds.get_ref()) => {
+                            Some(std::time::Duration::from_secs(*seconds.get_ref()))
+                        }
+                        Some(seconds) => {
+                            return Err(at(
+                                seconds.span(),
+                                format!(
+                                    "upstream.wait_seconds: between 1 and {MAX_WAIT_SECONDS} (a sign-in link lives 15 minutes)"
+                                ),
+                            ));
+                        }
+                    };
+                    UpstreamAuth::OAuth {
+                        pre_registered,
+                        wait,
+                    }
                 }
                 "obo" => {
                     if !matches!(identity, IdentityConfig::Jwt(_)) {
@@ -799,7 +828,8 @@ header_value_env = "KEYED_SECRET"
         assert!(matches!(
             config.upstreams[0].auth,
             UpstreamAuth::OAuth {
-                pre_registered: None
+                pre_registered: None,
+                wait: None
             }
         ));
         assert!(!format!("{config:?}").contains(&"k".repeat(32)));

@@ -30,8 +30,8 @@ mod prometheus;
 mod server;
 
 pub use config::{
-    ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, PreRegistered, ProxyConfig, StoreConfig,
-    UpstreamAuth, UpstreamConfig,
+    ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, MAX_WAIT_SECONDS, PreRegistered,
+    ProxyConfig, StoreConfig, UpstreamAuth, UpstreamConfig,
 };
 pub use jwt::JwtIdentity;
 pub use prometheus::{PrometheusHandle, PrometheusRecorder};

@@ -174,7 +174,10 @@ impl Gateway {
                             .service(http.clone()),
                     )
                 }
-                UpstreamAuth::OAuth { pre_registered } => {
+                UpstreamAuth::OAuth {
+                    pre_registered,
+                    wait,
+                } => {
                     let authorizer = oauth_authorizer(
                         config,
                         &upstream.name,
@@ -197,9 +200,7 @@ impl Gateway {
                     BoxCloneSyncService::new(
                         ServiceBuilder::new()
                             .layer(breaker)
-                            // Return early: the caller gets the sign-in link in the
-                            // protocol at once; a request is never held open for it.
-                            .layer(OAuthRetryLayer::return_early(authorizer.clone()))
+                            .layer(retry_layer(&upstream.name, &authorizer, *wait))
                             .layer(SilentRefreshLayer::new(coordinator, authorizer.bindings()))
                             .service(http.clone()),
                     )
@@ -393,6 +394,28 @@ fn oauth_authorizer(
     builder.build()
 }
 
+/// Return early (the caller gets the sign-in link in the protocol at once), or with
+/// `wait`, hold the request while the user signs in through `/connections` (the link is
+/// logged too); past the wait the caller gets the link.
+fn retry_layer(name: &str, authorizer: &Authorizer, wait: Option<Duration>) -> OAuthRetryLayer {
+    let Some(wait) = wait else {
+        return OAuthRetryLayer::return_early(authorizer.clone());
+    };
+    let upstream = name.to_owned();
+    OAuthRetryLayer::wait(
+        authorizer.clone(),
+        move |prompt: crate::AuthorizationPrompt| {
+            tracing::info!(
+                upstream = %upstream,
+                subject = prompt.principal.subject(),
+                "request held for a sign-in; the link is on /connections"
+            );
+            async { Ok(()) }
+        },
+    )
+    .with_wait_timeout(wait)
+}
+
 /// The start and callback endpoints of an `oauth` upstream. A start link is honoured
 /// only for the browser of the user it was made for: the identity rule must name the
 /// flow's principal for the browser's own request.
@@ -426,6 +449,19 @@ fn callback_service(config: &ProxyConfig, name: &str, authorizer: &Authorizer) -
             .and_then(|peer| self::principal(&identity, peer.0, &request.headers).ok())
             .is_some_and(|browser_user| &browser_user == principal)
     })
+}
+
+/// The "connect first" answer to a request of a user without credentials.
+fn connect_first(
+    name: &str,
+    url: &str,
+    message: Option<&Message>,
+    url_elicitation: bool,
+) -> Response {
+    let elicitation_id = crate::crypto::hex(&crate::crypto::random_bytes::<16>());
+    let (status, body) = connect::answer(name, url, message, url_elicitation, &elicitation_id);
+    tracing::info!(upstream = %name, "no credentials for the upstream yet; sign-in link sent");
+    (status, axum::Json(body)).into_response()
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
@@ -554,6 +590,7 @@ async fn forward(
         Err(_) => return json_error(StatusCode::BAD_GATEWAY, "upstream URL"),
     };
     parts.extensions = http::Extensions::new();
+    let principal_of_request = principal.clone();
     parts.extensions.insert(principal);
     if let Some(assertion) = assertion {
         parts.extensions.insert(assertion);
@@ -607,16 +644,30 @@ async fn forward(
         }
         Err(error) => match Error::find(error.as_ref()) {
             Some(Error::AuthorizationRequired { url, .. }) => {
-                let elicitation_id = crate::crypto::hex(&crate::crypto::random_bytes::<16>());
-                let (status, body) = connect::answer(
-                    &name,
-                    url.as_str(),
-                    message.as_ref(),
-                    url_elicitation,
-                    &elicitation_id,
-                );
-                tracing::info!(upstream = %name, "no credentials for the upstream yet; sign-in link sent");
-                (status, axum::Json(body)).into_response()
+                connect_first(&name, url.as_str(), message.as_ref(), url_elicitation)
+            }
+            // Held for `wait_seconds` and still not signed in: the link, as above (the
+            // pending flow is joined, not started again).
+            Some(Error::AuthorizationTimedOut { .. }) => {
+                let flow = match &upstream.authorizer {
+                    Some(authorizer) => authorizer
+                        .start(
+                            &principal_of_request,
+                            &crate::AuthorizationCause::challenge(None),
+                        )
+                        .await
+                        .ok(),
+                    None => None,
+                };
+                match flow {
+                    Some(flow) => connect_first(
+                        &name,
+                        flow.pending().browser_url().as_str(),
+                        message.as_ref(),
+                        url_elicitation,
+                    ),
+                    None => json_error(StatusCode::BAD_GATEWAY, "sign-in could not be started"),
+                }
             }
             Some(Error::Obo(refused)) => {
                 tracing::info!(upstream = %name, error = %refused, "On-Behalf-Of exchange refused");
