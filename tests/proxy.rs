@@ -452,6 +452,18 @@ async fn oauth_upstream_connect_first_then_the_users_own_token_even_after_a_rest
         "{text}"
     );
     assert_eq!(auth.stats().code_exchanges, 0);
+    // A body that is not JSON-RPC gets a JSON-RPC error with the link, no crash.
+    let malformed = http()
+        .post(&endpoint)
+        .header("x-user", "carol")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 403);
+    let answer: Value = malformed.json().await.unwrap();
+    assert!(answer["id"].is_null() && answer["error"]["data"]["url"].is_string(), "{answer}");
 
     // Alice's link is hers: Bob's browser is refused at the start endpoint.
     let callback: url::Url = format!("{public}/oauth/docs/callback").parse().unwrap();
@@ -715,8 +727,11 @@ auth = "none"
         answer["result"]["content"][0]["text"], "anonymous",
         "{answer}"
     );
+    assert_eq!(auth.stats().revocations, 0);
     let done = form(&csrf).send().await.unwrap();
     assert_eq!(done.status(), 303);
+    // The grant is revoked at the authorization server too (RFC 7009).
+    assert_eq!(auth.stats().revocations, 1);
     let page = common::run_chromium(&page_url, "connections-gone", "--dump-dom")
         .await
         .unwrap();

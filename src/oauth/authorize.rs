@@ -306,6 +306,56 @@ impl Authorizer {
         &self.inner.server
     }
 
+    /// Revokes `refresh_token` of `principal` at the authorization server (RFC 7009),
+    /// e.g. when the user disconnects: delete the stored credentials first, then
+    /// revoke. `Ok(false)`: the server publishes no revocation endpoint, or the tenant
+    /// has no client binding here.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use tower_mcp_auth::{store::{CredentialStore, MemoryStore}, AuthKey, Authorizer, Principal};
+    /// # async fn disconnect(authorizer: Authorizer, store: Arc<MemoryStore>) -> Result<(), tower_mcp_auth::Error> {
+    /// let alice = Principal::new("acme", "alice");
+    /// if let Some(binding) = authorizer.bindings().get(alice.tenant()) {
+    ///     let key = AuthKey::new(&alice, binding.id());
+    ///     if let Ok(Some(tokens)) = store.load(&key).await {
+    ///         let _ = store.delete(&key, tokens.generation).await;
+    ///         if let Some(refresh_token) = &tokens.refresh_token {
+    ///             authorizer.revoke(&alice, refresh_token).await?;
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn revoke(
+        &self,
+        principal: &Principal,
+        refresh_token: &crate::Secret,
+    ) -> Result<bool, Error> {
+        let Some(binding) = self.inner.bindings.get(principal.tenant()) else {
+            return Ok(false);
+        };
+        let (_, metadata) = self.discover(None).await?;
+        let Some(endpoint) = metadata.revocation_endpoint.as_deref() else {
+            return Ok(false);
+        };
+        let endpoint = self::endpoint(&metadata, Some(endpoint))?;
+        self.inner
+            .policy
+            .check(&endpoint)
+            .map_err(|refused| Error::Discovery(DiscoveryError::Refused(refused)))?;
+        crate::oauth::grants::revoke_refresh_token(
+            &self.inner.http,
+            &binding,
+            &endpoint,
+            refresh_token,
+        )
+        .await
+        .map_err(Error::from)?;
+        Ok(true)
+    }
+
     /// The credential store the authorizer writes to.
     pub(crate) fn store(&self) -> &Arc<dyn CredentialStore> {
         &self.inner.store

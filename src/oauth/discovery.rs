@@ -65,6 +65,9 @@ pub struct AuthorizationServerMetadata {
     /// Whether the authorization response carries `iss` (RFC 9207 §3).
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: Option<bool>,
+    /// The token revocation endpoint (RFC 7009), if the server has one.
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
 }
 
 impl AuthorizationServerMetadata {
@@ -440,6 +443,7 @@ impl Discovery {
                     token_endpoint_auth_methods_supported: None,
                     client_id_metadata_document_supported: None,
                     authorization_response_iss_parameter_supported: None,
+                    revocation_endpoint: None,
                 }))
             })
             .await

@@ -145,6 +145,73 @@ pub(crate) async fn refresh(
     Ok(granted(response))
 }
 
+/// Revokes `refresh_token` at `endpoint` (RFC 7009), authenticated as the binding's
+/// client is registered. The server revokes the grant's other tokens as it sees fit.
+/// (By hand, not through oauth2's revocation: that one refuses an `http` endpoint
+/// outright, where this crate's URL policy decides, as for every other endpoint.)
+pub(crate) async fn revoke_refresh_token(
+    http: &AuthHttpClient,
+    binding: &ServerBinding,
+    endpoint: &url::Url,
+    refresh_token: &Secret,
+) -> Result<(), GrantError> {
+    // Built in a block: the form serializer is not `Send` and must not live across
+    // the await below.
+    let request = {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("token", refresh_token.expose());
+        form.append_pair("token_type_hint", "refresh_token");
+        let mut request = http::Request::post(endpoint.as_str()).header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
+        match (binding.auth_method(), binding.client_secret()) {
+            (ClientAuthMethod::ClientSecretBasic, Some(secret)) => {
+                // RFC 6749 §2.3.1: both parts form-encoded before Basic.
+                let encode = |v: &str| {
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                };
+                let credentials = format!(
+                    "{}:{}",
+                    encode(binding.client_id()),
+                    encode(secret.expose())
+                );
+                let mut value = http::HeaderValue::try_from(format!(
+                    "Basic {}",
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, credentials)
+                ))
+                .map_err(|_| {
+                    GrantError::OAuth("client credentials are not a header value".into())
+                })?;
+                value.set_sensitive(true);
+                request = request.header(http::header::AUTHORIZATION, value);
+            }
+            (ClientAuthMethod::ClientSecretPost, Some(secret)) => {
+                form.append_pair("client_id", binding.client_id());
+                form.append_pair("client_secret", secret.expose());
+            }
+            _ => {
+                form.append_pair("client_id", binding.client_id());
+            }
+        }
+        request
+            .body(Bytes::from(form.finish()))
+            .map_err(|_| GrantError::OAuth("revocation request".into()))?
+    };
+    let response = http
+        .send(request)
+        .await
+        .map_err(|error| GrantError::OAuth(format!("revocation failed: {error}")))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(GrantError::OAuth(format!(
+            "revocation answered {}",
+            response.status()
+        )))
+    }
+}
+
 /// `grant_type=authorization_code` (RFC 6749 §4.1.3) with the PKCE verifier (RFC 7636)
 /// and `resource`.
 pub(crate) async fn exchange_code(

@@ -57,6 +57,7 @@ pub(crate) fn fuzz_scopes(
         token_endpoint_auth_methods_supported: None,
         client_id_metadata_document_supported: None,
         authorization_response_iss_parameter_supported: None,
+        revocation_endpoint: None,
     };
     let previous = issuer
         .and_then(|i| i.scopes_supported.as_deref())

@@ -239,11 +239,15 @@ pub(crate) async fn disconnect(
     if let Some(binding) = authorizer.bindings().get(principal.tenant()) {
         let key = AuthKey::new(&principal, binding.id());
         // Deleted whatever generation is stored: a refresh racing with this loses.
+        let mut refresh_token = None;
         loop {
             match authorizer.store().load(&key).await {
                 Ok(Some(tokens)) => {
                     match authorizer.store().delete(&key, tokens.generation).await {
-                        Ok(true) => break,
+                        Ok(true) => {
+                            refresh_token = tokens.refresh_token.clone();
+                            break;
+                        }
                         Ok(false) => continue,
                         Err(error) => {
                             return refused(
@@ -265,6 +269,20 @@ pub(crate) async fn disconnect(
             coordinator.forget(&key);
         }
         tracing::info!(upstream = %name, "credentials deleted at the user's request");
+        // Then the grant itself, where the server supports RFC 7009: the deleted
+        // refresh token must not outlive the user's wish anywhere.
+        if let Some(refresh_token) = refresh_token {
+            match tokio::time::timeout(STATE_TIMEOUT, authorizer.revoke(&principal, &refresh_token))
+                .await
+            {
+                Ok(Ok(true)) => tracing::info!(upstream = %name, "refresh token revoked"),
+                Ok(Ok(false)) => {
+                    tracing::info!(upstream = %name, "the server has no revocation endpoint")
+                }
+                Ok(Err(error)) => tracing::warn!(upstream = %name, %error, "revocation failed"),
+                Err(_) => tracing::warn!(upstream = %name, "revocation timed out"),
+            }
+        }
     }
     Redirect::to("/connections").into_response()
 }

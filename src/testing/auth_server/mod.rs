@@ -70,6 +70,8 @@ pub struct AuthServerStats {
     pub authorization_requests: u64,
     /// On-Behalf-Of requests (`jwt-bearer` and `token-exchange` grants), faults included.
     pub obo_exchanges: u64,
+    /// Refresh tokens revoked at `/revoke` (RFC 7009), each revoking its grant.
+    pub revocations: u64,
 }
 
 /// What one refresh request carried (secrets left out).
@@ -168,6 +170,7 @@ struct Counters {
     code_exchanges: AtomicU64,
     authorization_requests: AtomicU64,
     obo_exchanges: AtomicU64,
+    revocations: AtomicU64,
     next_family: AtomicU64,
 }
 
@@ -337,6 +340,7 @@ impl TestAuthServer {
             .route("/token", post(token::token_endpoint))
             .route("/.well-known/oauth-authorization-server", get(metadata))
             .route("/jwks.json", get(jwks))
+            .route("/revoke", post(revoke))
             .route("/register", post(register))
             .route("/authorize", get(consent::authorize))
             .route("/interaction", get(consent::interaction))
@@ -505,6 +509,7 @@ impl TestAuthServer {
             code_exchanges: c.code_exchanges.load(Ordering::SeqCst),
             authorization_requests: c.authorization_requests.load(Ordering::SeqCst),
             obo_exchanges: c.obo_exchanges.load(Ordering::SeqCst),
+            revocations: c.revocations.load(Ordering::SeqCst),
         }
     }
 
@@ -551,12 +556,44 @@ async fn metadata(State(state): State<Arc<AuthState>>) -> Json<serde_json::Value
         "token_endpoint": format!("{real}/token"),
         "registration_endpoint": format!("{real}/register"),
         "jwks_uri": format!("{real}/jwks.json"),
+        "revocation_endpoint": format!("{real}/revoke"),
         "response_types_supported": ["code"],
         "authorization_response_iss_parameter_supported": true,
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
     }))
+}
+
+/// RFC 7009: a refresh token of the requesting client revokes its whole grant (every
+/// access and refresh token of the family). Unknown tokens are fine: 200 either way.
+async fn revoke(
+    State(state): State<Arc<AuthState>>,
+    headers: http::HeaderMap,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> http::StatusCode {
+    let client_id = form.get("client_id").cloned().or_else(|| {
+        let basic = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.strip_prefix("Basic ")?)
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        Some(text.split_once(':')?.0.to_owned())
+    });
+    let Some(token) = form.get("token") else {
+        return http::StatusCode::BAD_REQUEST;
+    };
+    let mut tokens = lock(&state.tokens);
+    let family = tokens
+        .refresh
+        .get(token)
+        .filter(|entry| Some(&entry.grant.client_id) == client_id.as_ref())
+        .map(|entry| entry.grant.family);
+    if let Some(family) = family {
+        tokens.revoked_families.insert(family);
+        state.counters.revocations.fetch_add(1, Ordering::SeqCst);
+    }
+    http::StatusCode::OK
 }
 
 async fn jwks(State(state): State<Arc<AuthState>>) -> Json<serde_json::Value> {
