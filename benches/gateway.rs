@@ -173,6 +173,10 @@ header_value_env = "DOCS_BEARER"
             .await
             .expect("listener");
         let addr = listener.local_addr().expect("address");
+        // As the binary serves it: TCP_NODELAY on every connection.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             axum::serve(
                 listener,

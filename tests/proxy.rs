@@ -463,7 +463,10 @@ async fn oauth_upstream_connect_first_then_the_users_own_token_even_after_a_rest
         .unwrap();
     assert_eq!(malformed.status(), 403);
     let answer: Value = malformed.json().await.unwrap();
-    assert!(answer["id"].is_null() && answer["error"]["data"]["url"].is_string(), "{answer}");
+    assert!(
+        answer["id"].is_null() && answer["error"]["data"]["url"].is_string(),
+        "{answer}"
+    );
 
     // Alice's link is hers: Bob's browser is refused at the start endpoint.
     let callback: url::Url = format!("{public}/oauth/docs/callback").parse().unwrap();
@@ -825,6 +828,14 @@ async fn typescript_sdk_client_completes_the_url_elicitation_connect_flow() {
                 .any(|t| t == "whoami"),
             "{done}"
         );
+        // The streaming tool: 5 progress notifications, 50 ms apart at the source (200
+        // ms from first to last), arrive one by one before the result: spread over at
+        // least 150 ms, where a buffering proxy would deliver them in one lump (and
+        // Nagle's algorithm, before the gateway set TCP_NODELAY, held the first ~40 ms).
+        println!("{variant}: {done}");
+        assert_eq!(done["countdown"], "counted 5", "{done}");
+        assert_eq!(done["progress"], 5, "{done}");
+        assert!(done["progressSpreadMs"].as_u64().unwrap() >= 150, "{done}");
         let status = client.wait().await.unwrap();
         assert!(status.success(), "{variant}: {status}");
         assert_eq!(auth.stats().code_exchanges, 1, "{variant}");

@@ -96,6 +96,11 @@ fn serve(config: ProxyConfig) -> ExitCode {
         // The address on stdout, for supervisors and tests that asked for port 0.
         println!("listening on http://{addr}");
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // No Nagle: an SSE event is a small write, and on a keep-alive connection
+        // Nagle with delayed ACKs holds it ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(
             listener,
             gateway

@@ -233,6 +233,17 @@ async fn mcp_endpoint(
             return insufficient_scope(&state, &required);
         }
     }
+    let accepts_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if method == "tools/call"
+        && params.get("name").and_then(Value::as_str) == Some("countdown")
+        && accepts_sse
+    {
+        state.ok.fetch_add(1, Ordering::SeqCst);
+        return countdown(id, &params);
+    }
     let result = match method {
         "initialize" => Ok(json!({
             "protocolVersion": "2025-11-25",
@@ -244,6 +255,8 @@ async fn mcp_endpoint(
              "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
             {"name": "whoami", "description": "The user the bearer token was issued to.",
              "inputSchema": {"type": "object"}},
+            {"name": "countdown", "description": "Streams `steps` progress notifications (50 ms apart) over SSE, then answers.",
+             "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}}}},
         ]})),
         "tools/call" => match params.get("name").and_then(Value::as_str) {
             Some("echo") => {
@@ -265,10 +278,6 @@ async fn mcp_endpoint(
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
         }
     };
-    let accepts_sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
     let mut response = if state.sse.load(Ordering::SeqCst) && accepts_sse {
         (
             [(header::CONTENT_TYPE, "text/event-stream")],
@@ -285,4 +294,60 @@ async fn mcp_endpoint(
         response.headers_mut().insert("mcp-session-id", session);
     }
     response
+}
+
+/// The `countdown` tool: `steps` (at most 20) `notifications/progress` events for the
+/// request's `progressToken`, 50 ms apart, then the result, as one SSE stream written
+/// as it goes (a proxy that buffers shows up as events arriving together).
+fn countdown(id: Value, params: &Value) -> Response {
+    let steps = params
+        .pointer("/arguments/steps")
+        .and_then(Value::as_u64)
+        .unwrap_or(3)
+        .min(20);
+    let token = params.pointer("/_meta/progressToken").cloned();
+    let (events, body) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    tokio::spawn(async move {
+        for step in 1..=steps {
+            if let Some(token) = &token {
+                let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": token, "progress": step, "total": steps}});
+                if events
+                    .send(format!("event: message\ndata: {note}\n\n").into())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let reply = json!({"jsonrpc": "2.0", "id": id,
+            "result": {"content": [{"type": "text", "text": format!("counted {steps}")}]}});
+        let _ = events
+            .send(format!("event: message\ndata: {reply}\n\n").into())
+            .await;
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::new(ChannelBody(body)),
+    )
+        .into_response()
+}
+
+/// A response body fed by a channel, frame by frame.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|event| event.map(|data| Ok(http_body::Frame::data(data))))
+    }
 }

@@ -85,6 +85,8 @@ impl ServerHandle {
                             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                             continue;
                         };
+                        // As real servers do for streaming: events are not held by Nagle.
+                        let _ = stream.set_nodelay(true);
                         let service = hyper_util::service::TowerToHyperService::new(router.clone());
                         connections.spawn(async move {
                             let io = hyper_util::rt::TokioIo::new(stream);

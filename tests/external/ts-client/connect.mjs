@@ -41,7 +41,20 @@ async function main() {
   }
   const { tools } = await client.listTools();
   const result = await client.callTool({ name: 'whoami', arguments: {} });
-  say({ event: 'done', tools: tools.map((t) => t.name), whoami: result.content[0].text });
+  // A tool that streams progress: the arrival times show whether the events came
+  // through one by one or all at once.
+  const arrivals = [];
+  const counted = await client.callTool({ name: 'countdown', arguments: { steps: 5 } }, undefined, {
+    onprogress: () => arrivals.push(Date.now()),
+  });
+  say({
+    event: 'done',
+    tools: tools.map((t) => t.name),
+    whoami: result.content[0].text,
+    countdown: counted.content[0].text,
+    progress: arrivals.length,
+    progressSpreadMs: arrivals.length ? arrivals[arrivals.length - 1] - arrivals[0] : 0,
+  });
   await client.close();
 }
 
