@@ -627,6 +627,8 @@ async fn connections_page_connects_in_chromium_and_disconnects() {
     // The consent page hops through a cookie, as real providers' do.
     auth.set_interaction(true);
     auth.set_consenting_user("anonymous");
+    // Short-lived tokens: the page's "refresh failing" state is reached below.
+    auth.set_access_token_lifetime(Duration::from_secs(3));
     let mcp = TestMcpServer::start(&auth).await.unwrap();
     mcp.set_stateless(true);
     let plain = TestUpstream::start().await.unwrap();
@@ -710,6 +712,18 @@ auth = "none"
         "{answer}"
     );
 
+    // The identity provider fails from now on: once the token is due, a call tries to
+    // refresh, fails, and the page says so (the credentials are kept).
+    auth.fail_always(tower_mcp_auth::testing::Fault::ServerError);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (answer, _) = post_as(&endpoint, "ignored", None, whoami.clone()).await;
+    assert!(answer.get("result").is_none(), "{answer}");
+    let page = common::run_chromium(&page_url, "connections-failing", "--dump-dom")
+        .await
+        .unwrap();
+    assert_eq!(row_state(&page, "docs"), "refresh-failing", "{page}");
+    auth.heal();
+
     // Disconnect: a form post bound to the user; a forged one changes nothing.
     let csrf = page
         .split("name=\"csrf\" value=\"")
@@ -725,11 +739,10 @@ auth = "none"
     };
     let forged = form(&"0".repeat(csrf.len())).send().await.unwrap();
     assert_eq!(forged.status(), 403);
-    let (answer, _) = post_as(&endpoint, "ignored", None, whoami.clone()).await;
-    assert_eq!(
-        answer["result"]["content"][0]["text"], "anonymous",
-        "{answer}"
-    );
+    let unchanged = common::run_chromium(&page_url, "connections-forged", "--dump-dom")
+        .await
+        .unwrap();
+    assert_ne!(row_state(&unchanged, "docs"), "needs-sign-in", "{unchanged}");
     assert_eq!(auth.stats().revocations, 0);
     let done = form(&csrf).send().await.unwrap();
     assert_eq!(done.status(), 303);

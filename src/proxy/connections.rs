@@ -24,6 +24,8 @@ pub(crate) enum ConnectionState {
     Connected,
     /// No credentials: the user must sign in.
     NeedsSignIn,
+    /// Refreshing the user's token is failing; the next attempt is in `retry_in`.
+    RefreshFailing { retry_in: Duration },
     /// The user's circuit to the upstream is open after failures.
     CircuitOpen { retry_after: Duration },
     /// The state could not be read (the store or the upstream's metadata failed).
@@ -36,6 +38,13 @@ impl ConnectionState {
             Self::NoSignIn => ("none", "no sign-in needed".into()),
             Self::Connected => ("connected", "connected".into()),
             Self::NeedsSignIn => ("needs-sign-in", "needs sign-in".into()),
+            Self::RefreshFailing { retry_in } => (
+                "refresh-failing",
+                format!(
+                    "connected, but refreshing the token is failing; retrying in {} s",
+                    retry_in.as_secs().max(1)
+                ),
+            ),
             Self::CircuitOpen { retry_after } => (
                 "circuit-open",
                 format!(
@@ -76,8 +85,15 @@ pub(crate) async fn state_of(upstream: &Upstream, principal: &Principal) -> Conn
             .load(&key)
             .await
             .map_err(|error| error.to_string())?;
-        Ok::<_, String>(match stored {
-            Some(tokens) if tokens.is_usable() || tokens.refresh_token.is_some() => {
+        let failing = upstream
+            .coordinator
+            .as_ref()
+            .and_then(|coordinator| coordinator.cooldown_remaining(&key));
+        Ok::<_, String>(match (stored, failing) {
+            (Some(tokens), Some(retry_in)) if tokens.refresh_token.is_some() => {
+                ConnectionState::RefreshFailing { retry_in }
+            }
+            (Some(tokens), _) if tokens.is_usable() || tokens.refresh_token.is_some() => {
                 ConnectionState::Connected
             }
             _ => ConnectionState::NeedsSignIn,
@@ -114,7 +130,7 @@ fn page(title: &str, body: &str) -> String {
 <meta name=\"viewport\" content=\"width=device-width\"><style>\
 body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#1d2330}}\
 table{{border-collapse:collapse;width:100%}}td,th{{text-align:left;padding:.6rem .5rem;border-bottom:1px solid #dde}}\
-.state{{font-weight:600}}.connected{{color:#11753a}}.needs-sign-in{{color:#a35200}}.circuit-open,.unknown{{color:#b3122b}}.none{{color:#555}}\
+.state{{font-weight:600}}.connected{{color:#11753a}}.needs-sign-in{{color:#a35200}}.circuit-open,.unknown,.refresh-failing{{color:#b3122b}}.none{{color:#555}}\
 a.button,button{{font:inherit;padding:.35rem .8rem;border:1px solid #345;border-radius:.3rem;background:#f4f6fa;color:#123;text-decoration:none;cursor:pointer}}\
 form{{margin:0}}</style></head><body>{body}</body></html>"
     )
@@ -140,7 +156,7 @@ pub(crate) async fn list(
         let name_html = escape_html(name);
         let action = match (&upstream.authorizer, &state) {
             (None, _) => String::new(),
-            (Some(_), ConnectionState::Connected) => format!(
+            (Some(_), ConnectionState::Connected | ConnectionState::RefreshFailing { .. }) => format!(
                 "<form method=\"post\" action=\"/connections/{name_html}/disconnect\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
 <button type=\"submit\" id=\"disconnect-{name_html}\">Disconnect</button></form>",

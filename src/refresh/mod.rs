@@ -565,6 +565,13 @@ impl RefreshCoordinator {
         }
     }
 
+    /// How long `key` is still cooling down after failed redemptions (`None`: it is
+    /// not): refreshing is failing for this user.
+    pub(crate) fn cooldown_remaining(&self, key: &AuthKey) -> Option<Duration> {
+        let cooldown = self.inner.cooldowns.get(key)?;
+        cooldown.until.checked_duration_since(Instant::now())
+    }
+
     pub(crate) fn forget(&self, key: &AuthKey) {
         if let Some(hot) = &self.inner.hot {
             hot.invalidate(key);
