@@ -742,7 +742,11 @@ auth = "none"
     let unchanged = common::run_chromium(&page_url, "connections-forged", "--dump-dom")
         .await
         .unwrap();
-    assert_ne!(row_state(&unchanged, "docs"), "needs-sign-in", "{unchanged}");
+    assert_ne!(
+        row_state(&unchanged, "docs"),
+        "needs-sign-in",
+        "{unchanged}"
+    );
     assert_eq!(auth.stats().revocations, 0);
     let done = form(&csrf).send().await.unwrap();
     assert_eq!(done.status(), 303);

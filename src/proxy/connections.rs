@@ -156,12 +156,14 @@ pub(crate) async fn list(
         let name_html = escape_html(name);
         let action = match (&upstream.authorizer, &state) {
             (None, _) => String::new(),
-            (Some(_), ConnectionState::Connected | ConnectionState::RefreshFailing { .. }) => format!(
-                "<form method=\"post\" action=\"/connections/{name_html}/disconnect\">\
+            (Some(_), ConnectionState::Connected | ConnectionState::RefreshFailing { .. }) => {
+                format!(
+                    "<form method=\"post\" action=\"/connections/{name_html}/disconnect\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
 <button type=\"submit\" id=\"disconnect-{name_html}\">Disconnect</button></form>",
-                gateway.form_token(&principal)
-            ),
+                    gateway.form_token(&principal)
+                )
+            }
             (Some(_), _) => format!(
                 "<a class=\"button\" id=\"connect-{name_html}\" href=\"/connections/{name_html}/connect\">Connect</a>"
             ),
