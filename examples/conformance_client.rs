@@ -247,15 +247,19 @@ impl McpClient {
         Err(format!("no response to {method} after {MAX_RECONNECTS} reconnects").into())
     }
 
-    /// Listens on the standalone GET stream, where servers send requests that belong to
-    /// no client request (e.g. `elicitation/create` from inside a tool), until it ends.
-    async fn listen(mut self) -> Result<(), BoxError> {
+    /// Opens the standalone GET stream, where servers send requests that belong to no
+    /// client request (e.g. `elicitation/create` from inside a tool); `None` when the
+    /// server offers none (405). Opened before any further request, so that a server
+    /// never takes it for the resumption of a request's stream.
+    async fn open_stream(&mut self) -> Result<Option<reqwest::Body>, BoxError> {
         let response = self.send(self.get(None)?).await?;
-        if !response.status().is_success() {
-            return Ok(()); // 405: the server offers no standalone stream
-        }
+        Ok(response.status().is_success().then(|| response.into_body()))
+    }
+
+    /// Reads the standalone stream until it ends.
+    async fn listen(mut self, stream: reqwest::Body) -> Result<(), BoxError> {
         let (mut last_event_id, mut retry) = (None, Duration::ZERO);
-        self.read_stream(response.into_body(), None, &mut last_event_id, &mut retry)
+        self.read_stream(stream, None, &mut last_event_id, &mut retry)
             .await?;
         Ok(())
     }
@@ -551,7 +555,9 @@ async fn run(server: String, context: ConformanceContext) -> Result<(), BoxError
     client.protocol_version = Some(version.parse()?);
     eprintln!("initialized: {}", initialized["serverInfo"]);
     client.notify("notifications/initialized").await?;
-    tokio::spawn(client.clone().listen());
+    if let Some(stream) = client.open_stream().await? {
+        tokio::spawn(client.clone().listen(stream));
+    }
     let tools = client.request("tools/list", json!({})).await?;
     for tool in tools["tools"].as_array().into_iter().flatten() {
         let name = tool["name"].as_str().unwrap_or_default();
