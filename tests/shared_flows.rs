@@ -285,3 +285,63 @@ async fn unreachable_records_leave_flows_working_in_their_process() {
         Some(FlowOutcome::Completed(Generation(1)))
     );
 }
+
+/// Regression (found through the gateway): after a restart the tenant's binding slot is
+/// empty, so the first request went out without the stored token, came back 401, and
+/// the return-early layer handed out a new sign-in link although the store held usable
+/// credentials. Now the 401 restores the binding from the stored registration and the
+/// request is replayed with the stored token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_stored_credentials_serve_the_first_request() {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let open = sqlite("restart-credentials");
+    let dave = Principal::new("acme", "dave");
+    let stack = |authorizer: &Authorizer, store: Arc<dyn Shared>| {
+        let credentials: Arc<dyn CredentialStore> = store as Arc<dyn CredentialStore>;
+        OAuthRetryLayer::return_early(authorizer.clone()).layer(
+            SilentRefreshLayer::new(RefreshCoordinator::new(credentials), authorizer.bindings())
+                .layer(ReqwestTransport::new()),
+        )
+    };
+    let call = |principal: &Principal| {
+        let mut request = jsonrpc_request(
+            &mcp.url(),
+            1,
+            "tools/call",
+            json!({"name": "whoami", "arguments": {}}),
+        );
+        request.extensions_mut().insert(principal.clone());
+        request
+    };
+    {
+        // Before the restart: Dave signs in.
+        let store = open();
+        let before = authorizer(&mcp, store.clone());
+        let flow = before
+            .start(&dave, &AuthorizationCause::default())
+            .await
+            .unwrap();
+        HeadlessBrowser::new(before.completer())
+            .visit(flow.pending().browser_url())
+            .await
+            .unwrap();
+        let response = stack(&before, store).oneshot(call(&dave)).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(auth.stats().code_exchanges, 1);
+    // Every process restarts: a new authorizer and stack over the same file.
+    let store = open();
+    let after = authorizer(&mcp, store.clone());
+    assert!(
+        after.bindings().get("acme").is_none(),
+        "nothing in memory yet"
+    );
+    let response = stack(&after, store)
+        .oneshot(call(&dave))
+        .await
+        .expect("served with the stored credentials, not a new sign-in link");
+    assert_eq!(response.status(), 200);
+    assert_eq!(auth.stats().code_exchanges, 1, "no new sign-in");
+    assert_eq!(auth.stats().registrations, 1, "no new registration");
+}
