@@ -54,9 +54,18 @@ async fn a_dynamic_registration_is_reused_while_it_fits() {
     assert_eq!(again.client_id, first.client_id);
     assert_eq!(auth.stats().registrations, 1);
 
+    // The same loopback redirect URI on another port is the same client (RFC 8252
+    // §7.3: the server accepts any port there; a native app listens where it can).
+    let other_port = registrar
+        .client_for("acme", &metadata, &config("http://127.0.0.1:9001/callback"))
+        .await
+        .unwrap();
+    assert_eq!(other_port.client_id, first.client_id);
+    assert_eq!(auth.stats().registrations, 1);
+
     // Another redirect URI, or another tenant scope: register anew.
     let moved = registrar
-        .client_for("acme", &metadata, &config("http://127.0.0.1:9001/callback"))
+        .client_for("acme", &metadata, &config("http://127.0.0.1:9000/elsewhere"))
         .await
         .unwrap();
     assert_ne!(moved.client_id, first.client_id);

@@ -3,6 +3,8 @@
 //! ```text
 //! mcp-auth-proxy serve --config proxy.toml   # run the gateway
 //! mcp-auth-proxy check --config proxy.toml   # validate a configuration, every error with its line
+//! mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser]
+//!                                            # a stdio MCP server bridging to a remote one
 //! ```
 
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use tower_mcp_auth::proxy::{Gateway, ProxyConfig};
 /// How long streams may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-const USAGE: &str = "usage: mcp-auth-proxy <serve|check> --config <file>";
+const USAGE: &str = "usage: mcp-auth-proxy <serve|check> --config <file>\n       mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser] [--allow-loopback-http]";
 
 fn config_path(args: &[String]) -> Option<PathBuf> {
     let at = args.iter().position(|a| a == "--config")?;
@@ -24,6 +26,9 @@ fn config_path(args: &[String]) -> Option<PathBuf> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("stdio") {
+        return stdio(&args[1..]);
+    }
     let (Some(command), Some(path)) = (args.first(), config_path(&args)) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
@@ -126,6 +131,41 @@ fn serve(config: ProxyConfig) -> ExitCode {
             }
         }
     })
+}
+
+/// `stdio`: stdout carries JSON-RPC only; every log line goes to stderr.
+fn stdio(args: &[String]) -> ExitCode {
+    let options = match tower_mcp_auth::proxy::stdio::BridgeOptions::parse(args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("mcp-auth-proxy stdio: {error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tower_mcp_auth::proxy::stdio::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mcp-auth-proxy stdio: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder for the crate's counters (`/metrics`).

@@ -470,6 +470,7 @@ where
     // replica): fill the binding from the stored registration, then any usable
     // credentials will do.
     let mut since = sent_at;
+    let mut restored = false;
     if shared
         .authorizer
         .bindings()
@@ -487,14 +488,21 @@ where
             .restore_binding(&principal, &binding_cause)
             .await?;
         since = SystemTime::UNIX_EPOCH;
+        restored = true;
     }
     // Credentials that arrived while the request was out (a concurrent request's
     // authorization finished): one plain replay instead of a second authorization.
-    if shared
-        .authorizer
-        .has_credentials_since(&principal, since)
-        .await
-    {
+    // After a restore, stored credentials that a refresh can renew will do as well: the
+    // replay goes through the refresh layer below.
+    let replay = if restored {
+        shared.authorizer.has_stored_credentials(&principal).await
+    } else {
+        shared
+            .authorizer
+            .has_credentials_since(&principal, since)
+            .await
+    };
+    if replay {
         tracing::debug!("newer credentials than the refused request; replaying");
         let result = Oneshot::new(service.clone(), template.request())
             .await

@@ -410,6 +410,19 @@ impl Authorizer {
         )
     }
 
+    /// Whether the store holds credentials of `principal` for this server that are
+    /// usable or can be refreshed.
+    pub(crate) async fn has_stored_credentials(&self, principal: &Principal) -> bool {
+        let Some(binding) = self.inner.bindings.get(principal.tenant()) else {
+            return false;
+        };
+        let key = AuthKey::new(principal, binding.id());
+        matches!(
+            self.inner.store.load(&key).await,
+            Ok(Some(tokens)) if tokens.is_usable() || tokens.refresh_token.is_some()
+        )
+    }
+
     /// Starts (or joins) an authorization of `principal` for this server. When this
     /// returns, the flow is persisted PENDING and its URL may be shown.
     ///

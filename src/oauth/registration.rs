@@ -313,6 +313,25 @@ impl fmt::Debug for Registrar {
     }
 }
 
+/// The redirect URI as a registration key. A loopback IP redirect URI of a native app
+/// (RFC 8252 §7.3) is keyed without its port: the authorization server must accept
+/// any port there, and a bridge listens on whichever port is free at each start, so
+/// one registration serves every run.
+fn redirect_key(redirect_uri: &Url) -> String {
+    let loopback = redirect_uri.scheme() == "http"
+        && match redirect_uri.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            _ => false,
+        };
+    if !loopback {
+        return redirect_uri.as_str().to_owned();
+    }
+    let mut key = redirect_uri.clone();
+    let _ = key.set_port(None);
+    key.into()
+}
+
 fn registration_key(
     scope: &str,
     issuer: &str,
@@ -497,7 +516,7 @@ impl Registrar {
         let cache_key = registration_key(
             scope,
             normalized(&issuer),
-            config.redirect_uri.as_str(),
+            &redirect_key(&config.redirect_uri),
             &config.resource,
             &token_endpoint,
         );
@@ -524,7 +543,7 @@ impl Registrar {
         let cache_key = registration_key(
             scope,
             normalized(&registration.issuer),
-            registration.redirect_uri.as_str(),
+            &redirect_key(&registration.redirect_uri),
             &registration.resource,
             &registration.token_endpoint,
         );
@@ -643,5 +662,30 @@ impl Registrar {
             source: RegistrationSource::Dynamic,
             generation: self.generation(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_redirect_uris_are_keyed_without_their_port() {
+        let key = |uri: &str| redirect_key(&uri.parse().unwrap());
+        assert_eq!(
+            key("http://127.0.0.1:4711/callback"),
+            key("http://127.0.0.1:5000/callback")
+        );
+        assert_eq!(key("http://[::1]:4711/cb"), key("http://[::1]/cb"));
+        // Anything else keeps its port: another port may be another app.
+        assert_ne!(
+            key("https://app.example.com:8443/cb"),
+            key("https://app.example.com/cb")
+        );
+        assert_ne!(
+            key("http://localhost:4711/cb"),
+            key("http://localhost:5000/cb")
+        );
+        assert_ne!(key("https://127.0.0.1:1/cb"), key("https://127.0.0.1:2/cb"));
     }
 }

@@ -28,6 +28,7 @@ mod connections;
 mod jwt;
 mod prometheus;
 mod server;
+pub mod stdio;
 
 pub use config::{
     ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, MAX_WAIT_SECONDS, PreRegistered,
