@@ -124,3 +124,33 @@ async fn four_copies_after_expiry_make_one_refresh() {
     assert_eq!(stats.reuse_detected, 0, "{stats:?}");
     assert_eq!(stats.code_exchanges, 1, "no second sign-in: {stats:?}");
 }
+
+/// 4 copies started at once with no credentials: one sign-in (one browser visit), the
+/// other copies wait for it and proceed.
+#[tokio::test]
+async fn four_copies_without_credentials_share_one_sign_in() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let dir = dir("four-first-login");
+    let store = dir.join("credentials.db");
+    let jar = dir.join("cookies.txt");
+    let url = mcp.url();
+    let copies = (0..4).map(|_| ts_client(&url, &store, &jar));
+    for done in futures::future::join_all(copies).await {
+        assert_eq!(done["whoami"], "alice", "{done}");
+    }
+    let stats = auth.stats();
+    assert_eq!(
+        stats.code_exchanges, 1,
+        "one sign-in for 4 copies: {stats:?}"
+    );
+    assert_eq!(
+        stats.authorization_requests, 1,
+        "one browser visit: {stats:?}"
+    );
+    println!(
+        "registrations for 4 copies started at once: {}",
+        stats.registrations
+    );
+}

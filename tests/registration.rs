@@ -65,7 +65,11 @@ async fn a_dynamic_registration_is_reused_while_it_fits() {
 
     // Another redirect URI, or another tenant scope: register anew.
     let moved = registrar
-        .client_for("acme", &metadata, &config("http://127.0.0.1:9000/elsewhere"))
+        .client_for(
+            "acme",
+            &metadata,
+            &config("http://127.0.0.1:9000/elsewhere"),
+        )
         .await
         .unwrap();
     assert_ne!(moved.client_id, first.client_id);
