@@ -130,6 +130,9 @@ pub enum UpstreamAuth {
         /// finish (the link is on `/connections`) before answering "connect first";
         /// `None`: answer at once.
         wait: Option<std::time::Duration>,
+        /// The gateway's Client ID Metadata Document URL, used as its `client_id` where
+        /// the authorization server supports CIMD (before dynamic registration).
+        metadata_document: Option<url::Url>,
     },
     /// The caller's inbound JWT exchanged On-Behalf-Of the user for a token for the
     /// upstream (identity mode `jwt` only: the inbound token is the assertion).
@@ -174,10 +177,12 @@ impl fmt::Debug for UpstreamAuth {
             UpstreamAuth::OAuth {
                 pre_registered,
                 wait,
+                metadata_document,
             } => f
                 .debug_struct("OAuth")
                 .field("pre_registered", pre_registered)
                 .field("wait", wait)
+                .field("metadata_document", metadata_document)
                 .finish(),
             // OboConfig's Debug redacts its secrets.
             UpstreamAuth::Obo(config) => f.debug_tuple("Obo").field(config).finish(),
@@ -244,6 +249,7 @@ struct RawUpstream {
     scopes: Vec<String>,
     audience: Option<String>,
     wait_seconds: Option<Spanned<u64>>,
+    client_metadata_url: Option<Spanned<String>>,
 }
 
 /// The longest an `oauth` upstream's `wait_seconds` may hold a request.
@@ -605,9 +611,27 @@ impl ProxyConfig {
                             ));
                         }
                     };
+                    let metadata_document = match upstream.client_metadata_url {
+                        None => None,
+                        Some(text) => Some(
+                            url::Url::parse(text.get_ref())
+                                .ok()
+                                .filter(|url| url.scheme() == "https" && url.path() != "/")
+                                .ok_or_else(|| {
+                                    at(
+                                        text.span(),
+                                        format!(
+                                            "upstream.client_metadata_url: `{}` must be an https URL with a path (the document's address is the client_id)",
+                                            text.get_ref()
+                                        ),
+                                    )
+                                })?,
+                        ),
+                    };
                     UpstreamAuth::OAuth {
                         pre_registered,
                         wait,
+                        metadata_document,
                     }
                 }
                 "obo" => {
@@ -829,13 +853,29 @@ header_value_env = "KEYED_SECRET"
             config.upstreams[0].auth,
             UpstreamAuth::OAuth {
                 pre_registered: None,
-                wait: None
+                wait: None,
+                metadata_document: None
             }
         ));
         assert!(!format!("{config:?}").contains(&"k".repeat(32)));
         let error = ProxyConfig::parse(&with_public("\nclient_id = \"gw\""), &long).unwrap_err();
         assert_eq!(error.line, Some(14), "{error}");
         assert!(error.to_string().contains("issuer"), "{error}");
+        let config = ProxyConfig::parse(
+            &with_public("\nclient_metadata_url = \"https://gw.example.com/oauth/client.json\""),
+            &long,
+        )
+        .unwrap();
+        assert!(matches!(
+            &config.upstreams[0].auth,
+            UpstreamAuth::OAuth { metadata_document: Some(url), .. } if url.path() == "/oauth/client.json"
+        ));
+        let error = ProxyConfig::parse(
+            &with_public("\nclient_metadata_url = \"http://gw.example.com/c.json\""),
+            &long,
+        )
+        .unwrap_err();
+        assert_eq!(error.line, Some(14), "{error}");
         let error = ProxyConfig::parse(
             &with_public("").replace("https://gw.example.com", "https://gw.example.com/sub"),
             &long,

@@ -177,12 +177,13 @@ impl Gateway {
                 UpstreamAuth::OAuth {
                     pre_registered,
                     wait,
+                    metadata_document,
                 } => {
                     let authorizer = oauth_authorizer(
                         config,
                         &upstream.name,
                         &upstream.url,
-                        pre_registered.as_ref(),
+                        (pre_registered.as_ref(), metadata_document.as_ref()),
                         &store,
                         &records,
                     )
@@ -353,7 +354,7 @@ fn oauth_authorizer(
     config: &ProxyConfig,
     name: &str,
     url: &url::Url,
-    pre_registered: Option<&super::config::PreRegistered>,
+    (pre_registered, metadata_document): (Option<&super::config::PreRegistered>, Option<&url::Url>),
     store: &Arc<dyn CredentialStore>,
     records: &Arc<dyn SharedRecords>,
 ) -> Result<Authorizer, crate::ConfigError> {
@@ -382,6 +383,9 @@ fn oauth_authorizer(
     .shared_state(records.clone());
     if config.allow_loopback_http {
         builder = builder.url_policy(UrlPolicy::default().allow_loopback_http());
+    }
+    if let Some(document) = metadata_document {
+        builder = builder.metadata_document(document.clone());
     }
     if let Some(client) = pre_registered {
         let mut registered = PreRegisteredClient::new(&client.issuer, &client.client_id);
