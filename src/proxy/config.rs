@@ -284,6 +284,18 @@ impl ProxyConfig {
             line: line_of(span),
             message,
         };
+        // A secret named by an environment variable; unset is an error at its line.
+        let from_env = |variable: &Spanned<String>, field: &str| {
+            env(variable.get_ref()).ok_or_else(|| {
+                at(
+                    variable.span(),
+                    format!(
+                        "{field}: environment variable `{}` is not set",
+                        variable.get_ref()
+                    ),
+                )
+            })
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError {
             line: error.span().and_then(line_of),
             message: error.message().to_owned(),
@@ -314,18 +326,7 @@ impl ProxyConfig {
             Some(RawStore {
                 redis_url_env: Some(variable),
                 ..
-            }) => match env(variable.get_ref()) {
-                Some(url) => StoreConfig::Redis(url),
-                None => {
-                    return Err(at(
-                        variable.span(),
-                        format!(
-                            "store: environment variable `{}` is not set",
-                            variable.get_ref()
-                        ),
-                    ));
-                }
-            },
+            }) => StoreConfig::Redis(from_env(&variable, "store")?),
             Some(RawStore { .. }) => StoreConfig::Sqlite(PathBuf::from("mcp-auth-proxy.db")),
         };
         let identity_span = raw.identity.span();
@@ -445,15 +446,7 @@ impl ProxyConfig {
         let cookie_key = match raw.cookie_key_env {
             None => None,
             Some(variable) => {
-                let key = env(variable.get_ref()).ok_or_else(|| {
-                    at(
-                        variable.span(),
-                        format!(
-                            "cookie_key_env: environment variable `{}` is not set",
-                            variable.get_ref()
-                        ),
-                    )
-                })?;
+                let key = from_env(&variable, "cookie_key_env")?;
                 if key.len() < 32 {
                     return Err(at(
                         variable.span(),
@@ -525,15 +518,7 @@ impl ProxyConfig {
                             ),
                         )
                     })?;
-                    let value = env(variable.get_ref()).ok_or_else(|| {
-                        at(
-                            variable.span(),
-                            format!(
-                                "upstream.header_value_env: environment variable `{}` is not set",
-                                variable.get_ref()
-                            ),
-                        )
-                    })?;
+                    let value = from_env(&variable, "upstream.header_value_env")?;
                     let mut value = HeaderValue::try_from(value).map_err(|_| {
                         at(
                             variable.span(),
@@ -566,17 +551,10 @@ impl ProxyConfig {
                         (Some(client_id), Some(issuer)) => {
                             let client_secret = match upstream.client_secret_env {
                                 None => None,
-                                Some(variable) => Some(crate::Secret::new(
-                                    env(variable.get_ref()).ok_or_else(|| {
-                                        at(
-                                            variable.span(),
-                                            format!(
-                                                "upstream.client_secret_env: environment variable `{}` is not set",
-                                                variable.get_ref()
-                                            ),
-                                        )
-                                    })?,
-                                )),
+                                Some(variable) => Some(crate::Secret::new(from_env(
+                                    &variable,
+                                    "upstream.client_secret_env",
+                                )?)),
                             };
                             Some(PreRegistered {
                                 issuer: issuer.into_inner(),
@@ -664,15 +642,7 @@ impl ProxyConfig {
                     let client_auth = match upstream.client_secret_env {
                         None => crate::ClientAuth::None,
                         Some(variable) => crate::ClientAuth::SecretBasic(crate::Secret::new(
-                            env(variable.get_ref()).ok_or_else(|| {
-                                at(
-                                    variable.span(),
-                                    format!(
-                                        "upstream.client_secret_env: environment variable `{}` is not set",
-                                        variable.get_ref()
-                                    ),
-                                )
-                            })?,
+                            from_env(&variable, "upstream.client_secret_env")?,
                         )),
                     };
                     let grant = match upstream.grant.as_ref().map(|g| g.get_ref().as_str()) {

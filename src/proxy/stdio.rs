@@ -307,7 +307,8 @@ impl Bridge {
             .get("method")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let result = async {
+        // A panic in here must still answer the client, which would wait forever.
+        let result = crate::limits::catch_panic(async {
             let request = self.request(Method::POST, Bytes::from(line))?;
             let response = self.stack.clone().oneshot(request).await?;
             if method.as_deref() == Some("initialize")
@@ -317,8 +318,9 @@ impl Bridge {
             }
             self.relay(response, method.as_deref() == Some("initialize"))
                 .await
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| Err("the bridge failed on this request (it panicked)".into()));
         if let Err(error) = result {
             tracing::warn!(%error, "request failed");
             if let Some(id) = id {
