@@ -154,3 +154,287 @@ async fn four_copies_without_credentials_share_one_sign_in() {
         stats.registrations
     );
 }
+
+/// A bridge driven line by line, as a stdio host does.
+struct Bridge {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Bridge {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = tokio::process::Command::new(BRIDGE)
+            .arg("stdio")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the bridge binary");
+        let stdin = child.stdin.take();
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stdout.take().unwrap(),
+        ));
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    async fn send(&mut self, message: Value) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// The next line on stdout, which must be a JSON-RPC message.
+    async fn next(&mut self, within: Duration) -> Value {
+        let line = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .expect("stdout open");
+        let message: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("stdout carries only JSON-RPC: {line}"));
+        assert_eq!(message["jsonrpc"], "2.0", "{message}");
+        message
+    }
+
+    async fn initialize(&mut self, id: u64, within: Duration) -> Value {
+        self.send(serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"}}}))
+            .await;
+        self.next(within).await
+    }
+
+    /// Closes stdin; the exit status and everything left on stdout (JSON-RPC only) and
+    /// stderr.
+    async fn finish(mut self) -> (std::process::ExitStatus, String) {
+        drop(self.stdin.take());
+        while let Some(line) = self.lines.next_line().await.unwrap() {
+            let message: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("stdout carries only JSON-RPC: {line}"));
+            assert_eq!(message["jsonrpc"], "2.0", "{message}");
+        }
+        let output = tokio::time::timeout(Duration::from_secs(20), self.child.wait_with_output())
+            .await
+            .expect("the bridge exits")
+            .unwrap();
+        (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn error_message(answer: &Value) -> String {
+    let message = answer["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a JSON-RPC error: {answer}"))
+        .to_owned();
+    println!("the client reads: {message}");
+    message
+}
+
+fn follower(jar: &std::path::Path) -> String {
+    format!(
+        "curl -fsSL -o /dev/null -c {jar} -b {jar}",
+        jar = jar.display()
+    )
+}
+
+/// An unreachable server: each request gets a readable JSON-RPC error, the session goes
+/// on (the server may come back), and the bridge exits 0 when stdin closes.
+#[tokio::test]
+async fn an_unreachable_server_answers_each_request_with_an_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = dir("unreachable");
+    let store = dir.join("credentials.db");
+    let mut bridge = Bridge::spawn(
+        &[
+            &url,
+            "--store",
+            store.to_str().unwrap(),
+            "--no-browser",
+            "--allow-loopback-http",
+        ],
+        &[],
+    );
+    for id in 1..=2 {
+        let answer = bridge.initialize(id, Duration::from_secs(20)).await;
+        assert_eq!(answer["id"], id, "{answer}");
+        let message = error_message(&answer);
+        assert!(
+            message.contains("could not be reached"),
+            "readable: {message}"
+        );
+    }
+    let (status, _) = bridge.finish().await;
+    assert!(status.success(), "the session could go on: {status}");
+}
+
+/// The authorization server refuses dynamic registration: the client gets a JSON-RPC
+/// error naming the way out (`--client-id`), and the bridge exits non-zero on its own,
+/// since no request can succeed. With a pre-registered `--client-id` (its issuer
+/// learned from the server's metadata, the secret from the environment) the same
+/// server works.
+#[tokio::test]
+async fn a_refused_registration_ends_the_session_and_client_id_gets_past_it() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    auth.set_registration_error(Some("invalid_client_metadata"));
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let dir = dir("registration-refused");
+    let store = dir.join("credentials.db");
+    let jar = dir.join("cookies.txt");
+    let follower = follower(&jar);
+    let common = [
+        mcp.url(),
+        "--store".into(),
+        store.to_str().unwrap().into(),
+        "--browser-command".into(),
+        follower,
+        "--allow-loopback-http".into(),
+    ];
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
+
+    let mut bridge = Bridge::spawn(&common, &[]);
+    let answer = bridge.initialize(1, Duration::from_secs(20)).await;
+    let message = error_message(&answer);
+    assert!(
+        message.contains("refused to register") && message.contains("--client-id"),
+        "readable, with the way out: {message}"
+    );
+    // Without stdin being closed: the bridge ends the session itself.
+    let status = tokio::time::timeout(Duration::from_secs(10), bridge.child.wait())
+        .await
+        .expect("the bridge exits on its own")
+        .unwrap();
+    assert!(!status.success(), "nothing can continue: {status}");
+    assert_eq!(auth.stats().authorization_requests, 0);
+
+    auth.register_client("desktop-app", Some("s3cret-value"));
+    let mut args = common.clone();
+    args.extend([
+        "--client-id",
+        "desktop-app",
+        "--client-secret-env",
+        "DESKTOP_SECRET",
+    ]);
+    let mut bridge = Bridge::spawn(&args, &[("DESKTOP_SECRET", "s3cret-value")]);
+    let answer = bridge.initialize(1, Duration::from_secs(30)).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    bridge
+        .send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    bridge
+        .send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}}))
+        .await;
+    let answer = bridge.next(Duration::from_secs(10)).await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "alice",
+        "{answer}"
+    );
+    let (status, stderr) = bridge.finish().await;
+    assert!(status.success(), "{status}");
+    assert!(!stderr.contains("s3cret-value"), "the secret stays out of logs");
+    let stats = auth.stats();
+    assert_eq!(stats.code_exchanges, 1, "{stats:?}");
+    assert_eq!(stats.registrations, 0, "{stats:?}");
+    let exchange = auth
+        .recorded_requests()
+        .into_iter()
+        .find(|r| r.grant_type == "authorization_code")
+        .expect("the code exchange");
+    assert_eq!(exchange.client_id.as_deref(), Some("desktop-app"));
+    assert_eq!(exchange.client_auth, "basic");
+}
+
+/// The user closes the browser (here: a browser command that shows nothing) or denies
+/// consent: the waiting request gets a readable JSON-RPC error, the session goes on, and
+/// the next request opens the browser again.
+#[tokio::test]
+async fn a_closed_browser_or_denied_consent_is_a_readable_error_and_the_session_goes_on() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let dir = dir("closed-browser");
+    let store = dir.join("credentials.db");
+    let visits = dir.join("visits.txt");
+    // A "browser" that records the link and shows nothing, as one the user closed.
+    let browser = dir.join("closed-browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", visits.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&browser, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let browser = browser.to_str().unwrap();
+    let mut bridge = Bridge::spawn(
+        &[
+            &mcp.url(),
+            "--store",
+            store.to_str().unwrap(),
+            "--browser-command",
+            browser,
+            "--sign-in-timeout",
+            "2",
+            "--allow-loopback-http",
+        ],
+        &[],
+    );
+    for id in 1..=2 {
+        let answer = bridge.initialize(id, Duration::from_secs(20)).await;
+        let message = error_message(&answer);
+        assert!(
+            message.contains("not completed within 2 s"),
+            "readable: {message}"
+        );
+    }
+    let opened = std::fs::read_to_string(&visits).unwrap_or_default();
+    assert_eq!(
+        opened.lines().count(),
+        2,
+        "the second request opened the browser again: {opened}"
+    );
+    let (status, _) = bridge.finish().await;
+    assert!(status.success(), "{status}");
+
+    // Consent denied at the authorization server.
+    auth.set_authorization_error(Some(("access_denied", Some("the user said no"))));
+    let jar = dir.join("cookies.txt");
+    let follower = follower(&jar);
+    let mut bridge = Bridge::spawn(
+        &[
+            &mcp.url(),
+            "--store",
+            store.to_str().unwrap(),
+            "--browser-command",
+            &follower,
+            "--allow-loopback-http",
+        ],
+        &[],
+    );
+    let answer = bridge.initialize(1, Duration::from_secs(20)).await;
+    let message = error_message(&answer);
+    assert!(
+        message.contains("sign-in failed") && message.contains("access_denied"),
+        "readable: {message}"
+    );
+    auth.set_authorization_error(None);
+    let answer = bridge.initialize(2, Duration::from_secs(20)).await;
+    assert!(answer["result"].is_object(), "signed in on the next request: {answer}");
+    let (status, _) = bridge.finish().await;
+    assert!(status.success(), "{status}");
+    assert_eq!(auth.stats().code_exchanges, 1);
+}

@@ -472,3 +472,34 @@ async fn a_panicking_handler_fails_the_request_at_once() {
         "not the 60 s wait timeout"
     );
 }
+
+/// `AuthorizerBuilder::scopes` adds scopes to every authorization (the fixture's
+/// metadata asks for none of its own).
+#[tokio::test]
+async fn builder_scopes_are_requested_with_the_servers() {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let authorizer = Authorizer::builder(
+        mcp.url(),
+        Arc::new(MemoryStore::new()),
+        "http://127.0.0.1:1/oauth/callback".parse().unwrap(),
+    )
+    .url_policy(UrlPolicy::default().allow_loopback_http())
+    .scopes(["files:write", "files:read"])
+    .build()
+    .unwrap();
+    let flow = authorizer
+        .start(&Principal::new("acme", "alice"), &Default::default())
+        .await
+        .unwrap();
+    let scopes = &flow.pending().request.scopes;
+    assert_eq!(&scopes[..2], ["files:write", "files:read"], "{scopes:?}");
+    let scope = flow
+        .pending()
+        .authorization_url
+        .query_pairs()
+        .find(|(name, _)| name == "scope")
+        .map(|(_, value)| value.into_owned())
+        .unwrap();
+    assert_eq!(scope, "files:write files:read");
+}

@@ -159,7 +159,10 @@ fn stdio(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tower_mcp_auth::proxy::stdio::run(options)) {
+    let result = runtime.block_on(tower_mcp_auth::proxy::stdio::run(options));
+    // The blocking read of stdin may still be pending: do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("mcp-auth-proxy stdio: {error}");

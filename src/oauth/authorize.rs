@@ -100,6 +100,8 @@ struct Inner {
     client: ClientConfig,
     allowed_issuers: Option<Vec<String>>,
     start_endpoint: Option<Url>,
+    /// Requested in every authorization, besides what the server asks for.
+    scopes: Vec<String>,
 }
 
 impl fmt::Debug for Authorizer {
@@ -133,6 +135,7 @@ pub struct AuthorizerBuilder {
     allowed_issuers: Option<Vec<String>>,
     start_endpoint: Option<Url>,
     records: Option<Arc<dyn SharedRecords>>,
+    scopes: Vec<String>,
 }
 
 impl fmt::Debug for AuthorizerBuilder {
@@ -208,6 +211,31 @@ impl AuthorizerBuilder {
         self
     }
 
+    /// Scopes requested in every authorization, in addition to those the server's
+    /// challenge or metadata ask for (e.g. a scope the server needs for a tool it only
+    /// checks at call time).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_mcp_auth::{store::MemoryStore, Authorizer};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let authorizer = Authorizer::builder(
+    ///     "https://mcp.example.com/mcp",
+    ///     Arc::new(MemoryStore::new()),
+    ///     "https://app.example.com/oauth/callback".parse()?,
+    /// )
+    /// .scopes(["files:write"])
+    /// .build()?;
+    /// # let _ = authorizer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Uses pre-registered client credentials at their issuer (first in the
     /// registration order there; other issuers get a metadata document or dynamic
     /// registration). Call once per authorization server.
@@ -275,6 +303,7 @@ impl AuthorizerBuilder {
                 client,
                 allowed_issuers: self.allowed_issuers,
                 start_endpoint: self.start_endpoint,
+                scopes: self.scopes,
             }),
         })
     }
@@ -298,6 +327,7 @@ impl Authorizer {
             allowed_issuers: None,
             start_endpoint: None,
             records: None,
+            scopes: Vec::new(),
         }
     }
 
@@ -453,9 +483,10 @@ impl Authorizer {
             challenge,
             resource_metadata.as_deref(),
             &metadata,
-            cause
-                .previous_scopes
+            inner
+                .scopes
                 .iter()
+                .chain(&cause.previous_scopes)
                 .map(String::as_str)
                 .chain(granted.as_deref().unwrap_or_default().split_whitespace()),
         );

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -26,7 +26,8 @@ use crate::layer::circuit_breaker::CircuitBreakerLayer;
 use crate::store::{CredentialStore, SharedRecords, SqliteStore};
 use crate::{
     AuthorizationPrompt, Authorizer, BreakerConfig, BrowserBinding, CallbackService, Error,
-    OAuthRetryLayer, Principal, RefreshCoordinator, ReplayBody, SilentRefreshLayer, UrlPolicy,
+    AuthHttpClient, ClientAuthMethod, Discovery, OAuthRetryLayer, PreRegisteredClient, Principal, RegistrationError, RefreshCoordinator, ReplayBody, Secret,
+    SilentRefreshLayer, UrlPolicy,
 };
 
 /// How long a request waits for the user to sign in.
@@ -43,17 +44,41 @@ pub enum Browser {
     Print,
 }
 
+/// A client registered beforehand (`--client-id`), used instead of dynamic registration.
+#[derive(Debug, Clone)]
+pub struct BridgeClient {
+    /// The client id.
+    pub client_id: String,
+    /// The client secret (read from the variable `--client-secret-env` names); `None`
+    /// for a public client.
+    pub client_secret: Option<Secret>,
+    /// The authorization server the client belongs to (`--issuer`); `None`: the one
+    /// the server's protected resource metadata names, looked up at start.
+    pub issuer: Option<url::Url>,
+}
+
 /// What `mcp-auth-proxy stdio` was asked to do.
+///
+/// Secrets never appear on the command line: `--client-secret-env` names a variable,
+/// and `${NAME}` in a `--header` value is replaced by the variable `NAME`.
 ///
 /// ```
 /// use tower_mcp_auth::proxy::stdio::{BridgeOptions, Browser};
 ///
-/// let options = BridgeOptions::parse(&[
+/// let env = |name: &str| (name == "EXAMPLE_API_KEY").then(|| "k3y".to_owned());
+/// let options = BridgeOptions::parse_with_env(&[
 ///     "https://mcp.example.com/mcp".into(),
 ///     "--no-browser".into(),
-/// ])
+///     "--scope".into(),
+///     "files:read files:write".into(),
+///     "--header".into(),
+///     "X-Api-Key: ${EXAMPLE_API_KEY}".into(),
+/// ], env)
 /// .unwrap();
 /// assert_eq!(options.browser, Browser::Print);
+/// assert_eq!(options.scopes, ["files:read", "files:write"]);
+/// assert_eq!(options.headers[0].1, "k3y");
+/// assert!(!format!("{options:?}").contains("k3y"), "header values stay out of Debug");
 /// ```
 #[derive(Debug, Clone)]
 pub struct BridgeOptions {
@@ -66,26 +91,56 @@ pub struct BridgeOptions {
     /// Lets the server and its authorization server be plain `http` on loopback
     /// (development and tests).
     pub allow_loopback_http: bool,
+    /// Scopes requested besides those the server asks for (`--scope`, repeatable).
+    pub scopes: Vec<String>,
+    /// A pre-registered client (`--client-id`).
+    pub client: Option<BridgeClient>,
+    /// Headers sent with every request (`--header`), values marked sensitive. With an
+    /// `Authorization` header among them the bridge does no OAuth.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How long a request waits for the user to sign in (`--sign-in-timeout SECONDS`,
+    /// default 300).
+    pub sign_in_timeout: Duration,
 }
 
 impl BridgeOptions {
     /// Parses `<server-url> [--store PATH] [--browser-command 'CMD ARGS'] [--no-browser]
-    /// [--allow-loopback-http]`.
+    /// [--scope SCOPES]... [--client-id ID [--client-secret-env VAR] [--issuer URL]]
+    /// [--header 'Name: value']... [--sign-in-timeout SECONDS] [--allow-loopback-http]`,
+    /// reading secrets from the process environment.
     pub fn parse(args: &[String]) -> Result<Self, String> {
+        Self::parse_with_env(args, |name| std::env::var(name).ok())
+    }
+
+    /// [`parse`](Self::parse) with variables looked up by `env`.
+    pub fn parse_with_env(
+        args: &[String],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
         let mut server = None;
         let mut store = None;
         let mut browser = Browser::System;
         let mut allow_loopback_http = false;
+        let mut scopes = Vec::new();
+        let mut client_id = None;
+        let mut secret_variable = None;
+        let mut issuer = None;
+        let mut headers = Vec::new();
+        let mut sign_in_timeout = SIGN_IN_TIMEOUT;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
+            let mut value = |what: &str| {
+                args.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{arg} needs {what}"))
+            };
             match arg.as_str() {
-                "--store" => {
-                    store = Some(PathBuf::from(args.next().ok_or("--store needs a path")?))
-                }
+                "--store" => store = Some(PathBuf::from(value("a path")?)),
                 "--browser-command" => {
-                    let command = args.next().ok_or("--browser-command needs a command")?;
-                    let words: Vec<String> =
-                        command.split_whitespace().map(str::to_owned).collect();
+                    let words: Vec<String> = value("a command")?
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect();
                     if words.is_empty() {
                         return Err("--browser-command is empty".into());
                     }
@@ -93,23 +148,102 @@ impl BridgeOptions {
                 }
                 "--no-browser" => browser = Browser::Print,
                 "--allow-loopback-http" => allow_loopback_http = true,
-                other if other.starts_with("--") => return Err(format!("unknown option {other}")),
-                url => {
-                    let parsed = url::Url::parse(url)
+                "--scope" => scopes.extend(
+                    value("scopes")?
+                        .split_whitespace()
+                        .map(str::to_owned),
+                ),
+                "--client-id" => client_id = Some(value("a client id")?),
+                "--client-secret-env" => secret_variable = Some(value("a variable name")?),
+                "--issuer" => issuer = Some(http_url(&value("a URL")?)?),
+                "--header" => headers.push(header_arg(&value("'Name: value'")?, &env)?),
+                "--sign-in-timeout" => {
+                    let seconds = value("seconds")?;
+                    sign_in_timeout = seconds
+                        .parse::<u64>()
                         .ok()
-                        .filter(|u| matches!(u.scheme(), "http" | "https"))
-                        .ok_or_else(|| format!("`{url}` is not an http(s) URL"))?;
-                    server = Some(parsed);
+                        .filter(|s| (1..=3600).contains(s))
+                        .map(Duration::from_secs)
+                        .ok_or_else(|| {
+                            format!("--sign-in-timeout: `{seconds}` is not 1..3600 seconds")
+                        })?;
                 }
+                other if other.starts_with("--") => return Err(format!("unknown option {other}")),
+                url => server = Some(http_url(url)?),
             }
         }
+        let client = match (client_id, secret_variable, issuer) {
+            (Some(client_id), variable, issuer) => Some(BridgeClient {
+                client_id,
+                client_secret: match variable {
+                    None => None,
+                    Some(name) => Some(Secret::new(env(&name).filter(|v| !v.is_empty()).ok_or_else(
+                        || format!("--client-secret-env: the variable {name} is not set"),
+                    )?)),
+                },
+                issuer,
+            }),
+            (None, None, None) => None,
+            (None, _, _) => {
+                return Err("--client-secret-env and --issuer go with --client-id".into());
+            }
+        };
         Ok(Self {
             server: server.ok_or("the server URL is missing")?,
             store: store.unwrap_or_else(default_store),
             browser,
             allow_loopback_http,
+            scopes,
+            client,
+            headers,
+            sign_in_timeout,
         })
     }
+
+    /// Whether an `Authorization` header was given: the bridge then does no OAuth.
+    fn static_authorization(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(name, _)| name == header::AUTHORIZATION)
+    }
+}
+
+fn http_url(text: &str) -> Result<url::Url, String> {
+    url::Url::parse(text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| format!("`{text}` is not an http(s) URL"))
+}
+
+/// `Name: value`, with each `${VAR}` in the value replaced by that variable.
+fn header_arg(
+    text: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, template) = text
+        .split_once(':')
+        .ok_or_else(|| format!("--header `{text}`: expected `Name: value`"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("--header: `{}` is not a header name", name.trim()))?;
+    let mut value = String::new();
+    let mut rest = template.trim();
+    while let Some(at) = rest.find("${") {
+        value.push_str(&rest[..at]);
+        let end = rest[at..]
+            .find('}')
+            .ok_or_else(|| format!("--header {name}: unclosed `${{`"))?;
+        let variable = &rest[at + 2..at + end];
+        value.push_str(&env(variable).ok_or_else(|| {
+            format!("--header {name}: the variable {variable} is not set")
+        })?);
+        rest = &rest[at + end + 1..];
+    }
+    value.push_str(rest);
+    // The value comes from the environment: it never reaches an error message.
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| format!("--header {name}: the value is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok((name, value))
 }
 
 /// `$XDG_DATA_HOME/mcp-auth-proxy/credentials.db` (or `~/.local/share/...`; on macOS
@@ -145,10 +279,132 @@ struct Bridge {
     server: url::Url,
     session: Arc<Mutex<Session>>,
     out: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Failures that end the session (after the client got its error).
+    fatal: tokio::sync::mpsc::UnboundedSender<String>,
+    /// `None` with a static `Authorization` header.
+    sign_in: Option<SignIn>,
 }
 
-/// Runs the bridge until stdin closes.
+/// The sign-in this copy opened in the browser, so a request that waited it out in
+/// vain can abandon it: the next request then opens the browser again instead of
+/// joining a flow whose page the user closed.
+#[derive(Clone)]
+struct SignIn {
+    authorizer: Authorizer,
+    opened: Arc<Mutex<Option<Secret>>>,
+}
+
+impl SignIn {
+    async fn abandon(&self) {
+        let state = self.opened.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(state) = state {
+            self.authorizer
+                .fail_flow(&state, "the sign-in was not completed in time")
+                .await;
+        }
+    }
+}
+
+/// Runs the bridge until stdin closes (`Ok`), or until a failure no request can get
+/// past, such as a refused client registration (`Err`, after the client got its
+/// JSON-RPC error).
 pub async fn run(options: BridgeOptions) -> Result<(), BoxError> {
+    let http = ReqwestService::with_config(
+        &HttpClientConfig::new().connect_timeout(Duration::from_secs(10)),
+    )?;
+    let headers = Arc::new(options.headers.clone());
+    let http = ServiceBuilder::new()
+        .map_request(move |mut request: http::Request<ReplayBody>| {
+            for (name, value) in headers.iter() {
+                request.headers_mut().insert(name, value.clone());
+            }
+            request
+        })
+        .service(http);
+    let breaker =
+        CircuitBreakerLayer::new(BreakerConfig::default().without_storm_guard());
+    let (stack, sign_in) = if options.static_authorization() {
+        // The credentials are the given header: no sign-in, nothing stored.
+        let stack = BoxCloneSyncService::new(ServiceBuilder::new().layer(breaker).service(http));
+        (stack, None)
+    } else {
+        let (oauth, silent, sign_in) = oauth_layers(&options).await?;
+        let stack = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(breaker)
+                .layer(oauth)
+                .layer(silent)
+                .service(http),
+        );
+        (stack, Some(sign_in))
+    };
+    let (out, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (stop_writer, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        loop {
+            let line = tokio::select! {
+                biased;
+                line = lines.recv() => line,
+                // Told to stop: what was already sent still goes out.
+                _ = &mut stopped => lines.try_recv().ok(),
+            };
+            let Some(line) = line else { break };
+            if stdout.write_all(line.as_bytes()).await.is_err()
+                || stdout.write_all(b"\n").await.is_err()
+                || stdout.flush().await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    let (fatal, mut fatal_errors) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let bridge = Bridge {
+        stack,
+        server: options.server,
+        session: Arc::default(),
+        out,
+        fatal,
+        sign_in,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let ended = loop {
+        let line = tokio::select! {
+            line = stdin.next_line() => line?,
+            Some(reason) = fatal_errors.recv() => break Some(reason),
+        };
+        let Some(line) = line else { break None };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bridge = bridge.clone();
+        tasks.spawn(async move { bridge.forward(line).await });
+    };
+    if ended.is_none() {
+        // stdin closed: let answers in flight finish (bounded), then end the session.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+    tasks.abort_all();
+    bridge.delete_session().await;
+    drop(bridge);
+    // The standalone stream's task may still hold a sender: stop the writer explicitly.
+    let _ = stop_writer.send(());
+    let _ = writer.await;
+    match ended {
+        None => Ok(()),
+        Some(reason) => Err(reason.into()),
+    }
+}
+
+/// The OAuth layers: `OAuthRetryLayer` (wait mode, sign-in through the loopback
+/// listener) and `SilentRefreshLayer`, on the SQLite file every copy shares.
+async fn oauth_layers(
+    options: &BridgeOptions,
+) -> Result<(OAuthRetryLayer, SilentRefreshLayer, SignIn), BoxError> {
     if let Some(dir) = options.store.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -162,7 +418,7 @@ pub async fn run(options: BridgeOptions) -> Result<(), BoxError> {
     };
     let credentials: Arc<dyn CredentialStore> = store.clone();
     let records: Arc<dyn SharedRecords> = store;
-    let authorizer = Authorizer::builder(
+    let mut builder = Authorizer::builder(
         options.server.as_str(),
         credentials.clone(),
         format!("http://127.0.0.1:{port}/callback").parse()?,
@@ -171,7 +427,19 @@ pub async fn run(options: BridgeOptions) -> Result<(), BoxError> {
     .start_url(format!("http://127.0.0.1:{port}/start").parse()?)
     .url_policy(policy)
     .shared_state(records)
-    .build()?;
+    .scopes(options.scopes.iter().cloned());
+    if let Some(client) = &options.client {
+        let issuer = match &client.issuer {
+            Some(issuer) => issuer.to_string(),
+            None => authorization_server_of(&options.server, policy).await?,
+        };
+        let registered = PreRegisteredClient::new(issuer, client.client_id.clone());
+        builder = builder.pre_registered(match &client.client_secret {
+            Some(secret) => registered.with_secret(secret.clone(), ClientAuthMethod::ClientSecretBasic),
+            None => registered,
+        });
+    }
+    let authorizer = builder.build()?;
     let key = crate::crypto::random_bytes::<32>();
     let callback = CallbackService::new(
         authorizer.completer(),
@@ -182,64 +450,44 @@ pub async fn run(options: BridgeOptions) -> Result<(), BoxError> {
     let app = crate::callback_router("/callback", callback);
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let sign_in = SignIn {
+        authorizer: authorizer.clone(),
+        opened: Arc::default(),
+    };
     let browser = options.browser.clone();
+    let opened = sign_in.opened.clone();
     let handler = move |prompt: AuthorizationPrompt| {
         let browser = browser.clone();
+        *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(prompt.flow.state.clone());
         async move { open(&browser, prompt.url().as_str()).await }
     };
-    let http = ReqwestService::with_config(
-        &HttpClientConfig::new().connect_timeout(Duration::from_secs(10)),
-    )?;
-    let stack = ServiceBuilder::new()
-        .layer(CircuitBreakerLayer::new(
-            BreakerConfig::default().without_storm_guard(),
-        ))
-        .layer(
-            OAuthRetryLayer::wait(authorizer.clone(), handler)
-                .with_wait_timeout(SIGN_IN_TIMEOUT)
-                .with_default_principal(Principal::new("local", "user")),
+    let oauth = OAuthRetryLayer::wait(authorizer.clone(), handler)
+        .with_wait_timeout(options.sign_in_timeout)
+        .with_default_principal(Principal::new("local", "user"));
+    let silent =
+        SilentRefreshLayer::new(RefreshCoordinator::new(credentials), authorizer.bindings())
+            .with_default_principal(Principal::new("local", "user"));
+    Ok((oauth, silent, sign_in))
+}
+
+/// The one authorization server `server`'s protected resource metadata names: where a
+/// `--client-id` given without `--issuer` belongs.
+async fn authorization_server_of(server: &url::Url, policy: UrlPolicy) -> Result<String, BoxError> {
+    let discovery = Discovery::new(AuthHttpClient::with_policy(policy), policy);
+    let metadata = discovery
+        .protected_resource(server, None)
+        .await
+        .map_err(|error| {
+            format!("cannot learn the server's authorization server ({error}); pass --issuer")
+        })?;
+    match metadata.authorization_servers.as_slice() {
+        [issuer] => Ok(issuer.clone()),
+        several => Err(format!(
+            "the server names {} authorization servers; pass --issuer with the one --client-id belongs to",
+            several.len()
         )
-        .layer(
-            SilentRefreshLayer::new(RefreshCoordinator::new(credentials), authorizer.bindings())
-                .with_default_principal(Principal::new("local", "user")),
-        )
-        .service(http);
-    let (out, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
-        while let Some(line) = lines.recv().await {
-            if stdout.write_all(line.as_bytes()).await.is_err()
-                || stdout.write_all(b"\n").await.is_err()
-                || stdout.flush().await.is_err()
-            {
-                break;
-            }
-        }
-    });
-    let bridge = Bridge {
-        stack: BoxCloneSyncService::new(stack),
-        server: options.server,
-        session: Arc::default(),
-        out,
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = stdin.next_line().await? {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bridge = bridge.clone();
-        tasks.spawn(async move { bridge.forward(line).await });
+        .into()),
     }
-    // stdin closed: let answers in flight finish (bounded), then end the session.
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    bridge.delete_session().await;
-    drop(bridge);
-    let _ = writer.await;
-    Ok(())
 }
 
 /// Hands the sign-in link to the user.
@@ -323,9 +571,18 @@ impl Bridge {
         .unwrap_or_else(|_| Err("the bridge failed on this request (it panicked)".into()));
         if let Err(error) = result {
             tracing::warn!(%error, "request failed");
+            if let (Some(sign_in), Some(Error::AuthorizationTimedOut { .. })) =
+                (&self.sign_in, Error::find(error.as_ref()))
+            {
+                sign_in.abandon().await;
+            }
+            let text = failure_text(error.as_ref());
             if let Some(id) = id {
                 self.write(json!({"jsonrpc": "2.0", "id": id,
-                    "error": {"code": -32603, "message": failure_text(error.as_ref())}}));
+                    "error": {"code": -32603, "message": text}}));
+            }
+            if ends_session(error.as_ref()) {
+                let _ = self.fatal.send(text);
             }
         }
         if method.as_deref() == Some("notifications/initialized") {
@@ -445,17 +702,42 @@ impl Bridge {
 /// What the user reads when a request could not be sent.
 fn failure_text(error: &(dyn std::error::Error + 'static)) -> String {
     match Error::find(error) {
-        Some(Error::AuthorizationTimedOut { .. }) => {
-            "sign-in was not completed in time; try again".to_owned()
-        }
+        Some(Error::AuthorizationTimedOut { waited }) => format!(
+            "sign-in was not completed within {} s (was the browser closed?); the next request opens it again",
+            waited.as_secs()
+        ),
         Some(Error::AuthorizationFailed { reason }) => format!("sign-in failed: {reason}"),
         Some(Error::CircuitOpen { retry_after, .. }) => format!(
             "the server is failing; retrying in {} s",
             retry_after.as_secs().max(1)
         ),
+        Some(Error::Registration(reason)) => format!(
+            "the authorization server refused to register this bridge as a client ({reason}); \
+             pass --client-id (and --client-secret-env) of a client registered there"
+        ),
         Some(other) => other.to_string(),
-        None => format!("the server could not be reached: {error}"),
+        None => {
+            // reqwest's own text leaves out why ("connection refused", a DNS failure).
+            let mut cause = error.source();
+            let mut root = None;
+            while let Some(next) = cause {
+                root = Some(next);
+                cause = next.source();
+            }
+            match root {
+                Some(root) => format!("the server could not be reached: {error}: {root}"),
+                None => format!("the server could not be reached: {error}"),
+            }
+        }
     }
+}
+
+/// Whether no later request can succeed either: the session ends (non-zero exit).
+fn ends_session(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        Error::find(error),
+        Some(Error::Registration(reason)) if !matches!(reason, RegistrationError::Unavailable(_))
+    )
 }
 
 /// The `data` of each complete SSE event, from chunks as they arrive.

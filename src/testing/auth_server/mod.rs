@@ -156,6 +156,8 @@ struct Knobs {
     interaction: bool,
     /// `/authorize` answers this OAuth error (and description) instead of a code.
     deny: Option<(String, Option<String>)>,
+    /// `/register` answers this RFC 7591 error instead of registering.
+    refuse_registration: Option<String>,
 }
 
 #[derive(Default)]
@@ -330,6 +332,7 @@ impl TestAuthServer {
                 fault: None,
                 interaction: false,
                 deny: None,
+                refuse_registration: None,
             }),
             counters: Counters::default(),
             refreshes_by_subject: Mutex::new(HashMap::new()),
@@ -446,6 +449,12 @@ impl TestAuthServer {
     pub fn set_authorization_error(&self, error: Option<(&str, Option<&str>)>) {
         lock(&self.state.knobs).deny =
             error.map(|(code, description)| (code.to_owned(), description.map(str::to_owned)));
+    }
+
+    /// Makes `/register` refuse every registration with this RFC 7591 error code
+    /// (`invalid_client_metadata`, ...); `None` accepts them again.
+    pub fn set_registration_error(&self, error: Option<&str>) {
+        lock(&self.state.knobs).refuse_registration = error.map(str::to_owned);
     }
 
     /// Who consents at `/authorize`.
@@ -620,6 +629,10 @@ async fn register(
     });
     if !redirect_ok {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_redirect_uri");
+    }
+    let refused = lock(&state.knobs).refuse_registration.clone();
+    if let Some(code) = refused {
+        return oauth_error(StatusCode::BAD_REQUEST, &code);
     }
     state.counters.registrations.fetch_add(1, Ordering::SeqCst);
     let method = request["token_endpoint_auth_method"]
