@@ -209,10 +209,12 @@ impl Bridge {
     }
 
     async fn initialize(&mut self, id: u64, within: Duration) -> Value {
-        self.send(serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "initialize",
+        self.send(
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "initialize",
             "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "test", "version": "1"}}}))
-            .await;
+                "clientInfo": {"name": "test", "version": "1"}}}),
+        )
+        .await;
         self.next(within).await
     }
 
@@ -229,7 +231,10 @@ impl Bridge {
             .await
             .expect("the bridge exits")
             .unwrap();
-        (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 }
 
@@ -336,17 +341,19 @@ async fn a_refused_registration_ends_the_session_and_client_id_gets_past_it() {
         .send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
         .await;
     bridge
-        .send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "whoami", "arguments": {}}}))
+        .send(
+            serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}}),
+        )
         .await;
     let answer = bridge.next(Duration::from_secs(10)).await;
-    assert_eq!(
-        answer["result"]["content"][0]["text"], "alice",
-        "{answer}"
-    );
+    assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
     let (status, stderr) = bridge.finish().await;
     assert!(status.success(), "{status}");
-    assert!(!stderr.contains("s3cret-value"), "the secret stays out of logs");
+    assert!(
+        !stderr.contains("s3cret-value"),
+        "the secret stays out of logs"
+    );
     let stats = auth.stats();
     assert_eq!(stats.code_exchanges, 1, "{stats:?}");
     assert_eq!(stats.registrations, 0, "{stats:?}");
@@ -377,8 +384,11 @@ async fn a_closed_browser_or_denied_consent_is_a_readable_error_and_the_session_
         format!("#!/bin/sh\necho \"$1\" >> '{}'\n", visits.display()),
     )
     .unwrap();
-    std::fs::set_permissions(&browser, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let browser = browser.to_str().unwrap();
     let mut bridge = Bridge::spawn(
         &[
@@ -433,8 +443,250 @@ async fn a_closed_browser_or_denied_consent_is_a_readable_error_and_the_session_
     );
     auth.set_authorization_error(None);
     let answer = bridge.initialize(2, Duration::from_secs(20)).await;
-    assert!(answer["result"].is_object(), "signed in on the next request: {answer}");
+    assert!(
+        answer["result"].is_object(),
+        "signed in on the next request: {answer}"
+    );
     let (status, _) = bridge.finish().await;
     assert!(status.success(), "{status}");
     assert_eq!(auth.stats().code_exchanges, 1);
+}
+
+/// A copy is killed (SIGKILL) while it holds the refresh: its request is at the
+/// authorization server, which, like a real one, finishes the rotation although the
+/// client is gone, so the new refresh token is lost with the copy. The 3 copies started
+/// next are not stranded: they wait out the dead copy's lease (redemption timeout 10 s
+/// + 5 s), one of them redeems the stored token (`invalid_grant`: it was spent),
+/// retires it, and all 3 share one new sign-in.
+#[tokio::test]
+async fn copies_recover_from_one_killed_while_holding_the_refresh() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    auth.set_rotation(true);
+    auth.set_access_token_lifetime(Duration::from_secs(3));
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let dir = dir("killed-holder");
+    let store = dir.join("credentials.db");
+    let jar = dir.join("cookies.txt");
+    let follower = follower(&jar);
+    let url = mcp.url();
+    let args = [
+        url.as_str(),
+        "--store",
+        store.to_str().unwrap(),
+        "--browser-command",
+        &follower,
+        "--allow-loopback-http",
+    ];
+    let mut first = Bridge::spawn(&args, &[]);
+    let answer = first.initialize(1, Duration::from_secs(30)).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    first.finish().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The holder: its refresh reaches the authorization server, which takes 3 s.
+    auth.set_latency(Duration::from_secs(3));
+    let before = auth.stats();
+    let mut holder = Bridge::spawn(&args, &[]);
+    holder
+        .send(
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"}}}),
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while auth.stats().refresh_requests == before.refresh_requests {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the holder never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    holder.child.start_kill().unwrap(); // SIGKILL
+    holder.child.wait().await.unwrap();
+    let killed_at = std::time::Instant::now();
+    auth.set_latency(Duration::ZERO);
+
+    let copies = (0..3).map(|_| {
+        let args = args.map(str::to_owned);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut copy = Bridge::spawn(&args, &[]);
+            let answer = copy.initialize(1, Duration::from_secs(60)).await;
+            copy.send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+                .await;
+            copy.send(
+                serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "whoami", "arguments": {}}}),
+            )
+            .await;
+            let call = copy.next(Duration::from_secs(10)).await;
+            copy.finish().await;
+            (answer, call)
+        }
+    });
+    for (answer, call) in futures::future::join_all(copies).await {
+        assert!(answer["result"].is_object(), "{answer}");
+        assert_eq!(call["result"]["content"][0]["text"], "alice", "{call}");
+    }
+    let stats = auth.stats();
+    println!(
+        "after the kill: recovered in {:.1} s; refreshes {}, invalid_grant {}, sign-ins {}",
+        killed_at.elapsed().as_secs_f64(),
+        stats.refresh_requests - before.refresh_requests - 1,
+        stats.invalid_grants - before.invalid_grants,
+        stats.code_exchanges - before.code_exchanges,
+    );
+    assert_eq!(
+        stats.refresh_requests - before.refresh_requests,
+        2,
+        "the holder's and one more, not one per copy: {stats:?}"
+    );
+    assert_eq!(
+        stats.code_exchanges - before.code_exchanges,
+        1,
+        "one sign-in for the 3 copies: {stats:?}"
+    );
+}
+
+/// `--header 'Authorization: Bearer ${TOKEN}'`: the server is called with the given
+/// credentials (from the environment), no OAuth, no sign-in, nothing stored.
+#[tokio::test]
+async fn a_static_authorization_header_replaces_oauth() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.register_client("ci", None);
+    let token = auth.issue("ci", "robot", None);
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let dir = dir("static-header");
+    let store = dir.join("credentials.db");
+    let mut bridge = Bridge::spawn(
+        &[
+            &mcp.url(),
+            "--store",
+            store.to_str().unwrap(),
+            "--no-browser",
+            "--header",
+            "Authorization: Bearer ${MCP_TOKEN}",
+            "--allow-loopback-http",
+        ],
+        &[("MCP_TOKEN", token.access_token.expose())],
+    );
+    let answer = bridge.initialize(1, Duration::from_secs(20)).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    bridge
+        .send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    bridge
+        .send(
+            serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}}),
+        )
+        .await;
+    let answer = bridge.next(Duration::from_secs(10)).await;
+    assert_eq!(answer["result"]["content"][0]["text"], "robot", "{answer}");
+    let (status, stderr) = bridge.finish().await;
+    assert!(status.success(), "{status}");
+    assert!(!stderr.contains(token.access_token.expose()));
+    assert_eq!(auth.stats().authorization_requests, 0);
+    assert!(!store.exists(), "nothing stored");
+}
+
+/// A copy is killed while its sign-in is open in the browser (the user has not
+/// finished): the copies that joined it are not stranded until their sign-in timeout.
+/// They notice within about a second that nobody listens on the flow's callback port,
+/// give it up, and one new sign-in (one browser visit) serves them both.
+#[tokio::test]
+async fn copies_recover_from_one_killed_mid_login() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let dir = dir("killed-mid-login");
+    let store = dir.join("credentials.db");
+    let links = dir.join("links.txt");
+    // The first copy's "browser" records the link; the user never gets to it.
+    let slow_browser = dir.join("slow-browser.sh");
+    std::fs::write(
+        &slow_browser,
+        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", links.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &slow_browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let url = mcp.url();
+    let mut opener = Bridge::spawn(
+        &[
+            &url,
+            "--store",
+            store.to_str().unwrap(),
+            "--browser-command",
+            slow_browser.to_str().unwrap(),
+            "--allow-loopback-http",
+        ],
+        &[],
+    );
+    opener
+        .send(
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"}}}),
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !links.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no sign-in opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Two more copies join the open sign-in, then its opener is killed.
+    let jar = dir.join("cookies.txt");
+    let follower = follower(&jar);
+    let args = [
+        url.as_str(),
+        "--store",
+        store.to_str().unwrap(),
+        "--browser-command",
+        &follower,
+        "--allow-loopback-http",
+    ];
+    let mut copies: Vec<Bridge> = (0..2).map(|_| Bridge::spawn(&args, &[])).collect();
+    for copy in &mut copies {
+        copy.send(
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"}}}),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        auth.stats().authorization_requests,
+        0,
+        "nobody signed in yet"
+    );
+    opener.child.start_kill().unwrap(); // SIGKILL
+    opener.child.wait().await.unwrap();
+    let killed_at = std::time::Instant::now();
+
+    for copy in &mut copies {
+        let answer = copy.next(Duration::from_secs(30)).await;
+        assert!(answer["result"].is_object(), "{answer}");
+    }
+    println!(
+        "both copies answered {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    for copy in copies {
+        let (status, _) = copy.finish().await;
+        assert!(status.success(), "{status}");
+    }
+    let stats = auth.stats();
+    assert_eq!(
+        stats.authorization_requests, 1,
+        "one new sign-in: {stats:?}"
+    );
+    assert_eq!(stats.code_exchanges, 1, "{stats:?}");
 }

@@ -19,7 +19,7 @@ use crate::oauth::callback::AuthorizationCompleter;
 use crate::oauth::discovery::{
     AuthorizationServerMetadata, Discovery, DiscoveryError, ProtectedResourceMetadata,
 };
-use crate::oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore};
+use crate::oauth::flow::{AuthorizationRequest, FlowHandle, FlowOutcome, FlowStore, PendingFlow};
 use crate::oauth::registration::{ClientConfig, PreRegisteredClient, Registrar};
 use crate::oauth::scopes::select_scopes;
 use crate::store::{CredentialStore, SharedRecords};
@@ -438,6 +438,15 @@ impl Authorizer {
             self.inner.store.load(&key).await,
             Ok(Some(tokens)) if tokens.obtained_at >= since && tokens.is_usable()
         )
+    }
+
+    /// The open authorization flow of `principal` for this server, if any (started by
+    /// this process or, with [`shared_state`](AuthorizerBuilder::shared_state), by
+    /// another one).
+    pub async fn open_flow(&self, principal: &Principal) -> Option<Arc<PendingFlow>> {
+        let binding = self.inner.bindings.get(principal.tenant())?;
+        let key = AuthKey::new(principal, binding.id());
+        self.inner.flows.open_flow(&key).await
     }
 
     /// Whether the store holds credentials of `principal` for this server that are

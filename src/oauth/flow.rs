@@ -460,10 +460,10 @@ impl FlowStore {
             .ok()??;
         let state = String::from_utf8(state).ok()?;
         let (found_key, flow) = self.load_shared(&state).await?;
-        let open = found_key == *key
-            && flow.is_open()
-            && !flow.claimed.load(std::sync::atomic::Ordering::SeqCst);
-        open.then_some(flow)
+        // A claimed flow (its code being exchanged) is joined too, as a local one is:
+        // its outcome is moments away, and a new flow would ask the user who just
+        // consented to consent again.
+        (found_key == *key && flow.is_open()).then_some(flow)
     }
 
     /// Writes `pending`'s record, then names it the open flow of `key` unless another
@@ -550,6 +550,18 @@ impl FlowStore {
             },
             (None, None) => unreachable!("the compute closure either joins or starts a flow"),
         }
+    }
+
+    /// The open flow of `key`, started here or (with shared records) by another
+    /// process: e.g. to learn whether the process serving its redirect URI is alive.
+    pub async fn open_flow(&self, key: &AuthKey) -> Option<Arc<PendingFlow>> {
+        if let Some(flow) = self.by_key.get(key).await {
+            flow.catch_up().await;
+            if flow.is_open() {
+                return Some(flow.pending.clone());
+            }
+        }
+        Some(self.shared_open_flow(key).await?.pending.clone())
     }
 
     /// The open flow a callback's `state` belongs to, with its key (tenant included).

@@ -25,10 +25,14 @@ use crate::client::{HttpClientConfig, ReqwestService};
 use crate::layer::circuit_breaker::CircuitBreakerLayer;
 use crate::store::{CredentialStore, SharedRecords, SqliteStore};
 use crate::{
-    AuthorizationPrompt, Authorizer, BreakerConfig, BrowserBinding, CallbackService, Error,
-    AuthHttpClient, ClientAuthMethod, Discovery, OAuthRetryLayer, PreRegisteredClient, Principal, RegistrationError, RefreshCoordinator, ReplayBody, Secret,
+    AuthHttpClient, AuthorizationPrompt, Authorizer, BreakerConfig, BrowserBinding,
+    CallbackService, ClientAuthMethod, Discovery, Error, OAuthRetryLayer, PreRegisteredClient,
+    Principal, RefreshConfig, RefreshCoordinator, RegistrationError, ReplayBody, Secret,
     SilentRefreshLayer, UrlPolicy,
 };
+
+/// How long one refresh-token redemption may take.
+const REDEMPTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a request waits for the user to sign in.
 const SIGN_IN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -148,11 +152,7 @@ impl BridgeOptions {
                 }
                 "--no-browser" => browser = Browser::Print,
                 "--allow-loopback-http" => allow_loopback_http = true,
-                "--scope" => scopes.extend(
-                    value("scopes")?
-                        .split_whitespace()
-                        .map(str::to_owned),
-                ),
+                "--scope" => scopes.extend(value("scopes")?.split_whitespace().map(str::to_owned)),
                 "--client-id" => client_id = Some(value("a client id")?),
                 "--client-secret-env" => secret_variable = Some(value("a variable name")?),
                 "--issuer" => issuer = Some(http_url(&value("a URL")?)?),
@@ -177,9 +177,11 @@ impl BridgeOptions {
                 client_id,
                 client_secret: match variable {
                     None => None,
-                    Some(name) => Some(Secret::new(env(&name).filter(|v| !v.is_empty()).ok_or_else(
-                        || format!("--client-secret-env: the variable {name} is not set"),
-                    )?)),
+                    Some(name) => Some(Secret::new(
+                        env(&name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                            format!("--client-secret-env: the variable {name} is not set")
+                        })?,
+                    )),
                 },
                 issuer,
             }),
@@ -233,9 +235,10 @@ fn header_arg(
             .find('}')
             .ok_or_else(|| format!("--header {name}: unclosed `${{`"))?;
         let variable = &rest[at + 2..at + end];
-        value.push_str(&env(variable).ok_or_else(|| {
-            format!("--header {name}: the variable {variable} is not set")
-        })?);
+        value.push_str(
+            &env(variable)
+                .ok_or_else(|| format!("--header {name}: the variable {variable} is not set"))?,
+        );
         rest = &rest[at + end + 1..];
     }
     value.push_str(rest);
@@ -294,7 +297,46 @@ struct SignIn {
     opened: Arc<Mutex<Option<Secret>>>,
 }
 
+/// Why a sign-in another copy opened was given up: that copy exited, and the browser
+/// would come back to a port nobody listens on. Requests waiting on it start anew.
+const ORPHANED: &str = "the copy of the bridge that opened this sign-in exited";
+
+/// How often a copy checks that the copy serving the open sign-in's callback is alive.
+const ORPHAN_CHECK: Duration = Duration::from_secs(1);
+
 impl SignIn {
+    /// Fails the open sign-in when the copy whose loopback listener its redirect URI
+    /// names has died (killed mid-login): the browser could never come back, and every
+    /// copy waiting on it would wait out its sign-in timeout.
+    async fn watch_for_orphans(self, own_port: u16) {
+        let user = Principal::new("local", "user");
+        loop {
+            tokio::time::sleep(ORPHAN_CHECK).await;
+            let Some(flow) = self.authorizer.open_flow(&user).await else {
+                continue;
+            };
+            let Some(port) = flow.request.redirect_uri.port() else {
+                continue;
+            };
+            if port == own_port {
+                continue;
+            }
+            let probe = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(("127.0.0.1", port)),
+            )
+            .await;
+            // Refused (nobody listens) is proof; a slow answer is not.
+            if matches!(probe, Ok(Err(_))) {
+                tracing::warn!(
+                    port,
+                    "the copy serving the open sign-in is gone; starting anew"
+                );
+                self.authorizer.fail_flow(&flow.state, ORPHANED).await;
+            }
+        }
+    }
+
     async fn abandon(&self) {
         let state = self.opened.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(state) = state {
@@ -321,8 +363,7 @@ pub async fn run(options: BridgeOptions) -> Result<(), BoxError> {
             request
         })
         .service(http);
-    let breaker =
-        CircuitBreakerLayer::new(BreakerConfig::default().without_storm_guard());
+    let breaker = CircuitBreakerLayer::new(BreakerConfig::default().without_storm_guard());
     let (stack, sign_in) = if options.static_authorization() {
         // The credentials are the given header: no sign-in, nothing stored.
         let stack = BoxCloneSyncService::new(ServiceBuilder::new().layer(breaker).service(http));
@@ -435,7 +476,9 @@ async fn oauth_layers(
         };
         let registered = PreRegisteredClient::new(issuer, client.client_id.clone());
         builder = builder.pre_registered(match &client.client_secret {
-            Some(secret) => registered.with_secret(secret.clone(), ClientAuthMethod::ClientSecretBasic),
+            Some(secret) => {
+                registered.with_secret(secret.clone(), ClientAuthMethod::ClientSecretBasic)
+            }
             None => registered,
         });
     }
@@ -454,6 +497,7 @@ async fn oauth_layers(
         authorizer: authorizer.clone(),
         opened: Arc::default(),
     };
+    tokio::spawn(sign_in.clone().watch_for_orphans(port));
     let browser = options.browser.clone();
     let opened = sign_in.opened.clone();
     let handler = move |prompt: AuthorizationPrompt| {
@@ -464,9 +508,14 @@ async fn oauth_layers(
     let oauth = OAuthRetryLayer::wait(authorizer.clone(), handler)
         .with_wait_timeout(options.sign_in_timeout)
         .with_default_principal(Principal::new("local", "user"));
-    let silent =
-        SilentRefreshLayer::new(RefreshCoordinator::new(credentials), authorizer.bindings())
-            .with_default_principal(Principal::new("local", "user"));
+    // A copy killed while redeeming blocks the others until its lease lapses: the
+    // redemption timeout plus up to 5 s. 10 s suits a desktop; the default 30 s would
+    // leave the user waiting 35 s.
+    let refresh = RefreshCoordinator::builder(credentials)
+        .config(RefreshConfig::default().with_timeout(REDEMPTION_TIMEOUT))
+        .build();
+    let silent = SilentRefreshLayer::new(refresh, authorizer.bindings())
+        .with_default_principal(Principal::new("local", "user"));
     Ok((oauth, silent, sign_in))
 }
 
@@ -557,8 +606,16 @@ impl Bridge {
             .map(str::to_owned);
         // A panic in here must still answer the client, which would wait forever.
         let result = crate::limits::catch_panic(async {
-            let request = self.request(Method::POST, Bytes::from(line))?;
-            let response = self.stack.clone().oneshot(request).await?;
+            let body = Bytes::from(line);
+            let request = self.request(Method::POST, body.clone())?;
+            let response = match self.stack.clone().oneshot(request).await {
+                // The sign-in it waited on was orphaned: once more, with a new one.
+                Err(error) if orphaned(error.as_ref()) => {
+                    let request = self.request(Method::POST, body)?;
+                    self.stack.clone().oneshot(request).await?
+                }
+                result => result?,
+            };
             if method.as_deref() == Some("initialize")
                 && let Some(session) = response.headers().get("mcp-session-id")
             {
@@ -730,6 +787,10 @@ fn failure_text(error: &(dyn std::error::Error + 'static)) -> String {
             }
         }
     }
+}
+
+fn orphaned(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(Error::find(error), Some(Error::AuthorizationFailed { reason }) if reason == ORPHANED)
 }
 
 /// Whether no later request can succeed either: the session ends (non-zero exit).
