@@ -4,6 +4,8 @@
 //! mcp-auth-proxy serve --config proxy.toml   # run the gateway
 //! mcp-auth-proxy check --config proxy.toml   # validate a configuration, every error with its line
 //! mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser]
+//!     [--scope SCOPES]... [--client-id ID [--client-secret-env VAR] [--issuer URL]]
+//!     [--header 'Name: value']... [--sign-in-timeout SECONDS] [--allow-loopback-http]
 //!                                            # a stdio MCP server bridging to a remote one
 //! ```
 
@@ -17,7 +19,7 @@ use tower_mcp_auth::proxy::{Gateway, ProxyConfig};
 /// How long streams may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-const USAGE: &str = "usage: mcp-auth-proxy <serve|check> --config <file>\n       mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser] [--allow-loopback-http]";
+const USAGE: &str = "usage: mcp-auth-proxy <serve|check> --config <file>\n       mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser]\n           [--scope SCOPES]... [--client-id ID [--client-secret-env VAR] [--issuer URL]]\n           [--header 'Name: value, ${VAR} from the environment']... [--sign-in-timeout SECONDS] [--allow-loopback-http]";
 
 fn config_path(args: &[String]) -> Option<PathBuf> {
     let at = args.iter().position(|a| a == "--config")?;

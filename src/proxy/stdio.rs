@@ -8,6 +8,13 @@
 //! the browser (or given to `--browser-command`, or printed), the code comes back to a
 //! loopback listener (RFC 8252). Credentials, the client registration and pending
 //! flows live in a SQLite file keyed by server, never by this program's version.
+//!
+//! Copies for one server cooperate through that file: one sign-in, one refresh per
+//! expiry (a lease), and neither stranded by a copy that dies holding it: a refresh
+//! lease lapses after the redemption timeout + 5 s, and a sign-in whose callback port
+//! nobody listens on any more is given up and started anew. A failure reaches the
+//! client as a JSON-RPC error it can show; only one that no later request can get past
+//! (a refused client registration) ends the session, with a non-zero exit.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
