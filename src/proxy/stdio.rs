@@ -845,3 +845,77 @@ impl SseLines {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<BridgeOptions, String> {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        BridgeOptions::parse_with_env(&args, |name| {
+            (name == "SECRET").then(|| "s3cr3t-value".to_owned())
+        })
+    }
+
+    #[test]
+    fn options_read_secrets_from_the_environment_and_keep_them_out_of_debug() {
+        let options = parse(&[
+            "https://mcp.example.com/mcp",
+            "--client-id",
+            "desktop",
+            "--client-secret-env",
+            "SECRET",
+            "--header",
+            "Authorization: Bearer ${SECRET}",
+            "--sign-in-timeout",
+            "30",
+        ])
+        .unwrap();
+        let client = options.client.as_ref().unwrap();
+        assert_eq!(client.client_id, "desktop");
+        assert_eq!(
+            client.client_secret.as_ref().unwrap().expose(),
+            "s3cr3t-value"
+        );
+        assert_eq!(options.headers[0].1, "Bearer s3cr3t-value");
+        assert!(options.static_authorization());
+        assert_eq!(options.sign_in_timeout, Duration::from_secs(30));
+        assert!(!format!("{options:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_what_is_wrong() {
+        let url = "https://mcp.example.com/mcp";
+        for (args, expected) in [
+            (
+                vec![url, "--header", "X-Key: ${MISSING}"],
+                "MISSING is not set",
+            ),
+            (vec![url, "--header", "no colon"], "expected `Name: value`"),
+            (vec![url, "--header", "X-Key: ${OPEN"], "unclosed"),
+            (
+                vec![url, "--client-secret-env", "SECRET"],
+                "go with --client-id",
+            ),
+            (
+                vec![url, "--client-id", "x", "--client-secret-env", "NOPE"],
+                "NOPE is not set",
+            ),
+            (vec![url, "--sign-in-timeout", "0"], "not 1..3600"),
+            (vec![url, "--issuer", "ftp://x"], "not an http(s) URL"),
+            (vec![url, "--scope"], "--scope needs scopes"),
+            (vec!["--no-browser"], "server URL is missing"),
+            (vec![url, "--frobnicate"], "unknown option"),
+        ] {
+            let error = parse(&args).unwrap_err();
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn sse_events_are_cut_at_blank_lines_whatever_the_chunks() {
+        let mut lines = SseLines::default();
+        assert!(lines.push(b"event: message\ndata: {\"a\":").is_empty());
+        assert_eq!(lines.push(b"1}\n\ndata: 2\r\n\r\n"), ["{\"a\":1}", "2"]);
+    }
+}
