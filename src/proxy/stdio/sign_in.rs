@@ -1,0 +1,205 @@
+//! Signing in from a stdio bridge: the loopback listener, the browser, the OAuth layers
+//! on the shared SQLite file, and giving up sign-ins nobody can finish.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tower::BoxError;
+
+use super::options::{BridgeOptions, Browser};
+use crate::store::{CredentialStore, SharedRecords, SqliteStore};
+use crate::{
+    AuthHttpClient, AuthorizationPrompt, Authorizer, BrowserBinding, CallbackService,
+    ClientAuthMethod, Discovery, Error, OAuthRetryLayer, PreRegisteredClient, Principal,
+    RefreshConfig, RefreshCoordinator, Secret, SilentRefreshLayer, UrlPolicy,
+};
+
+/// How long one refresh-token redemption may take.
+const REDEMPTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sign-in this copy opened in the browser, so a request that waited it out in
+/// vain can abandon it: the next request then opens the browser again instead of
+/// joining a flow whose page the user closed.
+#[derive(Clone)]
+pub(super) struct SignIn {
+    authorizer: Authorizer,
+    opened: Arc<Mutex<Option<Secret>>>,
+}
+
+/// Why a sign-in another copy opened was given up: that copy exited, and the browser
+/// would come back to a port nobody listens on. Requests waiting on it start anew.
+const ORPHANED: &str = "the copy of the bridge that opened this sign-in exited";
+
+/// How often a copy checks that the copy serving the open sign-in's callback is alive.
+const ORPHAN_CHECK: Duration = Duration::from_secs(1);
+
+impl SignIn {
+    /// Fails the open sign-in when the copy whose loopback listener its redirect URI
+    /// names has died (killed mid-login): the browser could never come back, and every
+    /// copy waiting on it would wait out its sign-in timeout.
+    async fn watch_for_orphans(self, own_port: u16) {
+        let user = Principal::new("local", "user");
+        loop {
+            tokio::time::sleep(ORPHAN_CHECK).await;
+            let Some(flow) = self.authorizer.open_flow(&user).await else {
+                continue;
+            };
+            let Some(port) = flow.request.redirect_uri.port() else {
+                continue;
+            };
+            if port == own_port {
+                continue;
+            }
+            let probe = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(("127.0.0.1", port)),
+            )
+            .await;
+            // Refused (nobody listens) is proof; a slow answer is not.
+            if matches!(probe, Ok(Err(_))) {
+                tracing::warn!(
+                    port,
+                    "the copy serving the open sign-in is gone; starting anew"
+                );
+                self.authorizer.fail_flow(&flow.state, ORPHANED).await;
+            }
+        }
+    }
+
+    pub(super) async fn abandon(&self) {
+        let state = self.opened.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(state) = state {
+            self.authorizer
+                .fail_flow(&state, "the sign-in was not completed in time")
+                .await;
+        }
+    }
+}
+
+/// The OAuth layers: `OAuthRetryLayer` (wait mode, sign-in through the loopback
+/// listener) and `SilentRefreshLayer`, on the SQLite file every copy shares.
+pub(super) async fn oauth_layers(
+    options: &BridgeOptions,
+) -> Result<(OAuthRetryLayer, SilentRefreshLayer, SignIn), BoxError> {
+    if let Some(dir) = options.store.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let store = Arc::new(SqliteStore::open(&options.store)?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let policy = if options.allow_loopback_http {
+        UrlPolicy::default().allow_loopback_http()
+    } else {
+        UrlPolicy::default()
+    };
+    let credentials: Arc<dyn CredentialStore> = store.clone();
+    let records: Arc<dyn SharedRecords> = store;
+    let mut builder = Authorizer::builder(
+        options.server.as_str(),
+        credentials.clone(),
+        format!("http://127.0.0.1:{port}/callback").parse()?,
+    )
+    .client_name("mcp-auth-proxy stdio")
+    .start_url(format!("http://127.0.0.1:{port}/start").parse()?)
+    .url_policy(policy)
+    .shared_state(records)
+    .scopes(options.scopes.iter().cloned());
+    if let Some(client) = &options.client {
+        let issuer = match &client.issuer {
+            Some(issuer) => issuer.to_string(),
+            None => authorization_server_of(&options.server, policy).await?,
+        };
+        let registered = PreRegisteredClient::new(issuer, client.client_id.clone());
+        builder = builder.pre_registered(match &client.client_secret {
+            Some(secret) => {
+                registered.with_secret(secret.clone(), ClientAuthMethod::ClientSecretBasic)
+            }
+            None => registered,
+        });
+    }
+    let authorizer = builder.build()?;
+    let key = crate::crypto::random_bytes::<32>();
+    let callback = CallbackService::new(
+        authorizer.completer(),
+        BrowserBinding::new(&key).insecure_cookies(),
+    )
+    .with_start_path("/start")
+    .with_app_name("mcp-auth-proxy");
+    let app = crate::callback_router("/callback", callback);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let sign_in = SignIn {
+        authorizer: authorizer.clone(),
+        opened: Arc::default(),
+    };
+    tokio::spawn(sign_in.clone().watch_for_orphans(port));
+    let browser = options.browser.clone();
+    let opened = sign_in.opened.clone();
+    let handler = move |prompt: AuthorizationPrompt| {
+        let browser = browser.clone();
+        *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(prompt.flow.state.clone());
+        async move { open(&browser, prompt.url().as_str()).await }
+    };
+    let oauth = OAuthRetryLayer::wait(authorizer.clone(), handler)
+        .with_wait_timeout(options.sign_in_timeout)
+        .with_default_principal(Principal::new("local", "user"));
+    // A copy killed while redeeming blocks the others until its lease lapses: the
+    // redemption timeout plus up to 5 s. 10 s suits a desktop; the default 30 s would
+    // leave the user waiting 35 s.
+    let refresh = RefreshCoordinator::builder(credentials)
+        .config(RefreshConfig::default().with_timeout(REDEMPTION_TIMEOUT))
+        .build();
+    let silent = SilentRefreshLayer::new(refresh, authorizer.bindings())
+        .with_default_principal(Principal::new("local", "user"));
+    Ok((oauth, silent, sign_in))
+}
+
+/// The one authorization server `server`'s protected resource metadata names: where a
+/// `--client-id` given without `--issuer` belongs.
+async fn authorization_server_of(server: &url::Url, policy: UrlPolicy) -> Result<String, BoxError> {
+    let discovery = Discovery::new(AuthHttpClient::with_policy(policy), policy);
+    let metadata = discovery
+        .protected_resource(server, None)
+        .await
+        .map_err(|error| {
+            format!("cannot learn the server's authorization server ({error}); pass --issuer")
+        })?;
+    match metadata.authorization_servers.as_slice() {
+        [issuer] => Ok(issuer.clone()),
+        several => Err(format!(
+            "the server names {} authorization servers; pass --issuer with the one --client-id belongs to",
+            several.len()
+        )
+        .into()),
+    }
+}
+
+/// Hands the sign-in link to the user.
+async fn open(browser: &Browser, url: &str) -> Result<(), BoxError> {
+    eprintln!("mcp-auth-proxy: sign in at {url}");
+    let (program, args): (&str, Vec<&str>) = match browser {
+        Browser::Print => return Ok(()),
+        Browser::System if cfg!(target_os = "macos") => ("open", vec![]),
+        Browser::System => ("xdg-open", vec![]),
+        Browser::Command(words) => (
+            words[0].as_str(),
+            words[1..].iter().map(String::as_str).collect(),
+        ),
+    };
+    let status = tokio::process::Command::new(program)
+        .args(args)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(|error| format!("cannot run {program}: {error}"))?;
+    if !status.success() {
+        return Err(format!("{program} failed: {status}").into());
+    }
+    Ok(())
+}
+
+pub(super) fn orphaned(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(Error::find(error), Some(Error::AuthorizationFailed { reason }) if reason == ORPHANED)
+}
