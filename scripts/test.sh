@@ -96,7 +96,7 @@ cargo bench --bench obo_storm
 step "gateway bench (direct vs through mcp-auth-proxy; every call must be answered)"
 cargo bench --bench gateway
 
-step "bridge bench (a stdio client through mcp-auth-proxy stdio vs a direct HTTP client)"
+step "bridge bench (a stdio client through mcp-auth-proxy stdio and through mcp-remote vs a direct HTTP client)"
 cargo bench --features proxy --bench bridge
 
 step "hot path bench (each benchmark run once as a smoke test)"
