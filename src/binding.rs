@@ -185,6 +185,14 @@ pub(crate) fn covers(resource: &Url, uri: &http::Uri) -> bool {
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return false;
     };
+    // The common case, without parsing: the request names the origin exactly as the
+    // resource's canonical text does (lowercase host, no default port, no user info).
+    let exact = scheme == resource.scheme()
+        && resource.username().is_empty()
+        && authority.as_str() == &resource[url::Position::BeforeHost..url::Position::AfterPort];
+    if exact {
+        return covers_path(resource, uri.path());
+    }
     let default_port = match scheme {
         "https" => 443,
         "http" => 80,
@@ -211,7 +219,12 @@ pub(crate) fn covers(resource: &Url, uri: &http::Uri) -> bool {
     if !same_origin {
         return false;
     }
-    let path = uri.path();
+    covers_path(resource, uri.path())
+}
+
+/// Whether `path` is the resource's path or below it, and has nothing a server may
+/// resolve elsewhere.
+fn covers_path(resource: &Url, path: &str) -> bool {
     if !is_normal_path(path) {
         return false;
     }
@@ -517,6 +530,41 @@ mod tests {
             assert!(!b.covers(&no.parse().unwrap()), "{no}");
         }
         assert!(binding("https://mcp.example").covers(&"https://mcp.example/any".parse().unwrap()));
+    }
+
+    /// The exact-text fast path and the parsing path agree, ports and IPv6 included.
+    #[test]
+    fn covers_the_same_origin_however_it_is_spelled() {
+        for (resource, same, other) in [
+            (
+                "http://127.0.0.1:8080/mcp",
+                ["http://127.0.0.1:8080/mcp", "http://127.0.0.1:8080/mcp/x"],
+                ["http://127.0.0.1:8081/mcp", "http://127.0.0.1/mcp"],
+            ),
+            (
+                "http://[::1]:9000/mcp",
+                ["http://[::1]:9000/mcp", "http://[::1]:9000/mcp?q"],
+                ["http://[::1]:9001/mcp", "http://[::2]:9000/mcp"],
+            ),
+            (
+                "https://mcp.example/mcp",
+                ["https://mcp.example/mcp", "https://Mcp.Example:443/mcp"],
+                ["https://mcp.example:444/mcp", "https://u@mcp.example/mcp"],
+            ),
+        ] {
+            let b = binding(resource);
+            for ok in same {
+                assert!(b.covers(&ok.parse().unwrap()), "{resource} covers {ok}");
+            }
+            for no in other {
+                assert!(
+                    !b.covers(&no.parse().unwrap()),
+                    "{resource} does not cover {no}"
+                );
+            }
+            let exact = format!("{}/../admin", resource.trim_end_matches("/mcp"));
+            assert!(!b.covers(&exact.parse().unwrap()), "{exact}");
+        }
     }
 
     #[test]

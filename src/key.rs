@@ -1,7 +1,8 @@
 //! Who a request acts for, and the key all per-user state is stored under.
 
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 use http::Extensions;
 
@@ -18,18 +19,56 @@ use http::Extensions;
 /// request.extensions_mut().insert(Principal::new("acme", "alice"));
 /// assert_eq!(Principal::from_extensions(request.extensions()).unwrap().subject(), "alice");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct Principal {
     tenant: Arc<str>,
     subject: Arc<str>,
+    /// Hashed once, at construction: every lookup of per-user state hashes the key, and
+    /// a clone carries this along instead of hashing both strings again.
+    hash: u64,
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("tenant", &self.tenant)
+            .field("subject", &self.subject)
+            .finish()
+    }
+}
+
+impl PartialEq for Principal {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.tenant == other.tenant && self.subject == other.subject
+    }
+}
+
+impl Eq for Principal {}
+
+impl Hash for Principal {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A keyed hash (SipHash with a per-process random key, as `HashMap`'s default), so
+/// user-chosen names cannot be picked to collide.
+fn principal_hash(tenant: &str, subject: &str) -> u64 {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let mut hasher = KEY.get_or_init(RandomState::new).build_hasher();
+    tenant.hash(&mut hasher);
+    subject.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Principal {
     /// A principal: `subject` (the user) within `tenant`.
     pub fn new(tenant: impl Into<Arc<str>>, subject: impl Into<Arc<str>>) -> Self {
+        let (tenant, subject) = (tenant.into(), subject.into());
         Self {
-            tenant: tenant.into(),
-            subject: subject.into(),
+            hash: principal_hash(&tenant, &subject),
+            tenant,
+            subject,
         }
     }
 
@@ -90,10 +129,16 @@ impl fmt::Display for BindingId {
 /// assert_ne!(alice_acme, alice_other);
 /// # Ok::<(), tower_mcp_auth::ConfigError>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthKey {
     principal: Principal,
     binding: BindingId,
+}
+
+impl Hash for AuthKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.key_hash());
+    }
 }
 
 impl AuthKey {
@@ -114,6 +159,36 @@ impl AuthKey {
     pub fn binding(&self) -> BindingId {
         self.binding
     }
+
+    /// The principal's keyed hash mixed with the binding digest (already uniform: a
+    /// SHA-256 prefix). No hashing per lookup.
+    pub(crate) fn key_hash(&self) -> u64 {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.binding.0[..8]);
+        (self.principal.hash ^ u64::from_le_bytes(prefix)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// A `Hasher` for maps keyed by [`AuthKey`], whose `Hash` is one precomputed `u64`:
+/// passes it through instead of hashing it again.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `AuthKey`; any other input still spreads.
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
 }
 
 impl fmt::Display for AuthKey {
@@ -123,5 +198,36 @@ impl fmt::Display for AuthKey {
             "{}:{}:{}",
             self.principal.tenant, self.principal.subject, self.binding
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The precomputed hashes keep `Hash` consistent with `Eq`: a principal or key built
+    /// again from the same names finds what a clone stored, and different names differ.
+    #[test]
+    fn keys_rebuilt_from_the_same_names_find_the_same_entry() {
+        let binding = BindingId([7; 32]);
+        let mut map: HashMap<AuthKey, u32, std::hash::BuildHasherDefault<KeyHasher>> =
+            HashMap::default();
+        for i in 0..1000 {
+            let principal = Principal::new("acme", format!("user-{i}"));
+            map.insert(AuthKey::new(&principal.clone(), binding), i);
+        }
+        for i in 0..1000 {
+            let key = AuthKey::new(&Principal::new("acme", format!("user-{i}")), binding);
+            assert_eq!(map.get(&key), Some(&i));
+        }
+        // The tenant/subject split is part of the identity.
+        assert_ne!(Principal::new("ab", "c"), Principal::new("a", "bc"));
+        let other = AuthKey::new(&Principal::new("acme", "user-1"), BindingId([8; 32]));
+        assert!(!map.contains_key(&other));
+        assert_eq!(
+            format!("{:?}", Principal::new("acme", "alice")),
+            r#"Principal { tenant: "acme", subject: "alice" }"#
+        );
     }
 }

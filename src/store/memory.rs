@@ -49,13 +49,16 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    shards: [RwLock<HashMap<AuthKey, Entry>>; SHARDS],
+    shards: [RwLock<KeyMap>; SHARDS],
     /// Entries stored, expired ones included until they are swept.
     len: AtomicU64,
     next_generation: AtomicU64,
     max_capacity: u64,
     refresh_token_ttl: Option<Duration>,
 }
+
+/// Keys hash to their precomputed value: nothing is hashed per lookup.
+type KeyMap = HashMap<AuthKey, Entry, std::hash::BuildHasherDefault<crate::key::KeyHasher>>;
 
 struct Entry {
     tokens: Arc<TokenSet>,
@@ -89,28 +92,18 @@ impl MemoryStore {
     }
 
     fn shard(&self, key: &AuthKey) -> usize {
-        // FNV-1a over the subject and the binding: spreads keys, costs a few ns. Not a
-        // security boundary: a skewed spread only means more lock sharing.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for &byte in key
-            .principal()
-            .subject()
-            .as_bytes()
-            .iter()
-            .chain(&key.binding().0[..4])
-        {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-        (hash % SHARDS as u64) as usize
+        // The key's precomputed hash, bits the map inside does not use (it takes the
+        // low bits for the bucket and the top 7 for its control bytes).
+        (key.key_hash() >> 40) as usize % SHARDS
     }
 
-    fn read(&self, key: &AuthKey) -> RwLockReadGuard<'_, HashMap<AuthKey, Entry>> {
+    fn read(&self, key: &AuthKey) -> RwLockReadGuard<'_, KeyMap> {
         self.inner.shards[self.shard(key)]
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self, key: &AuthKey) -> RwLockWriteGuard<'_, HashMap<AuthKey, Entry>> {
+    fn write(&self, key: &AuthKey) -> RwLockWriteGuard<'_, KeyMap> {
         self.inner.shards[self.shard(key)]
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -215,7 +208,7 @@ impl MemoryStoreBuilder {
     pub fn build(self) -> MemoryStore {
         MemoryStore {
             inner: Arc::new(Inner {
-                shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+                shards: std::array::from_fn(|_| RwLock::new(KeyMap::default())),
                 len: AtomicU64::new(0),
                 next_generation: AtomicU64::new(1),
                 max_capacity: self.max_capacity,
