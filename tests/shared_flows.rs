@@ -345,3 +345,45 @@ async fn after_a_restart_stored_credentials_serve_the_first_request() {
     assert_eq!(auth.stats().code_exchanges, 1, "no new sign-in");
     assert_eq!(auth.stats().registrations, 1, "no new registration");
 }
+
+/// A flow another process has claimed (its code is being exchanged) is joined, not
+/// replaced: a process arriving in that moment waits for the outcome instead of asking
+/// the user who just consented to consent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_flow_of_another_process_is_joined() {
+    use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowStore, Generation, ServerBinding};
+    let open = sqlite("claimed-join");
+    let (here, there) = (FlowStore::shared(open()), FlowStore::shared(open()));
+    let binding =
+        ServerBinding::public_client("https://mcp.example/mcp", "https://as.example/token", "c")
+            .unwrap();
+    let key = AuthKey::new(&Principal::new("acme", "gina"), binding.id());
+    let request = || {
+        AuthorizationRequest::new(
+            binding.clone(),
+            "https://as.example/authorize".parse().unwrap(),
+            "http://127.0.0.1:1/cb".parse().unwrap(),
+        )
+    };
+    let first = there.start_or_join(&key, request()).await;
+    let state = first.pending().state.expose().to_owned();
+    assert!(
+        there.claim(&state).await.is_some(),
+        "the callback claimed it"
+    );
+
+    let joined = here.start_or_join(&key, request()).await;
+    assert!(joined.joined(), "the claimed flow is joined");
+    assert_eq!(joined.pending().state.expose(), state);
+    assert!(
+        there
+            .complete(&state, FlowOutcome::Completed(Generation(3)))
+            .await
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), joined.outcome())
+            .await
+            .unwrap(),
+        Some(FlowOutcome::Completed(Generation(3)))
+    );
+}

@@ -443,6 +443,24 @@ impl Authorizer {
     /// The open authorization flow of `principal` for this server, if any (started by
     /// this process or, with [`shared_state`](AuthorizerBuilder::shared_state), by
     /// another one).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_mcp_auth::{store::MemoryStore, Authorizer, Principal};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let authorizer = Authorizer::builder(
+    ///     "https://mcp.example.com/mcp",
+    ///     Arc::new(MemoryStore::new()),
+    ///     "https://app.example.com/oauth/callback".parse()?,
+    /// )
+    /// .build()?;
+    /// // Nothing was started for this user (the tenant is not even bound yet).
+    /// assert!(authorizer.open_flow(&Principal::new("acme", "alice")).await.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open_flow(&self, principal: &Principal) -> Option<Arc<PendingFlow>> {
         let binding = self.inner.bindings.get(principal.tenant())?;
         let key = AuthKey::new(principal, binding.id());

@@ -554,6 +554,28 @@ impl FlowStore {
 
     /// The open flow of `key`, started here or (with shared records) by another
     /// process: e.g. to learn whether the process serving its redirect URI is alive.
+    ///
+    /// ```
+    /// use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowStore, Principal, ServerBinding};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let binding = ServerBinding::public_client(
+    ///     "https://mcp.example.com/mcp", "https://auth.example.com/token", "client-1")?;
+    /// let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
+    /// let flows = FlowStore::new();
+    /// assert!(flows.open_flow(&key).await.is_none());
+    /// let request = AuthorizationRequest::new(
+    ///     binding,
+    ///     "https://auth.example.com/authorize".parse()?,
+    ///     "http://127.0.0.1:8765/callback".parse()?,
+    /// );
+    /// flows.start_or_join(&key, request).await;
+    /// let open = flows.open_flow(&key).await.expect("the flow just started");
+    /// assert_eq!(open.request.redirect_uri.port(), Some(8765));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open_flow(&self, key: &AuthKey) -> Option<Arc<PendingFlow>> {
         if let Some(flow) = self.by_key.get(key).await {
             flow.catch_up().await;
