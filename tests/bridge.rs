@@ -231,10 +231,9 @@ impl Bridge {
             .await
             .expect("the bridge exits")
             .unwrap();
-        (
-            output.status,
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (output.status, stderr)
     }
 }
 

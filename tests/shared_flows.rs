@@ -387,3 +387,56 @@ async fn a_claimed_flow_of_another_process_is_joined() {
         Some(FlowOutcome::Completed(Generation(3)))
     );
 }
+
+/// Processes that start a flow for one key at the same moment (here 8 stores on one
+/// SQLite file, after the key's previous flow failed) end up in one flow: one starts
+/// it, the others join. Before, a process could replace the flow another had just
+/// named, and each started its own sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_at_once_share_one_flow() {
+    use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowStore, ServerBinding};
+    let open = sqlite("concurrent-starts");
+    let binding =
+        ServerBinding::public_client("https://mcp.example/mcp", "https://as.example/token", "c")
+            .unwrap();
+    let key = AuthKey::new(&Principal::new("acme", "hana"), binding.id());
+    let request = move || {
+        AuthorizationRequest::new(
+            binding.clone(),
+            "https://as.example/authorize".parse().unwrap(),
+            "http://127.0.0.1:1/cb".parse().unwrap(),
+        )
+    };
+    for round in 0..5 {
+        let stores: Vec<FlowStore> = (0..8).map(|_| FlowStore::shared(open())).collect();
+        let failed = stores[0].start_or_join(&key, request()).await;
+        assert!(
+            stores[0]
+                .complete(
+                    failed.pending().state.expose(),
+                    FlowOutcome::Failed("its process exited".into())
+                )
+                .await
+        );
+        let barrier = Arc::new(tokio::sync::Barrier::new(stores.len()));
+        let starts = stores.into_iter().map(|store| {
+            let (barrier, key, request) = (barrier.clone(), key.clone(), request.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let flow = store.start_or_join(&key, request()).await;
+                (flow.joined(), flow.pending().state.expose().to_owned())
+            })
+        });
+        let flows: Vec<(bool, String)> = futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let started = flows.iter().filter(|(joined, _)| !joined).count();
+        assert_eq!(started, 1, "round {round}: {flows:?}");
+        assert!(
+            flows.iter().all(|(_, state)| *state == flows[0].1),
+            "round {round}: one flow for all"
+        );
+    }
+}

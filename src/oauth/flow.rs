@@ -458,8 +458,13 @@ impl FlowStore {
             .get_record(&flow_record::key_name(key))
             .await
             .ok()??;
-        let state = String::from_utf8(state).ok()?;
-        let (found_key, flow) = self.load_shared(&state).await?;
+        self.open_shared(key, &state).await
+    }
+
+    /// The flow of `state` (as named in `key`'s record) if it is `key`'s and still open.
+    async fn open_shared(&self, key: &AuthKey, state: &[u8]) -> Option<Arc<Flow>> {
+        let state = std::str::from_utf8(state).ok()?;
+        let (found_key, flow) = self.load_shared(state).await?;
         // A claimed flow (its code being exchanged) is joined too, as a local one is:
         // its outcome is moments away, and a new flow would ask the user who just
         // consented to consent again.
@@ -488,6 +493,13 @@ impl FlowStore {
         }
         let name = flow_record::key_name(key);
         let previous = records.get_record(&name).await.ok().flatten();
+        // Another process may have named its flow since this one looked: an open one is
+        // joined, never replaced (the compare-and-set below only guards the write).
+        if let Some(previous) = &previous
+            && let Some(theirs) = self.open_shared(key, previous).await
+        {
+            return Published::Theirs(theirs);
+        }
         let named = records
             .compare_and_set_record(&name, previous.as_deref(), state.as_bytes(), self.ttl)
             .await

@@ -97,18 +97,21 @@ pub async fn run(options: BridgeOptions) -> Result<(), BoxError> {
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         loop {
-            let line = tokio::select! {
+            tokio::select! {
                 biased;
-                line = lines.recv() => line,
+                line = lines.recv() => match line {
+                    Some(line) if write_line(&mut stdout, &line).await => {}
+                    _ => break,
+                },
                 // Told to stop: what was already sent still goes out.
-                _ = &mut stopped => lines.try_recv().ok(),
-            };
-            let Some(line) = line else { break };
-            if stdout.write_all(line.as_bytes()).await.is_err()
-                || stdout.write_all(b"\n").await.is_err()
-                || stdout.flush().await.is_err()
-            {
-                break;
+                _ = &mut stopped => {
+                    while let Ok(line) = lines.try_recv() {
+                        if !write_line(&mut stdout, &line).await {
+                            break;
+                        }
+                    }
+                    break;
+                }
             }
         }
     });
@@ -152,6 +155,13 @@ pub async fn run(options: BridgeOptions) -> Result<(), BoxError> {
         None => Ok(()),
         Some(reason) => Err(reason.into()),
     }
+}
+
+/// One message and its newline, flushed at once; `false` once stdout is gone.
+async fn write_line(stdout: &mut tokio::io::Stdout, line: &str) -> bool {
+    stdout.write_all(line.as_bytes()).await.is_ok()
+        && stdout.write_all(b"\n").await.is_ok()
+        && stdout.flush().await.is_ok()
 }
 
 impl Bridge {
