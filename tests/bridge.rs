@@ -689,3 +689,112 @@ async fn copies_recover_from_one_killed_mid_login() {
     );
     assert_eq!(stats.code_exchanges, 1, "{stats:?}");
 }
+
+/// The official "everything" server (npm, pinned in `tests/external/ts-client`) run by
+/// the node binary itself, not through npx, so that dropping it ends the server.
+struct Everything {
+    port: u16,
+    _server: tokio::process::Child,
+}
+
+impl Everything {
+    async fn start() -> Self {
+        let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/external/ts-client");
+        let script = format!(
+            "{client_dir}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+        );
+        assert!(
+            std::path::Path::new(&script).exists(),
+            "server-everything is not installed: the test command runs `npm ci` in {client_dir}"
+        );
+        let node = tokio::process::Command::new("npx")
+            .args(["-y", "-p", "node@22", "node", "-e"])
+            .arg("process.stdout.write(process.execPath)")
+            .output()
+            .await
+            .expect("npx (the test command installs npm)");
+        assert!(node.status.success(), "node 22 through npx");
+        let node = String::from_utf8(node.stdout).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = tokio::process::Command::new(node)
+            .args([script.as_str(), "streamableHttp"])
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server-everything did not listen within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            port,
+            _server: server,
+        }
+    }
+}
+
+/// Requests a server sends in the middle of a tool call reach the stdio client, and its
+/// answers go back: the official "everything" server (npm, the version the gateway's
+/// transparency run uses) asks the TypeScript client for an elicitation and for a
+/// sampling, through the bridge, on the tool call's SSE stream.
+#[tokio::test]
+async fn elicitation_and_sampling_requests_reach_the_stdio_client_and_back() {
+    let everything = Everything::start().await;
+    let dir = dir("elicitation");
+    let store = dir.join("credentials.db");
+    let url = format!("http://127.0.0.1:{}/mcp", everything.port);
+    let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/external/ts-client");
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("npx")
+            .args([
+                "-y",
+                "-p",
+                "node@22",
+                "node",
+                "elicit.mjs",
+                BRIDGE,
+                "stdio",
+                &url,
+            ])
+            .args(["--store", store.to_str().unwrap()])
+            .args(["--no-browser", "--allow-loopback-http"])
+            .current_dir(client_dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output(),
+    )
+    .await
+    .expect("the TypeScript client finishes within 120 s")
+    .expect("npx");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}");
+    let done: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("not JSON: {stdout}"));
+    assert_eq!(done["asked"]["elicitation"], 1, "{done}");
+    assert_eq!(done["asked"]["sampling"], 1, "{done}");
+    let elicited = done["elicited"].as_str().unwrap();
+    assert!(
+        elicited.contains("Alice Example") && elicited.contains("accept"),
+        "the server got the client's answer: {elicited}"
+    );
+    let sampled = done["sampled"].as_str().unwrap();
+    assert!(
+        sampled.contains("sampled by the stdio client"),
+        "the server got the client's sample: {sampled}"
+    );
+}

@@ -515,6 +515,8 @@ where
     let mut previous_scopes = Vec::new();
     let mut authorizations = 0;
     loop {
+        // Only a missing or refused token is cured by any newer credentials.
+        let unauthorized = matches!(cause, Cause::Unauthorized { .. });
         let authorization = match cause {
             Cause::Unauthorized {
                 challenge,
@@ -543,6 +545,21 @@ where
         let flow = shared.authorizer.start(&principal, &authorization).await?;
         let pending = flow.pending().clone();
         previous_scopes.clone_from(&pending.request.scopes);
+        // Another flow may have finished between the look above and this start (two
+        // processes retrying after one's sign-in was orphaned): this one then ends at
+        // once, unseen, and the request is replayed with those credentials.
+        if unauthorized
+            && !flow.joined()
+            && shared
+                .authorizer
+                .settle_if_superseded(&principal, since, &pending.state)
+                .await
+        {
+            tracing::debug!("credentials arrived while the flow was started; replaying");
+            return Oneshot::new(service.clone(), template.request())
+                .await
+                .map_err(Into::into);
+        }
         let (handler, timeout) = match &shared.mode {
             Mode::ReturnEarly => {
                 return Err(Error::AuthorizationRequired {

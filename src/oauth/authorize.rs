@@ -430,14 +430,45 @@ impl Authorizer {
     /// after `since`: a request sent before then and refused may simply be replayed
     /// (someone else's authorization or refresh finished in between).
     pub async fn has_credentials_since(&self, principal: &Principal, since: SystemTime) -> bool {
-        let Some(binding) = self.inner.bindings.get(principal.tenant()) else {
+        self.credentials_since(principal, since).await.is_some()
+    }
+
+    /// The generation of the usable credentials of `principal` obtained at or after
+    /// `since`, if there are any.
+    async fn credentials_since(
+        &self,
+        principal: &Principal,
+        since: SystemTime,
+    ) -> Option<crate::token::Generation> {
+        let binding = self.inner.bindings.get(principal.tenant())?;
+        let key = AuthKey::new(principal, binding.id());
+        match self.inner.store.load(&key).await {
+            Ok(Some(tokens)) if tokens.obtained_at >= since && tokens.is_usable() => {
+                Some(tokens.generation)
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends a flow this process just started as completed when credentials obtained at
+    /// or after `since` are already stored: another flow finished between the caller's
+    /// last look and this start (credentials are stored before a flow is marked done, so
+    /// one look after the start closes the gap). Its URL is never shown, and a waiter
+    /// that joined it meanwhile replays with those credentials. `false`: none, the flow
+    /// goes on.
+    pub(crate) async fn settle_if_superseded(
+        &self,
+        principal: &Principal,
+        since: SystemTime,
+        state: &Secret,
+    ) -> bool {
+        let Some(generation) = self.credentials_since(principal, since).await else {
             return false;
         };
-        let key = AuthKey::new(principal, binding.id());
-        matches!(
-            self.inner.store.load(&key).await,
-            Ok(Some(tokens)) if tokens.obtained_at >= since && tokens.is_usable()
-        )
+        self.inner
+            .flows
+            .complete(state.expose(), FlowOutcome::Completed(generation))
+            .await
     }
 
     /// The open authorization flow of `principal` for this server, if any (started by
