@@ -715,34 +715,45 @@ impl Everything {
             .expect("npx (the test command installs npm)");
         assert!(node.status.success(), "node 22 through npx");
         let node = String::from_utf8(node.stdout).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = tokio::process::Command::new(node)
-            .args([script.as_str(), "streamableHttp"])
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        // A free port can be taken by another test before node binds it: then node
+        // exits without saying it listens, and another port is tried.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut server = tokio::process::Command::new(&node)
+                .args([script.as_str(), "streamableHttp"])
+                .env("PORT", port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("node");
+            let mut log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+                server.stderr.take().unwrap(),
+            ));
+            let listening = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Ok(Some(line)) = log.next_line().await {
+                    if line.contains(&format!("listening on port {port}")) {
+                        return true;
+                    }
+                }
+                false
+            })
             .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server-everything did not listen within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            .expect("server-everything starts within 30 s");
+            if listening {
+                // Its log keeps flowing: drain it so the server never blocks on it.
+                tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+                return Self {
+                    port,
+                    _server: server,
+                };
+            }
         }
-        Self {
-            port,
-            _server: server,
-        }
+        panic!("server-everything did not start on any of 5 ports");
     }
 }
 

@@ -135,8 +135,25 @@ pub async fn run(options: BridgeOptions) -> Result<(), BoxError> {
         if line.trim().is_empty() {
             continue;
         }
+        let Ok(message) = serde_json::from_str::<Value>(&line) else {
+            bridge.write(json!({"jsonrpc": "2.0", "id": null,
+                "error": {"code": -32700, "message": "parse error: not a JSON-RPC message"}}));
+            continue;
+        };
+        let request = message.get("method").is_some() && message.get("id").is_some();
         let bridge = bridge.clone();
-        tasks.spawn(async move { bridge.forward(line).await });
+        if request {
+            // Requests run side by side: a long tool call holds up nothing.
+            tasks.spawn(async move { bridge.forward(line, message).await });
+        } else {
+            // Notifications and answers to the server's requests keep their place:
+            // `notifications/initialized` must reach the server before the requests
+            // written after it (a server may enable tools only then).
+            tokio::select! {
+                () = bridge.forward(line, message) => {}
+                Some(reason) = fatal_errors.recv() => break Some(reason),
+            }
+        }
     };
     if ended.is_none() {
         // stdin closed: let answers in flight finish (bounded), then end the session.
@@ -185,16 +202,9 @@ impl Bridge {
         Ok(request.body(ReplayBody::buffered(body))?)
     }
 
-    /// One message from stdin: sent, and whatever comes back written out.
-    async fn forward(self, line: String) {
-        let message: Value = match serde_json::from_str(&line) {
-            Ok(message) => message,
-            Err(_) => {
-                self.write(json!({"jsonrpc": "2.0", "id": null,
-                    "error": {"code": -32700, "message": "parse error: not a JSON-RPC message"}}));
-                return;
-            }
-        };
+    /// One message from stdin (`line`, parsed as `message`): sent, and whatever comes
+    /// back written out.
+    async fn forward(self, line: String, message: Value) {
         let id = message
             .get("id")
             .cloned()

@@ -44,10 +44,12 @@ impl SignIn {
             let Some(flow) = self.authorizer.open_flow(&user).await else {
                 continue;
             };
-            let Some(port) = flow.request.redirect_uri.port() else {
+            // Only a bridge's own kind of flow: a loopback listener on another port.
+            let redirect = &flow.request.redirect_uri;
+            let Some(port) = redirect.port() else {
                 continue;
             };
-            if port == own_port {
+            if redirect.host_str() != Some("127.0.0.1") || port == own_port {
                 continue;
             }
             let probe = tokio::time::timeout(
@@ -126,13 +128,23 @@ pub(super) async fn oauth_layers(
     .with_start_path("/start")
     .with_app_name("mcp-auth-proxy");
     let app = crate::callback_router("/callback", callback);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move {
+        // Without the listener no sign-in can come back: say so where the user looks.
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the sign-in callback listener stopped");
+        }
+    });
 
     let sign_in = SignIn {
         authorizer: authorizer.clone(),
         opened: Arc::default(),
     };
-    tokio::spawn(sign_in.clone().watch_for_orphans(port));
+    let watch = sign_in.clone().watch_for_orphans(port);
+    tokio::spawn(async move {
+        if crate::limits::catch_panic(watch).await.is_err() {
+            tracing::error!("the watch for orphaned sign-ins panicked; it no longer runs");
+        }
+    });
     let browser = options.browser.clone();
     let opened = sign_in.opened.clone();
     let handler = move |prompt: AuthorizationPrompt| {
