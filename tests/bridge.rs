@@ -208,13 +208,18 @@ impl Bridge {
         message
     }
 
-    async fn initialize(&mut self, id: u64, within: Duration) -> Value {
+    /// Writes an `initialize` request without waiting for its answer.
+    async fn send_initialize(&mut self, id: u64) {
         self.send(
             serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "initialize",
             "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                 "clientInfo": {"name": "test", "version": "1"}}}),
         )
         .await;
+    }
+
+    async fn initialize(&mut self, id: u64, within: Duration) -> Value {
+        self.send_initialize(id).await;
         self.next(within).await
     }
 
@@ -244,6 +249,23 @@ fn error_message(answer: &Value) -> String {
         .to_owned();
     println!("the client reads: {message}");
     message
+}
+
+/// A "browser" command that records each link it is given in `links` and shows nothing,
+/// as one the user closed or never got to.
+fn recording_browser(dir: &std::path::Path, links: &std::path::Path) -> PathBuf {
+    let browser = dir.join("recording-browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", links.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    browser
 }
 
 fn follower(jar: &std::path::Path) -> String {
@@ -376,18 +398,8 @@ async fn a_closed_browser_or_denied_consent_is_a_readable_error_and_the_session_
     let dir = dir("closed-browser");
     let store = dir.join("credentials.db");
     let visits = dir.join("visits.txt");
-    // A "browser" that records the link and shows nothing, as one the user closed.
-    let browser = dir.join("closed-browser.sh");
-    std::fs::write(
-        &browser,
-        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", visits.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &browser,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // A browser the user closed.
+    let browser = recording_browser(&dir, &visits);
     let browser = browser.to_str().unwrap();
     let mut bridge = Bridge::spawn(
         &[
@@ -487,13 +499,7 @@ async fn copies_recover_from_one_killed_while_holding_the_refresh() {
     auth.set_latency(Duration::from_secs(3));
     let before = auth.stats();
     let mut holder = Bridge::spawn(&args, &[]);
-    holder
-        .send(
-            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "test", "version": "1"}}}),
-        )
-        .await;
+    holder.send_initialize(1).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while auth.stats().refresh_requests == before.refresh_requests {
         assert!(
@@ -603,18 +609,8 @@ async fn copies_recover_from_one_killed_mid_login() {
     let dir = dir("killed-mid-login");
     let store = dir.join("credentials.db");
     let links = dir.join("links.txt");
-    // The first copy's "browser" records the link; the user never gets to it.
-    let slow_browser = dir.join("slow-browser.sh");
-    std::fs::write(
-        &slow_browser,
-        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", links.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &slow_browser,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // The first copy's browser: the user never gets to the link.
+    let slow_browser = recording_browser(&dir, &links);
     let url = mcp.url();
     let mut opener = Bridge::spawn(
         &[
@@ -627,13 +623,7 @@ async fn copies_recover_from_one_killed_mid_login() {
         ],
         &[],
     );
-    opener
-        .send(
-            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "test", "version": "1"}}}),
-        )
-        .await;
+    opener.send_initialize(1).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !links.exists() {
         assert!(tokio::time::Instant::now() < deadline, "no sign-in opened");
@@ -653,12 +643,7 @@ async fn copies_recover_from_one_killed_mid_login() {
     ];
     let mut copies: Vec<Bridge> = (0..2).map(|_| Bridge::spawn(&args, &[])).collect();
     for copy in &mut copies {
-        copy.send(
-            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "test", "version": "1"}}}),
-        )
-        .await;
+        copy.send_initialize(1).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
