@@ -10,12 +10,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::Request;
 use http::request::Parts;
+use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use tower::BoxError;
+
+use crate::key::Principal;
 
 /// The default cap on a buffered request body: 1 MiB.
 pub const DEFAULT_MAX_REPLAY_BODY: usize = 1 << 20;
@@ -93,6 +95,19 @@ impl ReplayBody {
             .and_then(Option::take)
         {
             return replay;
+        }
+        // An in-memory body is taken as bytes: no box, and an inner layer replays it
+        // without copying.
+        if let Some(full) = (&mut slot as &mut dyn std::any::Any)
+            .downcast_mut::<Option<Full<Bytes>>>()
+            .and_then(Option::take)
+        {
+            let mut full = full;
+            return match read_now(&mut full, usize::MAX) {
+                Ok(Read::All(bytes) | Read::Partial(bytes)) => Self::buffered(bytes),
+                // A `Full` yields its bytes in one poll and cannot fail.
+                Ok(Read::Untouched | Read::TooLarge) | Err(_) => Self::empty(),
+            };
         }
         match slot {
             Some(body) => Self {
@@ -186,21 +201,93 @@ impl Body for ReplayBody {
 }
 
 /// Everything needed to send a request again.
+///
+/// Taken on every request a layer may replay, so it is cheap: the head's fields are
+/// cloned by reference count (the URI's bytes, header values), and the extensions of a
+/// request that carries only a [`Principal`] (or nothing) are kept as that principal,
+/// not as a copy of the extension map (three allocations saved per request).
 #[derive(Clone)]
 pub(crate) struct ReplayTemplate {
-    parts: Parts,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: SavedExtensions,
     body: Bytes,
 }
 
+#[derive(Clone)]
+enum SavedExtensions {
+    Empty,
+    Principal(Principal),
+    All(Extensions),
+}
+
+impl SavedExtensions {
+    fn of(extensions: &Extensions) -> Self {
+        match extensions.len() {
+            0 => Self::Empty,
+            1 => match Principal::from_extensions(extensions) {
+                Some(principal) => Self::Principal(principal.clone()),
+                None => Self::All(extensions.clone()),
+            },
+            _ => Self::All(extensions.clone()),
+        }
+    }
+
+    fn restore(&self) -> Extensions {
+        match self {
+            Self::Empty => Extensions::new(),
+            Self::Principal(principal) => {
+                let mut extensions = Extensions::new();
+                extensions.insert(principal.clone());
+                extensions
+            }
+            Self::All(extensions) => extensions.clone(),
+        }
+    }
+}
+
 impl ReplayTemplate {
+    fn of(parts: &Parts, body: Bytes) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: SavedExtensions::of(&parts.extensions),
+            body,
+        }
+    }
+
     /// The buffered body.
     pub(crate) fn body(&self) -> &Bytes {
         &self.body
     }
 
+    /// The request's URI.
+    pub(crate) fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The request's principal, if it carried one.
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        match &self.extensions {
+            SavedExtensions::Empty => None,
+            SavedExtensions::Principal(principal) => Some(principal),
+            SavedExtensions::All(extensions) => Principal::from_extensions(extensions),
+        }
+    }
+
     /// A fresh copy of the request (the body costs a reference count).
     pub(crate) fn request(&self) -> Request<ReplayBody> {
-        Request::from_parts(self.parts.clone(), ReplayBody::buffered(self.body.clone()))
+        let mut request = Request::new(ReplayBody::buffered(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.restore();
+        request
     }
 }
 
@@ -312,8 +399,11 @@ impl Unfinished {
 }
 
 fn ready(parts: Parts, body: Bytes) -> Buffering {
-    let template = ReplayTemplate { parts, body };
-    Buffering::Ready(template.request(), Some(template))
+    let template = ReplayTemplate::of(&parts, body.clone());
+    Buffering::Ready(
+        Request::from_parts(parts, ReplayBody::buffered(body)),
+        Some(template),
+    )
 }
 
 enum Read {

@@ -2,6 +2,7 @@
 
 pub mod callback;
 pub mod circuit_breaker;
+mod hand_back;
 pub mod oauth_retry;
 pub mod obo;
 pub mod silent_refresh;

@@ -13,15 +13,14 @@ use pin_project::pin_project;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 
+use super::hand_back::{self, HandBack};
 use super::with_default_principal;
 use crate::challenge::BearerChallenge;
 use crate::error::{Error, ReauthReason};
 use crate::key::Principal;
 use crate::oauth::authorize::{AuthorizationCause, Authorizer};
 use crate::oauth::flow::{FlowOutcome, PendingFlow};
-use crate::replay::{
-    Buffering, DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, buffer_now,
-};
+use crate::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayBody, RequestBody};
 use crate::store::BoxFuture;
 
 /// What an [`AuthorizationHandler`] gets: whose authorization it is and the persisted
@@ -281,53 +280,23 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // The readied service goes into the future; `self` keeps a fresh clone.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
-        let principal = with_default_principal(&mut request, shared.default_principal.as_ref());
-        let (true, Some(principal)) = (shared.authorizer.covers(request.uri()), principal) else {
-            // Not for this server, or no principal (the inner layers report that).
-            let mut inner = inner;
-            return ResponseFuture {
-                state: State::Calling {
-                    call: inner.call(request.map(ReplayBody::new)),
-                },
-                retry: None,
-            };
-        };
-        let max = shared.max_replay_body;
-        let retry = |service: S, template: Option<ReplayTemplate>| Retry {
+        if let Some(default) = &shared.default_principal {
+            with_default_principal(&mut request, Some(default));
+        }
+        // No copy of the request here: the silent refresh layer below keeps one to
+        // replay after a refresh, and hands it back if an authorization is needed.
+        hand_back::mark(&mut request);
+        let retry = Retry {
             shared: shared.clone(),
-            service,
-            sent_at: SystemTime::now(),
-            principal,
-            template,
+            service: inner.clone(),
         };
-        match buffer_now(request, max) {
-            // The hot path: the body is in memory, the inner service is called now.
-            Ok(Buffering::Ready(request, template)) => {
-                let retry = template.map(|template| retry(inner.clone(), Some(template)));
-                let mut inner = inner;
-                ResponseFuture {
-                    state: State::Calling {
-                        call: inner.call(request),
-                    },
-                    retry,
-                }
-            }
-            Ok(Buffering::Unfinished(unfinished)) => ResponseFuture {
-                retry: Some(retry(inner.clone(), None)),
-                state: State::Preparing {
-                    prepare: Box::pin(unfinished.finish(max)),
-                    service: Some(inner),
-                },
+        ResponseFuture {
+            state: State::Calling {
+                call: inner.call(request.map(ReplayBody::new)),
             },
-            Err(error) => ResponseFuture {
-                retry: None,
-                state: State::Preparing {
-                    prepare: Box::pin(std::future::ready(Err(error))),
-                    service: Some(inner),
-                },
-            },
+            retry: Some(retry),
         }
     }
 }
@@ -335,12 +304,7 @@ where
 struct Retry<S> {
     shared: Arc<Shared>,
     service: S,
-    sent_at: SystemTime,
-    principal: Principal,
-    template: Option<ReplayTemplate>,
 }
-
-type Prepared = Result<(Request<ReplayBody>, Option<ReplayTemplate>), BoxError>;
 
 /// Response future of [`OAuthRetry`].
 #[pin_project]
@@ -358,10 +322,6 @@ enum State<S, R>
 where
     S: Service<Request<ReplayBody>>,
 {
-    Preparing {
-        prepare: BoxFuture<'static, Prepared>,
-        service: Option<S>,
-    },
     Calling {
         #[pin]
         call: S::Future,
@@ -382,36 +342,40 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Preparing { prepare, service } => {
-                    let (request, template) = ready!(prepare.as_mut().poll(cx))?;
-                    let Some(mut service) = service.take() else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
-                    };
-                    match (this.retry.as_mut(), template) {
-                        (Some(retry), Some(template)) => retry.template = Some(template),
-                        _ => *this.retry = None,
-                    }
-                    let call = service.call(request);
-                    this.state.set(State::Calling { call });
+        match this.state.as_mut().project() {
+            StateProj::Calling { call } => {
+                let result = ready!(call.poll(cx)).map_err(Into::into);
+                if result.as_ref().is_ok_and(|r| {
+                    !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                }) {
+                    return Poll::Ready(result);
                 }
-                StateProj::Calling { call } => {
-                    let result = ready!(call.poll(cx)).map_err(Into::into);
-                    let Some(cause) = cause_of(&result) else {
-                        return Poll::Ready(result);
-                    };
-                    let Some(retry) = this.retry.take() else {
-                        tracing::debug!(
-                            "authorization needed on a request that cannot be replayed"
-                        );
-                        return Poll::Ready(result);
-                    };
-                    let authorize = Box::pin(authorize_and_replay(retry, cause));
-                    this.state.set(State::Authorizing { authorize });
-                }
-                StateProj::Authorizing { authorize } => return authorize.as_mut().poll(cx),
+                let (result, hand_back) = hand_back::detach(result);
+                let Some(cause) = cause_of(&result) else {
+                    return Poll::Ready(result);
+                };
+                let Some(retry) = this.retry.take() else {
+                    return Poll::Ready(Err("response future polled after completion".into()));
+                };
+                let replayable = hand_back.and_then(|hand_back| {
+                    let shared = &retry.shared;
+                    let template = &hand_back.template;
+                    let principal = template.principal()?.clone();
+                    (shared.authorizer.covers(template.uri())
+                        && template.body().len() <= shared.max_replay_body)
+                        .then_some((principal, hand_back))
+                });
+                let Some((principal, hand_back)) = replayable else {
+                    tracing::debug!("authorization needed on a request that cannot be replayed");
+                    return Poll::Ready(result);
+                };
+                let mut authorize =
+                    Box::pin(authorize_and_replay(retry, principal, hand_back, cause));
+                let poll = authorize.as_mut().poll(cx);
+                this.state.set(State::Authorizing { authorize });
+                poll
             }
+            StateProj::Authorizing { authorize } => authorize.as_mut().poll(cx),
         }
     }
 }
@@ -451,19 +415,18 @@ fn cause_of<R>(result: &Result<Response<R>, BoxError>) -> Option<Cause> {
     }
 }
 
-async fn authorize_and_replay<S, R>(retry: Retry<S>, first: Cause) -> Result<Response<R>, BoxError>
+async fn authorize_and_replay<S, R>(
+    retry: Retry<S>,
+    principal: Principal,
+    hand_back: HandBack,
+    first: Cause,
+) -> Result<Response<R>, BoxError>
 where
     S: Service<Request<ReplayBody>, Response = Response<R>> + Clone,
     S::Error: Into<BoxError>,
 {
-    let Retry {
-        shared,
-        service,
-        sent_at,
-        principal,
-        template,
-    } = retry;
-    let template = template.ok_or("replay template missing")?;
+    let Retry { shared, service } = retry;
+    let HandBack { template, sent_at } = hand_back;
     let mut cause = first;
     // The first request of a tenant since this process started went out without a
     // binding, hence without the credentials the store may hold (a restart, a new

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use pin_project::pin_project;
@@ -11,6 +12,7 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 use tracing::debug;
 
+use super::hand_back::{self, HandBack};
 use super::with_default_principal;
 use crate::binding::{BindingSlot, ServerBinding};
 use crate::error::{Error, TransientReason};
@@ -104,7 +106,7 @@ impl<S> Layer<S> for SilentRefreshLayer {
     fn layer(&self, inner: S) -> Self::Service {
         SilentRefresh {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -113,7 +115,8 @@ impl<S> Layer<S> for SilentRefreshLayer {
 #[derive(Clone, Debug)]
 pub struct SilentRefresh<S> {
     inner: S,
-    layer: SilentRefreshLayer,
+    // Behind one `Arc`: the service is cloned twice per request.
+    layer: Arc<SilentRefreshLayer>,
 }
 
 impl<S> SilentRefresh<S> {
@@ -151,7 +154,8 @@ where
         // The readied service goes into the future; `self` keeps a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = &self.layer;
+        let layer = &*self.layer;
+        let hand_back = hand_back::take_mark(&mut request);
         if !layer.bindings.covers(request.uri()) {
             return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
         }
@@ -161,18 +165,22 @@ where
         };
         let Some(binding) = layer.bindings.get(principal.tenant()) else {
             // No client registered for this tenant yet: nothing to attach or refresh.
-            // A 401 goes back as it is, for an OAuthRetryLayer to act on.
+            // A 401 goes back as it is, for an OAuthRetryLayer to act on (with the
+            // request to replay, when it asked for it).
+            if hand_back {
+                return later(layer, inner, None, PrepareInput::Request(request), true);
+            }
             return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
         };
         let key = AuthKey::new(principal, binding.id());
         // The hot path: a valid token at hand and a body already in memory. No future
         // is boxed and nothing is awaited before the inner service is called.
-        if let Some(token) = layer.coordinator.token_now(&key) {
+        if let Some((token, now)) = layer.coordinator.token_now(&key) {
             let (mut request, replay) = match buffer_now(request, layer.max_replay_body) {
                 Ok(Buffering::Ready(request, replay)) => (request, replay),
                 Ok(Buffering::Unfinished(unfinished)) => {
                     let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
-                    return later(layer, inner, key, binding, input);
+                    return later(layer, inner, Some((key, binding)), input, hand_back);
                 }
                 Err(error) => return ResponseFuture::failed(error),
             };
@@ -191,35 +199,39 @@ where
                     binding,
                 }),
                 replay: replay.map(|template| (template, Some(token.generation))),
+                hand_back: hand_back.then(|| now.unwrap_or_else(SystemTime::now)),
             };
         }
-        later(layer, inner, key, binding, PrepareInput::Request(request))
+        let input = PrepareInput::Request(request);
+        later(layer, inner, Some((key, binding)), input, hand_back)
     }
 }
 
-/// The path that awaits: the store, a refresh, or a body still arriving.
+/// The path that awaits: the store, a refresh, or a body still arriving. Without a
+/// key (no binding yet) the request is only buffered, for the layer above to replay.
 fn later<S, B>(
     layer: &SilentRefreshLayer,
     inner: S,
-    key: AuthKey,
-    binding: Arc<ServerBinding>,
+    key: Option<(AuthKey, Arc<ServerBinding>)>,
     input: PrepareInput<B>,
+    hand_back: bool,
 ) -> ResponseFuture<S>
 where
     S: Service<Request<ReplayBody>>,
     B: RequestBody,
 {
-    let context = RefreshContext {
+    let context = key.map(|(key, binding)| RefreshContext {
         coordinator: layer.coordinator.clone(),
         key,
         binding,
-    };
+    });
     let prepare = Box::pin(prepare(context.clone(), input, layer.max_replay_body));
     ResponseFuture {
         state: State::Preparing { prepare },
         service: Some(inner),
-        context: Some(context),
+        context,
         replay: None,
+        hand_back: hand_back.then(SystemTime::now),
     }
 }
 
@@ -251,27 +263,35 @@ struct Prepared {
     generation: Option<Generation>,
 }
 
+/// A failure before the request was sent, with the request as buffered so far.
+type Unsent = (BoxError, Option<ReplayTemplate>);
+
 async fn prepare<B>(
-    context: RefreshContext,
+    context: Option<RefreshContext>,
     input: PrepareInput<B>,
     max_replay_body: usize,
-) -> Result<Prepared, BoxError>
+) -> Result<Prepared, Unsent>
 where
     B: RequestBody,
 {
-    let token = context
-        .coordinator
-        .token(&context.key, &context.binding)
-        .await?;
-    let (mut request, replay) = match input {
-        PrepareInput::Request(request) => make_replayable(request, max_replay_body).await?,
-        PrepareInput::Unfinished(unfinished) => unfinished.finish(max_replay_body).await?,
+    // Buffered first: a failure to get a token still hands the request back.
+    let buffered = match input {
+        PrepareInput::Request(request) => make_replayable(request, max_replay_body).await,
+        PrepareInput::Unfinished(unfinished) => unfinished.finish(max_replay_body).await,
+    };
+    let (mut request, replay) = buffered.map_err(|error| (error, None))?;
+    let token = match &context {
+        Some(context) => context
+            .coordinator
+            .token(&context.key, &context.binding)
+            .await
+            .map_err(|error| (error.into(), replay.clone()))?,
+        None => None,
     };
     let generation = match &token {
         Some(token) => {
-            request
-                .headers_mut()
-                .insert(header::AUTHORIZATION, bearer(token)?);
+            let header = bearer(token).map_err(|error| (error.into(), replay.clone()))?;
+            request.headers_mut().insert(header::AUTHORIZATION, header);
             Some(token.generation)
         }
         None => None,
@@ -299,6 +319,8 @@ where
     service: Option<S>,
     context: Option<RefreshContext>,
     replay: Option<(ReplayTemplate, Option<Generation>)>,
+    /// When the layer above asked for the request back: when it was sent.
+    hand_back: Option<SystemTime>,
 }
 
 #[pin_project(project = StateProj)]
@@ -307,7 +329,7 @@ where
     S: Service<Request<ReplayBody>>,
 {
     Preparing {
-        prepare: BoxFuture<'static, Result<Prepared, BoxError>>,
+        prepare: BoxFuture<'static, Result<Prepared, Unsent>>,
     },
     Calling {
         #[pin]
@@ -336,6 +358,7 @@ where
             service: None,
             context: None,
             replay: None,
+            hand_back: None,
         }
     }
 
@@ -345,7 +368,32 @@ where
             service: None,
             context: None,
             replay: None,
+            hand_back: None,
         }
+    }
+}
+
+/// `result`, with the request to replay attached when the layer above asked for it.
+fn finish<R>(
+    result: Result<Response<R>, BoxError>,
+    sent_at: Option<SystemTime>,
+    template: Option<&ReplayTemplate>,
+) -> Result<Response<R>, BoxError> {
+    let acted_on = result.as_ref().map_or(true, |response| {
+        matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
+    });
+    match (sent_at, template) {
+        (Some(sent_at), Some(template)) if acted_on => hand_back::attach(
+            result,
+            HandBack {
+                template: template.clone(),
+                sent_at,
+            },
+        ),
+        _ => result,
     }
 }
 
@@ -361,7 +409,13 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Preparing { prepare } => {
-                    let prepared = ready!(prepare.as_mut().poll(cx))?;
+                    let prepared = match ready!(prepare.as_mut().poll(cx)) {
+                        Ok(prepared) => prepared,
+                        Err((error, template)) => {
+                            let sent_at = *this.hand_back;
+                            return Poll::Ready(finish(Err(error), sent_at, template.as_ref()));
+                        }
+                    };
                     let Some(mut service) = this.service.take() else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
@@ -374,8 +428,9 @@ where
                 }
                 StateProj::Calling { call } => {
                     let response = ready!(call.poll(cx)).map_err(Into::into)?;
+                    let template = this.replay.as_ref().map(|(template, _)| template);
                     if response.status() != StatusCode::UNAUTHORIZED {
-                        return Poll::Ready(Ok(response));
+                        return Poll::Ready(finish(Ok(response), *this.hand_back, template));
                     }
                     let (Some(context), Some((_, generation))) =
                         (this.context.as_ref(), this.replay.as_ref())
@@ -383,7 +438,7 @@ where
                         debug!(
                             "401 passed on: no stored credentials to refresh, or the request cannot be replayed"
                         );
-                        return Poll::Ready(Ok(response));
+                        return Poll::Ready(finish(Ok(response), *this.hand_back, template));
                     };
                     let www_authenticate = response
                         .headers()
@@ -409,16 +464,16 @@ where
                     refresh,
                     www_authenticate,
                 } => {
+                    let template = this.replay.as_ref().map(|(template, _)| template);
                     let token = match ready!(refresh.as_mut().poll(cx)) {
                         Ok(token) => token,
                         Err(error) => {
                             let challenge = std::mem::take(www_authenticate);
-                            return Poll::Ready(Err(error.with_challenge(challenge).into()));
+                            let error = error.with_challenge(challenge).into();
+                            return Poll::Ready(finish(Err(error), *this.hand_back, template));
                         }
                     };
-                    let (Some((template, _)), Some(service)) =
-                        (this.replay.take(), this.service.take())
-                    else {
+                    let (Some(template), Some(service)) = (template, this.service.take()) else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
                     let mut request = template.request();
@@ -430,7 +485,9 @@ where
                     });
                 }
                 StateProj::Replaying { call } => {
-                    return call.as_mut().poll(cx).map_err(Into::into);
+                    let result = ready!(call.as_mut().poll(cx)).map_err(Into::into);
+                    let template = this.replay.as_ref().map(|(template, _)| template);
+                    return Poll::Ready(finish(result, *this.hand_back, template));
                 }
                 StateProj::Failed { error } => {
                     let error = error

@@ -275,16 +275,19 @@ impl RefreshCoordinator {
     /// The hot path of [`token`](Self::token): the stored token if it can be had
     /// without waiting (the read cache of a shared store, or an in-memory store) and is
     /// valid and not yet due for refresh. `None` means: ask [`token`](Self::token).
-    pub(crate) fn token_now(&self, key: &AuthKey) -> Option<Arc<TokenSet>> {
+    /// Also the time read to tell (none for a token without expiry).
+    pub(crate) fn token_now(&self, key: &AuthKey) -> Option<(Arc<TokenSet>, Option<SystemTime>)> {
         let cached = match &self.inner.hot {
             Some(hot) => hot.get(key)?,
             None => self.inner.store.load_now(key)??,
         };
         let config = &self.inner.config;
-        let until = cached.serve_until(self.inner.id, |tokens| config.serve_until(tokens));
-        until
-            .is_none_or(|until| SystemTime::now() < until)
-            .then_some(cached)
+        let Some(until) = cached.serve_until(self.inner.id, |tokens| config.serve_until(tokens))
+        else {
+            return Some((cached, None));
+        };
+        let now = SystemTime::now();
+        (now < until).then_some((cached, Some(now)))
     }
 
     /// The token to replay with after the resource server rejected the one of
