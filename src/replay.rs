@@ -585,6 +585,55 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_template_keeps_a_lone_principal_and_other_extensions_whole() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Other(u8);
+        let alice = Principal::new("acme", "alice");
+        let template_of = |extensions: &[&dyn Fn(&mut Extensions)]| {
+            let mut request = Request::post("http://x/mcp")
+                .header("x-a", "1")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            for insert in extensions {
+                insert(request.extensions_mut());
+            }
+            let Buffering::Ready(_, Some(template)) = buffer_now(request, 1024).unwrap() else {
+                panic!("a Full body is in memory");
+            };
+            template
+        };
+        let with_alice = |e: &mut Extensions| {
+            e.insert(alice.clone());
+        };
+        let with_other = |e: &mut Extensions| {
+            e.insert(Other(7));
+        };
+
+        let lone = template_of(&[&with_alice]);
+        assert!(matches!(lone.extensions, SavedExtensions::Principal(_)));
+        assert_eq!(lone.principal(), Some(&alice));
+        let again = lone.request();
+        assert_eq!(again.extensions().len(), 1);
+        assert_eq!(again.extensions().get::<Principal>(), Some(&alice));
+        assert_eq!((again.method(), again.uri()), (&Method::POST, lone.uri()));
+        assert_eq!(again.headers()["x-a"], "1");
+
+        let both = template_of(&[&with_alice, &with_other]);
+        assert!(matches!(both.extensions, SavedExtensions::All(_)));
+        let again = both.request();
+        assert_eq!(again.extensions().get::<Other>(), Some(&Other(7)));
+        assert_eq!(again.extensions().get::<Principal>(), Some(&alice));
+
+        let only_other = template_of(&[&with_other]);
+        assert_eq!(only_other.principal(), None);
+        assert_eq!(
+            only_other.request().extensions().get::<Other>(),
+            Some(&Other(7))
+        );
+        assert!(template_of(&[]).request().extensions().is_empty());
+    }
+
     #[tokio::test]
     async fn in_memory_bodies_are_ready_at_once_and_buffers_are_shared() {
         let request = Request::new(Full::new(Bytes::from_static(b"{}")));

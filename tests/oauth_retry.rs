@@ -503,3 +503,74 @@ async fn builder_scopes_are_requested_with_the_servers() {
         .unwrap();
     assert_eq!(scope, "files:write files:read");
 }
+
+/// The outer layer keeps no copy of the request: the silent refresh layer below hands
+/// its own back when an authorization is needed. Nothing of that hand-over reaches the
+/// caller: the error is the crate's `Error` itself, not wrapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_caller_gets_is_the_crates_own_error() {
+    let w = World::new().await;
+    let client = w.client(OAuthRetryLayer::return_early(w.authorizer.clone()));
+    let error = call_tool(client, &w.mcp.url(), &alice(), "whoami")
+        .await
+        .unwrap_err();
+    let top = error
+        .downcast_ref::<Error>()
+        .unwrap_or_else(|| panic!("not the crate's error at the top: {error:?}"));
+    assert!(
+        matches!(top, Error::AuthorizationRequired { .. }),
+        "{top:?}"
+    );
+}
+
+/// A layer between the two sees the request again when it is replayed after the
+/// authorization (the replay starts from what reached the silent refresh layer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_between_the_two_sees_the_replay() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let between = {
+        let seen = seen.clone();
+        tower::util::MapRequestLayer::new(
+            move |mut request: http::Request<tower_mcp_auth::ReplayBody>| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                request
+                    .headers_mut()
+                    .insert("x-between", http::HeaderValue::from_static("1"));
+                request
+            },
+        )
+    };
+    let silent = SilentRefreshLayer::new(
+        RefreshCoordinator::new(w.store.clone()),
+        w.authorizer.bindings(),
+    );
+    let browser = HeadlessBrowser::new(w.authorizer.completer());
+    let client = OAuthRetryLayer::wait(w.authorizer.clone(), browser)
+        .layer(between.layer(silent.layer(ReqwestTransport::new())));
+    let mut request = jsonrpc_request(&w.mcp.url(), 1, "tools/call", json!({"name": "whoami"}));
+    request.extensions_mut().insert(alice());
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let message = read_jsonrpc(&response).unwrap();
+    assert_eq!(message["result"]["content"][0]["text"], "alice");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(w.auth.stats().code_exchanges, 1);
+}
+
+/// Without a silent refresh layer below, nothing can be replayed: the 401 comes back as
+/// it is and no authorization starts (nothing below would attach its token anyway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_silent_refresh_layer_below_a_401_is_returned_as_it_is() {
+    let w = World::new().await;
+    let browser = HeadlessBrowser::new(w.authorizer.completer());
+    let client =
+        OAuthRetryLayer::wait(w.authorizer.clone(), browser).layer(ReqwestTransport::new());
+    let mut request = jsonrpc_request(&w.mcp.url(), 1, "tools/list", json!({}));
+    request.extensions_mut().insert(alice());
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(w.auth.stats().authorization_requests, 0);
+    assert_eq!(w.auth.stats().registrations, 0);
+}

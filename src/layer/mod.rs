@@ -13,10 +13,16 @@ pub(crate) fn with_default_principal<B>(
     request: &mut http::Request<B>,
     default: Option<&crate::Principal>,
 ) -> Option<crate::Principal> {
-    if let Some(principal) = crate::Principal::from_extensions(request.extensions()) {
-        return Some(principal.clone());
+    principal_or_default(request, default).cloned()
+}
+
+/// [`with_default_principal`], borrowed from the request (no clone on the hot path).
+pub(crate) fn principal_or_default<'r, B>(
+    request: &'r mut http::Request<B>,
+    default: Option<&crate::Principal>,
+) -> Option<&'r crate::Principal> {
+    if crate::Principal::from_extensions(request.extensions()).is_none() {
+        request.extensions_mut().insert(default?.clone());
     }
-    let principal = default?.clone();
-    request.extensions_mut().insert(principal.clone());
-    Some(principal)
+    crate::Principal::from_extensions(request.extensions())
 }

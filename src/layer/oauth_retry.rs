@@ -14,7 +14,7 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 
 use super::hand_back::{self, HandBack};
-use super::with_default_principal;
+use super::principal_or_default;
 use crate::challenge::BearerChallenge;
 use crate::error::{Error, ReauthReason};
 use crate::key::Principal;
@@ -95,8 +95,13 @@ enum Mode {
 ///   scopes held and asked for, and replays; a request makes at most 3 authorizations
 ///   in all (configurable), then fails with [`Error::InsufficientScope`].
 ///
-/// Bodies up to 1 MiB with a known size are buffered for the replay; a request with a
-/// larger or streaming body gets the 401 or 403 back as it is.
+/// The replay is the copy of the request that the [`SilentRefreshLayer`] below keeps
+/// anyway (bodies up to 1 MiB with a known size): this layer copies nothing itself, so
+/// it costs the cached path almost nothing. It must therefore wrap a
+/// `SilentRefreshLayer`, directly or through layers that do not change the response
+/// type (a layer in between sees the replayed request again). A request that cannot be
+/// replayed — a larger or streaming body, or no silent refresh layer below — gets its
+/// 401 or 403 back as it is.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -212,7 +217,8 @@ impl OAuthRetryLayer {
         self.update(|shared| shared.default_principal = Some(principal))
     }
 
-    /// The largest request body buffered for a replay (default 1 MiB).
+    /// The largest request body replayed after an authorization (default 1 MiB). The
+    /// copy comes from the [`SilentRefreshLayer`] below, so its own limit applies too.
     pub fn with_max_replay_body(self, max: usize) -> Self {
         self.update(|shared| shared.max_replay_body = max)
     }
@@ -283,7 +289,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
         if let Some(default) = &shared.default_principal {
-            with_default_principal(&mut request, Some(default));
+            principal_or_default(&mut request, Some(default));
         }
         // No copy of the request here: the silent refresh layer below keeps one to
         // replay after a refresh, and hands it back if an authorization is needed.

@@ -13,7 +13,7 @@ use tower::{BoxError, Layer, Service};
 use tracing::debug;
 
 use super::hand_back::{self, HandBack};
-use super::with_default_principal;
+use super::principal_or_default;
 use crate::binding::{BindingSlot, ServerBinding};
 use crate::error::{Error, TransientReason};
 use crate::key::{AuthKey, Principal};
@@ -159,11 +159,15 @@ where
         if !layer.bindings.covers(request.uri()) {
             return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
         }
-        let principal = with_default_principal(&mut request, layer.default_principal.as_ref());
-        let Some(principal) = principal.as_ref() else {
+        let Some(principal) = principal_or_default(&mut request, layer.default_principal.as_ref())
+        else {
             return ResponseFuture::failed(Error::MissingPrincipal.into());
         };
-        let Some(binding) = layer.bindings.get(principal.tenant()) else {
+        let binding = layer.bindings.get(principal.tenant());
+        let key = binding
+            .as_ref()
+            .map(|binding| AuthKey::new(principal, binding.id()));
+        let (Some(binding), Some(key)) = (binding, key) else {
             // No client registered for this tenant yet: nothing to attach or refresh.
             // A 401 goes back as it is, for an OAuthRetryLayer to act on (with the
             // request to replay, when it asked for it).
@@ -172,7 +176,6 @@ where
             }
             return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
         };
-        let key = AuthKey::new(principal, binding.id());
         // The hot path: a valid token at hand and a body already in memory. No future
         // is boxed and nothing is awaited before the inner service is called.
         if let Some((token, now)) = layer.coordinator.token_now(&key) {
