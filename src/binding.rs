@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use url::Url;
@@ -304,6 +305,9 @@ struct SlotInner {
     resource: Url,
     fixed: Option<Arc<ServerBinding>>,
     by_tenant: RwLock<HashMap<Arc<str>, Arc<ServerBinding>>>,
+    /// Set (under the write lock) once a tenant has a binding of its own: until then a
+    /// lookup needs no lock.
+    has_tenants: AtomicBool,
     max_tenants: usize,
 }
 
@@ -342,6 +346,7 @@ impl BindingSlot {
                 resource,
                 fixed,
                 by_tenant: RwLock::new(HashMap::new()),
+                has_tenants: AtomicBool::new(false),
                 max_tenants,
             }),
         }
@@ -359,6 +364,9 @@ impl BindingSlot {
 
     /// The binding for `tenant`, if known.
     pub fn get(&self, tenant: &str) -> Option<Arc<ServerBinding>> {
+        if !self.inner.has_tenants.load(Ordering::Acquire) {
+            return self.inner.fixed.clone();
+        }
         let by_tenant = self
             .inner
             .by_tenant
@@ -389,6 +397,7 @@ impl BindingSlot {
             });
         }
         by_tenant.insert(Arc::from(tenant), Arc::new(binding));
+        self.inner.has_tenants.store(true, Ordering::Release);
         Ok(())
     }
 }
@@ -476,6 +485,23 @@ mod tests {
         assert_eq!(slot.get("a").unwrap().client_id(), "a2");
         assert_eq!(slot.get("b").unwrap().client_id(), "b");
         assert!(slot.get("intruder").is_none());
+    }
+
+    #[test]
+    fn a_tenants_own_binding_overrides_the_fixed_one_for_that_tenant_only() {
+        let binding = |id: &str| {
+            ServerBinding::public_client(
+                "https://mcp.example.com/mcp",
+                "https://as.example/token",
+                id,
+            )
+            .unwrap()
+        };
+        let slot = BindingSlot::fixed(binding("shared"));
+        assert_eq!(slot.get("a").unwrap().client_id(), "shared");
+        slot.set("a", binding("own")).unwrap();
+        assert_eq!(slot.get("a").unwrap().client_id(), "own");
+        assert_eq!(slot.get("b").unwrap().client_id(), "shared");
     }
 
     #[test]
