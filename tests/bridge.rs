@@ -449,8 +449,10 @@ async fn a_closed_browser_or_denied_consent_is_a_readable_error_and_the_session_
     let answer = bridge.initialize(1, Duration::from_secs(20)).await;
     let message = error_message(&answer);
     assert!(
-        message.contains("sign-in failed") && message.contains("access_denied"),
-        "readable: {message}"
+        message.contains("sign-in failed")
+            && message.contains("access_denied")
+            && message.contains("the user said no"),
+        "readable, with the server's description: {message}"
     );
     auth.set_authorization_error(None);
     let answer = bridge.initialize(2, Duration::from_secs(20)).await;

@@ -96,7 +96,10 @@ pub enum CallbackError {
     },
     /// The authorization server returned an error instead of a code (`access_denied`,
     /// `invalid_scope`, `server_error`, `temporarily_unavailable`, ...).
-    #[error("authorization server answered {error}")]
+    #[error(
+        "authorization server answered {error}{}",
+        description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+    )]
     Denied {
         /// The OAuth error code.
         error: String,
@@ -248,13 +251,12 @@ impl AuthorizationCompleter {
             _ => {}
         }
         if let Some(error) = &params.error {
-            // Server-chosen text: kept short.
             return Err(CallbackError::Denied {
-                error: error.chars().take(100).collect(),
+                error: printable(error, 100),
                 description: params
                     .error_description
-                    .as_ref()
-                    .map(|d| d.chars().take(500).collect()),
+                    .as_deref()
+                    .map(|d| printable(d, 500)),
             });
         }
         let Some(code) = &params.code else {
@@ -298,5 +300,36 @@ impl AuthorizationCompleter {
         Err(CallbackError::Store(StoreError::new(
             std::io::Error::other("credential store kept changing during the login"),
         )))
+    }
+}
+
+/// Server-chosen text, shown to the user and logged: kept short, and without control
+/// characters (no forged log lines, no terminal escapes).
+fn printable(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_shows_the_servers_description_without_control_characters() {
+        let denied = CallbackError::Denied {
+            error: printable("access_denied", 100),
+            description: Some(printable("no\n2026-12-02 INFO forged\u{1b}[31m", 500)),
+        };
+        assert_eq!(
+            denied.to_string(),
+            "authorization server answered access_denied (no2026-12-02 INFO forged[31m)"
+        );
+        let bare = CallbackError::Denied {
+            error: "server_error".into(),
+            description: None,
+        };
+        assert_eq!(
+            bare.to_string(),
+            "authorization server answered server_error"
+        );
     }
 }
