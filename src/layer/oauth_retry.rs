@@ -95,13 +95,14 @@ enum Mode {
 ///   scopes held and asked for, and replays; a request makes at most 3 authorizations
 ///   in all (configurable), then fails with [`Error::InsufficientScope`].
 ///
-/// The replay is the copy of the request that the [`SilentRefreshLayer`] below keeps
-/// anyway (bodies up to 1 MiB with a known size): this layer copies nothing itself, so
-/// it costs the cached path almost nothing. It must therefore wrap a
-/// `SilentRefreshLayer`, directly or through layers that do not change the response
-/// type (a layer in between sees the replayed request again). A request that cannot be
-/// replayed — a larger or streaming body, or no silent refresh layer below — gets its
-/// 401 or 403 back as it is.
+/// The replay is the copy of the request that the
+/// [`SilentRefreshLayer`](crate::SilentRefreshLayer) below keeps anyway (bodies up to
+/// 1 MiB with a known size): this layer copies nothing itself, so it costs the cached
+/// path almost nothing. It must therefore wrap a `SilentRefreshLayer`, directly or
+/// through layers that keep the request's extensions and pass responses and errors
+/// back as they are (a layer in between sees the replayed request again). A request
+/// that cannot be replayed — a larger or streaming body, or no silent refresh layer
+/// below — gets its 401 or 403 back as it is.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -218,7 +219,8 @@ impl OAuthRetryLayer {
     }
 
     /// The largest request body replayed after an authorization (default 1 MiB). The
-    /// copy comes from the [`SilentRefreshLayer`] below, so its own limit applies too.
+    /// copy comes from the [`SilentRefreshLayer`](crate::SilentRefreshLayer) below, so
+    /// its limit applies too.
     pub fn with_max_replay_body(self, max: usize) -> Self {
         self.update(|shared| shared.max_replay_body = max)
     }
