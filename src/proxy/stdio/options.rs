@@ -115,10 +115,7 @@ impl BridgeOptions {
             match arg.as_str() {
                 "--store" => store = Some(PathBuf::from(value("a path")?)),
                 "--browser-command" => {
-                    let words: Vec<String> = value("a command")?
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect();
+                    let words = command_words(&value("a command")?)?;
                     if words.is_empty() {
                         return Err("--browser-command is empty".into());
                     }
@@ -239,6 +236,53 @@ fn default_store() -> PathBuf {
     base.join("mcp-auth-proxy").join("credentials.db")
 }
 
+/// Splits a command line into words as a POSIX shell does for quoting (no expansion):
+/// `'single'` quotes keep everything, `"double"` quotes keep all but `\"` and `\\`,
+/// a backslash outside quotes keeps the next character. `open -a 'Google Chrome'` is
+/// three words; a path with spaces can be quoted.
+fn command_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let quoted = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => quoted.push(c),
+                        None => return Err("--browser-command has an unclosed ' quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                let quoted = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => quoted.push(c),
+                            Some(c) => quoted.extend(['\\', c]),
+                            None => return Err("--browser-command has an unclosed \" quote".into()),
+                        },
+                        Some(c) => quoted.push(c),
+                        None => return Err("--browser-command has an unclosed \" quote".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err("--browser-command ends with a lone backslash".into()),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +347,43 @@ mod tests {
             let error = parse(&args).unwrap_err();
             assert!(error.contains(expected), "{args:?}: {error}");
         }
+    }
+
+    #[test]
+    fn browser_commands_split_like_a_shell_without_expansion() {
+        let words = |line: &str| command_words(line).unwrap();
+        assert_eq!(words("xdg-open"), ["xdg-open"]);
+        assert_eq!(
+            words("  open  -a 'Google Chrome' "),
+            ["open", "-a", "Google Chrome"]
+        );
+        assert_eq!(
+            words(r#""/opt/My Browser/bin" --new-window"#),
+            ["/opt/My Browser/bin", "--new-window"]
+        );
+        assert_eq!(words(r"/opt/My\ Browser/bin"), ["/opt/My Browser/bin"]);
+        assert_eq!(words(r#"say "a \"b\" \c" ''"#), ["say", r#"a "b" \c"#, ""]);
+        assert_eq!(words("no$HOME~"), ["no$HOME~"], "nothing is expanded");
+        assert!(words("").is_empty());
+        for unclosed in ["open 'x", "open \"x", "open x\\"] {
+            assert!(command_words(unclosed).is_err(), "{unclosed}");
+        }
+        let options = parse(&[
+            "https://mcp.example.com/mcp",
+            "--browser-command",
+            "open -a 'Google Chrome'",
+        ])
+        .unwrap();
+        assert!(
+            matches!(&options.browser, Browser::Command(words) if words == &["open", "-a", "Google Chrome"])
+        );
+        assert!(
+            parse(&[
+                "https://mcp.example.com/mcp",
+                "--browser-command",
+                "open 'x"
+            ])
+            .is_err()
+        );
     }
 }
