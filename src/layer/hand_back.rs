@@ -31,8 +31,7 @@ pub(crate) struct HandBack {
 
 /// Takes the mark off `request`: whether the request's template is wanted back.
 pub(crate) fn take_mark<B>(request: &mut Request<B>) -> bool {
-    // Most requests carry one extension (the principal) or none: `len` spares the
-    // lookup for requests that cannot carry the mark next to a principal.
+    // A request without extensions (no principal, no mark) costs no lookup.
     !request.extensions().is_empty() && request.extensions_mut().remove::<Wanted>().is_some()
 }
 
