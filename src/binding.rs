@@ -465,23 +465,25 @@ mod tests {
         ServerBinding::public_client(resource, "https://as.example/token", "c").unwrap()
     }
 
+    /// A binding for `https://mcp.example.com/mcp` with client id `id`.
+    fn client(id: &str) -> ServerBinding {
+        ServerBinding::public_client(
+            "https://mcp.example.com/mcp",
+            "https://as.example/token",
+            id,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_full_slot_refuses_new_tenants_and_keeps_the_others() {
         let slot = BindingSlot::new("https://mcp.example.com/mcp")
             .unwrap()
             .with_max_tenants(2);
-        let binding = |id: &str| {
-            ServerBinding::public_client(
-                "https://mcp.example.com/mcp",
-                "https://as.example/token",
-                id,
-            )
-            .unwrap()
-        };
-        slot.set("a", binding("a")).unwrap();
-        slot.set("b", binding("b")).unwrap();
-        assert!(slot.set("intruder", binding("x")).is_err());
-        slot.set("a", binding("a2")).unwrap();
+        slot.set("a", client("a")).unwrap();
+        slot.set("b", client("b")).unwrap();
+        assert!(slot.set("intruder", client("x")).is_err());
+        slot.set("a", client("a2")).unwrap();
         assert_eq!(slot.get("a").unwrap().client_id(), "a2");
         assert_eq!(slot.get("b").unwrap().client_id(), "b");
         assert!(slot.get("intruder").is_none());
@@ -489,17 +491,9 @@ mod tests {
 
     #[test]
     fn a_tenants_own_binding_overrides_the_fixed_one_for_that_tenant_only() {
-        let binding = |id: &str| {
-            ServerBinding::public_client(
-                "https://mcp.example.com/mcp",
-                "https://as.example/token",
-                id,
-            )
-            .unwrap()
-        };
-        let slot = BindingSlot::fixed(binding("shared"));
+        let slot = BindingSlot::fixed(client("shared"));
         assert_eq!(slot.get("a").unwrap().client_id(), "shared");
-        slot.set("a", binding("own")).unwrap();
+        slot.set("a", client("own")).unwrap();
         assert_eq!(slot.get("a").unwrap().client_id(), "own");
         assert_eq!(slot.get("b").unwrap().client_id(), "shared");
     }

@@ -1,0 +1,155 @@
+//! The copy of a request a layer keeps to send it again.
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+
+use super::ReplayBody;
+use crate::key::Principal;
+
+/// Everything needed to send a request again.
+///
+/// Taken on every request a layer may replay, so it is cheap: the head's fields are
+/// cloned by reference count (the URI's bytes, header values), and the extensions of a
+/// request that carries only a [`Principal`] (or nothing) are kept as that principal,
+/// not as a copy of the extension map (three allocations saved per request).
+#[derive(Clone)]
+pub(crate) struct ReplayTemplate {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: SavedExtensions,
+    body: Bytes,
+}
+
+#[derive(Clone)]
+enum SavedExtensions {
+    Empty,
+    Principal(Principal),
+    All(Extensions),
+}
+
+impl SavedExtensions {
+    fn of(extensions: &Extensions) -> Self {
+        match extensions.len() {
+            0 => Self::Empty,
+            1 => match Principal::from_extensions(extensions) {
+                Some(principal) => Self::Principal(principal.clone()),
+                None => Self::All(extensions.clone()),
+            },
+            _ => Self::All(extensions.clone()),
+        }
+    }
+
+    fn restore(&self) -> Extensions {
+        match self {
+            Self::Empty => Extensions::new(),
+            Self::Principal(principal) => {
+                let mut extensions = Extensions::new();
+                extensions.insert(principal.clone());
+                extensions
+            }
+            Self::All(extensions) => extensions.clone(),
+        }
+    }
+}
+
+impl ReplayTemplate {
+    pub(super) fn of(parts: &Parts, body: Bytes) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: SavedExtensions::of(&parts.extensions),
+            body,
+        }
+    }
+
+    /// The buffered body.
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The request's URI.
+    pub(crate) fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The request's principal, if it carried one.
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        match &self.extensions {
+            SavedExtensions::Empty => None,
+            SavedExtensions::Principal(principal) => Some(principal),
+            SavedExtensions::All(extensions) => Principal::from_extensions(extensions),
+        }
+    }
+
+    /// A fresh copy of the request (the body costs a reference count).
+    pub(crate) fn request(&self) -> Request<ReplayBody> {
+        let mut request = Request::new(ReplayBody::buffered(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.restore();
+        request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::{Buffering, buffer_now};
+    use http_body_util::Full;
+
+    #[test]
+    fn a_template_keeps_a_lone_principal_and_other_extensions_whole() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Other(u8);
+        let alice = Principal::new("acme", "alice");
+        let template_of = |extensions: &[&dyn Fn(&mut Extensions)]| {
+            let mut request = Request::post("http://x/mcp")
+                .header("x-a", "1")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            for insert in extensions {
+                insert(request.extensions_mut());
+            }
+            let Buffering::Ready(_, Some(template)) = buffer_now(request, 1024).unwrap() else {
+                panic!("a Full body is in memory");
+            };
+            template
+        };
+        let with_alice = |e: &mut Extensions| {
+            e.insert(alice.clone());
+        };
+        let with_other = |e: &mut Extensions| {
+            e.insert(Other(7));
+        };
+
+        let lone = template_of(&[&with_alice]);
+        assert!(matches!(lone.extensions, SavedExtensions::Principal(_)));
+        assert_eq!(lone.principal(), Some(&alice));
+        let again = lone.request();
+        assert_eq!(again.extensions().len(), 1);
+        assert_eq!(again.extensions().get::<Principal>(), Some(&alice));
+        assert_eq!((again.method(), again.uri()), (&Method::POST, lone.uri()));
+        assert_eq!(again.headers()["x-a"], "1");
+
+        let both = template_of(&[&with_alice, &with_other]);
+        assert!(matches!(both.extensions, SavedExtensions::All(_)));
+        let again = both.request();
+        assert_eq!(again.extensions().get::<Other>(), Some(&Other(7)));
+        assert_eq!(again.extensions().get::<Principal>(), Some(&alice));
+
+        let only_other = template_of(&[&with_other]);
+        assert_eq!(only_other.principal(), None);
+        assert_eq!(
+            only_other.request().extensions().get::<Other>(),
+            Some(&Other(7))
+        );
+        assert!(template_of(&[]).request().extensions().is_empty());
+    }
+}
