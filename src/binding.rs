@@ -226,13 +226,62 @@ pub(crate) fn covers(resource: &Url, uri: &http::Uri) -> bool {
 /// Whether `path` is the resource's path or below it, and has nothing a server may
 /// resolve elsewhere.
 fn covers_path(resource: &Url, path: &str) -> bool {
+    covers_base(resource.path().trim_end_matches('/'), path)
+}
+
+/// [`covers_path`] with the resource's path already without its trailing slashes.
+fn covers_base(base: &str, path: &str) -> bool {
     if !is_normal_path(path) {
         return false;
     }
-    let base = resource.path().trim_end_matches('/');
     base.is_empty()
         || path == base
         || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
+}
+
+/// A resource taken apart once for [`covers`], which runs on every request: the
+/// common case (the request names the origin as the resource's canonical text does)
+/// is then two comparisons of strings and the path check.
+#[derive(Clone, Debug)]
+pub(crate) struct Scope {
+    resource: Url,
+    scheme: Box<str>,
+    /// The canonical `host[:port]`; `None` when the resource has user info, which
+    /// no request matches exactly.
+    origin: Option<Box<str>>,
+    base: Box<str>,
+}
+
+impl Scope {
+    pub(crate) fn new(resource: Url) -> Self {
+        let origin = resource
+            .username()
+            .is_empty()
+            .then(|| resource[url::Position::BeforeHost..url::Position::AfterPort].into());
+        Self {
+            scheme: resource.scheme().into(),
+            origin,
+            base: resource.path().trim_end_matches('/').into(),
+            resource,
+        }
+    }
+
+    pub(crate) fn resource(&self) -> &Url {
+        &self.resource
+    }
+
+    /// [`covers`], the same answer for every `uri`.
+    pub(crate) fn covers(&self, uri: &http::Uri) -> bool {
+        let exact = uri.scheme_str() == Some(&*self.scheme)
+            && self.origin.as_deref().is_some_and(|origin| {
+                uri.authority()
+                    .is_some_and(|authority| authority.as_str() == origin)
+            });
+        if exact {
+            return covers_base(&self.base, uri.path());
+        }
+        covers(&self.resource, uri)
+    }
 }
 
 /// Whether `path` has no dot segment and no encoded or alternative separator. One
@@ -302,7 +351,7 @@ pub struct BindingSlot {
 }
 
 struct SlotInner {
-    resource: Url,
+    resource: Scope,
     fixed: Option<Arc<ServerBinding>>,
     by_tenant: RwLock<HashMap<Arc<str>, Arc<ServerBinding>>>,
     /// Set (under the write lock) once a tenant has a binding of its own: until then a
@@ -337,13 +386,17 @@ impl BindingSlot {
     /// [`DEFAULT_MAX_TENANTS`]); beyond it [`set`](Self::set) refuses new tenants.
     /// Call before sharing the slot.
     pub fn with_max_tenants(self, max: usize) -> Self {
-        Self::with_limit(self.inner.resource.clone(), self.inner.fixed.clone(), max)
+        Self::with_limit(
+            self.inner.resource.resource().clone(),
+            self.inner.fixed.clone(),
+            max,
+        )
     }
 
     fn with_limit(resource: Url, fixed: Option<Arc<ServerBinding>>, max_tenants: usize) -> Self {
         Self {
             inner: Arc::new(SlotInner {
-                resource,
+                resource: Scope::new(resource),
                 fixed,
                 by_tenant: RwLock::new(HashMap::new()),
                 has_tenants: AtomicBool::new(false),
@@ -354,12 +407,12 @@ impl BindingSlot {
 
     /// The MCP server this slot is for.
     pub fn resource(&self) -> &Url {
-        &self.inner.resource
+        self.inner.resource.resource()
     }
 
     /// Whether a request to `uri` is for this MCP server (see [`ServerBinding::covers`]).
     pub fn covers(&self, uri: &http::Uri) -> bool {
-        covers(&self.inner.resource, uri)
+        self.inner.resource.covers(uri)
     }
 
     /// The binding for `tenant`, if known.
@@ -412,7 +465,7 @@ impl fmt::Debug for BindingSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tenants = self.inner.by_tenant.read().map(|m| m.len()).unwrap_or(0);
         f.debug_struct("BindingSlot")
-            .field("resource", &self.inner.resource.as_str())
+            .field("resource", &self.inner.resource.resource().as_str())
             .field("fixed", &self.inner.fixed)
             .field("tenants", &tenants)
             .finish()
@@ -584,6 +637,44 @@ mod tests {
             }
             let exact = format!("{}/../admin", resource.trim_end_matches("/mcp"));
             assert!(!b.covers(&exact.parse().unwrap()), "{exact}");
+        }
+    }
+
+    /// The slot's precomputed scope answers as `covers` does, on both of its paths.
+    #[test]
+    fn a_scope_covers_what_covers_covers() {
+        let uris = [
+            "https://mcp.example/mcp",
+            "https://mcp.example/mcp/x",
+            "https://mcp.example/mcpx",
+            "https://mcp.example/mcp/../admin",
+            "https://mcp.example/mcp/%2e%2e/admin",
+            "https://mcp.example/mcp%2f..%2fadmin",
+            "https://MCP.example/mcp?x=1",
+            "https://mcp.example:443/mcp/x",
+            "https://mcp.example:8443/mcp",
+            "https://u@mcp.example/mcp",
+            "http://mcp.example/mcp",
+            "https://other.example/mcp",
+            "http://127.0.0.1:8080/mcp",
+            "http://127.0.0.1/mcp",
+            "http://[::1]:9000/mcp?q",
+            "/mcp",
+        ];
+        for resource in [
+            "https://mcp.example/mcp",
+            "https://mcp.example/mcp/",
+            "https://mcp.example",
+            "https://u@mcp.example/mcp",
+            "http://127.0.0.1:8080/mcp",
+            "http://[::1]:9000/mcp",
+        ] {
+            let url: Url = resource.parse().unwrap();
+            let scope = Scope::new(url.clone());
+            for uri in uris {
+                let uri: http::Uri = uri.parse().unwrap();
+                assert_eq!(scope.covers(&uri), covers(&url, &uri), "{resource} {uri}");
+            }
         }
     }
 

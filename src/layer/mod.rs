@@ -21,8 +21,13 @@ pub(crate) fn principal_or_default<'r, B>(
     request: &'r mut http::Request<B>,
     default: Option<&crate::Principal>,
 ) -> Option<&'r crate::Principal> {
-    if crate::Principal::from_extensions(request.extensions()).is_none() {
-        request.extensions_mut().insert(default?.clone());
+    // One lookup either way.
+    match default {
+        Some(default) => Some(
+            request
+                .extensions_mut()
+                .get_or_insert_with(|| default.clone()),
+        ),
+        None => crate::Principal::from_extensions(request.extensions()),
     }
-    crate::Principal::from_extensions(request.extensions())
 }

@@ -286,9 +286,6 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        // The readied service goes into the future; `self` keeps a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
         if let Some(default) = &shared.default_principal {
             principal_or_default(&mut request, Some(default));
@@ -296,13 +293,14 @@ where
         // No copy of the request here: the silent refresh layer below keeps one to
         // replay after a refresh, and hands it back if an authorization is needed.
         hand_back::mark(&mut request);
+        // The readied service is called in place; the retry gets a clone of its own.
         let retry = Retry {
             shared: shared.clone(),
-            service: inner.clone(),
+            service: self.inner.clone(),
         };
         ResponseFuture {
             state: State::Calling {
-                call: inner.call(request.map(ReplayBody::new)),
+                call: self.inner.call(request.map(ReplayBody::new)),
             },
             retry: Some(retry),
         }

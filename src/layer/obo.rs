@@ -10,7 +10,6 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use pin_project::pin_project;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
-use url::Url;
 
 use super::with_default_principal;
 use crate::error::{ConfigError, Error, TransientReason};
@@ -70,7 +69,7 @@ pub struct OboHeaderLayer {
 #[derive(Clone)]
 struct Shared {
     exchanger: OboExchanger,
-    resource: Url,
+    resource: crate::binding::Scope,
     default_principal: Option<Principal>,
     max_replay_body: usize,
 }
@@ -79,7 +78,7 @@ impl fmt::Debug for OboHeaderLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OboHeaderLayer")
             .field("exchanger", &self.shared.exchanger)
-            .field("resource", &self.shared.resource.as_str())
+            .field("resource", &self.shared.resource.resource().as_str())
             .finish_non_exhaustive()
     }
 }
@@ -95,7 +94,7 @@ impl OboHeaderLayer {
         Ok(Self {
             shared: Arc::new(Shared {
                 exchanger,
-                resource,
+                resource: crate::binding::Scope::new(resource),
                 default_principal: None,
                 max_replay_body: DEFAULT_MAX_REPLAY_BODY,
             }),
@@ -181,7 +180,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
-        if !crate::binding::covers(&shared.resource, request.uri()) {
+        if !shared.resource.covers(request.uri()) {
             return ResponseFuture::with(State::Calling {
                 call: inner.call(request.map(ReplayBody::new)),
             });

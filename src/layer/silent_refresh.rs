@@ -151,13 +151,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        // The readied service goes into the future; `self` keeps a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = &*self.layer;
         let hand_back = hand_back::take_mark(&mut request);
         if !layer.bindings.covers(request.uri()) {
-            return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
+            return ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)));
         }
         let Some(principal) = principal_or_default(&mut request, layer.default_principal.as_ref())
         else {
@@ -172,16 +169,19 @@ where
             // A 401 goes back as it is, for an OAuthRetryLayer to act on (with the
             // request to replay, when it asked for it).
             if hand_back {
+                let inner = take_readied(&mut self.inner);
                 return later(layer, inner, None, PrepareInput::Request(request), true);
             }
-            return ResponseFuture::calling(inner.call(request.map(ReplayBody::new)));
+            return ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)));
         };
         // The hot path: a valid token at hand and a body already in memory. No future
-        // is boxed and nothing is awaited before the inner service is called.
+        // is boxed and nothing is awaited before the inner service is called (in place:
+        // only the replay needs a service of its own).
         if let Some((token, now)) = layer.coordinator.token_now(&key) {
             let (mut request, replay) = match buffer_now(request, layer.max_replay_body) {
                 Ok(Buffering::Ready(request, replay)) => (request, replay),
                 Ok(Buffering::Unfinished(unfinished)) => {
+                    let inner = take_readied(&mut self.inner);
                     let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
                     return later(layer, inner, Some((key, binding)), input, hand_back);
                 }
@@ -191,8 +191,8 @@ where
                 return ResponseFuture::failed(invalid_token_header().into());
             };
             request.headers_mut().insert(header::AUTHORIZATION, header);
-            let replay_service = replay.as_ref().map(|_| inner.clone());
-            let call = inner.call(request);
+            let replay_service = replay.as_ref().map(|_| self.inner.clone());
+            let call = self.inner.call(request);
             return ResponseFuture {
                 state: State::Calling { call },
                 service: replay_service,
@@ -205,9 +205,16 @@ where
                 hand_back: hand_back.then(|| now.unwrap_or_else(SystemTime::now)),
             };
         }
+        let inner = take_readied(&mut self.inner);
         let input = PrepareInput::Request(request);
         later(layer, inner, Some((key, binding)), input, hand_back)
     }
+}
+
+/// The readied service, for a future that calls it later; a fresh clone stays behind.
+fn take_readied<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }
 
 /// The path that awaits: the store, a refresh, or a body still arriving. Without a

@@ -279,7 +279,8 @@ impl RefreshCoordinator {
     pub(crate) fn token_now(&self, key: &AuthKey) -> Option<(Arc<TokenSet>, Option<SystemTime>)> {
         let cached = match &self.inner.hot {
             Some(hot) => hot.get(key)?,
-            None => self.inner.store.load_now(key)??,
+            // The expiry is checked below, by `serve_until`.
+            None => self.inner.store.load_now_unchecked_expiry(key)??,
         };
         let config = &self.inner.config;
         let Some(until) = cached.serve_until(self.inner.id, |tokens| config.serve_until(tokens))

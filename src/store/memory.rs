@@ -64,6 +64,9 @@ struct Entry {
     tokens: Arc<TokenSet>,
     /// When the entry stops existing; `None`: never.
     deadline: Option<Instant>,
+    /// Whether `deadline` is the access token's expiry (no refresh token keeps the
+    /// entry longer), which the hot path's caller checks on its own.
+    deadline_is_expiry: bool,
 }
 
 impl Entry {
@@ -109,10 +112,13 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn get(&self, key: &AuthKey) -> Option<Arc<TokenSet>> {
+    /// The live entry's tokens; with `check_expiry` false, an entry that lives only
+    /// as long as its access token is returned without reading the clock.
+    fn get(&self, key: &AuthKey, check_expiry: bool) -> Option<Arc<TokenSet>> {
         let shard = self.read(key);
         let entry = shard.get(key)?;
-        if entry.deadline.is_some() && !entry.live(Instant::now()) {
+        let check = entry.deadline.is_some() && (check_expiry || !entry.deadline_is_expiry);
+        if check && !entry.live(Instant::now()) {
             return None;
         }
         Some(entry.tokens.clone())
@@ -223,12 +229,16 @@ impl CredentialStore for MemoryStore {
         &'a self,
         key: &'a AuthKey,
     ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
-        let tokens = self.get(key);
+        let tokens = self.get(key, true);
         Box::pin(std::future::ready(Ok(tokens)))
     }
 
     fn load_now(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
-        Some(self.get(key))
+        Some(self.get(key, true))
+    }
+
+    fn load_now_unchecked_expiry(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
+        Some(self.get(key, false))
     }
 
     fn compare_and_swap<'a>(
@@ -274,6 +284,7 @@ impl CredentialStore for MemoryStore {
                     Entry {
                         tokens: stored.clone(),
                         deadline,
+                        deadline_is_expiry: stored.refresh_token.is_none(),
                     },
                 );
                 return Ok(Swap::Stored(stored));
@@ -423,6 +434,9 @@ mod tests {
         // Both expired: gone for readers, and their slots are reclaimed for a new key.
         assert!(store.load(&key("one")).await.unwrap().is_none());
         assert!(store.load_now(&key("two")).unwrap().is_none());
+        // The hot path's read leaves the access token's expiry to its caller.
+        let unchecked = store.load_now_unchecked_expiry(&key("two")).unwrap();
+        assert!(unchecked.is_some_and(|tokens| tokens.refresh_token.is_none()));
         put(&store, &key("three"), short()).await;
         assert_eq!(store.entry_count(), 1);
         // An expired key can be written again as new.

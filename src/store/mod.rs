@@ -139,6 +139,15 @@ pub trait CredentialStore: Send + Sync + 'static {
         None
     }
 
+    /// [`load_now`](Self::load_now) for a caller that checks the access token's
+    /// `expires_at` itself, as the layers' hot path does on every request: the store
+    /// may skip its own check of that expiry here (a clock read less per request) and
+    /// return a token set whose access token has expired. Every other check stays. The
+    /// default is `load_now`.
+    fn load_now_unchecked_expiry(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
+        self.load_now(key)
+    }
+
     /// Stores `new` (its `generation` is ignored and replaced) if the stored generation
     /// is `expected` (`None`: nothing stored).
     fn compare_and_swap<'a>(
@@ -210,6 +219,10 @@ impl<T: CredentialStore + ?Sized> CredentialStore for Arc<T> {
 
     fn load_now(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
         (**self).load_now(key)
+    }
+
+    fn load_now_unchecked_expiry(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
+        (**self).load_now_unchecked_expiry(key)
     }
 
     fn compare_and_swap<'a>(
