@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use url::Url;
 
 use crate::error::{CapacityReached, ConfigError};
-use crate::key::BindingId;
+use crate::key::{BindingId, KeyHasher};
 use crate::token::Secret;
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3,
@@ -353,7 +354,7 @@ pub struct BindingSlot {
 struct SlotInner {
     resource: Scope,
     fixed: Option<Arc<ServerBinding>>,
-    by_tenant: RwLock<HashMap<Arc<str>, Arc<ServerBinding>>>,
+    by_tenant: RwLock<TenantMap>,
     /// Set (under the write lock) once a tenant has a binding of its own: until then a
     /// lookup needs no lock.
     has_tenants: AtomicBool,
@@ -398,7 +399,7 @@ impl BindingSlot {
             inner: Arc::new(SlotInner {
                 resource: Scope::new(resource),
                 fixed,
-                by_tenant: RwLock::new(HashMap::new()),
+                by_tenant: RwLock::new(TenantMap::default()),
                 has_tenants: AtomicBool::new(false),
                 max_tenants,
             }),
@@ -417,6 +418,16 @@ impl BindingSlot {
 
     /// The binding for `tenant`, if known.
     pub fn get(&self, tenant: &str) -> Option<Arc<ServerBinding>> {
+        self.lookup(tenant, || crate::key::tenant_hash(tenant))
+    }
+
+    /// The binding for `principal`'s tenant, found by the hash the principal carries
+    /// (the layers' hot path: nothing is hashed per request).
+    pub(crate) fn for_principal(&self, principal: &crate::Principal) -> Option<Arc<ServerBinding>> {
+        self.lookup(principal.tenant(), || principal.tenant_hash())
+    }
+
+    fn lookup(&self, tenant: &str, hash: impl FnOnce() -> u64) -> Option<Arc<ServerBinding>> {
         if !self.inner.has_tenants.load(Ordering::Acquire) {
             return self.inner.fixed.clone();
         }
@@ -426,7 +437,7 @@ impl BindingSlot {
             .read()
             .unwrap_or_else(|e| e.into_inner());
         by_tenant
-            .get(tenant)
+            .get(hash(), tenant)
             .cloned()
             .or_else(|| self.inner.fixed.clone())
     }
@@ -443,15 +454,55 @@ impl BindingSlot {
             .by_tenant
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        if by_tenant.len() >= self.inner.max_tenants && !by_tenant.contains_key(tenant) {
+        let hash = crate::key::tenant_hash(tenant);
+        if by_tenant.len() >= self.inner.max_tenants && by_tenant.get(hash, tenant).is_none() {
             return Err(CapacityReached {
                 what: "binding slot",
                 max: self.inner.max_tenants as u64,
             });
         }
-        by_tenant.insert(Arc::from(tenant), Arc::new(binding));
+        by_tenant.insert(hash, tenant, Arc::new(binding));
         self.inner.has_tenants.store(true, Ordering::Release);
         Ok(())
+    }
+}
+
+/// A tenant's name and its binding.
+type TenantBinding = (Arc<str>, Arc<ServerBinding>);
+
+/// Bindings by tenant, under the tenant's keyed hash (which a [`Principal`] carries):
+/// a lookup hashes nothing. Names that share a hash (as good as never, the hash being
+/// keyed per process) share a bucket and are told apart by name.
+///
+/// [`Principal`]: crate::Principal
+#[derive(Default)]
+struct TenantMap {
+    buckets: HashMap<u64, Vec<TenantBinding>, BuildHasherDefault<KeyHasher>>,
+    len: usize,
+}
+
+impl TenantMap {
+    fn get(&self, hash: u64, tenant: &str) -> Option<&Arc<ServerBinding>> {
+        let bucket = self.buckets.get(&hash)?;
+        bucket
+            .iter()
+            .find(|(name, _)| &**name == tenant)
+            .map(|(_, binding)| binding)
+    }
+
+    fn insert(&mut self, hash: u64, tenant: &str, binding: Arc<ServerBinding>) {
+        let bucket = self.buckets.entry(hash).or_default();
+        match bucket.iter_mut().find(|(name, _)| &**name == tenant) {
+            Some((_, slot)) => *slot = binding,
+            None => {
+                bucket.push((Arc::from(tenant), binding));
+                self.len += 1;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -638,6 +689,28 @@ mod tests {
             let exact = format!("{}/../admin", resource.trim_end_matches("/mcp"));
             assert!(!b.covers(&exact.parse().unwrap()), "{exact}");
         }
+    }
+
+    /// A principal finds its tenant's binding by the hash it carries, as a lookup by
+    /// name does; other tenants (even ones whose names share a prefix) fall back.
+    #[test]
+    fn a_principal_finds_its_tenants_binding_by_its_hash() {
+        let slot = BindingSlot::fixed(client("shared"));
+        for tenant in ["a", "ab", "acme", ""] {
+            slot.set(tenant, client(&format!("own-{tenant}"))).unwrap();
+        }
+        for tenant in ["a", "ab", "acme", ""] {
+            let principal = crate::Principal::new(tenant, "user");
+            let by_hash = slot.for_principal(&principal).unwrap();
+            assert_eq!(by_hash.client_id(), format!("own-{tenant}"));
+            assert_eq!(slot.get(tenant).unwrap().client_id(), by_hash.client_id());
+        }
+        let stranger = crate::Principal::new("abc", "user");
+        assert_eq!(slot.for_principal(&stranger).unwrap().client_id(), "shared");
+        // Setting a tenant again replaces its binding and takes no second place.
+        slot.set("a", client("again")).unwrap();
+        assert_eq!(slot.get("a").unwrap().client_id(), "again");
+        assert!(format!("{slot:?}").contains("tenants: 4"));
     }
 
     /// The slot's precomputed scope answers as `covers` does, on both of its paths.

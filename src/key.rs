@@ -28,6 +28,8 @@ pub struct Principal {
     /// Hashed once, at construction: every lookup of per-user state hashes the key, and
     /// a clone carries this along instead of hashing both strings again.
     hash: u64,
+    /// The tenant's own keyed hash ([`tenant_hash`]), for per-tenant lookups.
+    tenant_hash: u64,
 }
 
 impl fmt::Debug for Principal {
@@ -54,13 +56,26 @@ impl Hash for Principal {
     }
 }
 
-/// A keyed hash (SipHash with a per-process random key, as `HashMap`'s default), so
-/// user-chosen names cannot be picked to collide.
-fn principal_hash(tenant: &str, subject: &str) -> u64 {
+/// The keyed hasher (SipHash with a per-process random key, as `HashMap`'s default),
+/// so user-chosen names cannot be picked to collide.
+fn keyed_hasher() -> impl Hasher + Clone {
     static KEY: OnceLock<RandomState> = OnceLock::new();
-    let mut hasher = KEY.get_or_init(RandomState::new).build_hasher();
+    KEY.get_or_init(RandomState::new).build_hasher()
+}
+
+/// The keyed hashes of `tenant` alone and of the principal: one pass over the names.
+fn principal_hashes(tenant: &str, subject: &str) -> (u64, u64) {
+    let mut hasher = keyed_hasher();
     tenant.hash(&mut hasher);
+    let tenant_hash = hasher.clone().finish();
     subject.hash(&mut hasher);
+    (tenant_hash, hasher.finish())
+}
+
+/// The keyed hash of a tenant's name, as [`Principal`]s carry it.
+pub(crate) fn tenant_hash(tenant: &str) -> u64 {
+    let mut hasher = keyed_hasher();
+    tenant.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -84,8 +99,10 @@ impl Principal {
     /// A principal: `subject` (the user) within `tenant`.
     pub fn new(tenant: impl AsRef<str>, subject: impl AsRef<str>) -> Self {
         let (tenant, subject) = (tenant.as_ref(), subject.as_ref());
+        let (tenant_hash, hash) = principal_hashes(tenant, subject);
         Self {
-            hash: principal_hash(tenant, subject),
+            hash,
+            tenant_hash,
             names: joined(tenant, subject),
             split: tenant.len(),
         }
@@ -99,6 +116,11 @@ impl Principal {
     /// The user within the tenant.
     pub fn subject(&self) -> &str {
         &self.names[self.split..]
+    }
+
+    /// [`tenant_hash`] of the tenant, computed with the principal.
+    pub(crate) fn tenant_hash(&self) -> u64 {
+        self.tenant_hash
     }
 
     /// The principal a request carries, if any.

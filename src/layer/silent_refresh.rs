@@ -20,7 +20,7 @@ use crate::key::{AuthKey, Principal};
 use crate::refresh::RefreshCoordinator;
 use crate::replay::{
     Buffering, DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, Unfinished,
-    buffer_now, make_replayable,
+    buffer_now, buffered, make_replayable, take_in_memory,
 };
 use crate::store::BoxFuture;
 use crate::token::{Generation, TokenSet};
@@ -160,7 +160,7 @@ where
         else {
             return ResponseFuture::failed(Error::MissingPrincipal.into());
         };
-        let binding = layer.bindings.get(principal.tenant());
+        let binding = layer.bindings.for_principal(principal);
         let key = binding
             .as_ref()
             .map(|binding| AuthKey::new(principal, binding.id()));
@@ -178,13 +178,22 @@ where
         // is boxed and nothing is awaited before the inner service is called (in place:
         // only the replay needs a service of its own).
         if let Some((token, now)) = layer.coordinator.token_now(&key) {
-            let (mut request, replay) = match buffer_now(request, layer.max_replay_body) {
-                Ok(Buffering::Ready(request, replay)) => (request, replay),
-                Ok(Buffering::Unfinished(unfinished)) => {
-                    let inner = take_readied(&mut self.inner);
-                    let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
-                    return later(layer, inner, Some((key, binding)), input, hand_back);
+            let max = layer.max_replay_body;
+            // In-memory bodies first: the template is taken where the request lies.
+            let (mut request, replay) = match take_in_memory(request.body_mut(), max) {
+                Ok(Some(bytes)) => {
+                    let (request, template) = buffered(request, bytes);
+                    (request, Some(template))
                 }
+                Ok(None) => match buffer_now(request, max) {
+                    Ok(Buffering::Ready(request, replay)) => (request, replay),
+                    Ok(Buffering::Unfinished(unfinished)) => {
+                        let inner = take_readied(&mut self.inner);
+                        let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
+                        return later(layer, inner, Some((key, binding)), input, hand_back);
+                    }
+                    Err(error) => return ResponseFuture::failed(error),
+                },
                 Err(error) => return ResponseFuture::failed(error),
             };
             let Some(header) = token.bearer_header() else {
@@ -198,7 +207,6 @@ where
                 service: replay_service,
                 context: Some(RefreshContext {
                     coordinator: layer.coordinator.clone(),
-                    key,
                     binding,
                 }),
                 replay: replay.map(|template| (template, Some(token.generation))),
@@ -230,12 +238,20 @@ where
     S: Service<Request<ReplayBody>>,
     B: RequestBody,
 {
-    let context = key.map(|(key, binding)| RefreshContext {
-        coordinator: layer.coordinator.clone(),
-        key,
-        binding,
-    });
-    let prepare = Box::pin(prepare(context.clone(), input, layer.max_replay_body));
+    let (key, context) = key
+        .map(|(key, binding)| {
+            let context = RefreshContext {
+                coordinator: layer.coordinator.clone(),
+                binding,
+            };
+            (key, context)
+        })
+        .unzip();
+    let prepare = Box::pin(prepare(
+        key.zip(context.clone()),
+        input,
+        layer.max_replay_body,
+    ));
     ResponseFuture {
         state: State::Preparing { prepare },
         service: Some(inner),
@@ -260,10 +276,12 @@ fn invalid_token_header() -> Error {
     )
 }
 
+/// What a refresh needs besides the key, which is rebuilt from the replay template's
+/// principal when a 401 calls for it (the future stays smaller, and a request that
+/// succeeds, nearly all of them, never needs it).
 #[derive(Clone)]
 struct RefreshContext {
     coordinator: RefreshCoordinator,
-    key: AuthKey,
     binding: Arc<ServerBinding>,
 }
 
@@ -277,7 +295,7 @@ struct Prepared {
 type Unsent = (BoxError, Option<ReplayTemplate>);
 
 async fn prepare<B>(
-    context: Option<RefreshContext>,
+    context: Option<(AuthKey, RefreshContext)>,
     input: PrepareInput<B>,
     max_replay_body: usize,
 ) -> Result<Prepared, Unsent>
@@ -291,9 +309,9 @@ where
     };
     let (mut request, replay) = buffered.map_err(|error| (error, None))?;
     let token = match &context {
-        Some(context) => context
+        Some((key, context)) => context
             .coordinator
-            .token(&context.key, &context.binding)
+            .token(key, &context.binding)
             .await
             .map_err(|error| (error.into(), replay.clone()))?,
         None => None,
@@ -442,7 +460,7 @@ where
                     if response.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(finish(Ok(response), *this.hand_back, template));
                     }
-                    let (Some(context), Some((_, generation))) =
+                    let (Some(context), Some((template, generation))) =
                         (this.context.as_ref(), this.replay.as_ref())
                     else {
                         debug!(
@@ -456,13 +474,18 @@ where
                         .iter()
                         .cloned()
                         .collect();
+                    // The principal the request was sent for (the layer put it there).
+                    let Some(principal) = template.principal() else {
+                        return Poll::Ready(finish(Ok(response), *this.hand_back, Some(template)));
+                    };
+                    let key = AuthKey::new(principal, context.binding.id());
                     let context = context.clone();
                     let generation = *generation;
-                    debug!(key = %context.key, "401 from the resource server; refreshing");
+                    debug!(key = %key, "401 from the resource server; refreshing");
                     let refresh = Box::pin(async move {
                         context
                             .coordinator
-                            .refresh_rejected(&context.key, &context.binding, generation)
+                            .refresh_rejected(&key, &context.binding, generation)
                             .await
                     });
                     this.state.set(State::Refreshing {

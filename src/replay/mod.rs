@@ -222,39 +222,61 @@ pub(crate) enum Buffering {
     Unfinished(Box<Unfinished>),
 }
 
+/// The bytes of a body that holds them already and fits in `max`: a `ReplayBody`
+/// buffered by an outer layer (a reference count, not a copy) or a `Full<Bytes>` (read
+/// in place, left empty). `None` for any other body, which is left as it was.
+///
+/// The hot path of every layer: the request is not moved, and with
+/// [`buffered`] the replay template is built from it where it lies.
+pub(crate) fn take_in_memory<B: RequestBody>(
+    body: &mut B,
+    max: usize,
+) -> Result<Option<Bytes>, BoxError> {
+    let slot = body as &mut dyn std::any::Any;
+    if let Some(replay) = slot.downcast_mut::<ReplayBody>() {
+        return Ok(replay.as_bytes().cloned());
+    }
+    let Some(full) = slot.downcast_mut::<Full<Bytes>>() else {
+        return Ok(None);
+    };
+    if full
+        .size_hint()
+        .upper()
+        .is_none_or(|upper| upper > max as u64)
+    {
+        return Ok(None);
+    }
+    match read_now(full, max)? {
+        Read::All(bytes) => Ok(Some(bytes)),
+        // A `Full` is read in one poll; anything else is a body it does not hold.
+        Read::TooLarge | Read::Partial(_) | Read::Untouched => {
+            Err("in-memory body larger than its size hint".into())
+        }
+    }
+}
+
+/// `request` with `bytes` (its body, read by [`take_in_memory`]) as a buffered body,
+/// and the template to send it again.
+pub(crate) fn buffered<B>(
+    request: Request<B>,
+    bytes: Bytes,
+) -> (Request<ReplayBody>, ReplayTemplate) {
+    let template = ReplayTemplate::of_request(&request, bytes.clone());
+    (request.map(|_| ReplayBody::buffered(bytes)), template)
+}
+
 /// Buffers `request`'s body if it is known to fit in `max` bytes and is already in
 /// memory, without waiting: the hot path of every layer (no future, no allocation
 /// for a body that is buffered already, `Full` or reqwest's in-memory body).
 pub(crate) fn buffer_now<B: RequestBody>(
-    request: Request<B>,
+    mut request: Request<B>,
     max: usize,
 ) -> Result<Buffering, BoxError> {
-    let (parts, body) = request.into_parts();
-    let mut body = Some(body);
-    let slot = &mut body as &mut dyn std::any::Any;
-    // Bodies that need no boxing to be read in place.
-    if let Some(replay) = slot.downcast_mut::<Option<ReplayBody>>() {
-        if let Some(bytes) = replay.as_ref().and_then(ReplayBody::as_bytes) {
-            // Buffered by an outer layer already: a reference count, not a copy.
-            return Ok(ready(parts, bytes.clone()));
-        }
-    } else if let Some(Some(full)) = slot.downcast_mut::<Option<Full<Bytes>>>()
-        && full
-            .size_hint()
-            .upper()
-            .is_some_and(|upper| upper <= max as u64)
-    {
-        return match read_now(full, max)? {
-            Read::All(bytes) => Ok(ready(parts, bytes)),
-            // A `Full` is read in one poll; anything else is a body it does not hold.
-            Read::TooLarge | Read::Partial(_) | Read::Untouched => {
-                Err("in-memory body larger than its size hint".into())
-            }
-        };
+    if let Some(bytes) = take_in_memory(request.body_mut(), max)? {
+        let (request, template) = buffered(request, bytes);
+        return Ok(Buffering::Ready(request, Some(template)));
     }
-    let Some(body) = body else {
-        return Err("request body missing".into());
-    };
+    let (parts, body) = request.into_parts();
     let mut body = ReplayBody::new(body);
     let fits = body
         .size_hint()

@@ -56,6 +56,17 @@ impl SavedExtensions {
 }
 
 impl ReplayTemplate {
+    pub(super) fn of_request<B>(request: &Request<B>, body: Bytes) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            extensions: SavedExtensions::of(request.extensions()),
+            body,
+        }
+    }
+
     pub(super) fn of(parts: &Parts, body: Bytes) -> Self {
         Self {
             method: parts.method.clone(),
