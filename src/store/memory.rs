@@ -418,6 +418,34 @@ mod tests {
         assert_eq!(wins.into_iter().filter(|w| *w.as_ref().unwrap()).count(), 1);
     }
 
+    /// What makes the unchecked read safe: the coordinator's hot path never serves an
+    /// access token past its expiry, whatever the store returns.
+    #[tokio::test]
+    async fn the_hot_path_serves_no_expired_access_token() {
+        let store = Arc::new(MemoryStore::new());
+        let coordinator = crate::RefreshCoordinator::new(store.clone());
+        let (expired, valid) = (key("expired"), key("valid"));
+        put(
+            &store,
+            &expired,
+            TokenSet::new(Secret::new("old")).with_expires_in(Duration::ZERO),
+        )
+        .await;
+        let hour = Duration::from_secs(3600);
+        put(
+            &store,
+            &valid,
+            TokenSet::new(Secret::new("new")).with_expires_in(hour),
+        )
+        .await;
+        assert!(store.load_now_unchecked_expiry(&expired).unwrap().is_some());
+        assert!(coordinator.token_now(&expired).is_none());
+        let (served, _) = coordinator
+            .token_now(&valid)
+            .expect("a valid token is served");
+        assert_eq!(served.access_token.expose(), "new");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expired_entries_free_their_slots() {
         let store = MemoryStore::builder().max_capacity(2).build();
