@@ -20,7 +20,7 @@ use crate::key::{AuthKey, Principal};
 use crate::refresh::RefreshCoordinator;
 use crate::replay::{
     Buffering, DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, Unfinished,
-    buffer_now, buffered, make_replayable, take_in_memory,
+    buffer_now, make_replayable,
 };
 use crate::store::BoxFuture;
 use crate::token::{Generation, TokenSet};
@@ -178,22 +178,13 @@ where
         // is boxed and nothing is awaited before the inner service is called (in place:
         // only the replay needs a service of its own).
         if let Some((token, now)) = layer.coordinator.token_now(&key) {
-            let max = layer.max_replay_body;
-            // In-memory bodies first: the template is taken where the request lies.
-            let (mut request, replay) = match take_in_memory(request.body_mut(), max) {
-                Ok(Some(bytes)) => {
-                    let (request, template) = buffered(request, bytes);
-                    (request, Some(template))
+            let (mut request, replay) = match buffer_now(request, layer.max_replay_body) {
+                Ok(Buffering::Ready(request, replay)) => (request, replay),
+                Ok(Buffering::Unfinished(unfinished)) => {
+                    let inner = take_readied(&mut self.inner);
+                    let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
+                    return later(layer, inner, Some((key, binding)), input, hand_back);
                 }
-                Ok(None) => match buffer_now(request, max) {
-                    Ok(Buffering::Ready(request, replay)) => (request, replay),
-                    Ok(Buffering::Unfinished(unfinished)) => {
-                        let inner = take_readied(&mut self.inner);
-                        let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
-                        return later(layer, inner, Some((key, binding)), input, hand_back);
-                    }
-                    Err(error) => return ResponseFuture::failed(error),
-                },
                 Err(error) => return ResponseFuture::failed(error),
             };
             let Some(header) = token.bearer_header() else {

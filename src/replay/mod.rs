@@ -226,12 +226,9 @@ pub(crate) enum Buffering {
 /// buffered by an outer layer (a reference count, not a copy) or a `Full<Bytes>` (read
 /// in place, left empty). `None` for any other body, which is left as it was.
 ///
-/// The hot path of every layer: the request is not moved, and with
+/// The common case of [`buffer_now`]: the request is not taken apart, and with
 /// [`buffered`] the replay template is built from it where it lies.
-pub(crate) fn take_in_memory<B: RequestBody>(
-    body: &mut B,
-    max: usize,
-) -> Result<Option<Bytes>, BoxError> {
+fn take_in_memory<B: RequestBody>(body: &mut B, max: usize) -> Result<Option<Bytes>, BoxError> {
     let slot = body as &mut dyn std::any::Any;
     if let Some(replay) = slot.downcast_mut::<ReplayBody>() {
         return Ok(replay.as_bytes().cloned());
@@ -257,10 +254,7 @@ pub(crate) fn take_in_memory<B: RequestBody>(
 
 /// `request` with `bytes` (its body, read by [`take_in_memory`]) as a buffered body,
 /// and the template to send it again.
-pub(crate) fn buffered<B>(
-    request: Request<B>,
-    bytes: Bytes,
-) -> (Request<ReplayBody>, ReplayTemplate) {
+fn buffered<B>(request: Request<B>, bytes: Bytes) -> (Request<ReplayBody>, ReplayTemplate) {
     let template = ReplayTemplate::of_request(&request, bytes.clone());
     (request.map(|_| ReplayBody::buffered(bytes)), template)
 }
