@@ -196,6 +196,11 @@ impl AuthKey {
         &self.principal
     }
 
+    /// The principal part, taken.
+    pub(crate) fn into_principal(self) -> Principal {
+        self.principal
+    }
+
     /// The binding part.
     pub fn binding(&self) -> BindingId {
         self.binding

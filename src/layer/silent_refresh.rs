@@ -20,7 +20,7 @@ use crate::key::{AuthKey, Principal};
 use crate::refresh::RefreshCoordinator;
 use crate::replay::{
     Buffering, DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, Unfinished,
-    buffer_now, make_replayable,
+    buffer_other_now, make_replayable, take_in_memory,
 };
 use crate::store::BoxFuture;
 use crate::token::{Generation, TokenSet};
@@ -178,30 +178,58 @@ where
         // is boxed and nothing is awaited before the inner service is called (in place:
         // only the replay needs a service of its own).
         if let Some((token, now)) = layer.coordinator.token_now(&key) {
-            let (mut request, replay) = match buffer_now(request, layer.max_replay_body) {
-                Ok(Buffering::Ready(request, replay)) => (request, replay),
-                Ok(Buffering::Unfinished(unfinished)) => {
-                    let inner = take_readied(&mut self.inner);
-                    let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
-                    return later(layer, inner, Some((key, binding)), input, hand_back);
-                }
-                Err(error) => return ResponseFuture::failed(error),
-            };
             let Some(header) = token.bearer_header() else {
                 return ResponseFuture::failed(invalid_token_header().into());
             };
-            request.headers_mut().insert(header::AUTHORIZATION, header);
-            let replay_service = replay.as_ref().map(|_| self.inner.clone());
-            let call = self.inner.call(request);
+            let generation = Some(token.generation);
+            let sent_at = hand_back.then(|| now.unwrap_or_else(SystemTime::now));
+            let context = RefreshContext {
+                coordinator: layer.coordinator.clone(),
+                binding,
+            };
+            let bytes = match take_in_memory(request.body_mut(), layer.max_replay_body) {
+                Ok(bytes) => bytes,
+                Err(error) => return ResponseFuture::failed(error),
+            };
+            let Some(bytes) = bytes else {
+                let (mut request, replay) = match buffer_other_now(request, layer.max_replay_body) {
+                    Ok(Buffering::Ready(request, replay)) => (request, replay),
+                    Ok(Buffering::Unfinished(unfinished)) => {
+                        let inner = take_readied(&mut self.inner);
+                        let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
+                        let key = Some((key, context.binding));
+                        return later(layer, inner, key, input, hand_back);
+                    }
+                    Err(error) => return ResponseFuture::failed(error),
+                };
+                request.headers_mut().insert(header::AUTHORIZATION, header);
+                let replay_service = replay.as_ref().map(|_| self.inner.clone());
+                return ResponseFuture {
+                    state: State::Calling {
+                        call: self.inner.call(request),
+                    },
+                    service: replay_service,
+                    context: Some(context),
+                    replay: replay.map(|template| (template, generation)),
+                    hand_back: sent_at,
+                };
+            };
+            // Built where they are kept: the template in the future, the request in the
+            // inner service's call (a copy of either costs as much as a lookup).
             return ResponseFuture {
-                state: State::Calling { call },
-                service: replay_service,
-                context: Some(RefreshContext {
-                    coordinator: layer.coordinator.clone(),
-                    binding,
-                }),
-                replay: replay.map(|template| (template, Some(token.generation))),
-                hand_back: hand_back.then(|| now.unwrap_or_else(SystemTime::now)),
+                replay: Some((
+                    ReplayTemplate::of_request(&request, bytes.clone(), Some(key.into_principal())),
+                    generation,
+                )),
+                service: Some(self.inner.clone()),
+                context: Some(context),
+                hand_back: sent_at,
+                state: State::Calling {
+                    call: self.inner.call({
+                        request.headers_mut().insert(header::AUTHORIZATION, header);
+                        request.map(|_| ReplayBody::buffered(bytes))
+                    }),
+                },
             };
         }
         let inner = take_readied(&mut self.inner);

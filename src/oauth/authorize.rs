@@ -387,6 +387,7 @@ impl Authorizer {
     }
 
     /// The credential store the authorizer writes to.
+    #[cfg(feature = "proxy")]
     pub(crate) fn store(&self) -> &Arc<dyn CredentialStore> {
         &self.inner.store
     }

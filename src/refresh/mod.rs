@@ -571,6 +571,7 @@ impl RefreshCoordinator {
 
     /// How long `key` is still cooling down after failed redemptions (`None`: it is
     /// not): refreshing is failing for this user.
+    #[cfg(feature = "proxy")]
     pub(crate) fn cooldown_remaining(&self, key: &AuthKey) -> Option<Duration> {
         let cooldown = self.inner.cooldowns.get(key)?;
         cooldown.until.checked_duration_since(Instant::now())

@@ -223,15 +223,23 @@ pub(crate) enum Buffering {
 }
 
 /// The bytes of a body that holds them already and fits in `max`: a `ReplayBody`
-/// buffered by an outer layer (a reference count, not a copy) or a `Full<Bytes>` (read
-/// in place, left empty). `None` for any other body, which is left as it was.
+/// buffered by an outer layer or a `Full<Bytes>` (read in place). Either is left
+/// empty, for the caller to replace (the bytes are moved, not counted twice). `None`
+/// for any other body, which is left as it was ([`buffer_other_now`] is for those).
 ///
-/// The common case of [`buffer_now`]: the request is not taken apart, and with
-/// [`buffered`] the replay template is built from it where it lies.
-fn take_in_memory<B: RequestBody>(body: &mut B, max: usize) -> Result<Option<Bytes>, BoxError> {
+/// The common case of [`buffer_now`]: the request is not taken apart, and the replay
+/// template can be built from it where it lies.
+pub(crate) fn take_in_memory<B: RequestBody>(
+    body: &mut B,
+    max: usize,
+) -> Result<Option<Bytes>, BoxError> {
     let slot = body as &mut dyn std::any::Any;
     if let Some(replay) = slot.downcast_mut::<ReplayBody>() {
-        return Ok(replay.as_bytes().cloned());
+        // Taken, not cloned: the caller replaces the body (one reference count less).
+        return Ok(match &mut replay.kind {
+            Kind::Buffered(bytes) => bytes.take(),
+            Kind::Original(_) => None,
+        });
     }
     let Some(full) = slot.downcast_mut::<Full<Bytes>>() else {
         return Ok(None);
@@ -255,7 +263,7 @@ fn take_in_memory<B: RequestBody>(body: &mut B, max: usize) -> Result<Option<Byt
 /// `request` with `bytes` (its body, read by [`take_in_memory`]) as a buffered body,
 /// and the template to send it again.
 fn buffered<B>(request: Request<B>, bytes: Bytes) -> (Request<ReplayBody>, ReplayTemplate) {
-    let template = ReplayTemplate::of_request(&request, bytes.clone());
+    let template = ReplayTemplate::of_request(&request, bytes.clone(), None);
     (request.map(|_| ReplayBody::buffered(bytes)), template)
 }
 
@@ -270,6 +278,15 @@ pub(crate) fn buffer_now<B: RequestBody>(
         let (request, template) = buffered(request, bytes);
         return Ok(Buffering::Ready(request, Some(template)));
     }
+    buffer_other_now(request, max)
+}
+
+/// [`buffer_now`] for a body [`take_in_memory`] left as it was: a body that is not
+/// in memory, or may not fit.
+pub(crate) fn buffer_other_now<B: RequestBody>(
+    request: Request<B>,
+    max: usize,
+) -> Result<Buffering, BoxError> {
     let (parts, body) = request.into_parts();
     let mut body = ReplayBody::new(body);
     let fits = body

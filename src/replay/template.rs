@@ -31,11 +31,16 @@ enum SavedExtensions {
 }
 
 impl SavedExtensions {
-    fn of(extensions: &Extensions) -> Self {
+    /// `principal`: a clone of the [`Principal`] in `extensions`, when the caller holds
+    /// one already (spares a lookup and a reference count).
+    fn of(extensions: &Extensions, principal: Option<Principal>) -> Self {
         match extensions.len() {
             0 => Self::Empty,
-            1 => match Principal::from_extensions(extensions) {
-                Some(principal) => Self::Principal(principal.clone()),
+            1 => match principal.or_else(|| Principal::from_extensions(extensions).cloned()) {
+                Some(principal) => {
+                    debug_assert!(Principal::from_extensions(extensions) == Some(&principal));
+                    Self::Principal(principal)
+                }
                 None => Self::All(extensions.clone()),
             },
             _ => Self::All(extensions.clone()),
@@ -56,13 +61,19 @@ impl SavedExtensions {
 }
 
 impl ReplayTemplate {
-    pub(super) fn of_request<B>(request: &Request<B>, body: Bytes) -> Self {
+    /// The template of `request` with `body`. `principal`: a clone of the request's
+    /// [`Principal`], when the caller holds one already.
+    pub(crate) fn of_request<B>(
+        request: &Request<B>,
+        body: Bytes,
+        principal: Option<Principal>,
+    ) -> Self {
         Self {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            headers: request.headers().clone(),
-            extensions: SavedExtensions::of(request.extensions()),
+            headers: clone_headers(request.headers()),
+            extensions: SavedExtensions::of(request.extensions(), principal),
             body,
         }
     }
@@ -72,8 +83,8 @@ impl ReplayTemplate {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
-            extensions: SavedExtensions::of(&parts.extensions),
+            headers: clone_headers(&parts.headers),
+            extensions: SavedExtensions::of(&parts.extensions, None),
             body,
         }
     }
@@ -106,6 +117,15 @@ impl ReplayTemplate {
         *request.headers_mut() = self.headers.clone();
         *request.extensions_mut() = self.extensions.restore();
         request
+    }
+}
+
+/// `headers`, cloned; an empty map costs nothing (its clone would copy its fields).
+fn clone_headers(headers: &HeaderMap) -> HeaderMap {
+    if headers.is_empty() {
+        HeaderMap::new()
+    } else {
+        headers.clone()
     }
 }
 
