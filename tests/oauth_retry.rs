@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use serde_json::json;
 use tower::{BoxError, Layer, ServiceExt};
 use tower_mcp_auth::store::MemoryStore;
@@ -120,6 +122,47 @@ async fn a_request_without_credentials_authorizes_and_is_replayed_once() {
     let stats = w.auth.stats();
     assert_eq!((stats.registrations, stats.authorization_requests), (1, 1));
     assert_eq!(w.mcp.stats().unauthorized, 1);
+}
+
+/// The stack's hot path on a 401: a stored token, and a `Full` body, which the outer
+/// layer reads into its `ReplayBody` and the silent refresh layer takes over from it
+/// for its replay copy (moved, not copied). The silent refresh layer redeems the
+/// refresh token and sends the same request again, body included; the outer layer
+/// starts no sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refreshed_and_the_same_body_replayed_through_the_stack() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    let client = w.waiting_client();
+    let first = call_tool(client.clone(), &w.mcp.url(), &alice(), "whoami").await;
+    assert_eq!(first.unwrap(), "alice");
+    w.auth.revoke_access_tokens("alice");
+    let (auth_before, mcp_before) = (w.auth.stats(), w.mcp.stats());
+
+    let (parts, _) = jsonrpc_request(&w.mcp.url(), 2, "tools/call", json!({})).into_parts();
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "the same body"}}});
+    let mut request = http::Request::from_parts(parts, Full::new(Bytes::from(call.to_string())));
+    request.extensions_mut().insert(alice());
+    let response = client.oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let message = read_jsonrpc(&response).unwrap();
+    assert_eq!(
+        message["result"]["content"][0]["text"], "the same body",
+        "the replay carried the tool call's body"
+    );
+    let (auth, mcp) = (w.auth.stats(), w.mcp.stats());
+    assert_eq!(auth.refresh_requests - auth_before.refresh_requests, 1);
+    assert_eq!(
+        auth.authorization_requests, auth_before.authorization_requests,
+        "no new sign-in"
+    );
+    assert_eq!(
+        mcp.unauthorized - mcp_before.unauthorized,
+        1,
+        "the revoked token, then the replay: {mcp:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
