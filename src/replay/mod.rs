@@ -268,8 +268,9 @@ fn buffered<B>(request: Request<B>, bytes: Bytes) -> (Request<ReplayBody>, Repla
 }
 
 /// Buffers `request`'s body if it is known to fit in `max` bytes and is already in
-/// memory, without waiting: the hot path of every layer (no future, no allocation
-/// for a body that is buffered already, `Full` or reqwest's in-memory body).
+/// memory, without waiting: the hot path of every layer (no future; no allocation for
+/// a `Full` or a `ReplayBody`, while another in-memory body, reqwest's for one, is
+/// boxed once before it is read).
 pub(crate) fn buffer_now<B: RequestBody>(
     mut request: Request<B>,
     max: usize,
