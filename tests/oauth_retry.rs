@@ -165,6 +165,57 @@ async fn a_revoked_token_is_refreshed_and_the_same_body_replayed_through_the_sta
     );
 }
 
+/// The silent refresh layer keeps no copy of a URI that is the resource's own (nearly
+/// every request), and a copy of any other: a replay goes where the request went,
+/// written the same, whether the refresh layer replays it or hands it back for an
+/// authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_go_to_the_uri_the_request_was_sent_to() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    let client = w.waiting_client();
+    let with_query = format!("{}?session=7", w.mcp.url());
+    // A first request without credentials: handed back, authorized, replayed.
+    for url in [w.mcp.url(), with_query.clone()] {
+        let (parts, _) = jsonrpc_request(&url, 1, "tools/call", json!({})).into_parts();
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}});
+        let mut request =
+            http::Request::from_parts(parts, Full::new(Bytes::from(call.to_string())));
+        request.extensions_mut().insert(alice());
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        // Then a revoked token: refreshed and replayed by the refresh layer.
+        w.auth.revoke_access_tokens("alice");
+    }
+    let (parts, _) = jsonrpc_request(&w.mcp.url(), 2, "tools/list", json!({})).into_parts();
+    let mut request = http::Request::from_parts(
+        parts,
+        Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+        )),
+    );
+    request.extensions_mut().insert(alice());
+    assert_eq!(
+        client.oneshot(request).await.unwrap().status(),
+        http::StatusCode::OK
+    );
+
+    let (plain, queried) = ("/mcp", "/mcp?session=7");
+    assert_eq!(
+        w.mcp.seen_targets(),
+        [
+            plain, plain, // no credentials, then the replay after the authorization
+            queried, queried, // the revoked token, then the replay after the refresh
+            plain, plain, // the same for the resource's own URI
+        ],
+        "{:?}",
+        w.mcp.stats()
+    );
+    assert_eq!(w.auth.stats().authorization_requests, 1);
+    assert_eq!(w.auth.stats().refresh_requests, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_requests_share_one_registration_and_one_flow() {
     let w = World::new().await;

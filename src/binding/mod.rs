@@ -14,7 +14,7 @@ use crate::token::Secret;
 
 mod scope;
 
-pub(crate) use scope::{Scope, covers};
+pub(crate) use scope::{Coverage, Scope, covers};
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3,
 /// `token_endpoint_auth_method` of RFC 7591).
@@ -276,6 +276,16 @@ impl BindingSlot {
         self.inner.resource.covers(uri)
     }
 
+    /// [`covers`](Self::covers), telling the resource's own URI apart.
+    pub(crate) fn coverage(&self, uri: &http::Uri) -> Coverage {
+        self.inner.resource.coverage(uri)
+    }
+
+    /// The resource's URI, as a request found [`Coverage::Exact`] wrote it.
+    pub(crate) fn exact_uri(&self) -> Option<&http::Uri> {
+        self.inner.resource.exact_uri()
+    }
+
     /// The binding for `tenant`, if known.
     pub fn get(&self, tenant: &str) -> Option<Arc<ServerBinding>> {
         self.lookup(tenant, || crate::key::tenant_hash(tenant))
@@ -287,9 +297,26 @@ impl BindingSlot {
         self.lookup(principal.tenant(), || principal.tenant_hash())
     }
 
+    /// The id of the binding for `principal`'s tenant: the layers' hot path, which
+    /// needs no more than the key (no reference count taken).
+    pub(crate) fn id_for_principal(&self, principal: &crate::Principal) -> Option<BindingId> {
+        self.visit(principal.tenant(), || principal.tenant_hash(), |b| b.id)
+    }
+
     fn lookup(&self, tenant: &str, hash: impl FnOnce() -> u64) -> Option<Arc<ServerBinding>> {
+        self.visit(tenant, hash, Arc::clone)
+    }
+
+    /// `read` applied to the binding for `tenant`, under the lock when tenants have
+    /// bindings of their own.
+    fn visit<T>(
+        &self,
+        tenant: &str,
+        hash: impl FnOnce() -> u64,
+        read: impl FnOnce(&Arc<ServerBinding>) -> T,
+    ) -> Option<T> {
         if !self.inner.has_tenants.load(Ordering::Acquire) {
-            return self.inner.fixed.clone();
+            return self.inner.fixed.as_ref().map(read);
         }
         let by_tenant = self
             .inner
@@ -298,8 +325,8 @@ impl BindingSlot {
             .unwrap_or_else(|e| e.into_inner());
         by_tenant
             .get(hash(), tenant)
-            .cloned()
-            .or_else(|| self.inner.fixed.clone())
+            .or(self.inner.fixed.as_ref())
+            .map(read)
     }
 
     /// Sets the binding for `tenant`.

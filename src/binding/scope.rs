@@ -77,20 +77,52 @@ pub(crate) struct Scope {
     /// no request matches exactly.
     origin: Option<Box<str>>,
     base: Box<str>,
+    /// The resource as an `http::Uri` written exactly as a request that names the
+    /// canonical origin and `base` without a query is (`None` when no such request
+    /// can be the resource itself, e.g. a path with a trailing slash).
+    exact: Option<http::Uri>,
+}
+
+/// How a request's URI relates to a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Coverage {
+    /// Not for the resource.
+    Outside,
+    /// The resource's own URI, written as [`Scope::exact_uri`] is.
+    Exact,
+    /// For the resource, written otherwise or below its path.
+    Within,
 }
 
 impl Scope {
     pub(crate) fn new(resource: Url) -> Self {
-        let origin = resource
+        let origin: Option<Box<str>> = resource
             .username()
             .is_empty()
             .then(|| resource[url::Position::BeforeHost..url::Position::AfterPort].into());
+        let base: Box<str> = resource.path().trim_end_matches('/').into();
+        let exact = origin
+            .as_ref()
+            .filter(|_| resource.query().is_none() && &*base == resource.path())
+            .and_then(|_| resource.as_str().parse::<http::Uri>().ok())
+            .filter(|uri| {
+                uri.scheme_str() == Some(resource.scheme())
+                    && uri.authority().map(|a| a.as_str()) == origin.as_deref()
+                    && uri.path() == &*base
+                    && uri.query().is_none()
+            });
         Self {
             scheme: resource.scheme().into(),
             origin,
-            base: resource.path().trim_end_matches('/').into(),
+            base,
+            exact,
             resource,
         }
+    }
+
+    /// The resource's URI for a request that was [`Coverage::Exact`].
+    pub(crate) fn exact_uri(&self) -> Option<&http::Uri> {
+        self.exact.as_ref()
     }
 
     pub(crate) fn resource(&self) -> &Url {
@@ -99,15 +131,31 @@ impl Scope {
 
     /// [`covers`], the same answer for every `uri`.
     pub(crate) fn covers(&self, uri: &http::Uri) -> bool {
-        let exact = uri.scheme_str() == Some(&*self.scheme)
+        self.coverage(uri) != Coverage::Outside
+    }
+
+    /// [`covers`], telling the resource's own URI apart (the comparisons made anyway).
+    pub(crate) fn coverage(&self, uri: &http::Uri) -> Coverage {
+        let canonical_origin = uri.scheme_str() == Some(&*self.scheme)
             && self.origin.as_deref().is_some_and(|origin| {
                 uri.authority()
                     .is_some_and(|authority| authority.as_str() == origin)
             });
-        if exact {
-            return covers_base(&self.base, uri.path());
+        if !canonical_origin {
+            return match covers(&self.resource, uri) {
+                true => Coverage::Within,
+                false => Coverage::Outside,
+            };
         }
-        covers(&self.resource, uri)
+        let path = uri.path();
+        if !covers_base(&self.base, path) {
+            Coverage::Outside
+        } else if self.exact.is_some() && path.len() == self.base.len() && uri.query().is_none() {
+            // `covers_base` passed and the lengths match: the path is `base`.
+            Coverage::Exact
+        } else {
+            Coverage::Within
+        }
     }
 }
 
@@ -246,7 +294,44 @@ mod tests {
             for uri in uris {
                 let uri: http::Uri = uri.parse().unwrap();
                 assert_eq!(scope.covers(&uri), covers(&url, &uri), "{resource} {uri}");
+                // "Exact" promises that the scope's URI, written out, is the request's.
+                if scope.coverage(&uri) == Coverage::Exact {
+                    let exact = scope.exact_uri().expect("an exact URI to stand in");
+                    assert_eq!(exact.to_string(), uri.to_string(), "{resource} {uri}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn only_the_resource_written_canonically_is_exact() {
+        let coverage = |resource: &str, uri: &str| {
+            Scope::new(resource.parse().unwrap()).coverage(&uri.parse().unwrap())
+        };
+        let mcp = "https://mcp.example/mcp";
+        assert_eq!(coverage(mcp, "https://mcp.example/mcp"), Coverage::Exact);
+        for within in [
+            "https://mcp.example/mcp?x=1",
+            "https://mcp.example/mcp/",
+            "https://mcp.example/mcp/x",
+            "https://MCP.example/mcp",
+            "https://mcp.example:443/mcp",
+        ] {
+            assert_eq!(coverage(mcp, within), Coverage::Within, "{within}");
+        }
+        assert_eq!(coverage(mcp, "https://mcp.example/mcpx"), Coverage::Outside);
+        // Resources no request can be written as exactly: never exact.
+        for resource in [
+            "https://mcp.example/mcp/",
+            "https://mcp.example",
+            "https://mcp.example/mcp?v=1",
+        ] {
+            let uri = resource.parse::<Url>().unwrap().to_string();
+            assert_eq!(coverage(resource, &uri), Coverage::Within, "{resource}");
+        }
+        assert_eq!(
+            coverage("http://[::1]:9000/mcp", "http://[::1]:9000/mcp"),
+            Coverage::Exact
+        );
     }
 }

@@ -226,22 +226,31 @@ impl OAuthRetryLayer {
     }
 }
 
-impl<S> Layer<S> for OAuthRetryLayer {
+impl<S: Clone> Layer<S> for OAuthRetryLayer {
     type Service = OAuthRetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         OAuthRetry {
+            retry: Arc::new(Retry {
+                shared: self.shared.clone(),
+                service: inner.clone(),
+            }),
             inner,
-            shared: self.shared.clone(),
         }
     }
 }
 
 /// The service of [`OAuthRetryLayer`].
+///
+/// A replay after an authorization goes through a clone of the inner service taken
+/// when the layer was applied (readied before the call), so a request costs no clone
+/// of the inner service: changes made through [`get_mut`](Self::get_mut) reach first
+/// sends only.
 #[derive(Clone)]
 pub struct OAuthRetry<S> {
     inner: S,
-    shared: Arc<Shared>,
+    // One reference count per request for all a retry needs.
+    retry: Arc<Retry<S>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for OAuthRetry<S> {
@@ -286,23 +295,18 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let shared = &self.shared;
-        if let Some(default) = &shared.default_principal {
+        if let Some(default) = &self.retry.shared.default_principal {
             principal_or_default(&mut request, Some(default));
         }
         // No copy of the request here: the silent refresh layer below keeps one to
         // replay after a refresh, and hands it back if an authorization is needed.
         hand_back::mark(&mut request);
-        // The readied service is called in place; the retry gets a clone of its own.
-        let retry = Retry {
-            shared: shared.clone(),
-            service: self.inner.clone(),
-        };
+        // The readied service is called in place; a retry uses the service kept for it.
         ResponseFuture {
             state: State::Calling {
                 call: self.inner.call(request.map(ReplayBody::new)),
             },
-            retry: Some(retry),
+            retry: Some(self.retry.clone()),
         }
     }
 }
@@ -310,6 +314,15 @@ where
 struct Retry<S> {
     shared: Arc<Shared>,
     service: S,
+}
+
+impl<S: Clone> Clone for Retry<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            service: self.service.clone(),
+        }
+    }
 }
 
 /// Response future of [`OAuthRetry`].
@@ -320,7 +333,7 @@ where
 {
     #[pin]
     state: State<S, R>,
-    retry: Option<Retry<S>>,
+    retry: Option<Arc<Retry<S>>>,
 }
 
 #[pin_project(project = StateProj)]
@@ -375,8 +388,12 @@ where
                     tracing::debug!("authorization needed on a request that cannot be replayed");
                     return Poll::Ready(result);
                 };
-                let mut authorize =
-                    Box::pin(authorize_and_replay(retry, principal, hand_back, cause));
+                let mut authorize = Box::pin(authorize_and_replay(
+                    Retry::clone(&retry),
+                    principal,
+                    hand_back,
+                    cause,
+                ));
                 let poll = authorize.as_mut().poll(cx);
                 this.state.set(State::Authorizing { authorize });
                 poll

@@ -14,13 +14,13 @@ use tracing::debug;
 
 use super::hand_back::{self, HandBack};
 use super::principal_or_default;
-use crate::binding::{BindingSlot, ServerBinding};
+use crate::binding::{BindingSlot, Coverage, ServerBinding};
 use crate::error::{Error, TransientReason};
 use crate::key::{AuthKey, Principal};
 use crate::refresh::RefreshCoordinator;
 use crate::replay::{
     Buffering, DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, Unfinished,
-    buffer_other_now, make_replayable, take_in_memory,
+    UnresolvedUri, buffer_other_now, make_replayable, take_in_memory,
 };
 use crate::store::BoxFuture;
 use crate::token::{Generation, TokenSet};
@@ -100,23 +100,37 @@ impl SilentRefreshLayer {
     }
 }
 
-impl<S> Layer<S> for SilentRefreshLayer {
+impl<S: Clone> Layer<S> for SilentRefreshLayer {
     type Service = SilentRefresh<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         SilentRefresh {
+            shared: Arc::new(Shared {
+                layer: self.clone(),
+                replay_service: inner.clone(),
+            }),
             inner,
-            layer: Arc::new(self.clone()),
         }
     }
 }
 
 /// The service of [`SilentRefreshLayer`].
+///
+/// A replay goes through a clone of the inner service taken when the layer was
+/// applied (readied before the call), so a request costs no clone of the inner
+/// service: changes made through [`get_mut`](Self::get_mut) reach first sends only.
 #[derive(Clone, Debug)]
 pub struct SilentRefresh<S> {
     inner: S,
-    // Behind one `Arc`: the service is cloned twice per request.
-    layer: Arc<SilentRefreshLayer>,
+    // Behind one `Arc`: the service is cloned per request, and so is this for the
+    // response future, which needs it only on a 401.
+    shared: Arc<Shared<S>>,
+}
+
+#[derive(Debug)]
+struct Shared<S> {
+    layer: SilentRefreshLayer,
+    replay_service: S,
 }
 
 impl<S> SilentRefresh<S> {
@@ -151,42 +165,32 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let layer = &*self.layer;
+        let layer = &self.shared.layer;
         let hand_back = hand_back::take_mark(&mut request);
-        if !layer.bindings.covers(request.uri()) {
+        let coverage = layer.bindings.coverage(request.uri());
+        if coverage == Coverage::Outside {
             return ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)));
         }
         let Some(principal) = principal_or_default(&mut request, layer.default_principal.as_ref())
         else {
             return ResponseFuture::failed(Error::MissingPrincipal.into());
         };
-        let binding = layer.bindings.for_principal(principal);
-        let key = binding
-            .as_ref()
-            .map(|binding| AuthKey::new(principal, binding.id()));
-        let (Some(binding), Some(key)) = (binding, key) else {
-            // No client registered for this tenant yet: nothing to attach or refresh.
-            // A 401 goes back as it is, for an OAuthRetryLayer to act on (with the
-            // request to replay, when it asked for it).
-            if hand_back {
-                let inner = take_readied(&mut self.inner);
-                return later(layer, inner, None, PrepareInput::Request(request), true);
-            }
-            return ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)));
+        let Some(key) = layer
+            .bindings
+            .id_for_principal(principal)
+            .map(|binding| AuthKey::new(principal, binding))
+        else {
+            return self.unbound(request, hand_back);
         };
         // The hot path: a valid token at hand and a body already in memory. No future
         // is boxed and nothing is awaited before the inner service is called (in place:
-        // only the replay needs a service of its own).
-        if let Some((token, now)) = layer.coordinator.token_now(&key) {
-            let Some(header) = token.bearer_header() else {
+        // a replay uses the service kept for it).
+        if let Some(token) = layer.coordinator.token_now(&key) {
+            let Some(header) = token.header else {
                 return ResponseFuture::failed(invalid_token_header().into());
             };
             let generation = Some(token.generation);
-            let sent_at = hand_back.then(|| now.unwrap_or_else(SystemTime::now));
-            let context = RefreshContext {
-                coordinator: layer.coordinator.clone(),
-                binding,
-            };
+            let sent_at = hand_back.then(|| token.now.unwrap_or_else(SystemTime::now));
             let bytes = match take_in_memory(request.body_mut(), layer.max_replay_body) {
                 Ok(bytes) => bytes,
                 Err(error) => return ResponseFuture::failed(error),
@@ -195,22 +199,19 @@ where
                 let (mut request, replay) = match buffer_other_now(request, layer.max_replay_body) {
                     Ok(Buffering::Ready(request, replay)) => (request, replay),
                     Ok(Buffering::Unfinished(unfinished)) => {
-                        let inner = take_readied(&mut self.inner);
                         let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
-                        let key = Some((key, context.binding));
-                        return later(layer, inner, key, input, hand_back);
+                        return self.later(Some(key), input, hand_back);
                     }
                     Err(error) => return ResponseFuture::failed(error),
                 };
                 request.headers_mut().insert(header::AUTHORIZATION, header);
-                let replay_service = replay.as_ref().map(|_| self.inner.clone());
                 return ResponseFuture {
                     state: State::Calling {
                         call: self.inner.call(request),
                     },
-                    service: replay_service,
-                    context: Some(context),
-                    replay: replay.map(|template| (template, generation)),
+                    service: None,
+                    shared: replay.is_some().then(|| self.shared.clone()),
+                    replay: replay.map(|template| (template.unresolved(), generation)),
                     hand_back: sent_at,
                 };
             };
@@ -218,11 +219,16 @@ where
             // inner service's call (a copy of either costs as much as a lookup).
             return ResponseFuture {
                 replay: Some((
-                    ReplayTemplate::of_request(&request, bytes.clone(), Some(key.into_principal())),
+                    ReplayTemplate::of_request_to(
+                        &request,
+                        bytes.clone(),
+                        Some(key.into_principal()),
+                        coverage == Coverage::Exact,
+                    ),
                     generation,
                 )),
-                service: Some(self.inner.clone()),
-                context: Some(context),
+                service: None,
+                shared: Some(self.shared.clone()),
                 hand_back: sent_at,
                 state: State::Calling {
                     call: self.inner.call({
@@ -232,51 +238,61 @@ where
                 },
             };
         }
-        let inner = take_readied(&mut self.inner);
-        let input = PrepareInput::Request(request);
-        later(layer, inner, Some((key, binding)), input, hand_back)
+        self.later(Some(key), PrepareInput::Request(request), hand_back)
     }
 }
 
-/// The readied service, for a future that calls it later; a fresh clone stays behind.
-fn take_readied<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
-}
-
-/// The path that awaits: the store, a refresh, or a body still arriving. Without a
-/// key (no binding yet) the request is only buffered, for the layer above to replay.
-fn later<S, B>(
-    layer: &SilentRefreshLayer,
-    inner: S,
-    key: Option<(AuthKey, Arc<ServerBinding>)>,
-    input: PrepareInput<B>,
-    hand_back: bool,
-) -> ResponseFuture<S>
+impl<S> SilentRefresh<S>
 where
-    S: Service<Request<ReplayBody>>,
-    B: RequestBody,
+    S: Service<Request<ReplayBody>> + Clone,
 {
-    let (key, context) = key
-        .map(|(key, binding)| {
-            let context = RefreshContext {
+    /// No client registered for the request's tenant yet: nothing to attach or
+    /// refresh. A 401 goes back as it is, for an `OAuthRetryLayer` to act on (with the
+    /// request to replay, when it asked for it).
+    fn unbound<B: RequestBody>(
+        &mut self,
+        request: Request<B>,
+        hand_back: bool,
+    ) -> ResponseFuture<S> {
+        if hand_back {
+            return self.later(None, PrepareInput::Request(request), true);
+        }
+        ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)))
+    }
+
+    /// The path that awaits: the store, a refresh, or a body still arriving. Without a
+    /// key (no binding yet) the request is only buffered, for the layer above to
+    /// replay. The readied service goes into the future; a fresh clone stays behind.
+    fn later<B: RequestBody>(
+        &mut self,
+        key: Option<AuthKey>,
+        input: PrepareInput<B>,
+        hand_back: bool,
+    ) -> ResponseFuture<S> {
+        let layer = &self.shared.layer;
+        // The binding itself (the hot path took only its id); gone meanwhile, the
+        // request goes as one without.
+        let key = key.and_then(|key| {
+            let binding = layer.bindings.for_principal(key.principal())?;
+            Some((AuthKey::new(key.principal(), binding.id()), binding))
+        });
+        let context = key.map(|(key, binding)| {
+            let refresh = RefreshContext {
                 coordinator: layer.coordinator.clone(),
                 binding,
             };
-            (key, context)
-        })
-        .unzip();
-    let prepare = Box::pin(prepare(
-        key.zip(context.clone()),
-        input,
-        layer.max_replay_body,
-    ));
-    ResponseFuture {
-        state: State::Preparing { prepare },
-        service: Some(inner),
-        context,
-        replay: None,
-        hand_back: hand_back.then(SystemTime::now),
+            (key, refresh)
+        });
+        let has_key = context.is_some();
+        let prepare = Box::pin(prepare(context, input, layer.max_replay_body));
+        let clone = self.inner.clone();
+        ResponseFuture {
+            state: State::Preparing { prepare },
+            service: Some(std::mem::replace(&mut self.inner, clone)),
+            shared: has_key.then(|| self.shared.clone()),
+            replay: None,
+            hand_back: hand_back.then(SystemTime::now),
+        }
     }
 }
 
@@ -295,10 +311,7 @@ fn invalid_token_header() -> Error {
     )
 }
 
-/// What a refresh needs besides the key, which is rebuilt from the replay template's
-/// principal when a 401 calls for it (the future stays smaller, and a request that
-/// succeeds, nearly all of them, never needs it).
-#[derive(Clone)]
+/// What a refresh needs besides the key.
 struct RefreshContext {
     coordinator: RefreshCoordinator,
     binding: Arc<ServerBinding>,
@@ -362,10 +375,11 @@ where
 {
     #[pin]
     state: State<S>,
-    /// The service for the replay (not yet readied; `Oneshot` readies it).
+    /// The readied service, for a call once the request is prepared.
     service: Option<S>,
-    context: Option<RefreshContext>,
-    replay: Option<(ReplayTemplate, Option<Generation>)>,
+    /// The layer, for a refresh and a replay after a 401 (`None`: a 401 is passed on).
+    shared: Option<Arc<Shared<S>>>,
+    replay: Option<(ReplayTemplate<UnresolvedUri>, Option<Generation>)>,
     /// When the layer above asked for the request back: when it was sent.
     hand_back: Option<SystemTime>,
 }
@@ -403,7 +417,7 @@ where
         Self {
             state: State::Calling { call },
             service: None,
-            context: None,
+            shared: None,
             replay: None,
             hand_back: None,
         }
@@ -413,35 +427,46 @@ where
         Self {
             state: State::Failed { error: Some(error) },
             service: None,
-            context: None,
+            shared: None,
             replay: None,
             hand_back: None,
         }
     }
 }
 
-/// `result`, with the request to replay attached when the layer above asked for it.
+/// `result`, with the request to replay attached when the layer above asked for it
+/// (`template` is called only then).
 fn finish<R>(
     result: Result<Response<R>, BoxError>,
     sent_at: Option<SystemTime>,
-    template: Option<&ReplayTemplate>,
+    template: impl FnOnce() -> Option<ReplayTemplate>,
 ) -> Result<Response<R>, BoxError> {
+    let Some(sent_at) = sent_at else {
+        return result;
+    };
     let acted_on = result.as_ref().map_or(true, |response| {
         matches!(
             response.status(),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
         )
     });
-    match (sent_at, template) {
-        (Some(sent_at), Some(template)) if acted_on => hand_back::attach(
-            result,
-            HandBack {
-                template: template.clone(),
-                sent_at,
-            },
-        ),
-        _ => result,
+    if !acted_on {
+        return result;
     }
+    match template() {
+        Some(template) => hand_back::attach(result, HandBack { template, sent_at }),
+        None => result,
+    }
+}
+
+/// The kept template with its URI (the layer's resource standing for the one not
+/// kept).
+fn resolved<S>(
+    replay: &Option<(ReplayTemplate<UnresolvedUri>, Option<Generation>)>,
+    shared: &Option<Arc<Shared<S>>>,
+) -> Option<ReplayTemplate> {
+    let (template, _) = replay.as_ref()?;
+    template.resolve(shared.as_ref().and_then(|s| s.layer.bindings.exact_uri()))
 }
 
 impl<S, ResBody> Future for ResponseFuture<S>
@@ -460,32 +485,30 @@ where
                         Ok(prepared) => prepared,
                         Err((error, template)) => {
                             let sent_at = *this.hand_back;
-                            return Poll::Ready(finish(Err(error), sent_at, template.as_ref()));
+                            return Poll::Ready(finish(Err(error), sent_at, || template));
                         }
                     };
                     let Some(mut service) = this.service.take() else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
-                    if let Some(template) = prepared.replay {
-                        *this.replay = Some((template, prepared.generation));
-                        *this.service = Some(service.clone());
-                    }
+                    *this.replay = prepared
+                        .replay
+                        .map(|template| (template.unresolved(), prepared.generation));
                     let call = service.call(prepared.request);
                     this.state.set(State::Calling { call });
                 }
                 StateProj::Calling { call } => {
                     let response = ready!(call.poll(cx)).map_err(Into::into)?;
-                    let template = this.replay.as_ref().map(|(template, _)| template);
+                    let (replay, shared) = (&*this.replay, &*this.shared);
+                    let kept = || resolved(replay, shared);
                     if response.status() != StatusCode::UNAUTHORIZED {
-                        return Poll::Ready(finish(Ok(response), *this.hand_back, template));
+                        return Poll::Ready(finish(Ok(response), *this.hand_back, kept));
                     }
-                    let (Some(context), Some((template, generation))) =
-                        (this.context.as_ref(), this.replay.as_ref())
-                    else {
+                    let (Some(shared), Some((template, generation))) = (shared, replay) else {
                         debug!(
                             "401 passed on: no stored credentials to refresh, or the request cannot be replayed"
                         );
-                        return Poll::Ready(finish(Ok(response), *this.hand_back, template));
+                        return Poll::Ready(finish(Ok(response), *this.hand_back, kept));
                     };
                     let www_authenticate = response
                         .headers()
@@ -494,17 +517,20 @@ where
                         .cloned()
                         .collect();
                     // The principal the request was sent for (the layer put it there).
-                    let Some(principal) = template.principal() else {
-                        return Poll::Ready(finish(Ok(response), *this.hand_back, Some(template)));
+                    // The binding looked up again: the request needed only its id.
+                    let layer = &shared.layer;
+                    let Some((principal, binding)) = template.principal().and_then(|principal| {
+                        Some((principal, layer.bindings.for_principal(principal)?))
+                    }) else {
+                        return Poll::Ready(finish(Ok(response), *this.hand_back, kept));
                     };
-                    let key = AuthKey::new(principal, context.binding.id());
-                    let context = context.clone();
+                    let key = AuthKey::new(principal, binding.id());
+                    let coordinator = layer.coordinator.clone();
                     let generation = *generation;
                     debug!(key = %key, "401 from the resource server; refreshing");
                     let refresh = Box::pin(async move {
-                        context
-                            .coordinator
-                            .refresh_rejected(&key, &context.binding, generation)
+                        coordinator
+                            .refresh_rejected(&key, &binding, generation)
                             .await
                     });
                     this.state.set(State::Refreshing {
@@ -516,18 +542,20 @@ where
                     refresh,
                     www_authenticate,
                 } => {
-                    let template = this.replay.as_ref().map(|(template, _)| template);
+                    let (replay, shared) = (&*this.replay, &*this.shared);
                     let token = match ready!(refresh.as_mut().poll(cx)) {
                         Ok(token) => token,
                         Err(error) => {
                             let challenge = std::mem::take(www_authenticate);
                             let error = error.with_challenge(challenge).into();
-                            return Poll::Ready(finish(Err(error), *this.hand_back, template));
+                            let kept = || resolved(replay, shared);
+                            return Poll::Ready(finish(Err(error), *this.hand_back, kept));
                         }
                     };
-                    let (Some(template), Some(service)) = (template, this.service.take()) else {
+                    let (Some(template), Some(shared)) = (resolved(replay, shared), shared) else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
+                    let service = shared.replay_service.clone();
                     let mut request = template.request();
                     request
                         .headers_mut()
@@ -538,8 +566,10 @@ where
                 }
                 StateProj::Replaying { call } => {
                     let result = ready!(call.as_mut().poll(cx)).map_err(Into::into);
-                    let template = this.replay.as_ref().map(|(template, _)| template);
-                    return Poll::Ready(finish(result, *this.hand_back, template));
+                    let (replay, shared) = (&*this.replay, &*this.shared);
+                    return Poll::Ready(finish(result, *this.hand_back, || {
+                        resolved(replay, shared)
+                    }));
                 }
                 StateProj::Failed { error } => {
                     let error = error

@@ -89,6 +89,15 @@ struct Cooldown {
     error: Error,
 }
 
+/// A token the hot path may send as it is (see [`RefreshCoordinator::token_now`]).
+pub(crate) struct ServableToken {
+    /// `Bearer <access token>` (`None`: not a valid header value).
+    pub(crate) header: Option<http::HeaderValue>,
+    pub(crate) generation: Generation,
+    /// The time read to tell it is still valid (none for a token without expiry).
+    pub(crate) now: Option<SystemTime>,
+}
+
 /// Builds a [`RefreshCoordinator`].
 pub struct RefreshCoordinatorBuilder {
     store: Arc<dyn CredentialStore>,
@@ -275,20 +284,37 @@ impl RefreshCoordinator {
     /// The hot path of [`token`](Self::token): the stored token if it can be had
     /// without waiting (the read cache of a shared store, or an in-memory store) and is
     /// valid and not yet due for refresh. `None` means: ask [`token`](Self::token).
-    /// Also the time read to tell (none for a token without expiry).
-    pub(crate) fn token_now(&self, key: &AuthKey) -> Option<(Arc<TokenSet>, Option<SystemTime>)> {
-        let cached = match &self.inner.hot {
-            Some(hot) => hot.get(key)?,
-            // The expiry is checked below, by `serve_until`.
-            None => self.inner.store.load_now_unchecked_expiry(key)??,
+    /// Read in place where the store allows: a request takes no reference to the
+    /// token set.
+    pub(crate) fn token_now(&self, key: &AuthKey) -> Option<ServableToken> {
+        let (config, id) = (&self.inner.config, self.inner.id);
+        let servable = |tokens: &TokenSet| {
+            let until = tokens.serve_until(id, |tokens| config.serve_until(tokens));
+            let token = ServableToken {
+                header: tokens.bearer_header(),
+                generation: tokens.generation,
+                now: None,
+            };
+            (token, until)
         };
-        let config = &self.inner.config;
-        let Some(until) = cached.serve_until(self.inner.id, |tokens| config.serve_until(tokens))
-        else {
-            return Some((cached, None));
+        let (mut token, until) = match &self.inner.hot {
+            Some(hot) => servable(&*hot.get(key)?),
+            None => {
+                // The expiry is checked below, by `serve_until`.
+                let mut found = None;
+                let store = &self.inner.store;
+                if !store.peek_now_unchecked_expiry(key, &mut |t| found = t.map(servable)) {
+                    return None;
+                }
+                found?
+            }
+        };
+        let Some(until) = until else {
+            return Some(token);
         };
         let now = SystemTime::now();
-        (now < until).then_some((cached, Some(now)))
+        token.now = Some(now);
+        (now < until).then_some(token)
     }
 
     /// The token to replay with after the resource server rejected the one of

@@ -19,7 +19,7 @@ use tower::BoxError;
 
 mod template;
 
-pub(crate) use template::ReplayTemplate;
+pub(crate) use template::{ReplayTemplate, UnresolvedUri};
 
 /// The default cap on a buffered request body: 1 MiB.
 pub const DEFAULT_MAX_REPLAY_BODY: usize = 1 << 20;
@@ -263,7 +263,7 @@ pub(crate) fn take_in_memory<B: RequestBody>(
 /// `request` with `bytes` (its body, read by [`take_in_memory`]) as a buffered body,
 /// and the template to send it again.
 fn buffered<B>(request: Request<B>, bytes: Bytes) -> (Request<ReplayBody>, ReplayTemplate) {
-    let template = ReplayTemplate::of_request(&request, bytes.clone(), None);
+    let template = ReplayTemplate::of_request(&request, bytes.clone());
     (request.map(|_| ReplayBody::buffered(bytes)), template)
 }
 

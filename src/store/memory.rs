@@ -115,13 +115,23 @@ impl MemoryStore {
     /// The live entry's tokens; with `check_expiry` false, an entry that lives only
     /// as long as its access token is returned without reading the clock.
     fn get(&self, key: &AuthKey, check_expiry: bool) -> Option<Arc<TokenSet>> {
+        self.peek(key, check_expiry, Arc::clone)
+    }
+
+    /// `read` applied to the live entry of `key`, under its shard's read lock.
+    fn peek<T>(
+        &self,
+        key: &AuthKey,
+        check_expiry: bool,
+        read: impl FnOnce(&Arc<TokenSet>) -> T,
+    ) -> Option<T> {
         let shard = self.read(key);
         let entry = shard.get(key)?;
         let check = entry.deadline.is_some() && (check_expiry || !entry.deadline_is_expiry);
         if check && !entry.live(Instant::now()) {
             return None;
         }
-        Some(entry.tokens.clone())
+        Some(read(&entry.tokens))
     }
 
     /// Takes a slot for a new key, sweeping expired entries first when full.
@@ -237,8 +247,15 @@ impl CredentialStore for MemoryStore {
         Some(self.get(key, true))
     }
 
-    fn load_now_unchecked_expiry(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
-        Some(self.get(key, false))
+    fn peek_now_unchecked_expiry(
+        &self,
+        key: &AuthKey,
+        read: &mut dyn FnMut(Option<&TokenSet>),
+    ) -> bool {
+        if self.peek(key, false, |tokens| read(Some(tokens))).is_none() {
+            read(None);
+        }
+        true
     }
 
     fn compare_and_swap<'a>(
@@ -438,12 +455,16 @@ mod tests {
             TokenSet::new(Secret::new("new")).with_expires_in(hour),
         )
         .await;
-        assert!(store.load_now_unchecked_expiry(&expired).unwrap().is_some());
+        let mut shown = None;
+        assert!(store.peek_now_unchecked_expiry(&expired, &mut |tokens| {
+            shown = tokens.map(|tokens| tokens.access_token.expose().to_owned());
+        }));
+        assert_eq!(shown.as_deref(), Some("old"));
         assert!(coordinator.token_now(&expired).is_none());
-        let (served, _) = coordinator
+        let served = coordinator
             .token_now(&valid)
             .expect("a valid token is served");
-        assert_eq!(served.access_token.expose(), "new");
+        assert_eq!(served.header.unwrap(), "Bearer new");
     }
 
     #[tokio::test(start_paused = true)]
@@ -463,8 +484,11 @@ mod tests {
         assert!(store.load(&key("one")).await.unwrap().is_none());
         assert!(store.load_now(&key("two")).unwrap().is_none());
         // The hot path's read leaves the access token's expiry to its caller.
-        let unchecked = store.load_now_unchecked_expiry(&key("two")).unwrap();
-        assert!(unchecked.is_some_and(|tokens| tokens.refresh_token.is_none()));
+        let mut unchecked = None;
+        store.peek_now_unchecked_expiry(&key("two"), &mut |tokens| {
+            unchecked = tokens.map(|tokens| tokens.refresh_token.is_none());
+        });
+        assert_eq!(unchecked, Some(true));
         put(&store, &key("three"), short()).await;
         assert_eq!(store.entry_count(), 1);
         // An expired key can be written again as new.

@@ -139,13 +139,25 @@ pub trait CredentialStore: Send + Sync + 'static {
         None
     }
 
-    /// [`load_now`](Self::load_now) for a caller that checks the access token's
-    /// `expires_at` itself, as the layers' hot path does on every request: the store
-    /// may skip its own check of that expiry here (a clock read less per request) and
-    /// return a token set whose access token has expired. Every other check stays. The
-    /// default is `load_now`.
-    fn load_now_unchecked_expiry(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
-        self.load_now(key)
+    /// [`load_now`](Self::load_now) for the layers' hot path, which checks the access
+    /// token's `expires_at` itself on every request: `read` is shown the token set
+    /// stored for `key` (or `None`) in place, so an in-memory store hands out no
+    /// reference, and the store may skip its own check of that expiry (a clock read
+    /// less per request) and show a token set whose access token has expired. Every
+    /// other check stays. Returns `false`, without calling `read`, when the store must
+    /// be asked with [`load`](Self::load). The default calls `load_now`.
+    fn peek_now_unchecked_expiry(
+        &self,
+        key: &AuthKey,
+        read: &mut dyn FnMut(Option<&TokenSet>),
+    ) -> bool {
+        match self.load_now(key) {
+            Some(tokens) => {
+                read(tokens.as_deref());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stores `new` (its `generation` is ignored and replaced) if the stored generation
@@ -221,8 +233,12 @@ impl<T: CredentialStore + ?Sized> CredentialStore for Arc<T> {
         (**self).load_now(key)
     }
 
-    fn load_now_unchecked_expiry(&self, key: &AuthKey) -> Option<Option<Arc<TokenSet>>> {
-        (**self).load_now_unchecked_expiry(key)
+    fn peek_now_unchecked_expiry(
+        &self,
+        key: &AuthKey,
+        read: &mut dyn FnMut(Option<&TokenSet>),
+    ) -> bool {
+        (**self).peek_now_unchecked_expiry(key, read)
     }
 
     fn compare_and_swap<'a>(

@@ -38,6 +38,7 @@ struct McpState {
     unauthorized: AtomicU64,
     ok: AtomicU64,
     seen_tokens: Mutex<Vec<String>>,
+    seen_targets: Mutex<Vec<String>>,
     /// Tool name -> the scope calling it takes.
     tool_scopes: Mutex<std::collections::HashMap<String, String>>,
     forbidden: AtomicU64,
@@ -81,6 +82,7 @@ impl TestMcpServer {
             unauthorized: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             seen_tokens: Mutex::new(Vec::new()),
+            seen_targets: Mutex::new(Vec::new()),
             tool_scopes: Mutex::new(std::collections::HashMap::new()),
             forbidden: AtomicU64::new(0),
         });
@@ -137,6 +139,11 @@ impl TestMcpServer {
     /// Every bearer token received so far, in order (valid or not).
     pub fn seen_tokens(&self) -> Vec<String> {
         lock(&self.state.seen_tokens).clone()
+    }
+
+    /// The path and query of every request to the MCP endpoint so far, in order.
+    pub fn seen_targets(&self) -> Vec<String> {
+        lock(&self.state.seen_targets).clone()
     }
 }
 
@@ -195,10 +202,13 @@ fn insufficient_scope(state: &McpState, scope: &str) -> Response {
 
 async fn mcp_endpoint(
     State(state): State<Arc<McpState>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let target = uri.path_and_query().map_or("", |target| target.as_str());
+    lock(&state.seen_targets).push(target.to_owned());
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
