@@ -185,7 +185,7 @@ where
         // The hot path: a valid token at hand and a body already in memory. No future
         // is boxed and nothing is awaited before the inner service is called (in place:
         // a replay uses the service kept for it).
-        if let Some(token) = layer.coordinator.token_now(&key) {
+        if let Some(token) = layer.coordinator.token_now(&key, hand_back) {
             let Some(header) = token.header else {
                 return ResponseFuture::failed(invalid_token_header().into());
             };

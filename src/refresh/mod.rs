@@ -94,7 +94,8 @@ pub(crate) struct ServableToken {
     /// `Bearer <access token>` (`None`: not a valid header value).
     pub(crate) header: Option<http::HeaderValue>,
     pub(crate) generation: Generation,
-    /// The time read to tell it is still valid (none for a token without expiry).
+    /// The time read to tell it is still valid (none for a token without expiry),
+    /// precise when the caller asked for it.
     pub(crate) now: Option<SystemTime>,
 }
 
@@ -285,8 +286,9 @@ impl RefreshCoordinator {
     /// without waiting (the read cache of a shared store, or an in-memory store) and is
     /// valid and not yet due for refresh. `None` means: ask [`token`](Self::token).
     /// Read in place where the store allows: a request takes no reference to the
-    /// token set.
-    pub(crate) fn token_now(&self, key: &AuthKey) -> Option<ServableToken> {
+    /// token set. The clock is the coarse one unless the caller needs the time
+    /// `precise`ly (to compare with when other credentials were obtained).
+    pub(crate) fn token_now(&self, key: &AuthKey, precise: bool) -> Option<ServableToken> {
         let (config, id) = (&self.inner.config, self.inner.id);
         let servable = |tokens: &TokenSet| {
             let until = tokens.serve_until(id, |tokens| config.serve_until(tokens));
@@ -312,7 +314,10 @@ impl RefreshCoordinator {
         let Some(until) = until else {
             return Some(token);
         };
-        let now = SystemTime::now();
+        let now = match precise {
+            true => SystemTime::now(),
+            false => crate::limits::coarse_now(),
+        };
         token.now = Some(now);
         (now < until).then_some(token)
     }
