@@ -23,24 +23,30 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// `exp` beyond it is absurd and the token is treated as invalid.
 pub(crate) const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
 
-/// The wall-clock time as of the kernel's last timer tick, a few milliseconds behind
-/// `SystemTime::now` at most, for the check every request makes: whether its token is
-/// still before the refresh-ahead instant, which lies a quarter of the token's lifetime
-/// or more before its expiry (so a tick late never sends an expired token). On Linux
-/// it reads `CLOCK_REALTIME_COARSE`, which costs a few nanoseconds where a precise read
-/// costs 20 to 30; elsewhere it is `SystemTime::now`.
+/// How far ahead of a deadline [`coarse_now`] may decide alone: nearer than this, the
+/// precise clock decides. The coarse clock trails by about a timer tick (measured up
+/// to 7 ms on a virtual machine whose tick is 4 ms), more only when the machine
+/// stalls; a second covers that with room to spare.
+pub(crate) const COARSE_GUARD: Duration = Duration::from_secs(1);
+
+/// The wall-clock time as of the kernel's last timer tick: a few milliseconds behind
+/// `SystemTime::now`, for the check every request makes (whether its token is still
+/// before its refresh-ahead instant) while that instant is more than
+/// [`COARSE_GUARD`] away. On Linux it reads `CLOCK_REALTIME_COARSE`, which costs a
+/// few nanoseconds where a precise read costs 20 to 30; elsewhere it is
+/// `SystemTime::now`.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 pub(crate) fn coarse_now() -> SystemTime {
-    let mut now = libc::timespec {
+    let mut time = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `now` is a valid, writable `timespec` for the call's duration, and
-    // `clock_gettime` writes nothing else. CLOCK_REALTIME_COARSE exists since Linux
-    // 2.6.32; a failure is answered by the precise clock.
-    let failed = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) } != 0;
-    let (Ok(secs), Ok(nanos)) = (u64::try_from(now.tv_sec), u32::try_from(now.tv_nsec)) else {
+    // SAFETY: `time` is a valid, writable `timespec` for the call's duration, and the
+    // call writes nothing else. CLOCK_REALTIME_COARSE exists since Linux 2.6.32; a
+    // failure is answered by the precise clock.
+    let failed = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut time) } != 0;
+    let (Ok(secs), Ok(nanos)) = (u64::try_from(time.tv_sec), u32::try_from(time.tv_nsec)) else {
         return SystemTime::now();
     };
     match UNIX_EPOCH.checked_add(Duration::new(secs, nanos)) {
@@ -124,14 +130,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_coarse_clock_is_at_most_a_few_ticks_behind() {
+    fn the_coarse_clock_trails_the_precise_one_by_far_less_than_its_guard() {
         for _ in 0..1000 {
             let coarse = coarse_now();
-            let precise = SystemTime::now();
-            let behind = precise
-                .duration_since(coarse)
-                .expect("the coarse clock is never ahead of a later precise read");
-            assert!(behind < Duration::from_millis(50), "{behind:?}");
+            let after = SystemTime::now();
+            let behind = after.duration_since(coarse).unwrap_or_default();
+            assert!(behind < COARSE_GUARD / 10, "{behind:?}");
         }
     }
 

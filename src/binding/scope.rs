@@ -81,6 +81,8 @@ pub(crate) struct Scope {
     /// canonical origin and `base` without a query is (`None` when no such request
     /// can be the resource itself, e.g. a path with a trailing slash).
     exact: Option<http::Uri>,
+    /// Whether `base` itself passes [`is_normal_path`].
+    base_is_normal: bool,
 }
 
 /// How a request's URI relates to a resource.
@@ -114,6 +116,7 @@ impl Scope {
         Self {
             scheme: resource.scheme().into(),
             origin,
+            base_is_normal: is_normal_path(&base),
             base,
             exact,
             resource,
@@ -148,13 +151,21 @@ impl Scope {
             };
         }
         let path = uri.path();
-        if !covers_base(&self.base, path) {
-            Coverage::Outside
-        } else if self.exact.is_some() && path.len() == self.base.len() && uri.query().is_none() {
-            // `covers_base` passed and the lengths match: the path is `base`.
-            Coverage::Exact
-        } else {
-            Coverage::Within
+        if path == &*self.base {
+            // Nearly every request: no scan of the path (`base_is_normal` was taken
+            // once, and `covers_base` answers the same for it).
+            return match (
+                self.base_is_normal,
+                self.exact.is_some() && uri.query().is_none(),
+            ) {
+                (false, _) => Coverage::Outside,
+                (true, true) => Coverage::Exact,
+                (true, false) => Coverage::Within,
+            };
+        }
+        match covers_base(&self.base, path) {
+            true => Coverage::Within,
+            false => Coverage::Outside,
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -231,9 +231,9 @@ impl<S: Clone> Layer<S> for OAuthRetryLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         OAuthRetry {
-            retry: Arc::new(Retry {
+            retry: Arc::new(Kept {
                 shared: self.shared.clone(),
-                service: inner.clone(),
+                service: Mutex::new(inner.clone()),
             }),
             inner,
         }
@@ -250,7 +250,28 @@ impl<S: Clone> Layer<S> for OAuthRetryLayer {
 pub struct OAuthRetry<S> {
     inner: S,
     // One reference count per request for all a retry needs.
-    retry: Arc<Retry<S>>,
+    retry: Arc<Kept<S>>,
+}
+
+/// What a retry needs, kept once per service.
+struct Kept<S> {
+    shared: Arc<Shared>,
+    /// Behind a lock only so that a service that is `Send` but not `Sync` (a
+    /// `BoxCloneService`) still makes a `Send` layer; taken once per retry.
+    service: Mutex<S>,
+}
+
+impl<S: Clone> Kept<S> {
+    fn retry(&self) -> Retry<S> {
+        Retry {
+            shared: self.shared.clone(),
+            service: self
+                .service
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for OAuthRetry<S> {
@@ -316,15 +337,6 @@ struct Retry<S> {
     service: S,
 }
 
-impl<S: Clone> Clone for Retry<S> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-            service: self.service.clone(),
-        }
-    }
-}
-
 /// Response future of [`OAuthRetry`].
 #[pin_project]
 pub struct ResponseFuture<S, R>
@@ -333,7 +345,7 @@ where
 {
     #[pin]
     state: State<S, R>,
-    retry: Option<Arc<Retry<S>>>,
+    retry: Option<Arc<Kept<S>>>,
 }
 
 #[pin_project(project = StateProj)]
@@ -389,7 +401,7 @@ where
                     return Poll::Ready(result);
                 };
                 let mut authorize = Box::pin(authorize_and_replay(
-                    Retry::clone(&retry),
+                    retry.retry(),
                     principal,
                     hand_back,
                     cause,

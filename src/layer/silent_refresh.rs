@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
@@ -107,7 +107,7 @@ impl<S: Clone> Layer<S> for SilentRefreshLayer {
         SilentRefresh {
             shared: Arc::new(Shared {
                 layer: self.clone(),
-                replay_service: inner.clone(),
+                replay_service: Mutex::new(inner.clone()),
             }),
             inner,
         }
@@ -130,7 +130,18 @@ pub struct SilentRefresh<S> {
 #[derive(Debug)]
 struct Shared<S> {
     layer: SilentRefreshLayer,
-    replay_service: S,
+    /// Behind a lock only so that a service that is `Send` but not `Sync` (a
+    /// `BoxCloneService`) still makes a `Send` layer; taken once per replay.
+    replay_service: Mutex<S>,
+}
+
+impl<S: Clone> Shared<S> {
+    fn replay_service(&self) -> S {
+        self.replay_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl<S> SilentRefresh<S> {
@@ -555,7 +566,7 @@ where
                     let (Some(template), Some(shared)) = (resolved(replay, shared), shared) else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
-                    let service = shared.replay_service.clone();
+                    let service = shared.replay_service();
                     let mut request = template.request();
                     request
                         .headers_mut()

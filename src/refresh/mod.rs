@@ -286,8 +286,9 @@ impl RefreshCoordinator {
     /// without waiting (the read cache of a shared store, or an in-memory store) and is
     /// valid and not yet due for refresh. `None` means: ask [`token`](Self::token).
     /// Read in place where the store allows: a request takes no reference to the
-    /// token set. The clock is the coarse one unless the caller needs the time
-    /// `precise`ly (to compare with when other credentials were obtained).
+    /// token set. The clock is the coarse one while the refresh-ahead instant is
+    /// more than a second away, unless the caller needs the time `precise`ly (to
+    /// compare with when other credentials were obtained).
     pub(crate) fn token_now(&self, key: &AuthKey, precise: bool) -> Option<ServableToken> {
         let (config, id) = (&self.inner.config, self.inner.id);
         let servable = |tokens: &TokenSet| {
@@ -314,10 +315,13 @@ impl RefreshCoordinator {
         let Some(until) = until else {
             return Some(token);
         };
-        let now = match precise {
-            true => SystemTime::now(),
-            false => crate::limits::coarse_now(),
-        };
+        // The coarse clock decides while the instant is far; near it, the precise one.
+        let coarse = (!precise).then(crate::limits::coarse_now).filter(|coarse| {
+            coarse
+                .checked_add(crate::limits::COARSE_GUARD)
+                .is_some_and(|guarded| guarded < until)
+        });
+        let now = coarse.unwrap_or_else(SystemTime::now);
         token.now = Some(now);
         (now < until).then_some(token)
     }
