@@ -14,19 +14,52 @@ use tower_mcp_auth::{
     RefreshCoordinator, ServerBinding, SilentRefreshLayer,
 };
 
+/// An authorization server, an MCP server, its binding, and a store holding alice's
+/// credentials for it.
+struct World {
+    auth: TestAuthServer,
+    mcp: TestMcpServer,
+    url: String,
+    binding: ServerBinding,
+    store: Arc<MemoryStore>,
+    alice: Principal,
+}
+
+impl World {
+    async fn new() -> Self {
+        let auth = TestAuthServer::start().await.unwrap();
+        let mcp = TestMcpServer::start(&auth).await.unwrap();
+        let url = mcp.url();
+        let binding = ServerBinding::public_client(&url, &auth.token_endpoint(), "c").unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let alice = Principal::new("acme", "alice");
+        let key = AuthKey::new(&alice, binding.id());
+        store
+            .compare_and_swap(&key, None, auth.issue("c", "alice", None))
+            .await
+            .unwrap();
+        Self {
+            auth,
+            mcp,
+            url,
+            binding,
+            store,
+            alice,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_outside_silent_refresh_ignores_401s_and_opens_on_outages() {
-    let auth = TestAuthServer::start().await.unwrap();
-    let mcp = TestMcpServer::start(&auth).await.unwrap();
-    let url = mcp.url();
-    let binding = ServerBinding::public_client(&url, &auth.token_endpoint(), "c").unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let alice = Principal::new("acme", "alice");
+    let World {
+        auth,
+        mcp,
+        url,
+        binding,
+        store,
+        alice,
+    } = World::new().await;
     let key = AuthKey::new(&alice, binding.id());
-    store
-        .compare_and_swap(&key, None, auth.issue("c", "alice", None))
-        .await
-        .unwrap();
     let breaker = CircuitBreakerLayer::new(
         BreakerConfig::default()
             .with_consecutive_failures(2)
@@ -99,51 +132,38 @@ async fn breaker_outside_silent_refresh_ignores_401s_and_opens_on_outages() {
 /// spawned here, and a revoked token is refreshed and replayed through that clone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_only_inner_service_makes_a_send_stack_that_replays() {
-    let auth = TestAuthServer::start().await.unwrap();
-    let mcp = TestMcpServer::start(&auth).await.unwrap();
-    let url = mcp.url();
-    let binding = ServerBinding::public_client(&url, &auth.token_endpoint(), "c").unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let alice = Principal::new("acme", "alice");
-    store
-        .compare_and_swap(
-            &AuthKey::new(&alice, binding.id()),
-            None,
-            auth.issue("c", "alice", None),
-        )
-        .await
-        .unwrap();
+    let w = World::new().await;
     let http = tower_mcp_auth::client::ReqwestService::new().expect("TLS");
     let inner = ServiceExt::<http::Request<tower_mcp_auth::ReplayBody>>::boxed_clone(http);
     let authorizer = tower_mcp_auth::Authorizer::builder(
-        &url,
-        store.clone(),
+        &w.url,
+        w.store.clone(),
         "http://127.0.0.1:1/callback".parse().unwrap(),
     )
     .url_policy(tower_mcp_auth::UrlPolicy::default().allow_loopback_http())
     .build()
     .unwrap();
-    authorizer.bindings().set("acme", binding).unwrap();
+    authorizer.bindings().set("acme", w.binding).unwrap();
     let client = ServiceBuilder::new()
         .layer(tower_mcp_auth::OAuthRetryLayer::return_early(
             authorizer.clone(),
         ))
         .layer(SilentRefreshLayer::new(
-            RefreshCoordinator::new(store),
+            RefreshCoordinator::new(w.store),
             authorizer.bindings(),
         ))
         .service(inner);
-    auth.revoke_access_tokens("alice");
-    let mut request = jsonrpc_request(&url, 1, "tools/list", json!({}));
-    request.extensions_mut().insert(alice);
+    w.auth.revoke_access_tokens("alice");
+    let mut request = jsonrpc_request(&w.url, 1, "tools/list", json!({}));
+    request.extensions_mut().insert(w.alice);
     let response = tokio::spawn(client.oneshot(request))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(response.status(), http::StatusCode::OK);
-    assert_eq!(auth.stats().refresh_requests, 1);
+    assert_eq!(w.auth.stats().refresh_requests, 1);
     assert_eq!(
-        mcp.stats().unauthorized,
+        w.mcp.stats().unauthorized,
         1,
         "the revoked token, then the replay"
     );

@@ -146,6 +146,26 @@ pub trait CredentialStore: Send + Sync + 'static {
     /// less per request) and show a token set whose access token has expired. Every
     /// other check stays. Returns `false`, without calling `read`, when the store must
     /// be asked with [`load`](Self::load). The default calls `load_now`.
+    ///
+    /// ```
+    /// use tower_mcp_auth::store::{CredentialStore, MemoryStore};
+    /// use tower_mcp_auth::{AuthKey, Principal, ServerBinding};
+    ///
+    /// let binding = ServerBinding::public_client(
+    ///     "https://mcp.example.com/mcp",
+    ///     "https://auth.example.com/token",
+    ///     "my-client",
+    /// )?;
+    /// let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
+    /// let mut stored = None;
+    /// let answered = MemoryStore::new().peek_now_unchecked_expiry(&key, &mut |tokens| {
+    ///     stored = Some(tokens.is_some());
+    /// });
+    /// // An in-memory store always answers at once; nothing is stored for alice yet.
+    /// assert!(answered);
+    /// assert_eq!(stored, Some(false));
+    /// # Ok::<(), tower_mcp_auth::ConfigError>(())
+    /// ```
     fn peek_now_unchecked_expiry(
         &self,
         key: &AuthKey,
