@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::refresh::ServeRule;
+
 /// A secret string (access token, refresh token, client secret) whose `Debug` and
 /// `Display` never show the value.
 ///
@@ -95,7 +97,7 @@ pub struct TokenSet {
 }
 
 /// What [`TokenSet::serve_until`] was computed from.
-type ServeInputs = (u64, Option<SystemTime>, SystemTime, Generation);
+type ServeInputs = (ServeRule, Option<SystemTime>, SystemTime, Generation);
 
 /// Lazily derived values of a [`TokenSet`]: the sensitive `Authorization` header, and
 /// until when a refresh coordinator may serve it without the slow path. Equal to every
@@ -103,7 +105,7 @@ type ServeInputs = (u64, Option<SystemTime>, SystemTime, Generation);
 #[derive(Clone, Default)]
 pub(crate) struct Derived {
     bearer: std::sync::OnceLock<(Secret, Option<http::HeaderValue>)>,
-    /// ((coordinator id, expiry, obtained, generation), serve until; `None`: no expiry).
+    /// ((serve rule, expiry, obtained, generation), serve until; `None`: no expiry).
     serve_until: std::sync::OnceLock<(ServeInputs, Option<SystemTime>)>,
 }
 
@@ -143,20 +145,18 @@ impl TokenSet {
         }
     }
 
-    /// Until when the coordinator `coordinator` may serve this token set without
-    /// looking further, computed once by `compute` (`None`: no expiry). The fields are
-    /// public: an answer computed for other field values is recomputed, never reused.
+    /// Until when a coordinator with serve rule `rule` may serve this token set
+    /// without looking further, computed once by `compute` (`None`: no expiry). Keyed
+    /// by the rule, not by the coordinator: several coordinators over one store (a
+    /// layer per server, per stack) share the answer instead of recomputing it per
+    /// request. The fields are public: an answer computed for other field values is
+    /// recomputed, never reused.
     pub(crate) fn serve_until(
         &self,
-        coordinator: u64,
+        rule: ServeRule,
         compute: impl Fn(&TokenSet) -> Option<SystemTime>,
     ) -> Option<SystemTime> {
-        let inputs = (
-            coordinator,
-            self.expires_at,
-            self.obtained_at,
-            self.generation,
-        );
+        let inputs = (rule, self.expires_at, self.obtained_at, self.generation);
         let (cached_for, until) = self
             .derived
             .serve_until

@@ -124,6 +124,17 @@ impl RefreshConfig {
         self.clock_skew.min(lifetime / 4)
     }
 
+    /// What [`serve_until`](Self::serve_until) depends on besides the token set:
+    /// coordinators whose configurations agree on it share one cached answer per token
+    /// set (see [`TokenSet::serve_until`]).
+    pub(super) fn serve_rule(&self) -> ServeRule {
+        ServeRule {
+            min_margin: self.min_margin,
+            max_margin: self.max_margin,
+            clock_skew: self.clock_skew,
+        }
+    }
+
     /// Until when `tokens` is usable and not yet due for refresh (`None`: no expiry):
     /// the hot path serves it without further checks before that instant.
     pub(super) fn serve_until(&self, tokens: &TokenSet) -> Option<SystemTime> {
@@ -145,6 +156,15 @@ impl RefreshConfig {
             .map_or(Duration::ZERO, |l| self.skew_for(l));
         tokens.is_usable_at(crate::limits::system_after(now, skew))
     }
+}
+
+/// The part of a [`RefreshConfig`] that decides until when a token set is served
+/// without a look at the store: the key of the answer cached in the token set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ServeRule {
+    min_margin: Duration,
+    max_margin: Duration,
+    clock_skew: Duration,
 }
 
 /// A value in [0, 1) derived from `x` (splitmix64).

@@ -25,9 +25,9 @@ impl RefreshCoordinator {
     /// more than a second away, unless the caller needs the time `precise`ly (to
     /// compare with when other credentials were obtained).
     pub(crate) fn token_now(&self, key: &AuthKey, precise: bool) -> Option<ServableToken> {
-        let (config, id) = (&self.inner.config, self.inner.id);
+        let (config, rule) = (&self.inner.config, self.inner.serve_rule);
         let servable = |tokens: &TokenSet| {
-            let until = tokens.serve_until(id, |tokens| config.serve_until(tokens));
+            let until = tokens.serve_until(rule, |tokens| config.serve_until(tokens));
             let token = ServableToken {
                 header: tokens.bearer_header(),
                 generation: tokens.generation,
@@ -59,5 +59,57 @@ impl RefreshCoordinator {
         let now = coarse.unwrap_or_else(SystemTime::now);
         token.now = Some(now);
         (now < until).then_some(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use crate::store::{CredentialStore, MemoryStore};
+    use crate::{AuthKey, Principal, RefreshConfig, RefreshCoordinator, Secret, TokenSet};
+
+    /// Coordinators over one store cache until when a token set may be served in the
+    /// token set itself: one with the same configuration reuses the answer, one with
+    /// another configuration never does.
+    #[tokio::test]
+    async fn coordinators_share_the_serve_until_instant_only_when_their_rules_agree() {
+        let store = Arc::new(MemoryStore::new());
+        let key = AuthKey::new(
+            &Principal::new("acme", "alice"),
+            crate::key::BindingId([1; 32]),
+        );
+        // 100 s left of 1000: served by default (refreshed at most ~92 s ahead), due
+        // under a 200 s clock-skew allowance.
+        let mut tokens = TokenSet::new(Secret::new("access"));
+        tokens.obtained_at = SystemTime::now() - Duration::from_secs(900);
+        tokens.expires_at = Some(tokens.obtained_at + Duration::from_secs(1000));
+        store.compare_and_swap(&key, None, tokens).await.unwrap();
+        let default = RefreshCoordinator::new(store.clone());
+        let skewed = RefreshCoordinator::builder(store.clone())
+            .config(RefreshConfig::default().with_clock_skew(Duration::from_secs(200)))
+            .build();
+
+        assert!(default.token_now(&key, false).is_some());
+        assert!(
+            skewed.token_now(&key, false).is_none(),
+            "reused another rule's answer"
+        );
+        assert!(default.token_now(&key, true).is_some());
+
+        let stored = store.load(&key).await.unwrap().unwrap();
+        let rule = RefreshCoordinator::new(store.clone()).inner.serve_rule;
+        let computed = std::sync::atomic::AtomicUsize::new(0);
+        let until = stored.serve_until(rule, |_| {
+            computed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        });
+        assert_eq!(
+            computed.into_inner(),
+            0,
+            "a coordinator with the same rule recomputed"
+        );
+        assert!(until.is_some_and(|until| until > SystemTime::now()));
     }
 }

@@ -42,6 +42,7 @@ mod hot;
 mod lease;
 
 pub use config::RefreshConfig;
+pub(crate) use config::ServeRule;
 use lease::Leased;
 
 type Outcome = Result<Arc<TokenSet>, Error>;
@@ -125,10 +126,9 @@ impl RefreshCoordinatorBuilder {
                 .time_to_live(SHARED_CACHE_TTL)
                 .build()
         });
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         RefreshCoordinator {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                serve_rule: config.serve_rule(),
                 store: self.store,
                 http: self.http.unwrap_or_default(),
                 config,
@@ -174,8 +174,8 @@ pub struct RefreshCoordinator {
 }
 
 struct Inner {
-    /// Tells coordinators (and their configurations) apart in per-token caches.
-    id: u64,
+    /// The key of the refresh-ahead instant cached in each token set.
+    serve_rule: ServeRule,
     store: Arc<dyn CredentialStore>,
     http: AuthHttpClient,
     config: RefreshConfig,
