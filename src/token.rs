@@ -96,6 +96,15 @@ pub struct TokenSet {
     pub(crate) derived: Derived,
 }
 
+/// One stored token set told apart from any other of its key: its generation and when
+/// it was obtained (a generation alone could repeat in a store that starts again after
+/// a delete).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TokenStamp {
+    pub(crate) generation: Generation,
+    pub(crate) obtained_at: SystemTime,
+}
+
 /// What [`TokenSet::serve_until`] was computed from.
 type ServeInputs = (ServeRule, Option<SystemTime>, SystemTime, Generation);
 
@@ -142,6 +151,14 @@ impl TokenSet {
             header.clone()
         } else {
             build()
+        }
+    }
+
+    /// What tells this token set from any other stored for its key.
+    pub(crate) fn stamp(&self) -> TokenStamp {
+        TokenStamp {
+            generation: self.generation,
+            obtained_at: self.obtained_at,
         }
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
 use tower::{BoxError, Layer, ServiceExt};
-use tower_mcp_auth::store::MemoryStore;
+use tower_mcp_auth::store::{CredentialStore, MemoryStore, Swap};
 use tower_mcp_auth::testing::{
     HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
 };
@@ -464,6 +464,51 @@ async fn a_request_refused_before_another_finished_authorizing_just_replays() {
         "alice"
     );
     assert_eq!(w.auth.stats().authorization_requests, 1);
+}
+
+/// A refused request's send time is read from a coarse clock on the hot path, which
+/// may trail the time its token was stored. The token set it carried must still never
+/// count as "credentials newer than the refused ones": no replay with the very token
+/// that was refused, but one sign-in and one replay with its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_a_refused_request_carried_never_counts_as_newer() {
+    let w = World::new().await;
+    w.auth.set_consenting_user("alice");
+    let client = w.waiting_client();
+    let first = call_tool(client.clone(), &w.mcp.url(), &alice(), "whoami").await;
+    assert_eq!(first.unwrap(), "alice");
+    // The stored token as if obtained two seconds after any clock reading of the next
+    // send, and without a refresh token (refresh cannot help once it is refused).
+    let binding = w.authorizer.bindings().get("acme").unwrap();
+    let key = tower_mcp_auth::AuthKey::new(&alice(), binding.id());
+    let stored = w.store.load(&key).await.unwrap().unwrap();
+    let mut later = (*stored).clone();
+    later.refresh_token = None;
+    later.obtained_at = std::time::SystemTime::now() + Duration::from_secs(2);
+    later.expires_at = Some(later.obtained_at + Duration::from_secs(3600));
+    let swapped = w
+        .store
+        .compare_and_swap(&key, Some(stored.generation), later)
+        .await
+        .unwrap();
+    assert!(matches!(swapped, Swap::Stored(_)));
+    w.auth.revoke_access_tokens("alice");
+    let (auth_before, mcp_before) = (w.auth.stats(), w.mcp.stats());
+
+    let again = call_tool(client, &w.mcp.url(), &alice(), "whoami").await;
+
+    assert_eq!(again.unwrap(), "alice");
+    let (auth, mcp) = (w.auth.stats(), w.mcp.stats());
+    assert_eq!(
+        auth.authorization_requests - auth_before.authorization_requests,
+        1,
+        "one sign-in"
+    );
+    assert_eq!(
+        mcp.unauthorized - mcp_before.unauthorized,
+        1,
+        "the refused token was sent once, not replayed: {mcp:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

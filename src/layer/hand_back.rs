@@ -16,17 +16,31 @@ use http::{Request, Response, StatusCode};
 use tower::BoxError;
 
 use crate::replay::ReplayTemplate;
+use crate::token::TokenStamp;
 
 /// The mark: "hand me the request back if it fails".
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Wanted;
 
-/// A request to send again, and when its first send left (for "which credentials are
+/// A request to send again, and how its first send left (for "which credentials are
 /// newer than the ones it carried").
 #[derive(Clone)]
 pub(crate) struct HandBack {
     pub(crate) template: ReplayTemplate,
-    pub(crate) sent_at: SystemTime,
+    pub(crate) sent: Sent,
+}
+
+/// When a request left and which token set it carried. Credentials obtained since
+/// then, other than the ones it carried, are newer than what it was refused with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sent {
+    /// When it left. On the hot path, the coarse clock's time, which may trail by some
+    /// milliseconds: the token set it carried is told apart by `carried`, not by time,
+    /// so an early `at` can only make a just-stored token set count as newer (one
+    /// replay with it), never the refused one.
+    pub(crate) at: SystemTime,
+    /// The token set it carried (`None`: none).
+    pub(crate) carried: Option<TokenStamp>,
 }
 
 /// Takes the mark off `request`: whether the request's template is wanted back.

@@ -13,7 +13,7 @@ use pin_project::pin_project;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 
-use super::hand_back::{self, HandBack};
+use super::hand_back::{self, HandBack, Sent};
 use super::principal_or_default;
 use crate::challenge::BearerChallenge;
 use crate::error::{Error, ReauthReason};
@@ -461,13 +461,14 @@ where
     S::Error: Into<BoxError>,
 {
     let Retry { shared, service } = retry;
-    let HandBack { template, sent_at } = hand_back;
+    let HandBack { template, sent } = hand_back;
     let mut cause = first;
     // The first request of a tenant since this process started went out without a
     // binding, hence without the credentials the store may hold (a restart, a new
     // replica): fill the binding from the stored registration, then any usable
-    // credentials will do.
-    let mut since = sent_at;
+    // credentials will do. Otherwise credentials must be newer than those the refused
+    // request carried.
+    let mut since = sent;
     let mut restored = false;
     if shared
         .authorizer
@@ -485,7 +486,10 @@ where
             .authorizer
             .restore_binding(&principal, &binding_cause)
             .await?;
-        since = SystemTime::UNIX_EPOCH;
+        since = Sent {
+            at: SystemTime::UNIX_EPOCH,
+            carried: None,
+        };
         restored = true;
     }
     // Credentials that arrived while the request was out (a concurrent request's
@@ -497,7 +501,7 @@ where
     } else {
         shared
             .authorizer
-            .has_credentials_since(&principal, since)
+            .has_credentials_newer_than(&principal, since.at, since.carried)
             .await
     };
     if replay {
@@ -550,7 +554,7 @@ where
             && !flow.joined()
             && shared
                 .authorizer
-                .settle_if_superseded(&principal, since, &pending.state)
+                .settle_if_superseded(&principal, since.at, since.carried, &pending.state)
                 .await
         {
             tracing::debug!("credentials arrived while the flow was started; replaying");

@@ -12,7 +12,7 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 use tracing::debug;
 
-use super::hand_back::{self, HandBack};
+use super::hand_back::{self, HandBack, Sent};
 use super::principal_or_default;
 use crate::binding::{BindingSlot, Coverage, ServerBinding};
 use crate::error::{Error, TransientReason};
@@ -23,7 +23,7 @@ use crate::replay::{
     UnresolvedUri, buffer_other_now, make_replayable, take_in_memory,
 };
 use crate::store::BoxFuture;
-use crate::token::{Generation, TokenSet};
+use crate::token::{Generation, TokenSet, TokenStamp};
 
 /// Adds `Authorization: Bearer` from the credential store to requests for one MCP
 /// server, refreshing ahead of expiry, and recovers from a 401 by one single-flight
@@ -196,12 +196,15 @@ where
         // The hot path: a valid token at hand and a body already in memory. No future
         // is boxed and nothing is awaited before the inner service is called (in place:
         // a replay uses the service kept for it).
-        if let Some(token) = layer.coordinator.token_now(&key, hand_back) {
+        if let Some(token) = layer.coordinator.token_now(&key) {
             let Some(header) = token.header else {
                 return ResponseFuture::failed(invalid_token_header().into());
             };
-            let generation = Some(token.generation);
-            let sent_at = hand_back.then(|| token.now.unwrap_or_else(SystemTime::now));
+            let generation = Some(token.stamp.generation);
+            let sent = hand_back.then(|| Sent {
+                at: token.now.unwrap_or_else(SystemTime::now),
+                carried: Some(token.stamp),
+            });
             let bytes = match take_in_memory(request.body_mut(), layer.max_replay_body) {
                 Ok(bytes) => bytes,
                 Err(error) => return ResponseFuture::failed(error),
@@ -223,7 +226,7 @@ where
                     service: None,
                     shared: replay.is_some().then(|| self.shared.clone()),
                     replay: replay.map(|template| (template.unresolved(), generation)),
-                    hand_back: sent_at,
+                    hand_back: sent,
                 };
             };
             // Built where they are kept: the template in the future, the request in the
@@ -240,7 +243,7 @@ where
                 )),
                 service: None,
                 shared: Some(self.shared.clone()),
-                hand_back: sent_at,
+                hand_back: sent,
                 state: State::Calling {
                     call: self.inner.call({
                         request.headers_mut().insert(header::AUTHORIZATION, header);
@@ -302,7 +305,11 @@ where
             service: Some(std::mem::replace(&mut self.inner, clone)),
             shared: has_key.then(|| self.shared.clone()),
             replay: None,
-            hand_back: hand_back.then(SystemTime::now),
+            // The token set it carries is known once prepared.
+            hand_back: hand_back.then(|| Sent {
+                at: SystemTime::now(),
+                carried: None,
+            }),
         }
     }
 }
@@ -331,7 +338,7 @@ struct RefreshContext {
 struct Prepared {
     request: Request<ReplayBody>,
     replay: Option<ReplayTemplate>,
-    generation: Option<Generation>,
+    carried: Option<TokenStamp>,
 }
 
 /// A failure before the request was sent, with the request as buffered so far.
@@ -359,18 +366,18 @@ where
             .map_err(|error| (error.into(), replay.clone()))?,
         None => None,
     };
-    let generation = match &token {
+    let carried = match &token {
         Some(token) => {
             let header = bearer(token).map_err(|error| (error.into(), replay.clone()))?;
             request.headers_mut().insert(header::AUTHORIZATION, header);
-            Some(token.generation)
+            Some(token.stamp())
         }
         None => None,
     };
     Ok(Prepared {
         request,
         replay,
-        generation,
+        carried,
     })
 }
 
@@ -391,8 +398,8 @@ where
     /// The layer, for a refresh and a replay after a 401 (`None`: a 401 is passed on).
     shared: Option<Arc<Shared<S>>>,
     replay: Option<(ReplayTemplate<UnresolvedUri>, Option<Generation>)>,
-    /// When the layer above asked for the request back: when it was sent.
-    hand_back: Option<SystemTime>,
+    /// When the layer above asked for the request back: how it was sent.
+    hand_back: Option<Sent>,
 }
 
 #[pin_project(project = StateProj)]
@@ -449,10 +456,10 @@ where
 /// (`template` is called only then).
 fn finish<R>(
     result: Result<Response<R>, BoxError>,
-    sent_at: Option<SystemTime>,
+    sent: Option<Sent>,
     template: impl FnOnce() -> Option<ReplayTemplate>,
 ) -> Result<Response<R>, BoxError> {
-    let Some(sent_at) = sent_at else {
+    let Some(sent) = sent else {
         return result;
     };
     let acted_on = result.as_ref().map_or(true, |response| {
@@ -465,7 +472,7 @@ fn finish<R>(
         return result;
     }
     match template() {
-        Some(template) => hand_back::attach(result, HandBack { template, sent_at }),
+        Some(template) => hand_back::attach(result, HandBack { template, sent }),
         None => result,
     }
 }
@@ -495,16 +502,20 @@ where
                     let prepared = match ready!(prepare.as_mut().poll(cx)) {
                         Ok(prepared) => prepared,
                         Err((error, template)) => {
-                            let sent_at = *this.hand_back;
-                            return Poll::Ready(finish(Err(error), sent_at, || template));
+                            let sent = *this.hand_back;
+                            return Poll::Ready(finish(Err(error), sent, || template));
                         }
                     };
                     let Some(mut service) = this.service.take() else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
+                    let generation = prepared.carried.map(|stamp| stamp.generation);
                     *this.replay = prepared
                         .replay
-                        .map(|template| (template.unresolved(), prepared.generation));
+                        .map(|template| (template.unresolved(), generation));
+                    if let Some(sent) = this.hand_back {
+                        sent.carried = prepared.carried;
+                    }
                     let call = service.call(prepared.request);
                     this.state.set(State::Calling { call });
                 }

@@ -24,6 +24,7 @@ use crate::oauth::registration::{ClientConfig, Registrar};
 use crate::oauth::scopes::select_scopes;
 use crate::store::CredentialStore;
 use crate::token::Secret;
+use crate::token::TokenStamp;
 use crate::url_policy::UrlPolicy;
 
 mod builder;
@@ -227,20 +228,41 @@ impl Authorizer {
     /// after `since`: a request sent before then and refused may simply be replayed
     /// (someone else's authorization or refresh finished in between).
     pub async fn has_credentials_since(&self, principal: &Principal, since: SystemTime) -> bool {
-        self.credentials_since(principal, since).await.is_some()
+        self.credentials_since(principal, since, None)
+            .await
+            .is_some()
+    }
+
+    /// [`has_credentials_since`](Self::has_credentials_since) for a request that
+    /// carried the token set `carried`: that one never counts as newer, whatever
+    /// `since` says (which may then be read from a coarse clock).
+    pub(crate) async fn has_credentials_newer_than(
+        &self,
+        principal: &Principal,
+        since: SystemTime,
+        carried: Option<TokenStamp>,
+    ) -> bool {
+        self.credentials_since(principal, since, carried)
+            .await
+            .is_some()
     }
 
     /// The generation of the usable credentials of `principal` obtained at or after
-    /// `since`, if there are any.
+    /// `since`, other than `except`, if there are any.
     async fn credentials_since(
         &self,
         principal: &Principal,
         since: SystemTime,
+        except: Option<TokenStamp>,
     ) -> Option<crate::token::Generation> {
         let binding = self.inner.bindings.get(principal.tenant())?;
         let key = AuthKey::new(principal, binding.id());
         match self.inner.store.load(&key).await {
-            Ok(Some(tokens)) if tokens.obtained_at >= since && tokens.is_usable() => {
+            Ok(Some(tokens))
+                if tokens.obtained_at >= since
+                    && tokens.is_usable()
+                    && except != Some(tokens.stamp()) =>
+            {
                 Some(tokens.generation)
             }
             _ => None,
@@ -248,7 +270,7 @@ impl Authorizer {
     }
 
     /// Ends a flow this process just started as completed when credentials obtained at
-    /// or after `since` are already stored: another flow finished between the caller's
+    /// or after `since`, other than `carried`, are already stored: another flow finished between the caller's
     /// last look and this start (credentials are stored before a flow is marked done, so
     /// one look after the start closes the gap). Its URL is never shown, and a waiter
     /// that joined it meanwhile replays with those credentials. `false`: none, the flow
@@ -257,9 +279,10 @@ impl Authorizer {
         &self,
         principal: &Principal,
         since: SystemTime,
+        carried: Option<TokenStamp>,
         state: &Secret,
     ) -> bool {
-        let Some(generation) = self.credentials_since(principal, since).await else {
+        let Some(generation) = self.credentials_since(principal, since, carried).await else {
             return false;
         };
         self.inner

@@ -4,15 +4,16 @@ use std::time::SystemTime;
 
 use super::RefreshCoordinator;
 use crate::key::AuthKey;
-use crate::token::{Generation, TokenSet};
+use crate::token::{TokenSet, TokenStamp};
 
 /// A token the hot path may send as it is (see [`RefreshCoordinator::token_now`]).
 pub(crate) struct ServableToken {
     /// `Bearer <access token>` (`None`: not a valid header value).
     pub(crate) header: Option<http::HeaderValue>,
-    pub(crate) generation: Generation,
-    /// The time read to tell it is still valid (none for a token without expiry),
-    /// precise when the caller asked for it.
+    pub(crate) stamp: TokenStamp,
+    /// The time read to tell it is still valid (none for a token without expiry): the
+    /// coarse clock's, which may trail by some milliseconds, while the refresh-ahead
+    /// instant is more than a second away.
     pub(crate) now: Option<SystemTime>,
 }
 
@@ -22,15 +23,14 @@ impl RefreshCoordinator {
     /// valid and not yet due for refresh. `None` means: ask [`token`](Self::token).
     /// Read in place where the store allows: a request takes no reference to the
     /// token set. The clock is the coarse one while the refresh-ahead instant is
-    /// more than a second away, unless the caller needs the time `precise`ly (to
-    /// compare with when other credentials were obtained).
-    pub(crate) fn token_now(&self, key: &AuthKey, precise: bool) -> Option<ServableToken> {
+    /// more than a second away.
+    pub(crate) fn token_now(&self, key: &AuthKey) -> Option<ServableToken> {
         let (config, rule) = (&self.inner.config, self.inner.serve_rule);
         let servable = |tokens: &TokenSet| {
             let until = tokens.serve_until(rule, |tokens| config.serve_until(tokens));
             let token = ServableToken {
                 header: tokens.bearer_header(),
-                generation: tokens.generation,
+                stamp: tokens.stamp(),
                 now: None,
             };
             (token, until)
@@ -51,12 +51,11 @@ impl RefreshCoordinator {
             return Some(token);
         };
         // The coarse clock decides while the instant is far; near it, the precise one.
-        let coarse = (!precise).then(crate::limits::coarse_now).filter(|coarse| {
-            coarse
-                .checked_add(crate::limits::COARSE_GUARD)
-                .is_some_and(|guarded| guarded < until)
-        });
-        let now = coarse.unwrap_or_else(SystemTime::now);
+        let coarse = crate::limits::coarse_now();
+        let far = coarse
+            .checked_add(crate::limits::COARSE_GUARD)
+            .is_some_and(|guarded| guarded < until);
+        let now = if far { coarse } else { SystemTime::now() };
         token.now = Some(now);
         (now < until).then_some(token)
     }
@@ -91,12 +90,12 @@ mod tests {
             .config(RefreshConfig::default().with_clock_skew(Duration::from_secs(200)))
             .build();
 
-        assert!(default.token_now(&key, false).is_some());
+        assert!(default.token_now(&key).is_some());
         assert!(
-            skewed.token_now(&key, false).is_none(),
+            skewed.token_now(&key).is_none(),
             "reused another rule's answer"
         );
-        assert!(default.token_now(&key, true).is_some());
+        assert!(default.token_now(&key).is_some());
 
         let stored = store.load(&key).await.unwrap().unwrap();
         let rule = RefreshCoordinator::new(store.clone()).inner.serve_rule;

@@ -460,9 +460,9 @@ mod tests {
             shown = tokens.map(|tokens| tokens.access_token.expose().to_owned());
         }));
         assert_eq!(shown.as_deref(), Some("old"));
-        assert!(coordinator.token_now(&expired, false).is_none());
+        assert!(coordinator.token_now(&expired).is_none());
         let served = coordinator
-            .token_now(&valid, true)
+            .token_now(&valid)
             .expect("a valid token is served");
         assert_eq!(served.header.unwrap(), "Bearer new");
     }
