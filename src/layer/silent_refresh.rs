@@ -23,7 +23,7 @@ use crate::replay::{
     UnresolvedUri, buffer_other_now, make_replayable, take_in_memory,
 };
 use crate::store::BoxFuture;
-use crate::token::{Generation, TokenSet, TokenStamp};
+use crate::token::{TokenSet, TokenStamp};
 
 /// Adds `Authorization: Bearer` from the credential store to requests for one MCP
 /// server, refreshing ahead of expiry, and recovers from a 401 by one single-flight
@@ -200,11 +200,8 @@ where
             let Some(header) = token.header else {
                 return ResponseFuture::failed(invalid_token_header().into());
             };
-            let generation = Some(token.stamp.generation);
-            let sent = hand_back.then(|| Sent {
-                at: token.now.unwrap_or_else(SystemTime::now),
-                carried: Some(token.stamp),
-            });
+            let carried = Some(token.stamp);
+            let sent_at = hand_back.then(|| token.now.unwrap_or_else(SystemTime::now));
             let bytes = match take_in_memory(request.body_mut(), layer.max_replay_body) {
                 Ok(bytes) => bytes,
                 Err(error) => return ResponseFuture::failed(error),
@@ -225,8 +222,8 @@ where
                     },
                     service: None,
                     shared: replay.is_some().then(|| self.shared.clone()),
-                    replay: replay.map(|template| (template.unresolved(), generation)),
-                    hand_back: sent,
+                    replay: replay.map(|template| (template.unresolved(), carried)),
+                    sent_at,
                 };
             };
             // Built where they are kept: the template in the future, the request in the
@@ -239,11 +236,11 @@ where
                         Some(key.into_principal()),
                         coverage == Coverage::Exact,
                     ),
-                    generation,
+                    carried,
                 )),
                 service: None,
                 shared: Some(self.shared.clone()),
-                hand_back: sent,
+                sent_at,
                 state: State::Calling {
                     call: self.inner.call({
                         request.headers_mut().insert(header::AUTHORIZATION, header);
@@ -305,11 +302,7 @@ where
             service: Some(std::mem::replace(&mut self.inner, clone)),
             shared: has_key.then(|| self.shared.clone()),
             replay: None,
-            // The token set it carries is known once prepared.
-            hand_back: hand_back.then(|| Sent {
-                at: SystemTime::now(),
-                carried: None,
-            }),
+            sent_at: hand_back.then(SystemTime::now),
         }
     }
 }
@@ -397,9 +390,10 @@ where
     service: Option<S>,
     /// The layer, for a refresh and a replay after a 401 (`None`: a 401 is passed on).
     shared: Option<Arc<Shared<S>>>,
-    replay: Option<(ReplayTemplate<UnresolvedUri>, Option<Generation>)>,
-    /// When the layer above asked for the request back: how it was sent.
-    hand_back: Option<Sent>,
+    /// The request to replay and the token set it carried.
+    replay: Option<(ReplayTemplate<UnresolvedUri>, Option<TokenStamp>)>,
+    /// When the layer above asked for the request back: when it was sent.
+    sent_at: Option<SystemTime>,
 }
 
 #[pin_project(project = StateProj)]
@@ -437,7 +431,7 @@ where
             service: None,
             shared: None,
             replay: None,
-            hand_back: None,
+            sent_at: None,
         }
     }
 
@@ -447,19 +441,19 @@ where
             service: None,
             shared: None,
             replay: None,
-            hand_back: None,
+            sent_at: None,
         }
     }
 }
 
-/// `result`, with the request to replay attached when the layer above asked for it
-/// (`template` is called only then).
+/// `result`, with the request to replay (and the token set it carried) attached when
+/// the layer above asked for it (`kept` is called only then).
 fn finish<R>(
     result: Result<Response<R>, BoxError>,
-    sent: Option<Sent>,
-    template: impl FnOnce() -> Option<ReplayTemplate>,
+    sent_at: Option<SystemTime>,
+    kept: impl FnOnce() -> Option<(ReplayTemplate, Option<TokenStamp>)>,
 ) -> Result<Response<R>, BoxError> {
-    let Some(sent) = sent else {
+    let Some(at) = sent_at else {
         return result;
     };
     let acted_on = result.as_ref().map_or(true, |response| {
@@ -471,8 +465,11 @@ fn finish<R>(
     if !acted_on {
         return result;
     }
-    match template() {
-        Some(template) => hand_back::attach(result, HandBack { template, sent }),
+    match kept() {
+        Some((template, carried)) => {
+            let sent = Sent { at, carried };
+            hand_back::attach(result, HandBack { template, sent })
+        }
         None => result,
     }
 }
@@ -480,11 +477,12 @@ fn finish<R>(
 /// The kept template with its URI (the layer's resource standing for the one not
 /// kept).
 fn resolved<S>(
-    replay: &Option<(ReplayTemplate<UnresolvedUri>, Option<Generation>)>,
+    replay: &Option<(ReplayTemplate<UnresolvedUri>, Option<TokenStamp>)>,
     shared: &Option<Arc<Shared<S>>>,
-) -> Option<ReplayTemplate> {
-    let (template, _) = replay.as_ref()?;
-    template.resolve(shared.as_ref().and_then(|s| s.layer.bindings.exact_uri()))
+) -> Option<(ReplayTemplate, Option<TokenStamp>)> {
+    let (template, carried) = replay.as_ref()?;
+    let resource = shared.as_ref().and_then(|s| s.layer.bindings.exact_uri());
+    Some((template.resolve(resource)?, *carried))
 }
 
 impl<S, ResBody> Future for ResponseFuture<S>
@@ -502,20 +500,16 @@ where
                     let prepared = match ready!(prepare.as_mut().poll(cx)) {
                         Ok(prepared) => prepared,
                         Err((error, template)) => {
-                            let sent = *this.hand_back;
-                            return Poll::Ready(finish(Err(error), sent, || template));
+                            let kept = || template.map(|template| (template, None));
+                            return Poll::Ready(finish(Err(error), *this.sent_at, kept));
                         }
                     };
                     let Some(mut service) = this.service.take() else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
-                    let generation = prepared.carried.map(|stamp| stamp.generation);
                     *this.replay = prepared
                         .replay
-                        .map(|template| (template.unresolved(), generation));
-                    if let Some(sent) = this.hand_back {
-                        sent.carried = prepared.carried;
-                    }
+                        .map(|template| (template.unresolved(), prepared.carried));
                     let call = service.call(prepared.request);
                     this.state.set(State::Calling { call });
                 }
@@ -524,13 +518,13 @@ where
                     let (replay, shared) = (&*this.replay, &*this.shared);
                     let kept = || resolved(replay, shared);
                     if response.status() != StatusCode::UNAUTHORIZED {
-                        return Poll::Ready(finish(Ok(response), *this.hand_back, kept));
+                        return Poll::Ready(finish(Ok(response), *this.sent_at, kept));
                     }
-                    let (Some(shared), Some((template, generation))) = (shared, replay) else {
+                    let (Some(shared), Some((template, carried))) = (shared, replay) else {
                         debug!(
                             "401 passed on: no stored credentials to refresh, or the request cannot be replayed"
                         );
-                        return Poll::Ready(finish(Ok(response), *this.hand_back, kept));
+                        return Poll::Ready(finish(Ok(response), *this.sent_at, kept));
                     };
                     let www_authenticate = response
                         .headers()
@@ -544,11 +538,11 @@ where
                     let Some((principal, binding)) = template.principal().and_then(|principal| {
                         Some((principal, layer.bindings.for_principal(principal)?))
                     }) else {
-                        return Poll::Ready(finish(Ok(response), *this.hand_back, kept));
+                        return Poll::Ready(finish(Ok(response), *this.sent_at, kept));
                     };
                     let key = AuthKey::new(principal, binding.id());
                     let coordinator = layer.coordinator.clone();
-                    let generation = *generation;
+                    let generation = carried.map(|stamp| stamp.generation);
                     debug!(key = %key, "401 from the resource server; refreshing");
                     let refresh = Box::pin(async move {
                         coordinator
@@ -571,10 +565,11 @@ where
                             let challenge = std::mem::take(www_authenticate);
                             let error = error.with_challenge(challenge).into();
                             let kept = || resolved(replay, shared);
-                            return Poll::Ready(finish(Err(error), *this.hand_back, kept));
+                            return Poll::Ready(finish(Err(error), *this.sent_at, kept));
                         }
                     };
-                    let (Some(template), Some(shared)) = (resolved(replay, shared), shared) else {
+                    let (Some((template, _)), Some(shared)) = (resolved(replay, shared), shared)
+                    else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
                     let service = shared.replay_service();
@@ -582,6 +577,10 @@ where
                     request
                         .headers_mut()
                         .insert(header::AUTHORIZATION, bearer(&token)?);
+                    // What the replay carries, should it be refused and handed back.
+                    if let Some((_, carried)) = this.replay.as_mut() {
+                        *carried = Some(token.stamp());
+                    }
                     this.state.set(State::Replaying {
                         call: Box::pin(Oneshot::new(service, request)),
                     });
@@ -589,9 +588,7 @@ where
                 StateProj::Replaying { call } => {
                     let result = ready!(call.as_mut().poll(cx)).map_err(Into::into);
                     let (replay, shared) = (&*this.replay, &*this.shared);
-                    return Poll::Ready(finish(result, *this.hand_back, || {
-                        resolved(replay, shared)
-                    }));
+                    return Poll::Ready(finish(result, *this.sent_at, || resolved(replay, shared)));
                 }
                 StateProj::Failed { error } => {
                     let error = error
