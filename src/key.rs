@@ -30,6 +30,11 @@ pub struct Principal {
     hash: u64,
     /// The tenant's own keyed hash ([`tenant_hash`]), for per-tenant lookups.
     tenant_hash: u64,
+    /// Set on a request's own principal by an `OAuthRetryLayer` for the
+    /// `SilentRefreshLayer` below, which takes it off: "hand me the request back if it
+    /// fails" (`layer::hand_back`). Riding on the principal, which both layers look up
+    /// anyway, it costs no lookup of its own. Never compared, hashed or printed.
+    hand_back_wanted: bool,
 }
 
 impl fmt::Debug for Principal {
@@ -105,6 +110,7 @@ impl Principal {
             tenant_hash,
             names: joined(tenant, subject),
             split: tenant.len(),
+            hand_back_wanted: false,
         }
     }
 
@@ -121,6 +127,16 @@ impl Principal {
     /// [`tenant_hash`] of the tenant, computed with the principal.
     pub(crate) fn tenant_hash(&self) -> u64 {
         self.tenant_hash
+    }
+
+    /// Marks this (a request's own) principal: the request is wanted back should it fail.
+    pub(crate) fn want_hand_back(&mut self) {
+        self.hand_back_wanted = true;
+    }
+
+    /// Takes the mark of [`want_hand_back`](Self::want_hand_back) off: whether it was set.
+    pub(crate) fn take_hand_back(&mut self) -> bool {
+        std::mem::take(&mut self.hand_back_wanted)
     }
 
     /// The principal a request carries, if any.
@@ -189,6 +205,11 @@ impl AuthKey {
             principal: principal.clone(),
             binding,
         }
+    }
+
+    /// The key for `principal`, taken, at the server `binding`.
+    pub(crate) fn of(principal: Principal, binding: BindingId) -> Self {
+        Self { principal, binding }
     }
 
     /// The principal part.

@@ -14,7 +14,6 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 
 use super::hand_back::{self, HandBack, Sent};
-use super::principal_or_default;
 use crate::challenge::BearerChallenge;
 use crate::error::{Error, ReauthReason};
 use crate::key::Principal;
@@ -99,8 +98,9 @@ enum Mode {
 /// [`SilentRefreshLayer`](crate::SilentRefreshLayer) below keeps anyway (bodies up to
 /// 1 MiB with a known size): this layer copies nothing itself, so it costs the cached
 /// path almost nothing. It must therefore wrap a `SilentRefreshLayer`, directly or
-/// through layers that keep the request's extensions and pass responses and errors
-/// back as they are (a layer in between sees the replayed request again). A request
+/// through layers that keep the request's extensions (its [`Principal`] the same value,
+/// not a new one) and pass responses and errors back as they are (a layer in between
+/// sees the replayed request again). A request
 /// that cannot be replayed — a larger or streaming body, or no silent refresh layer
 /// below — gets its 401 or 403 back as it is.
 ///
@@ -316,12 +316,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if let Some(default) = &self.retry.shared.default_principal {
-            principal_or_default(&mut request, Some(default));
-        }
         // No copy of the request here: the silent refresh layer below keeps one to
         // replay after a refresh, and hands it back if an authorization is needed.
-        hand_back::mark(&mut request);
+        hand_back::mark(&mut request, self.retry.shared.default_principal.as_ref());
         // The readied service is called in place; a retry uses the service kept for it.
         ResponseFuture {
             state: State::Calling {

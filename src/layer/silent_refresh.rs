@@ -13,7 +13,6 @@ use tower::{BoxError, Layer, Service};
 use tracing::debug;
 
 use super::hand_back::{self, HandBack, Sent};
-use super::principal_or_default;
 use crate::binding::{BindingSlot, Coverage, ServerBinding};
 use crate::error::{Error, TransientReason};
 use crate::key::{AuthKey, Principal};
@@ -177,19 +176,19 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.shared.layer;
-        let hand_back = hand_back::take_mark(&mut request);
         let coverage = layer.bindings.coverage(request.uri());
         if coverage == Coverage::Outside {
             return ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)));
         }
-        let Some(principal) = principal_or_default(&mut request, layer.default_principal.as_ref())
-        else {
+        let default = layer.default_principal.as_ref();
+        let (principal, hand_back) = hand_back::take_principal_and_mark(&mut request, default);
+        let Some(principal) = principal else {
             return ResponseFuture::failed(Error::MissingPrincipal.into());
         };
         let Some(key) = layer
             .bindings
-            .id_for_principal(principal)
-            .map(|binding| AuthKey::new(principal, binding))
+            .id_for_principal(&principal)
+            .map(|binding| AuthKey::of(principal, binding))
         else {
             return self.unbound(request, hand_back);
         };
