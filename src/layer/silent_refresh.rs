@@ -514,6 +514,10 @@ where
                 }
                 StateProj::Calling { call } => {
                     let response = ready!(call.poll(cx)).map_err(Into::into)?;
+                    // Nearly every response: nothing to refresh, nothing to hand back.
+                    if this.sent_at.is_none() && response.status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(response));
+                    }
                     let (replay, shared) = (&*this.replay, &*this.shared);
                     let kept = || resolved(replay, shared);
                     if response.status() != StatusCode::UNAUTHORIZED {
