@@ -82,6 +82,18 @@ pub(crate) fn take_principal_and_mark<B>(
     (principal, wanted)
 }
 
+/// Takes the mark off `request` and inserts nothing: for a request the layer below
+/// lets pass untouched (another server's), which must not reach a layer further down
+/// still marked.
+pub(crate) fn take_mark<B>(request: &mut Request<B>) {
+    let extensions = request.extensions_mut();
+    if let Some(principal) = extensions.get_mut::<Principal>() {
+        principal.take_hand_back();
+    } else if !extensions.is_empty() {
+        extensions.remove::<Wanted>();
+    }
+}
+
 /// Attaches `hand_back` to a result the outer layer may act on.
 pub(crate) fn attach<R>(
     result: Result<Response<R>, BoxError>,
@@ -216,5 +228,25 @@ mod tests {
 
         let mut bare = request(None);
         assert_eq!(take_principal_and_mark(&mut bare, None), (None, false));
+    }
+
+    #[test]
+    fn a_request_let_pass_loses_the_mark_and_gains_nothing() {
+        let alice = Principal::new("acme", "alice");
+        let mut with_principal = request(Some(alice.clone()));
+        mark(&mut with_principal, None);
+        take_mark(&mut with_principal);
+        assert_eq!(
+            take_principal_and_mark(&mut with_principal, None),
+            (Some(alice), false)
+        );
+
+        let mut without = request(None);
+        mark(&mut without, None);
+        take_mark(&mut without);
+        assert!(
+            without.extensions().is_empty(),
+            "no default inserted, no mark left"
+        );
     }
 }

@@ -178,6 +178,9 @@ where
         let layer = &self.shared.layer;
         let coverage = layer.bindings.coverage(request.uri());
         if coverage == Coverage::Outside {
+            // Another server's request goes on untouched, but for the mark of a layer
+            // above: it is this layer's to take off (an inner stack must not hand back).
+            hand_back::take_mark(&mut request);
             return ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)));
         }
         let default = layer.default_principal.as_ref();
