@@ -51,15 +51,8 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_outside_silent_refresh_ignores_401s_and_opens_on_outages() {
-    let World {
-        auth,
-        mcp,
-        url,
-        binding,
-        store,
-        alice,
-    } = World::new().await;
-    let key = AuthKey::new(&alice, binding.id());
+    let w = World::new().await;
+    let key = AuthKey::new(&w.alice, w.binding.id());
     let breaker = CircuitBreakerLayer::new(
         BreakerConfig::default()
             .with_consecutive_failures(2)
@@ -75,31 +68,31 @@ async fn breaker_outside_silent_refresh_ignores_401s_and_opens_on_outages() {
     let client = ServiceBuilder::new()
         .layer(breaker)
         .layer(SilentRefreshLayer::new(
-            RefreshCoordinator::new(store.clone()),
-            binding,
+            RefreshCoordinator::new(w.store.clone()),
+            w.binding,
         ))
         .service(ReqwestTransport::from_client(http));
     let call = || {
         let mut request = jsonrpc_request(
-            &url,
+            &w.url,
             1,
             "tools/call",
             json!({"name": "whoami", "arguments": {}}),
         );
-        request.extensions_mut().insert(alice.clone());
+        request.extensions_mut().insert(w.alice.clone());
         client.clone().oneshot(request)
     };
 
     // Revoked tokens: the 401s are handled inside; the circuit never sees a failure.
     for _ in 0..5 {
-        auth.revoke_access_tokens("alice");
+        w.auth.revoke_access_tokens("alice");
         let response = call().await.unwrap();
         assert_eq!(
             read_jsonrpc(&response).unwrap()["result"]["content"][0]["text"],
             "alice"
         );
     }
-    assert_eq!(auth.stats().refresh_requests, 5);
+    assert_eq!(w.auth.stats().refresh_requests, 5);
     let snapshot = &handle.snapshots()[0];
     assert_eq!(
         (snapshot.state, snapshot.consecutive_failures),
@@ -107,8 +100,8 @@ async fn breaker_outside_silent_refresh_ignores_401s_and_opens_on_outages() {
     );
 
     // The MCP server goes away: two failures open alice's circuit; the third call fails fast.
-    let before = store.load(&key).await.unwrap().unwrap();
-    drop(mcp);
+    let before = w.store.load(&key).await.unwrap().unwrap();
+    drop(w.mcp);
     assert!(call().await.is_err());
     assert!(call().await.is_err());
     let refused = call().await.unwrap_err();
@@ -120,7 +113,7 @@ async fn breaker_outside_silent_refresh_ignores_401s_and_opens_on_outages() {
         "{refused}"
     );
     assert_eq!(handle.snapshots()[0].state, CircuitState::Open);
-    let after = store.load(&key).await.unwrap().unwrap();
+    let after = w.store.load(&key).await.unwrap().unwrap();
     assert_eq!(
         after.generation, before.generation,
         "an outage never touches credentials"
