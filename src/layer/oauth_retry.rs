@@ -335,7 +335,7 @@ struct Retry<S> {
 }
 
 /// Response future of [`OAuthRetry`].
-#[pin_project]
+#[pin_project(project = ResponseFutureProj)]
 pub struct ResponseFuture<S, R>
 where
     S: Service<Request<ReplayBody>>,
@@ -373,43 +373,62 @@ where
         match this.state.as_mut().project() {
             StateProj::Calling { call } => {
                 let result = ready!(call.poll(cx)).map_err(Into::into);
+                // Nearly every response; the rest sits out of line, out of the way of
+                // the instruction cache.
                 if result.as_ref().is_ok_and(|r| {
                     !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
                 }) {
                     return Poll::Ready(result);
                 }
-                let (result, hand_back) = hand_back::detach(result);
-                let Some(cause) = cause_of(&result) else {
-                    return Poll::Ready(result);
-                };
-                let Some(retry) = this.retry.take() else {
-                    return Poll::Ready(Err("response future polled after completion".into()));
-                };
-                let replayable = hand_back.and_then(|hand_back| {
-                    let shared = &retry.shared;
-                    let template = &hand_back.template;
-                    let principal = template.principal()?.clone();
-                    (shared.authorizer.covers(template.uri())
-                        && template.body().len() <= shared.max_replay_body)
-                        .then_some((principal, hand_back))
-                });
-                let Some((principal, hand_back)) = replayable else {
-                    tracing::debug!("authorization needed on a request that cannot be replayed");
-                    return Poll::Ready(result);
-                };
-                let mut authorize = Box::pin(authorize_and_replay(
-                    retry.retry(),
-                    principal,
-                    hand_back,
-                    cause,
-                ));
-                let poll = authorize.as_mut().poll(cx);
-                this.state.set(State::Authorizing { authorize });
-                poll
+                on_refused(&mut this, result, cx)
             }
             StateProj::Authorizing { authorize } => authorize.as_mut().poll(cx),
         }
     }
+}
+
+/// A 401 or 403 (or an error) from below: an authorization and a replay when it calls
+/// for one and the request was handed back, the result as it is otherwise.
+#[inline(never)]
+fn on_refused<S, R>(
+    this: &mut ResponseFutureProj<'_, S, R>,
+    result: Result<Response<R>, BoxError>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<R>, BoxError>>
+where
+    S: Service<Request<ReplayBody>, Response = Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    R: Send + 'static,
+{
+    let (result, hand_back) = hand_back::detach(result);
+    let Some(cause) = cause_of(&result) else {
+        return Poll::Ready(result);
+    };
+    let Some(retry) = this.retry.take() else {
+        return Poll::Ready(Err("response future polled after completion".into()));
+    };
+    let replayable = hand_back.and_then(|hand_back| {
+        let shared = &retry.shared;
+        let template = &hand_back.template;
+        let principal = template.principal()?.clone();
+        (shared.authorizer.covers(template.uri())
+            && template.body().len() <= shared.max_replay_body)
+            .then_some((principal, hand_back))
+    });
+    let Some((principal, hand_back)) = replayable else {
+        tracing::debug!("authorization needed on a request that cannot be replayed");
+        return Poll::Ready(result);
+    };
+    let mut authorize = Box::pin(authorize_and_replay(
+        retry.retry(),
+        principal,
+        hand_back,
+        cause,
+    ));
+    let poll = authorize.as_mut().poll(cx);
+    this.state.set(State::Authorizing { authorize });
+    poll
 }
 
 /// Why a response calls for an authorization.

@@ -178,15 +178,12 @@ where
         let layer = &self.shared.layer;
         let coverage = layer.bindings.coverage(request.uri());
         if coverage == Coverage::Outside {
-            // Another server's request goes on untouched, but for the mark of a layer
-            // above: it is this layer's to take off (an inner stack must not hand back).
-            hand_back::take_mark(&mut request);
-            return ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)));
+            return self.outside(request);
         }
         let default = layer.default_principal.as_ref();
         let (principal, hand_back) = hand_back::take_principal_and_mark(&mut request, default);
         let Some(principal) = principal else {
-            return ResponseFuture::failed(Error::MissingPrincipal.into());
+            return ResponseFuture::failed(Error::MissingPrincipal);
         };
         let Some(key) = layer
             .bindings
@@ -197,61 +194,46 @@ where
         };
         // The hot path: a valid token at hand and a body already in memory. No future
         // is boxed and nothing is awaited before the inner service is called (in place:
-        // a replay uses the service kept for it).
-        if let Some(token) = layer.coordinator.token_now(&key) {
-            let Some(header) = token.header else {
-                return ResponseFuture::failed(invalid_token_header().into());
-            };
-            let carried = Some(token.stamp);
-            let sent_at = hand_back.then(|| token.now.unwrap_or_else(SystemTime::now));
-            let bytes = match take_in_memory(request.body_mut(), layer.max_replay_body) {
-                Ok(bytes) => bytes,
-                Err(error) => return ResponseFuture::failed(error),
-            };
-            let Some(bytes) = bytes else {
-                let (mut request, replay) = match buffer_other_now(request, layer.max_replay_body) {
-                    Ok(Buffering::Ready(request, replay)) => (request, replay),
-                    Ok(Buffering::Unfinished(unfinished)) => {
-                        let input = PrepareInput::<ReqBody>::Unfinished(unfinished);
-                        return self.later(Some(key), input, hand_back);
-                    }
-                    Err(error) => return ResponseFuture::failed(error),
-                };
-                request.headers_mut().insert(header::AUTHORIZATION, header);
-                return ResponseFuture {
-                    state: State::Calling {
-                        call: self.inner.call(request),
-                    },
-                    service: None,
-                    shared: replay.is_some().then(|| self.shared.clone()),
-                    replay: replay.map(|template| (template.unresolved(), carried)),
-                    sent_at,
-                };
-            };
-            // Built where they are kept: the template in the future, the request in the
-            // inner service's call (a copy of either costs as much as a lookup).
-            return ResponseFuture {
-                replay: Some((
-                    ReplayTemplate::of_request_to(
-                        &request,
-                        bytes.clone(),
-                        Some(key.into_principal()),
-                        coverage == Coverage::Exact,
-                    ),
-                    carried,
-                )),
-                service: None,
-                shared: Some(self.shared.clone()),
-                sent_at,
-                state: State::Calling {
-                    call: self.inner.call({
-                        request.headers_mut().insert(header::AUTHORIZATION, header);
-                        request.map(|_| ReplayBody::buffered(bytes))
-                    }),
-                },
-            };
+        // a replay uses the service kept for it). What is not on it sits in functions
+        // of its own, out of the way of the instruction cache.
+        let Some(token) = layer.coordinator.token_now(&key) else {
+            return self.later(Some(key), PrepareInput::Request(request), hand_back);
+        };
+        let Some(header) = token.header else {
+            return ResponseFuture::failed(invalid_token_header());
+        };
+        let carried = Some(token.stamp);
+        let sent_at = hand_back.then(|| token.now.unwrap_or_else(SystemTime::now));
+        let bytes = match take_in_memory(request.body_mut(), layer.max_replay_body) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                let sent = (header, carried, sent_at);
+                return self.not_in_memory(request, key, sent, hand_back);
+            }
+            Err(error) => return ResponseFuture::failed(error),
+        };
+        // Built where they are kept: the template in the future, the request in the
+        // inner service's call (a copy of either costs as much as a lookup).
+        ResponseFuture {
+            replay: Some((
+                ReplayTemplate::of_request_to(
+                    &request,
+                    bytes.clone(),
+                    Some(key.into_principal()),
+                    coverage == Coverage::Exact,
+                ),
+                carried,
+            )),
+            service: None,
+            shared: Some(self.shared.clone()),
+            sent_at,
+            state: State::Calling {
+                call: self.inner.call({
+                    request.headers_mut().insert(header::AUTHORIZATION, header);
+                    request.map(|_| ReplayBody::buffered(bytes))
+                }),
+            },
         }
-        self.later(Some(key), PrepareInput::Request(request), hand_back)
     }
 }
 
@@ -259,9 +241,50 @@ impl<S> SilentRefresh<S>
 where
     S: Service<Request<ReplayBody>> + Clone,
 {
+    /// Another server's request goes on untouched, but for the mark of a layer above:
+    /// it is this layer's to take off (an inner stack must not hand back).
+    #[inline(never)]
+    fn outside<B: RequestBody>(&mut self, mut request: Request<B>) -> ResponseFuture<S> {
+        hand_back::take_mark(&mut request);
+        ResponseFuture::calling(self.inner.call(request.map(ReplayBody::new)))
+    }
+
+    /// A valid token at hand, and a body not in memory: buffered now if it can be,
+    /// sent as it is if it is too large, finished in the future if it is still
+    /// arriving.
+    #[inline(never)]
+    fn not_in_memory<B: RequestBody>(
+        &mut self,
+        request: Request<B>,
+        key: AuthKey,
+        (header, carried, sent_at): (HeaderValue, Option<TokenStamp>, Option<SystemTime>),
+        hand_back: bool,
+    ) -> ResponseFuture<S> {
+        let max_replay_body = self.shared.layer.max_replay_body;
+        let (mut request, replay) = match buffer_other_now(request, max_replay_body) {
+            Ok(Buffering::Ready(request, replay)) => (request, replay),
+            Ok(Buffering::Unfinished(unfinished)) => {
+                let input = PrepareInput::<B>::Unfinished(unfinished);
+                return self.later(Some(key), input, hand_back);
+            }
+            Err(error) => return ResponseFuture::failed(error),
+        };
+        request.headers_mut().insert(header::AUTHORIZATION, header);
+        ResponseFuture {
+            state: State::Calling {
+                call: self.inner.call(request),
+            },
+            service: None,
+            shared: replay.is_some().then(|| self.shared.clone()),
+            replay: replay.map(|template| (template.unresolved(), carried)),
+            sent_at,
+        }
+    }
+
     /// No client registered for the request's tenant yet: nothing to attach or
     /// refresh. A 401 goes back as it is, for an `OAuthRetryLayer` to act on (with the
     /// request to replay, when it asked for it).
+    #[inline(never)]
     fn unbound<B: RequestBody>(
         &mut self,
         request: Request<B>,
@@ -276,6 +299,7 @@ where
     /// The path that awaits: the store, a refresh, or a body still arriving. Without a
     /// key (no binding yet) the request is only buffered, for the layer above to
     /// replay. The readied service goes into the future; a fresh clone stays behind.
+    #[inline(never)]
     fn later<B: RequestBody>(
         &mut self,
         key: Option<AuthKey>,
@@ -381,7 +405,7 @@ fn bearer(token: &TokenSet) -> Result<HeaderValue, Error> {
 }
 
 /// Response future of [`SilentRefresh`].
-#[pin_project]
+#[pin_project(project = ResponseFutureProj)]
 pub struct ResponseFuture<S>
 where
     S: Service<Request<ReplayBody>>,
@@ -437,9 +461,13 @@ where
         }
     }
 
-    fn failed(error: BoxError) -> Self {
+    #[cold]
+    #[inline(never)]
+    fn failed(error: impl Into<BoxError>) -> Self {
         Self {
-            state: State::Failed { error: Some(error) },
+            state: State::Failed {
+                error: Some(error.into()),
+            },
             service: None,
             shared: None,
             replay: None,
@@ -496,113 +524,151 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Preparing { prepare } => {
-                    let prepared = match ready!(prepare.as_mut().poll(cx)) {
-                        Ok(prepared) => prepared,
-                        Err((error, template)) => {
-                            let kept = || template.map(|template| (template, None));
-                            return Poll::Ready(finish(Err(error), *this.sent_at, kept));
-                        }
-                    };
-                    let Some(mut service) = this.service.take() else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
-                    };
-                    *this.replay = prepared
-                        .replay
-                        .map(|template| (template.unresolved(), prepared.carried));
-                    let call = service.call(prepared.request);
-                    this.state.set(State::Calling { call });
-                }
-                StateProj::Calling { call } => {
-                    let response = ready!(call.poll(cx)).map_err(Into::into)?;
-                    // Nearly every response: nothing to refresh, nothing to hand back.
-                    if this.sent_at.is_none() && response.status() != StatusCode::UNAUTHORIZED {
-                        return Poll::Ready(Ok(response));
+        // Nearly every poll: the first send's answer, with nothing to refresh and
+        // nothing to hand back. The rest sits out of line, out of the way of the
+        // instruction cache.
+        if let StateProj::Calling { call } = this.state.as_mut().project() {
+            let response = ready!(call.poll(cx)).map_err(Into::into)?;
+            if this.sent_at.is_none() && response.status() != StatusCode::UNAUTHORIZED {
+                return Poll::Ready(Ok(response));
+            }
+            if let Some(output) = on_response(&mut this, response) {
+                return Poll::Ready(output);
+            }
+        }
+        poll_states(&mut this, cx)
+    }
+}
+
+/// Every state, until the output is ready or the future waits.
+#[inline(never)]
+fn poll_states<S, ResBody>(
+    this: &mut ResponseFutureProj<'_, S>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResBody>, BoxError>>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    loop {
+        match this.state.as_mut().project() {
+            StateProj::Preparing { prepare } => {
+                let prepared = match ready!(prepare.as_mut().poll(cx)) {
+                    Ok(prepared) => prepared,
+                    Err((error, template)) => {
+                        let kept = || template.map(|template| (template, None));
+                        return Poll::Ready(finish(Err(error), *this.sent_at, kept));
                     }
-                    let (replay, shared) = (&*this.replay, &*this.shared);
-                    let kept = || resolved(replay, shared);
-                    if response.status() != StatusCode::UNAUTHORIZED {
-                        return Poll::Ready(finish(Ok(response), *this.sent_at, kept));
+                };
+                let Some(mut service) = this.service.take() else {
+                    return Poll::Ready(Err("response future polled after completion".into()));
+                };
+                *this.replay = prepared
+                    .replay
+                    .map(|template| (template.unresolved(), prepared.carried));
+                let call = service.call(prepared.request);
+                this.state.set(State::Calling { call });
+            }
+            StateProj::Calling { call } => {
+                let response = ready!(call.poll(cx)).map_err(Into::into)?;
+                if let Some(output) = on_response(this, response) {
+                    return Poll::Ready(output);
+                }
+            }
+            StateProj::Refreshing {
+                refresh,
+                www_authenticate,
+            } => {
+                let (replay, shared) = (&*this.replay, &*this.shared);
+                let token = match ready!(refresh.as_mut().poll(cx)) {
+                    Ok(token) => token,
+                    Err(error) => {
+                        let challenge = std::mem::take(www_authenticate);
+                        let error = error.with_challenge(challenge).into();
+                        let kept = || resolved(replay, shared);
+                        return Poll::Ready(finish(Err(error), *this.sent_at, kept));
                     }
-                    let (Some(shared), Some((template, carried))) = (shared, replay) else {
-                        debug!(
-                            "401 passed on: no stored credentials to refresh, or the request cannot be replayed"
-                        );
-                        return Poll::Ready(finish(Ok(response), *this.sent_at, kept));
-                    };
-                    let www_authenticate = response
-                        .headers()
-                        .get_all(header::WWW_AUTHENTICATE)
-                        .iter()
-                        .cloned()
-                        .collect();
-                    // The principal the request was sent for (the layer put it there).
-                    // The binding looked up again: the request needed only its id.
-                    let layer = &shared.layer;
-                    let Some((principal, binding)) = template.principal().and_then(|principal| {
-                        Some((principal, layer.bindings.for_principal(principal)?))
-                    }) else {
-                        return Poll::Ready(finish(Ok(response), *this.sent_at, kept));
-                    };
-                    let key = AuthKey::new(principal, binding.id());
-                    let coordinator = layer.coordinator.clone();
-                    let generation = carried.map(|stamp| stamp.generation);
-                    debug!(key = %key, "401 from the resource server; refreshing");
-                    let refresh = Box::pin(async move {
-                        coordinator
-                            .refresh_rejected(&key, &binding, generation)
-                            .await
-                    });
-                    this.state.set(State::Refreshing {
-                        refresh,
-                        www_authenticate,
-                    });
+                };
+                let (Some((template, _)), Some(shared)) = (resolved(replay, shared), shared) else {
+                    return Poll::Ready(Err("response future polled after completion".into()));
+                };
+                let service = shared.replay_service();
+                let mut request = template.request();
+                request
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, bearer(&token)?);
+                // What the replay carries, should it be refused and handed back.
+                if let Some((_, carried)) = this.replay.as_mut() {
+                    *carried = Some(token.stamp());
                 }
-                StateProj::Refreshing {
-                    refresh,
-                    www_authenticate,
-                } => {
-                    let (replay, shared) = (&*this.replay, &*this.shared);
-                    let token = match ready!(refresh.as_mut().poll(cx)) {
-                        Ok(token) => token,
-                        Err(error) => {
-                            let challenge = std::mem::take(www_authenticate);
-                            let error = error.with_challenge(challenge).into();
-                            let kept = || resolved(replay, shared);
-                            return Poll::Ready(finish(Err(error), *this.sent_at, kept));
-                        }
-                    };
-                    let (Some((template, _)), Some(shared)) = (resolved(replay, shared), shared)
-                    else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
-                    };
-                    let service = shared.replay_service();
-                    let mut request = template.request();
-                    request
-                        .headers_mut()
-                        .insert(header::AUTHORIZATION, bearer(&token)?);
-                    // What the replay carries, should it be refused and handed back.
-                    if let Some((_, carried)) = this.replay.as_mut() {
-                        *carried = Some(token.stamp());
-                    }
-                    this.state.set(State::Replaying {
-                        call: Box::pin(Oneshot::new(service, request)),
-                    });
-                }
-                StateProj::Replaying { call } => {
-                    let result = ready!(call.as_mut().poll(cx)).map_err(Into::into);
-                    let (replay, shared) = (&*this.replay, &*this.shared);
-                    return Poll::Ready(finish(result, *this.sent_at, || resolved(replay, shared)));
-                }
-                StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .unwrap_or_else(|| "response future polled after completion".into());
-                    return Poll::Ready(Err(error));
-                }
+                this.state.set(State::Replaying {
+                    call: Box::pin(Oneshot::new(service, request)),
+                });
+            }
+            StateProj::Replaying { call } => {
+                let result = ready!(call.as_mut().poll(cx)).map_err(Into::into);
+                let (replay, shared) = (&*this.replay, &*this.shared);
+                return Poll::Ready(finish(result, *this.sent_at, || resolved(replay, shared)));
+            }
+            StateProj::Failed { error } => {
+                let error = error
+                    .take()
+                    .unwrap_or_else(|| "response future polled after completion".into());
+                return Poll::Ready(Err(error));
             }
         }
     }
+}
+
+/// The answer to a send: the output (`Some`), or a refresh begun (`None`, the state
+/// moved on).
+#[inline(never)]
+fn on_response<S, ResBody>(
+    this: &mut ResponseFutureProj<'_, S>,
+    response: Response<ResBody>,
+) -> Option<Result<Response<ResBody>, BoxError>>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    let (replay, shared) = (&*this.replay, &*this.shared);
+    let kept = || resolved(replay, shared);
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return Some(finish(Ok(response), *this.sent_at, kept));
+    }
+    let (Some(shared), Some((template, carried))) = (shared, replay) else {
+        debug!(
+            "401 passed on: no stored credentials to refresh, or the request cannot be replayed"
+        );
+        return Some(finish(Ok(response), *this.sent_at, kept));
+    };
+    let www_authenticate = response
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .cloned()
+        .collect();
+    // The principal the request was sent for (the layer put it there). The binding
+    // looked up again: the request needed only its id.
+    let layer = &shared.layer;
+    let Some((principal, binding)) = template
+        .principal()
+        .and_then(|principal| Some((principal, layer.bindings.for_principal(principal)?)))
+    else {
+        return Some(finish(Ok(response), *this.sent_at, kept));
+    };
+    let key = AuthKey::new(principal, binding.id());
+    let coordinator = layer.coordinator.clone();
+    let generation = carried.map(|stamp| stamp.generation);
+    debug!(key = %key, "401 from the resource server; refreshing");
+    let refresh = Box::pin(async move {
+        coordinator
+            .refresh_rejected(&key, &binding, generation)
+            .await
+    });
+    this.state.set(State::Refreshing {
+        refresh,
+        www_authenticate,
+    });
+    None
 }
