@@ -373,8 +373,8 @@ where
         match this.state.as_mut().project() {
             StateProj::Calling { call } => {
                 let result = ready!(call.poll(cx)).map_err(Into::into);
-                // Nearly every response; the rest sits out of line, out of the way of
-                // the instruction cache.
+                // Nearly every response; the rest sits out of line, so this
+                // function's frame and register saves do not pay for it.
                 if result.as_ref().is_ok_and(|r| {
                     !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
                 }) {

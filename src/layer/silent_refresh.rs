@@ -195,7 +195,8 @@ where
         // The hot path: a valid token at hand and a body already in memory. No future
         // is boxed and nothing is awaited before the inner service is called (in place:
         // a replay uses the service kept for it). What is not on it sits in functions
-        // of its own, out of the way of the instruction cache.
+        // of its own: small, this one gets the template, the body's conversion and the
+        // inner call inlined, and the request is not copied between them.
         let Some(token) = layer.coordinator.token_now(&key) else {
             return self.later(Some(key), PrepareInput::Request(request), hand_back);
         };
@@ -525,8 +526,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         // Nearly every poll: the first send's answer, with nothing to refresh and
-        // nothing to hand back. The rest sits out of line, out of the way of the
-        // instruction cache.
+        // nothing to hand back. The rest sits out of line: this function's
+        // frame and register saves do not pay for it.
         if let StateProj::Calling { call } = this.state.as_mut().project() {
             let response = ready!(call.poll(cx)).map_err(Into::into)?;
             if this.sent_at.is_none() && response.status() != StatusCode::UNAUTHORIZED {
