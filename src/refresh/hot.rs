@@ -26,39 +26,44 @@ impl RefreshCoordinator {
     /// more than a second away.
     pub(crate) fn token_now(&self, key: &AuthKey) -> Option<ServableToken> {
         let (config, rule) = (&self.inner.config, self.inner.serve_rule);
+        // Checked before anything is copied out: a token past its instant costs no
+        // header clone.
         let servable = |tokens: &TokenSet| {
-            let until = tokens.serve_until(rule, |tokens| config.serve_until(tokens));
-            let token = ServableToken {
+            let now = match tokens.serve_until(rule, |tokens| config.serve_until(tokens)) {
+                Some(until) => Some(now_if_before(until)?),
+                None => None,
+            };
+            Some(ServableToken {
                 header: tokens.bearer_header(),
                 stamp: tokens.stamp(),
-                now: None,
-            };
-            (token, until)
+                now,
+            })
         };
-        let (mut token, until) = match &self.inner.hot {
+        match &self.inner.hot {
             Some(hot) => servable(&*hot.get(key)?),
             None => {
-                // The expiry is checked below, by `serve_until`.
+                // The expiry is checked by `serve_until`.
                 let mut found = None;
                 let store = &self.inner.store;
-                if !store.peek_now_unchecked_expiry(key, &mut |t| found = t.map(servable)) {
+                let read = &mut |tokens: Option<&TokenSet>| found = tokens.and_then(servable);
+                if !store.peek_now_unchecked_expiry(key, read) {
                     return None;
                 }
-                found?
+                found
             }
-        };
-        let Some(until) = until else {
-            return Some(token);
-        };
-        // The coarse clock decides while the instant is far; near it, the precise one.
-        let coarse = crate::limits::coarse_now();
-        let far = coarse
-            .checked_add(crate::limits::COARSE_GUARD)
-            .is_some_and(|guarded| guarded < until);
-        let now = if far { coarse } else { SystemTime::now() };
-        token.now = Some(now);
-        (now < until).then_some(token)
+        }
     }
+}
+
+/// The time now if it is before `until`: the coarse clock's while `until` is far, the
+/// precise one near it.
+fn now_if_before(until: SystemTime) -> Option<SystemTime> {
+    let coarse = crate::limits::coarse_now();
+    let far = coarse
+        .checked_add(crate::limits::COARSE_GUARD)
+        .is_some_and(|guarded| guarded < until);
+    let now = if far { coarse } else { SystemTime::now() };
+    (now < until).then_some(now)
 }
 
 #[cfg(test)]
