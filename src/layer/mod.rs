@@ -1,5 +1,27 @@
 //! The Tower layers.
 
+/// `get_ref`, `get_mut` and `into_inner` for a service that keeps its inner service `S`
+/// in its `inner` field (the accessors every tower-http service has).
+macro_rules! inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Unwraps the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+pub(crate) use inner_service_accessors;
+
 pub mod callback;
 pub mod circuit_breaker;
 mod hand_back;
