@@ -3,7 +3,9 @@
 # server scenario is run against the reference server (@modelcontextprotocol/
 # server-everything, from the npm registry) directly, then through the gateway (upstream
 # auth `none`), one scenario at a time. Prints both counts; exits non-zero if any
-# scenario that passes directly fails through the gateway.
+# scenario that passes directly fails through the gateway, or if the gateway's own edge
+# fails `dns-rebinding-protection` (Host and Origin validation is the gateway's job,
+# whatever the upstream does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +60,7 @@ mapfile -t SCENARIOS < <("${CONF[@]}" list 2>/dev/null | sed -n '/^Server scenar
 direct=0
 through=0
 lost=()
+rebinding=missing
 for scenario in "${SCENARIOS[@]}"; do
   d=FAIL
   t=FAIL
@@ -70,6 +73,7 @@ for scenario in "${SCENARIOS[@]}"; do
     through=$((through + 1))
   fi
   printf '%-32s direct %-4s  through the gateway %s\n' "$scenario" "$d" "$t"
+  [[ $scenario == dns-rebinding-protection ]] && rebinding=$t
   if [[ $d == pass && $t != pass ]]; then
     lost+=("$scenario")
     grep -E 'FAILURE|Passed:' "$OUT/through-$scenario.log" | head -5 | sed 's/^/    /' || true
@@ -77,6 +81,11 @@ for scenario in "${SCENARIOS[@]}"; do
 done
 
 echo "server scenarios (conformance ${CONFORMANCE_VERSION}, server-everything ${EVERYTHING_VERSION}): ${direct}/${#SCENARIOS[@]} pass directly, ${through}/${#SCENARIOS[@]} through the gateway"
+if [[ $rebinding != pass ]]; then
+  echo "  dns-rebinding-protection through the gateway: $rebinding (the gateway must refuse a foreign Host/Origin itself)"
+  grep -E 'FAILURE|Passed:' "$OUT/through-dns-rebinding-protection.log" 2>/dev/null | head -5 | sed 's/^/    /' || true
+  exit 1
+fi
 if [[ ${#lost[@]} -gt 0 ]]; then
   printf '  passes directly, fails through the gateway: %s\n' "${lost[@]}"
   echo "  logs: $OUT"

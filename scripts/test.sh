@@ -34,6 +34,16 @@ if cargo tree --no-default-features -e normal | grep -q "reqwest v"; then
   echo "reqwest is in the tree without the reqwest feature"; exit 1
 fi
 
+step "applications beside the crate: their own reqwest works unchanged (default features off, and on)"
+# Two crates of their own (tests/apps/), each an application that depends on reqwest and
+# on this crate: cargo unifies reqwest's features across both, so a TLS feature of ours
+# must not change how the application's own client behaves. The root's lock file pins
+# their versions; the shared target directory reuses the crate's artifacts.
+for app in reqwest-minimal reqwest-default; do
+  cp Cargo.lock "tests/apps/$app/Cargo.lock"
+  cargo run --quiet --manifest-path "tests/apps/$app/Cargo.toml" --target-dir target
+done
+
 step "docs (broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 

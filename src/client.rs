@@ -7,7 +7,7 @@
 //! * [`hyper_client`]: hyper-util's pooled legacy client over rustls, for apps that
 //!   already run on hyper and do not want reqwest in their tree.
 //!
-//! Both use rustls with ring (already in the tree) and the platform's certificate
+//! Both use rustls with aws-lc-rs (reqwest's default provider) and the platform's certificate
 //! roots, take connect and read timeouts from [`HttpClientConfig`], and have **no
 //! overall timeout** by default: an SSE stream may stay open for hours. Neither follows
 //! redirects (a bearer token must not be replayed to another URL).
@@ -106,7 +106,7 @@ impl ClientBuildError {
     }
 }
 
-/// The rustls configuration both clients use: ring as the crypto provider, the
+/// The rustls configuration both clients use: aws-lc-rs as the crypto provider, the
 /// platform's verifier and roots, TLS 1.2 and 1.3. No ALPN protocols: each client
 /// adds those it speaks (hyper-rustls refuses a configuration that has them).
 ///
@@ -116,7 +116,7 @@ impl ClientBuildError {
 /// ```
 pub fn tls_config() -> Result<rustls::ClientConfig, ClientBuildError> {
     use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientBuildError(e.into()))?

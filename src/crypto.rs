@@ -1,8 +1,8 @@
-//! Hashing, MACs and randomness, all from ring (already in the tree for signing), so
+//! Hashing, MACs and randomness, all from aws-lc-rs (rustls's provider here), so
 //! the crate pulls no second SHA-2, HMAC or RNG crate next to its users' versions.
 
-use ring::digest;
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
 /// SHA-256 of the concatenation of `parts`.
 pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
@@ -29,16 +29,16 @@ pub(crate) fn sha256_fields<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u
 
 /// HMAC-SHA-256 of `data` under `key`.
 pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
     let mut out = [0u8; 32];
-    out.copy_from_slice(ring::hmac::sign(&key, data).as_ref());
+    out.copy_from_slice(aws_lc_rs::hmac::sign(&key, data).as_ref());
     out
 }
 
 /// Whether `tag` is the HMAC-SHA-256 of `data` under `key` (constant time).
 pub(crate) fn hmac_sha256_verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    ring::hmac::verify(&key, data, tag).is_ok()
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    aws_lc_rs::hmac::verify(&key, data, tag).is_ok()
 }
 
 /// `N` bytes from the operating system's CSPRNG.

@@ -80,7 +80,7 @@ impl AuthHttpClient {
         return Self::hyper_with_policy(policy);
     }
 
-    /// reqwest (rustls with ring), redirects disabled, the strict
+    /// reqwest (rustls with aws-lc-rs), redirects disabled, the strict
     /// [`UrlPolicy::default`] at connect time.
     ///
     /// ```

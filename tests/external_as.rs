@@ -8,9 +8,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tower::{Layer, ServiceExt};
@@ -29,10 +29,10 @@ struct Idp {
 
 impl Idp {
     fn new() -> Self {
-        let rng = ring::rand::SystemRandom::new();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
         Self { key }
     }
 
@@ -61,7 +61,7 @@ impl Idp {
         );
         let signature = self
             .key
-            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
             .unwrap();
         UserAssertion::new(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
     }

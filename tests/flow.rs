@@ -184,10 +184,11 @@ async fn the_authorization_url_carries_pkce_s256_state_resource_and_scopes() {
     assert_eq!(params["scope"], "tools.read offline_access");
     assert_eq!(params["state"], pending.state.expose());
     assert_eq!(params["code_challenge_method"], "S256");
-    let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        pending.pkce_verifier.expose().as_bytes(),
-    ));
+    let expected =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            pending.pkce_verifier.expose().as_bytes(),
+        ));
     assert_eq!(params["code_challenge"], expected);
     let debug = format!("{flow:?}");
     assert!(

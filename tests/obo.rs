@@ -422,9 +422,9 @@ async fn the_grants_and_client_authentications_on_the_wire() {
         .unwrap();
 
     // private_key_jwt with a fresh P-256 key.
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         &rng,
     )
     .unwrap();

@@ -3,121 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tower_mcp_auth::client::ReqwestService;
 use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer, TestUpstream};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_mcp-auth-proxy");
-
-struct Proxy {
-    child: Child,
-    url: String,
-    _dir: PathBuf,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("proxy")
-        .join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Starts the gateway with `config` (listening on a free port); returns once it
-/// printed its address.
-fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Proxy {
-    let dir = dir(name);
-    let path = dir.join("proxy.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(BINARY)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .envs(env.iter().copied())
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Proxy {
-        child,
-        url,
-        _dir: dir,
-    }
-}
-
-fn config(trusted: &str, upstreams: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-max_body_bytes = 65536
-
-[store]
-sqlite = "gateway.db"
-
-[identity]
-mode = "trusted-header"
-header = "x-user"
-trusted_sources = ["{trusted}"]
-{upstreams}"#
-    )
-}
-
-fn http() -> reqwest::Client {
-    ReqwestService::builder().unwrap().build().unwrap()
-}
-
-fn call(id: u64, tool: &str) -> String {
-    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-        "params": {"name": tool, "arguments": {"text": "hi"}}})
-    .to_string()
-}
-
-async fn post(url: &str, user: Option<&str>, body: String) -> reqwest::Response {
-    let mut request = http()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        // The caller's own token must never reach the upstream.
-        .header("authorization", "Bearer caller-token-must-stay-home")
-        .body(body);
-    if let Some(user) = user {
-        request = request.header("x-user", user);
-    }
-    request.send().await.unwrap()
-}
-
-/// A JSON-RPC message from a JSON or SSE body.
-fn message(content_type: &str, body: &str) -> Value {
-    if content_type.starts_with("text/event-stream") {
-        let data: String = body
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim)
-            .collect();
-        serde_json::from_str(&data).unwrap()
-    } else {
-        serde_json::from_str(body).unwrap()
-    }
-}
+use common::gateway::{BINARY, call, config, dir, http, message, post, start};
 
 #[tokio::test]
 async fn header_auth_is_added_the_callers_token_stays_home_and_sse_streams() {
@@ -867,18 +760,20 @@ async fn typescript_sdk_client_completes_the_url_elicitation_connect_flow() {
 
 /// An identity provider for the `jwt` mode: a P-256 key, its JWKS served on loopback.
 struct Idp {
-    key: ring::signature::EcdsaKeyPair,
+    key: aws_lc_rs::signature::EcdsaKeyPair,
     url: String,
 }
 
 impl Idp {
     async fn start(kid: &'static str) -> Self {
         use base64::Engine;
-        let rng = ring::rand::SystemRandom::new();
-        let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
-        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
-        let key = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
-        let point = ring::signature::KeyPair::public_key(&key).as_ref().to_vec();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let alg = &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let key = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).unwrap();
+        let point = aws_lc_rs::signature::KeyPair::public_key(&key)
+            .as_ref()
+            .to_vec();
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
             "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
@@ -904,7 +799,7 @@ impl Idp {
             b64(header.to_string().as_bytes()),
             b64(claims.to_string().as_bytes())
         );
-        let rng = ring::rand::SystemRandom::new();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         let signature = self.key.sign(&rng, input.as_bytes()).unwrap();
         format!("{input}.{}", b64(signature.as_ref()))
     }

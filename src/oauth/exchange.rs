@@ -98,8 +98,8 @@ impl fmt::Debug for ClientAuth {
 }
 
 enum SigningKey {
-    Es256(ring::signature::EcdsaKeyPair),
-    Rs256(ring::signature::RsaKeyPair),
+    Es256(aws_lc_rs::signature::EcdsaKeyPair),
+    Rs256(aws_lc_rs::signature::RsaKeyPair),
 }
 
 /// Signs client assertions (`private_key_jwt`) with an ES256 or RS256 key.
@@ -132,15 +132,13 @@ impl JwtSigner {
         let der = STANDARD
             .decode(body)
             .map_err(|_| KeyError("not PEM".into()))?;
-        let rng = ring::rand::SystemRandom::new();
-        let key = if let Ok(key) = ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        let key = if let Ok(key) = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             &der,
-            &rng,
         ) {
             SigningKey::Es256(key)
         } else {
-            let key = ring::signature::RsaKeyPair::from_pkcs8(&der)
+            let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der)
                 .map_err(|e| KeyError(format!("neither P-256 nor RSA PKCS#8 ({e})")))?;
             SigningKey::Rs256(key)
         };
@@ -192,16 +190,16 @@ impl JwtSigner {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let rng = ring::rand::SystemRandom::new();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         let signature = match &*self.key {
             SigningKey::Es256(key) => key
                 .sign(&rng, signing_input.as_bytes())
                 .map(|s| s.as_ref().to_vec())
                 .map_err(|_| KeyError("signing failed".into()))?,
             SigningKey::Rs256(key) => {
-                let mut signature = vec![0; key.public().modulus_len()];
+                let mut signature = vec![0; key.public_modulus_len()];
                 key.sign(
-                    &ring::signature::RSA_PKCS1_SHA256,
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
                     &rng,
                     signing_input.as_bytes(),
                     &mut signature,

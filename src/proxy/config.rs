@@ -67,6 +67,13 @@ pub struct ProxyConfig {
     /// Lets upstreams and their authorization servers be plain `http` on loopback
     /// (local development and tests only; default false).
     pub allow_loopback_http: bool,
+    /// Host names the gateway answers besides IP literals, `localhost` and
+    /// `public_url`'s host (lower case, without port): any other `Host` is refused
+    /// (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the gateway besides its own (e.g. a web chat
+    /// app's `https://chat.example.com`); a request with any other `Origin` is refused.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Where credentials and flows live.
@@ -208,6 +215,10 @@ struct RawConfig {
     cookie_key_env: Option<Spanned<String>>,
     #[serde(default)]
     allow_loopback_http: bool,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -459,6 +470,30 @@ impl ProxyConfig {
                 Some(crate::Secret::new(key))
             }
         };
+        let mut allowed_hosts = Vec::new();
+        for host in &raw.allowed_hosts {
+            allowed_hosts.push(super::edge::parse_host(host.get_ref()).ok_or_else(|| {
+                at(
+                    host.span(),
+                    format!(
+                        "allowed_hosts: `{}` is not a host name (e.g. mcp.internal or mcp.internal:8080)",
+                        host.get_ref()
+                    ),
+                )
+            })?);
+        }
+        let mut allowed_origins = Vec::new();
+        for origin in &raw.allowed_origins {
+            allowed_origins.push(super::edge::parse_origin(origin.get_ref()).ok_or_else(|| {
+                at(
+                    origin.span(),
+                    format!(
+                        "allowed_origins: `{}` is not an http(s) origin without a path (e.g. https://chat.example.com)",
+                        origin.get_ref()
+                    ),
+                )
+            })?);
+        }
         if raw.upstream.is_empty() {
             return Err(ConfigError {
                 line: None,
@@ -699,6 +734,8 @@ impl ProxyConfig {
             public_url,
             cookie_key,
             allow_loopback_http: raw.allow_loopback_http,
+            allowed_hosts,
+            allowed_origins,
         })
     }
 }

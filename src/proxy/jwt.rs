@@ -1,6 +1,6 @@
 //! Inbound identity from a JWT bearer token, verified against the issuer's JWKS.
 //!
-//! Signatures: RS256 and ES256 (ring). Keys are fetched from `jwks_url` and cached; a
+//! Signatures: RS256 and ES256 (aws-lc-rs). Keys are fetched from `jwks_url` and cached; a
 //! token naming a key id the cache does not hold refetches the set (at most once per
 //! [`REFETCH_INTERVAL`]), so the issuer's key rotation is followed without letting
 //! made-up key ids hammer it. `iss`, `aud`, `exp` (required) and `nbf` are checked with
@@ -139,15 +139,15 @@ impl JwtVerifier {
         let key = self.key(kid).await?;
         let signed = &token.as_bytes()[..header_len(token)];
         let verified = match (&*key, algorithm) {
-            (Key::Rsa { n, e }, "RS256") => ring::signature::RsaPublicKeyComponents { n, e }
+            (Key::Rsa { n, e }, "RS256") => aws_lc_rs::signature::RsaPublicKeyComponents { n, e }
                 .verify(
-                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
                     signed,
                     &signature,
                 )
                 .is_ok(),
-            (Key::P256(point), "ES256") => ring::signature::UnparsedPublicKey::new(
-                &ring::signature::ECDSA_P256_SHA256_FIXED,
+            (Key::P256(point), "ES256") => aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
                 point,
             )
             .verify(signed, &signature)

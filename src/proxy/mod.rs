@@ -25,9 +25,11 @@
 mod config;
 mod connect;
 mod connections;
+mod edge;
 mod jwt;
 mod prometheus;
 mod server;
+mod sessions;
 pub mod stdio;
 
 pub use config::{

@@ -75,6 +75,10 @@ pub struct Gateway {
     form_key: Arc<[u8; 32]>,
     /// Verifies inbound JWTs (identity mode `jwt`).
     jwt: Option<Arc<super::jwt::JwtVerifier>>,
+    /// The hosts and origins the gateway answers (checked before identity).
+    edge: Arc<super::edge::EdgePolicy>,
+    /// Which principal created each upstream session.
+    sessions: super::sessions::SessionOwners,
 }
 
 /// Why the gateway could not be built.
@@ -244,6 +248,12 @@ impl Gateway {
                 }
                 _ => None,
             },
+            sessions: super::sessions::SessionOwners::new(records),
+            edge: Arc::new(super::edge::EdgePolicy::new(
+                config.public_url.as_ref(),
+                &config.allowed_hosts,
+                &config.allowed_origins,
+            )),
             form_key: Arc::new(match &config.cookie_key {
                 Some(key) => {
                     crate::crypto::hmac_sha256(key.expose().as_bytes(), b"mcp-auth-proxy forms")
@@ -310,6 +320,7 @@ impl Gateway {
     pub fn router(self) -> axum::Router {
         let max = self.max_body_bytes;
         let callbacks = self.callbacks.clone();
+        let edge = self.edge.clone();
         let mut router = axum::Router::new()
             .route("/{upstream}/mcp", axum::routing::any(forward))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -333,6 +344,27 @@ impl Gateway {
         }
         router.layer(
             ServiceBuilder::new()
+                // Host and Origin first: a rebinding page or another site gets no further.
+                .layer(axum::middleware::from_fn(
+                    move |request: Request, next: axum::middleware::Next| {
+                        let edge = edge.clone();
+                        async move {
+                            match edge.check(request.headers(), request.uri()) {
+                                Ok(()) => next.run(request).await,
+                                Err(refusal) => {
+                                    tracing::warn!(
+                                        host = ?request.headers().get(header::HOST),
+                                        origin = ?request.headers().get(header::ORIGIN),
+                                        path = request.uri().path(),
+                                        "request refused at the edge: {}",
+                                        refusal.message()
+                                    );
+                                    json_error(refusal.status(), refusal.message())
+                                }
+                            }
+                        }
+                    },
+                ))
                 // Secrets never reach the trace output.
                 .layer(
                     tower_http::sensitive_headers::SetSensitiveHeadersLayer::new([
@@ -493,6 +525,43 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Where a caller's request goes: the configured URL, its query parameters kept, the
+/// caller's parameters added after them unless they name a configured one.
+fn upstream_url(configured: &url::Url, caller_query: Option<&str>) -> url::Url {
+    let mut url = configured.clone();
+    let Some(query) = caller_query.filter(|q| !q.is_empty()) else {
+        return url;
+    };
+    let fixed: Vec<String> = configured
+        .query_pairs()
+        .map(|(k, _)| k.into_owned())
+        .collect();
+    let added: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, _)| !fixed.iter().any(|f| f == key))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if !added.is_empty() {
+        url.query_pairs_mut().extend_pairs(added);
+    }
+    url
+}
+
+/// The caller's claims about the path a request took: the upstream learns nothing from
+/// them it could mistake for the gateway's word.
+fn strip_forwarding(headers: &mut HeaderMap) {
+    let claimed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name == "forwarded" || name == "x-real-ip" || name.starts_with("x-forwarded-")
+        })
+        .cloned()
+        .collect();
+    for name in claimed {
+        headers.remove(name);
+    }
+}
+
 fn json_error(status: StatusCode, message: &str) -> Response {
     let mut response = (
         status,
@@ -536,6 +605,13 @@ pub(crate) fn principal(
                     "no identity: requests must come through the front proxy",
                 ));
             }
+            // One header with one value: with several, a front proxy that appends
+            // instead of replacing would let the caller's own value win or merge in.
+            let mut values = headers.get_all(header).iter();
+            if values.nth(1).is_some() || claimed.is_some_and(|v| v.as_bytes().contains(&b',')) {
+                tracing::warn!(peer = %peer.ip(), "several identities in the identity header refused");
+                return Err((StatusCode::BAD_REQUEST, "ambiguous identity header"));
+            }
             let user = claimed
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
@@ -563,6 +639,13 @@ async fn forward(
             &format!("no upstream named `{name}`"),
         );
     };
+    // A cross-site `text/plain` or form POST needs no preflight; a JSON one does.
+    if request.method() == http::Method::POST && !super::edge::is_json(request.headers()) {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an MCP POST must be `Content-Type: application/json`",
+        );
+    }
     let principal = match gateway.identify(peer, request.headers()).await {
         Ok(principal) => principal,
         Err((status, message)) => return json_error(status, message),
@@ -583,12 +666,12 @@ async fn forward(
         });
     parts.headers.remove(header::COOKIE);
     parts.headers.remove(header::HOST);
+    strip_forwarding(&mut parts.headers);
     if let IdentityConfig::TrustedHeader { header, .. } = &*gateway.identity {
         parts.headers.remove(header);
     }
     strip_hop_by_hop(&mut parts.headers);
-    let mut url = upstream.url.clone();
-    url.set_query(parts.uri.query());
+    let url = upstream_url(&upstream.url, parts.uri.query());
     parts.uri = match url.as_str().parse() {
         Ok(uri) => uri,
         Err(_) => return json_error(StatusCode::BAD_GATEWAY, "upstream URL"),
@@ -618,6 +701,30 @@ async fn forward(
     } else {
         (ReplayBody::new(body), None)
     };
+    // A session id is a handle on one user's upstream state: only its creator uses it.
+    let session = parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(session) = &session {
+        match gateway
+            .sessions
+            .check(&name, session, &principal_of_request)
+            .await
+        {
+            Ok(super::sessions::SessionUse::Owner) => {}
+            Ok(super::sessions::SessionUse::Unknown) => {
+                tracing::info!(upstream = %name, "a session not created by the caller refused");
+                return json_error(StatusCode::NOT_FOUND, "session not found");
+            }
+            Err(error) => {
+                tracing::warn!(upstream = %name, %error, "session owners unreadable");
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+            }
+        }
+    }
+    let deleting = parts.method == http::Method::DELETE;
     let url_elicitation = match &message {
         Some(message) if message.is_initialize() => message.declares_url_elicitation,
         Some(_) => parts
@@ -632,6 +739,29 @@ async fn forward(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // The gateway's origin is shared by every upstream and its own sign-in
+            // pages: no upstream may set cookies there.
+            parts.headers.remove(header::SET_COOKIE);
+            if let Some(created) = parts
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|created| session.as_deref() != Some(*created))
+                && let Err(error) = gateway
+                    .sessions
+                    .record(&name, created, &principal_of_request)
+                    .await
+            {
+                // Unrecorded, the session is unknown to the gateway: the caller's next
+                // request gets 404 and starts a new one.
+                tracing::warn!(upstream = %name, %error, "session owner not recorded");
+            }
+            if deleting
+                && parts.status.is_success()
+                && let Some(session) = &session
+            {
+                gateway.sessions.forget(&name, session);
+            }
             if url_elicitation
                 && message.as_ref().is_some_and(Message::is_initialize)
                 && let Some(session) = parts

@@ -1,6 +1,7 @@
 //! Shared harness: real loopback authorization + MCP servers and a client stack.
 #![allow(dead_code)]
 
+pub mod gateway;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

@@ -183,7 +183,7 @@ pub(crate) struct AuthState {
     issuer: Mutex<String>,
     /// Signs the user assertions this server hands out (HS256).
     /// Signs user assertions (ES256); its public half is served at `/jwks.json`.
-    assertion_key: ring::signature::EcdsaKeyPair,
+    assertion_key: aws_lc_rs::signature::EcdsaKeyPair,
     tokens: Mutex<Tokens>,
     knobs: Mutex<Knobs>,
     counters: Counters,
@@ -235,7 +235,7 @@ impl AuthState {
         );
         let signature = self
             .assertion_key
-            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
             .expect("ECDSA signing");
         format!("{input}.{}", b64.encode(signature.as_ref()))
     }
@@ -243,7 +243,7 @@ impl AuthState {
     /// The assertion key as a JWKS document.
     fn jwks(&self) -> serde_json::Value {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let point = ring::signature::KeyPair::public_key(&self.assertion_key).as_ref();
+        let point = aws_lc_rs::signature::KeyPair::public_key(&self.assertion_key).as_ref();
         json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "assertions", "alg": "ES256",
             "use": "sig", "x": b64.encode(&point[1..33]), "y": b64.encode(&point[33..65])}]})
     }
@@ -254,10 +254,13 @@ impl AuthState {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let (input, signature) = assertion.rsplit_once('.')?;
         let signature = b64.decode(signature).ok()?;
-        let public = ring::signature::KeyPair::public_key(&self.assertion_key);
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, public)
-            .verify(input.as_bytes(), &signature)
-            .ok()?;
+        let public = aws_lc_rs::signature::KeyPair::public_key(&self.assertion_key);
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+            public,
+        )
+        .verify(input.as_bytes(), &signature)
+        .ok()?;
         let payload = input.split_once('.')?.1;
         let claims: serde_json::Value = serde_json::from_slice(&b64.decode(payload).ok()?).ok()?;
         let now = std::time::SystemTime::now()
@@ -610,11 +613,12 @@ async fn jwks(State(state): State<Arc<AuthState>>) -> Json<serde_json::Value> {
 }
 
 /// A fresh P-256 key for the user assertions this server issues.
-fn assertion_key_pair() -> ring::signature::EcdsaKeyPair {
-    let rng = ring::rand::SystemRandom::new();
-    let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
-    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key generation");
-    ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("its own key")
+fn assertion_key_pair() -> aws_lc_rs::signature::EcdsaKeyPair {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let alg = &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 =
+        aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key generation");
+    aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).expect("its own key")
 }
 
 async fn register(

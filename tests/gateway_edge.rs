@@ -1,0 +1,431 @@
+//! The gateway's edge as an attacker meets it: a DNS-rebinding page and a cross-site
+//! POST in a real browser (headless Chromium), another user's session id, an
+//! ambiguous identity header, a caller's query string, forwarding headers and an
+//! upstream's cookies. Each test runs the real `mcp-auth-proxy` binary.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
+
+use common::gateway::{call, config, http, message, post, start};
+
+/// The gateway of `tests/proxy.rs`'s configuration with one `header` upstream (a
+/// service account's token), trusting the identity header from loopback, as the
+/// shipped example does.
+async fn header_gateway(
+    name: &str,
+    extra: &str,
+) -> (
+    TestAuthServer,
+    TestMcpServer,
+    common::gateway::Proxy,
+    String,
+) {
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let token = auth.issue("gateway", "service-account", None);
+    let bearer = format!("Bearer {}", token.access_token.expose());
+    let upstreams = format!(
+        "\n[[upstream]]\nname = \"tools\"\nurl = \"{}\"\nauth = \"header\"\nheader_name = \"authorization\"\nheader_value_env = \"TOOLS_BEARER\"\n",
+        mcp.url()
+    );
+    let proxy = start(
+        name,
+        &format!("{extra}\n{}", config("127.0.0.1", &upstreams)),
+        &[("TOOLS_BEARER", bearer.as_str())],
+    );
+    (auth, mcp, proxy, bearer)
+}
+
+async fn post_with(url: &str, headers: &[(&str, &str)], body: String) -> reqwest::Response {
+    let mut request = http()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_foreign_host_or_origin_is_refused_before_identity_and_only_json_is_posted() {
+    // allowed_hosts / allowed_origins are top-level keys: before any table.
+    let extra =
+        "allowed_hosts = [\"gw.internal\"]\nallowed_origins = [\"https://chat.example.com\"]";
+    let (_auth, mcp, proxy, _) = header_gateway("edge-headers", extra).await;
+    let endpoint = format!("{}/tools/mcp", proxy.url);
+    let port = proxy.url.rsplit(':').next().unwrap().to_owned();
+    let json = ("content-type", "application/json");
+    let admin = ("x-user", "admin");
+
+    let before = mcp.stats().requests;
+    // A rebound name claiming an identity the loopback front proxy would vouch for.
+    let rebound = format!("rebind.attacker.example:{port}");
+    let response = post_with(
+        &endpoint,
+        &[json, admin, ("host", rebound.as_str())],
+        call(1, "whoami"),
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+    // Another site's page.
+    for origin in ["http://attacker.example", "null", "http://127.0.0.1:1"] {
+        let response = post_with(
+            &endpoint,
+            &[json, admin, ("origin", origin)],
+            call(1, "whoami"),
+        )
+        .await;
+        assert_eq!(response.status(), 403, "{origin}");
+    }
+    // A simple (preflight-free) cross-site POST: not JSON.
+    for kind in ["text/plain", "application/x-www-form-urlencoded"] {
+        let response = post_with(
+            &endpoint,
+            &[("content-type", kind), admin],
+            call(1, "whoami"),
+        )
+        .await;
+        assert_eq!(response.status(), 415, "{kind}");
+    }
+    assert_eq!(
+        mcp.stats().requests,
+        before,
+        "nothing refused reached the upstream"
+    );
+
+    // The gateway's own origin, the configured host and origin, an IP literal, localhost.
+    let own = format!("http://127.0.0.1:{port}");
+    let configured = format!("gw.internal:{port}");
+    let localhost = format!("localhost:{port}");
+    for headers in [
+        vec![json, admin, ("origin", own.as_str())],
+        vec![json, admin, ("host", configured.as_str())],
+        vec![json, admin, ("origin", "https://chat.example.com")],
+        vec![json, admin, ("host", localhost.as_str())],
+    ] {
+        let response = post_with(&endpoint, &headers, call(1, "whoami")).await;
+        assert_eq!(response.status(), 200, "{headers:?}");
+    }
+}
+
+/// A DNS-rebinding attacker in miniature: `rebind.attacker.test` resolves to loopback
+/// (Chromium's host-resolver rule), its port first serves the attacker's page and then,
+/// as a rebound name does, reaches the gateway: every later connection is piped there.
+struct RebindingSite {
+    addr: SocketAddr,
+}
+
+impl RebindingSite {
+    async fn start(page: String, gateway: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let page = page.clone();
+                tokio::spawn(async move {
+                    let mut first = [0u8; 16];
+                    let Ok(n) = inbound.peek(&mut first).await else {
+                        return;
+                    };
+                    if first[..n].starts_with(b"GET /attack") {
+                        let mut request = vec![0u8; 8192];
+                        let _ = inbound.read(&mut request).await;
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                            page.len()
+                        );
+                        let _ = inbound.write_all(response.as_bytes()).await;
+                        return;
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(gateway).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        Self { addr }
+    }
+}
+
+/// Headless Chromium on `url`, `rebind.attacker.test` resolving to loopback, the page's
+/// scripts given time to finish; returns the DOM.
+async fn chromium_on_attacker_page(url: &str, name: &str) -> String {
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        tokio::process::Command::new(common::chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--host-resolver-rules=MAP rebind.attacker.test 127.0.0.1",
+                "--virtual-time-budget=15000",
+                "--dump-dom",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                common::profile(name).display()
+            ))
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("chromium finishes within 90 s")
+    .expect("chromium runs (the test command installs it)");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The text of `<pre id="out">` in a DOM dump.
+fn out(dom: &str) -> String {
+    let start = dom.find("<pre id=\"out\">").expect("the page's output") + 14;
+    let end = dom[start..].find("</pre>").unwrap() + start;
+    dom[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_a_rebinding_page_and_a_cross_site_post_reach_no_tool() {
+    // 1. DNS rebinding against the shipped configuration (identity header trusted from
+    // loopback): the page, same-origin with the rebound name, claims `admin`.
+    let (_auth, mcp, proxy, _) = header_gateway("edge-rebinding", "").await;
+    let gateway: SocketAddr = proxy.url.trim_start_matches("http://").parse().unwrap();
+    let call = call(1, "whoami");
+    let page = format!(
+        r#"<!doctype html><pre id="out">pending</pre><script>
+fetch("/tools/mcp", {{method: "POST", body: {body},
+  headers: {{"content-type": "application/json", "accept": "application/json, text/event-stream", "x-user": "admin"}}}})
+  .then(async r => document.getElementById("out").textContent = "status " + r.status + " " + await r.text())
+  .catch(e => document.getElementById("out").textContent = "failed " + e);
+</script>"#,
+        body = serde_json::to_string(&call).unwrap()
+    );
+    let site = RebindingSite::start(page, gateway).await;
+    let before = mcp.stats().requests;
+    let dom = chromium_on_attacker_page(
+        &format!("http://rebind.attacker.test:{}/attack", site.addr.port()),
+        "rebinding",
+    )
+    .await;
+    let seen = out(&dom);
+    assert!(
+        seen.starts_with("status 403"),
+        "the rebound page got: {seen}"
+    );
+    assert_eq!(mcp.stats().requests, before, "nothing reached the upstream");
+
+    // 2. A cross-site POST (no-cors, text/plain: no preflight) against a single-user
+    // gateway, whose every caller acts as its one user.
+    let auth = TestAuthServer::start().await.unwrap();
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let token = auth.issue("gateway", "workstation-user", None);
+    let bearer = format!("Bearer {}", token.access_token.expose());
+    let anonymous = format!(
+        "listen = \"127.0.0.1:0\"\n[store]\nsqlite = \"gateway.db\"\n[identity]\nmode = \"anonymous\"\n\n[[upstream]]\nname = \"tools\"\nurl = \"{}\"\nauth = \"header\"\nheader_name = \"authorization\"\nheader_value_env = \"TOOLS_BEARER\"\n",
+        mcp.url()
+    );
+    let single = start(
+        "edge-cross-site",
+        &anonymous,
+        &[("TOOLS_BEARER", bearer.as_str())],
+    );
+    let page = format!(
+        r#"<!doctype html><pre id="out">pending</pre><script>
+fetch("{target}/tools/mcp", {{method: "POST", mode: "no-cors", body: {body},
+  headers: {{"content-type": "text/plain"}}}})
+  .then(() => document.getElementById("out").textContent = "sent")
+  .catch(e => document.getElementById("out").textContent = "failed " + e);
+</script>"#,
+        target = single.url,
+        body = serde_json::to_string(&call).unwrap()
+    );
+    let unrelated: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let site = RebindingSite::start(page, unrelated).await;
+    let dom = chromium_on_attacker_page(
+        &format!("http://rebind.attacker.test:{}/attack", site.addr.port()),
+        "cross-site",
+    )
+    .await;
+    assert_eq!(out(&dom), "sent", "the page ran");
+    assert_eq!(
+        mcp.stats().requests,
+        0,
+        "the cross-site POST reached the upstream"
+    );
+}
+
+fn initialize() -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "edge-test", "version": "1"}}})
+    .to_string()
+}
+
+async fn post_in_session(url: &str, user: &str, session: &str) -> reqwest::Response {
+    post_with(
+        url,
+        &[
+            ("content-type", "application/json"),
+            ("x-user", user),
+            ("mcp-session-id", session),
+        ],
+        call(2, "whoami"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_session_answers_only_the_user_who_created_it_on_every_replica() {
+    let (_auth, mcp, proxy, bearer) = header_gateway("edge-sessions", "").await;
+    let endpoint = format!("{}/tools/mcp", proxy.url);
+    let response = post(&endpoint, Some("alice"), initialize()).await;
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let response = post_in_session(&endpoint, "alice", &session).await;
+    assert_eq!(response.status(), 200);
+    let before = mcp.stats().requests;
+    let response = post_in_session(&endpoint, "bob", &session).await;
+    assert_eq!(response.status(), 404, "Bob inside Alice's session");
+    let response = post_in_session(&endpoint, "alice", "a-session-nobody-created").await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        mcp.stats().requests,
+        before,
+        "refused requests reached the upstream"
+    );
+
+    // A second replica on the same store knows the owner.
+    let replica = start(
+        "edge-sessions",
+        &std::fs::read_to_string(proxy.dir.join("proxy.toml")).unwrap(),
+        &[("TOOLS_BEARER", bearer.as_str())],
+    );
+    let at_replica = format!("{}/tools/mcp", replica.url);
+    assert_eq!(
+        post_in_session(&at_replica, "bob", &session).await.status(),
+        404
+    );
+    assert_eq!(
+        post_in_session(&at_replica, "alice", &session)
+            .await
+            .status(),
+        200
+    );
+}
+
+/// An upstream that answers every POST with what it received: target, headers; and
+/// tries to set a cookie.
+async fn echo_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |request: axum::extract::Request| {
+            let record = record.clone();
+            async move {
+                let headers: serde_json::Map<String, Value> = request
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or("?"))))
+                    .collect();
+                let seen = json!({"target": request.uri().to_string(), "headers": headers});
+                record.lock().unwrap().push(seen.clone());
+                (
+                    [
+                        ("content-type", "application/json"),
+                        ("set-cookie", "planted=1; Path=/oauth"),
+                    ],
+                    json!({"jsonrpc": "2.0", "id": 1, "result": seen}).to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp?tenant=acme", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn identity_query_forwarding_headers_and_upstream_cookies_stay_in_their_place() {
+    let (upstream, seen) = echo_upstream().await;
+    let upstreams =
+        format!("\n[[upstream]]\nname = \"echo\"\nurl = \"{upstream}\"\nauth = \"none\"\n");
+    let proxy = start("edge-lower", &config("127.0.0.1", &upstreams), &[]);
+    let endpoint = format!("{}/echo/mcp", proxy.url);
+    let json = ("content-type", "application/json");
+
+    // Several identities: refused, whichever would have won.
+    for headers in [
+        vec![json, ("x-user", "alice"), ("x-user", "admin")],
+        vec![json, ("x-user", "alice, admin")],
+    ] {
+        let response = post_with(&endpoint, &headers, call(1, "x")).await;
+        assert_eq!(response.status(), 400, "{headers:?}");
+    }
+    assert!(seen.lock().unwrap().is_empty());
+
+    // The configured query parameters stay; the caller's own are added.
+    let response = post_with(
+        &format!("{endpoint}?tenant=evil&cursor=7"),
+        &[
+            json,
+            ("x-user", "alice"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "admin.internal"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-real-ip", "10.0.0.1"),
+        ],
+        call(1, "x"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "an upstream set a cookie on the gateway's origin"
+    );
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let answer = message(&content_type, &response.text().await.unwrap());
+    let target = answer["result"]["target"].as_str().unwrap();
+    assert_eq!(target, "/mcp?tenant=acme&cursor=7");
+    let headers = answer["result"]["headers"].as_object().unwrap();
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+        "x-user",
+    ] {
+        assert!(
+            !headers.contains_key(name),
+            "{name} reached the upstream: {headers:?}"
+        );
+    }
+}
