@@ -292,15 +292,30 @@ mod reqwest_service {
             Self { client }
         }
 
-        /// A `reqwest::ClientBuilder` with this crate's TLS ([`tls_config`]) and
-        /// redirects off, to configure further.
+        /// A `reqwest::ClientBuilder` with this crate's TLS ([`tls_config`]),
+        /// redirects off and **no proxy from the environment**, to configure further.
+        ///
+        /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` are ignored: a proxy resolves names
+        /// itself, so the [`UrlPolicy`] that refuses internal addresses would never see
+        /// them. To go through a proxy, add `.proxy(...)` to this builder knowingly: the
+        /// policy then checks the proxy's address only, and the proxy must enforce its
+        /// own egress rules.
+        ///
+        /// ```
+        /// let client = tower_mcp_auth::client::ReqwestService::builder()
+        ///     .expect("TLS roots")
+        ///     .build()
+        ///     .expect("client");
+        /// # drop(client);
+        /// ```
         pub fn builder() -> Result<reqwest::ClientBuilder, ClientBuildError> {
             let mut tls = tls_config()?;
             // reqwest uses a preconfigured TLS configuration as it is.
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Ok(reqwest::Client::builder()
                 .tls_backend_preconfigured(tls)
-                .redirect(reqwest::redirect::Policy::none()))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy())
         }
 
         /// The reqwest client inside.

@@ -429,3 +429,51 @@ async fn identity_query_forwarding_headers_and_upstream_cookies_stay_in_their_pl
         );
     }
 }
+
+#[tokio::test]
+async fn a_proxy_from_the_environment_never_carries_the_gateways_requests() {
+    // A loopback CONNECT proxy that counts who reached it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    let reached = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = vec![0u8; 1024];
+            let n = stream.read(&mut head).await.unwrap_or(0);
+            let line = String::from_utf8_lossy(&head[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            record.lock().unwrap().push(line);
+            let _ = stream
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    // An internal name the URL policy would never resolve to (nor reach).
+    let upstreams = "\n[[upstream]]\nname = \"internal\"\nurl = \"https://metadata.internal.test/mcp\"\nauth = \"none\"\n";
+    let gateway = start(
+        "edge-proxy",
+        &config("127.0.0.1", upstreams),
+        &[
+            ("HTTPS_PROXY", proxy_url.as_str()),
+            ("HTTP_PROXY", proxy_url.as_str()),
+            ("ALL_PROXY", proxy_url.as_str()),
+            ("https_proxy", proxy_url.as_str()),
+        ],
+    );
+    let response = post(
+        &format!("{}/internal/mcp", gateway.url),
+        Some("alice"),
+        call(1, "x"),
+    )
+    .await;
+    assert_eq!(response.status(), 502, "the name does not resolve here");
+    assert!(
+        reached.lock().unwrap().is_empty(),
+        "the environment's proxy carried a request: {:?}",
+        reached.lock().unwrap()
+    );
+}
