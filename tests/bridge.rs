@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -309,9 +310,8 @@ async fn an_unreachable_server_answers_each_request_with_an_error() {
 
 /// The authorization server refuses dynamic registration: the client gets a JSON-RPC
 /// error naming the way out (`--client-id`), and the bridge exits non-zero on its own,
-/// since no request can succeed. With a pre-registered `--client-id` (its issuer
-/// learned from the server's metadata, the secret from the environment) the same
-/// server works.
+/// since no request can succeed. With a pre-registered `--client-id` (at the `--issuer`
+/// it belongs to, the secret from the environment) the same server works.
 #[tokio::test]
 async fn a_refused_registration_ends_the_session_and_client_id_gets_past_it() {
     let auth = TestAuthServer::start().await.unwrap();
@@ -348,12 +348,15 @@ async fn a_refused_registration_ends_the_session_and_client_id_gets_past_it() {
     assert_eq!(auth.stats().authorization_requests, 0);
 
     auth.register_client("desktop-app", Some("s3cret-value"));
+    let issuer = auth.issuer();
     let mut args = common.clone();
     args.extend([
         "--client-id",
         "desktop-app",
         "--client-secret-env",
         "DESKTOP_SECRET",
+        "--issuer",
+        &issuer,
     ]);
     let mut bridge = Bridge::spawn(&args, &[("DESKTOP_SECRET", "s3cret-value")]);
     let answer = bridge.initialize(1, Duration::from_secs(30)).await;
@@ -794,5 +797,120 @@ async fn elicitation_and_sampling_requests_reach_the_stdio_client_and_back() {
     assert!(
         sampled.contains("sampled by the stdio client"),
         "the server got the client's sample: {sampled}"
+    );
+}
+
+/// An authorization server a hostile MCP server names: it records every byte it is
+/// sent (and answers nothing useful).
+async fn hostile_authorization_server() -> (String, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 65536];
+                let n = stream.read(&mut buffer).await.unwrap_or(0);
+                record.lock().unwrap().extend_from_slice(&buffer[..n]);
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, received)
+}
+
+/// `--client-id` with a secret: the secret goes to the `--issuer` the user named and
+/// never to the authorization server a (hostile) MCP server names; without `--issuer`
+/// the bridge refuses to start. A public `--client-id` without `--issuer` pins the
+/// authorization server it was first used with, and refuses a later change.
+#[tokio::test]
+async fn a_client_secret_goes_only_to_the_issuer_the_user_named() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    auth.register_client("desktop-app", Some("s3cret-value"));
+    auth.register_client("desktop-public", None);
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let (hostile, received) = hostile_authorization_server().await;
+    let dir = dir("issuer-pin");
+    let store = dir.join("credentials.db");
+    let store = store.to_str().unwrap();
+    let jar = dir.join("cookies.txt");
+    let follower = follower(&jar);
+    let url = mcp.url();
+    let common = [
+        url.as_str(),
+        "--store",
+        store,
+        "--browser-command",
+        &follower,
+        "--allow-loopback-http",
+    ];
+    let public: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain(["--client-id", "desktop-public"])
+        .collect();
+    let confidential: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain(["--client-id", "desktop-app"])
+        .collect();
+    let secret = [("DESKTOP_SECRET", "s3cret-value")];
+
+    // 1. A public client id without --issuer: the server's authorization server is
+    // learned and pinned in the store.
+    let mut bridge = Bridge::spawn(&public, &[]);
+    let answer = bridge.initialize(1, Duration::from_secs(30)).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    let (status, _) = bridge.finish().await;
+    assert!(status.success(), "{status}");
+
+    // The server turns hostile: its metadata now names another authorization server.
+    mcp.set_authorization_server(&hostile);
+
+    // 2. A secret without --issuer: refused at start, nothing sent anywhere.
+    let mut args = confidential.clone();
+    args.extend(["--client-secret-env", "DESKTOP_SECRET"]);
+    let bridge = Bridge::spawn(&args, &secret);
+    let (status, stderr) = bridge.finish().await;
+    assert!(!status.success(), "{status}");
+    assert!(
+        stderr.contains("--client-secret-env needs --issuer"),
+        "{stderr}"
+    );
+
+    // 3. The public client id again, still without --issuer: the pin refuses the new
+    // authorization server.
+    let bridge = Bridge::spawn(&public, &[]);
+    let (status, stderr) = bridge.finish().await;
+    assert!(!status.success(), "{status}");
+    assert!(stderr.contains("first used with"), "{stderr}");
+
+    // 4. The secret with --issuer naming the real one: whatever the server's metadata
+    // says, the secret goes there only.
+    let issuer = auth.issuer();
+    let mut args = confidential.clone();
+    args.extend(["--client-secret-env", "DESKTOP_SECRET", "--issuer", &issuer]);
+    let mut bridge = Bridge::spawn(&args, &secret);
+    let _ = bridge.initialize(1, Duration::from_secs(30)).await;
+    let (_, stderr) = bridge.finish().await;
+    assert!(
+        !stderr.contains("s3cret-value"),
+        "the secret stays out of logs"
+    );
+
+    let received = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("desktop-app:s3cret-value");
+    assert!(
+        !received.contains("s3cret-value") && !received.contains(&basic),
+        "the hostile authorization server got the secret: {received}"
     );
 }

@@ -30,7 +30,7 @@ pub struct McpServerStats {
 
 struct McpState {
     auth: Arc<AuthState>,
-    issuer: String,
+    issuer: Mutex<String>,
     resource: Mutex<String>,
     sse: AtomicBool,
     stateless: AtomicBool,
@@ -74,7 +74,7 @@ impl TestMcpServer {
     pub async fn start(auth: &TestAuthServer) -> std::io::Result<Self> {
         let state = Arc::new(McpState {
             auth: auth.state(),
-            issuer: auth.issuer(),
+            issuer: Mutex::new(auth.issuer()),
             resource: Mutex::new(String::new()),
             sse: AtomicBool::new(false),
             stateless: AtomicBool::new(false),
@@ -103,6 +103,13 @@ impl TestMcpServer {
     /// request is a POST without one.
     pub fn set_stateless(&self, stateless: bool) {
         self.state.stateless.store(stateless, Ordering::SeqCst);
+    }
+
+    /// Names `issuer` as the server's authorization server in its protected resource
+    /// metadata from now on (a server that changed hands, or turned hostile). Tokens
+    /// are still checked against the paired authorization server.
+    pub fn set_authorization_server(&self, issuer: &str) {
+        *lock(&self.state.issuer) = issuer.to_owned();
     }
 
     /// The MCP endpoint, `http://127.0.0.1:<port>/mcp`.
@@ -159,7 +166,7 @@ impl std::fmt::Debug for TestMcpServer {
 async fn resource_metadata(State(state): State<Arc<McpState>>) -> Json<Value> {
     Json(json!({
         "resource": *lock(&state.resource),
-        "authorization_servers": [state.issuer],
+        "authorization_servers": [*lock(&state.issuer)],
         "bearer_methods_supported": ["header"],
     }))
 }

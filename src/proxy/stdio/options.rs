@@ -30,8 +30,10 @@ pub struct BridgeClient {
     /// The client secret (read from the variable `--client-secret-env` names); `None`
     /// for a public client.
     pub client_secret: Option<Secret>,
-    /// The authorization server the client belongs to (`--issuer`); `None`: the one
-    /// the server's protected resource metadata names, looked up at start.
+    /// The authorization server the client belongs to (`--issuer`, required with a
+    /// secret: the secret goes to no other); `None` (a public client only): the one
+    /// the server's protected resource metadata names, looked up at start and pinned
+    /// in the store on first use.
     pub issuer: Option<url::Url>,
 }
 
@@ -142,6 +144,11 @@ impl BridgeOptions {
                 other if other.starts_with("--") => return Err(format!("unknown option {other}")),
                 url => server = Some(http_url(url)?),
             }
+        }
+        if secret_variable.is_some() && issuer.is_none() {
+            // Without it the secret would go to whatever authorization server the MCP
+            // server names, a hostile server's own included.
+            return Err("--client-secret-env needs --issuer: the client secret is sent only to the authorization server you name".into());
         }
         let client = match (client_id, secret_variable, issuer) {
             (Some(client_id), variable, issuer) => Some(BridgeClient {
@@ -302,6 +309,8 @@ mod tests {
             "desktop",
             "--client-secret-env",
             "SECRET",
+            "--issuer",
+            "https://as.example.com",
             "--header",
             "Authorization: Bearer ${SECRET}",
             "--sign-in-timeout",
@@ -335,8 +344,20 @@ mod tests {
                 "go with --client-id",
             ),
             (
-                vec![url, "--client-id", "x", "--client-secret-env", "NOPE"],
+                vec![
+                    url,
+                    "--client-id",
+                    "x",
+                    "--client-secret-env",
+                    "NOPE",
+                    "--issuer",
+                    "https://as.example.com",
+                ],
                 "NOPE is not set",
+            ),
+            (
+                vec![url, "--client-id", "x", "--client-secret-env", "SECRET"],
+                "--client-secret-env needs --issuer",
             ),
             (vec![url, "--sign-in-timeout", "0"], "not 1..3600"),
             (vec![url, "--issuer", "ftp://x"], "not an http(s) URL"),

@@ -96,6 +96,7 @@ pub(super) async fn oauth_layers(
     };
     let credentials: Arc<dyn CredentialStore> = store.clone();
     let records: Arc<dyn SharedRecords> = store;
+    let pins = records.clone();
     let mut builder = Authorizer::builder(
         options.server.as_str(),
         credentials.clone(),
@@ -109,7 +110,11 @@ pub(super) async fn oauth_layers(
     if let Some(client) = &options.client {
         let issuer = match &client.issuer {
             Some(issuer) => issuer.to_string(),
-            None => authorization_server_of(&options.server, policy).await?,
+            None => {
+                let discovered = authorization_server_of(&options.server, policy).await?;
+                pin_issuer(&*pins, &options.server, &discovered).await?;
+                discovered
+            }
         };
         let registered = PreRegisteredClient::new(issuer, client.client_id.clone());
         builder = builder.pre_registered(match &client.client_secret {
@@ -183,6 +188,38 @@ async fn authorization_server_of(server: &url::Url, policy: UrlPolicy) -> Result
             several.len()
         )
         .into()),
+    }
+}
+
+/// Pins the authorization server a `--client-id` without `--issuer` was first used
+/// with: a server whose metadata later names another is refused, so the client id (and
+/// the user's sign-in) never follow it to a server the user did not first accept.
+async fn pin_issuer(
+    records: &dyn SharedRecords,
+    server: &url::Url,
+    issuer: &str,
+) -> Result<(), BoxError> {
+    // Ten years: a pin is for as long as the store is.
+    const PIN_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+    let name = format!(
+        "bridge-issuer/{}",
+        crate::crypto::hex(&crate::crypto::sha256(&[server.as_str().as_bytes()]))
+    );
+    if records
+        .compare_and_set_record(&name, None, issuer.as_bytes(), PIN_TTL)
+        .await?
+    {
+        return Ok(());
+    }
+    match records.get_record(&name).await? {
+        Some(pinned) if pinned == issuer.as_bytes() => Ok(()),
+        Some(pinned) => Err(format!(
+            "the server now names the authorization server {issuer}, but this store was first used with {}; \
+             if the change is genuine, pass --issuer {issuer} (or use a new --store)",
+            String::from_utf8_lossy(&pinned)
+        )
+        .into()),
+        None => Err("the authorization server pin could not be read back".into()),
     }
 }
 
