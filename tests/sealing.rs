@@ -100,7 +100,7 @@ async fn sqlite_keeps_no_secret_in_the_clear_and_rotates() {
         }
     }
     drop(raw);
-    assert!(dump.contains("sealed:v1:k1:"));
+    assert!(dump.contains("sealed:v2:k1:"));
     for secret in [ACCESS, REFRESH, CLIENT_SECRET, verifier.as_str()] {
         assert!(!dump.contains(secret), "{secret} is stored in the clear");
     }
@@ -183,8 +183,121 @@ async fn redis_keeps_no_secret_in_the_clear() {
             dump.push_str(&String::from_utf8_lossy(&part));
         }
     }
-    assert!(dump.contains("sealed:v1:k1:"));
+    assert!(dump.contains("sealed:v2:k1:"));
     for secret in [ACCESS, REFRESH, CLIENT_SECRET, verifier.as_str()] {
         assert!(!dump.contains(secret), "{secret} is stored in the clear");
     }
+}
+
+fn fresh_db(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sealing");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+fn bob() -> AuthKey {
+    AuthKey::new(&Principal::new("acme", "bob"), binding().id())
+}
+
+/// With write access to the file but not the key: Bob's sealed tokens copied into
+/// Alice's row, or a token planted in the clear, are refused, never served as Alice's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_value_in_another_row_or_a_planted_clear_one_is_refused() {
+    let path = fresh_db("swapped");
+    let store = SqliteStore::open_sealed(&path, keys()).unwrap();
+    store
+        .compare_and_swap(&key(), None, tokens())
+        .await
+        .unwrap();
+    let bobs =
+        TokenSet::new(Secret::new("bobs-access")).with_refresh_token(Secret::new("bobs-refresh"));
+    store.compare_and_swap(&bob(), None, bobs).await.unwrap();
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute(
+        "UPDATE credentials SET (access_token, refresh_token) = \
+         (SELECT access_token, refresh_token FROM credentials WHERE subject = 'bob') \
+         WHERE subject = 'alice'",
+        [],
+    )
+    .unwrap();
+    let error = store.load(&key()).await.unwrap_err();
+    assert!(error.to_string().contains("another record"), "{error}");
+    raw.execute(
+        "UPDATE credentials SET access_token = 'planted', refresh_token = 'planted' WHERE subject = 'alice'",
+        [],
+    )
+    .unwrap();
+    let error = store.load(&key()).await.unwrap_err();
+    assert!(error.to_string().contains("not sealed"), "{error}");
+    // Bob's own row still opens as his.
+    let loaded = store.load(&bob()).await.unwrap().unwrap();
+    assert_eq!(loaded.access_token.expose(), "bobs-access");
+}
+
+/// What a store held before keys were configured: refused by the sealed store until
+/// the one-time `seal_existing` seals it; then nothing is in the clear and all opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_existing_seals_an_unsealed_sqlite_store_once() {
+    let path = fresh_db("migrate");
+    let verifier = write_secrets(Arc::new(SqliteStore::open(&path).unwrap())).await;
+    let sealed = SqliteStore::open_sealed(&path, keys()).unwrap();
+    assert!(
+        sealed.load(&key()).await.is_err(),
+        "unsealed values are refused"
+    );
+    let report = sealed.seal_existing().await.unwrap();
+    assert_eq!(report.credentials, 1, "{report:?}");
+    assert!(report.records >= 1, "the flow: {report:?}");
+    let again = sealed.seal_existing().await.unwrap();
+    assert_eq!(
+        (again.credentials, again.records),
+        (0, 0),
+        "once: {again:?}"
+    );
+    let loaded = sealed.load(&key()).await.unwrap().unwrap();
+    assert_eq!(loaded.refresh_token.as_ref().unwrap().expose(), REFRESH);
+    drop(sealed);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let dump: String = raw
+        .query_row(
+            "SELECT (SELECT group_concat(access_token || refresh_token) FROM credentials) || \
+             (SELECT group_concat(CAST(value AS TEXT)) FROM records)",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    for secret in [ACCESS, REFRESH, CLIENT_SECRET, verifier.as_str()] {
+        assert!(!dump.contains(secret), "{secret} is still in the clear");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_existing_seals_an_unsealed_redis_store_once() {
+    let redis = RedisServer::start();
+    let unsealed = Arc::new(RedisStore::builder(redis.url()).build().unwrap());
+    write_secrets(unsealed).await;
+    let sealed = RedisStore::builder(redis.url())
+        .sealing(keys())
+        .build()
+        .unwrap();
+    assert!(
+        sealed.load(&key()).await.is_err(),
+        "unsealed values are refused"
+    );
+    let report = sealed.seal_existing().await.unwrap();
+    assert_eq!(report.credentials, 1, "{report:?}");
+    assert!(report.records >= 1, "{report:?}");
+    let again = sealed.seal_existing().await.unwrap();
+    assert_eq!(
+        (again.credentials, again.records),
+        (0, 0),
+        "once: {again:?}"
+    );
+    let loaded = sealed.load(&key()).await.unwrap().unwrap();
+    assert_eq!(loaded.access_token.expose(), ACCESS);
 }

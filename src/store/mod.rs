@@ -35,7 +35,7 @@ use std::sync::Arc;
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "redis"))))]
-pub use sealing::SealingKeys;
+pub use sealing::{InvalidKeyId, SealReport, SealingKeys};
 
 use crate::error::StoreError;
 use crate::key::AuthKey;

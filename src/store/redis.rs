@@ -281,6 +281,106 @@ impl RedisStore {
         }
     }
 
+    /// Seals, once, what an unsealed store or an older version left in Redis (tokens
+    /// and records in the clear or in the first sealed format), each bound to its
+    /// record; as [`SqliteStore::seal_existing`](crate::store::SqliteStore), with no
+    /// other process writing. Records keep their time to live.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] without keys, when Redis fails, or when a value sealed in the
+    /// first format does not open under the keys.
+    pub async fn seal_existing(&self) -> Result<sealing::SealReport, StoreError> {
+        use sealing::SealContext;
+        let keys = self.sealing.clone().ok_or_else(sealing::no_keys)?;
+        let mut connection = self.connection.clone();
+        let mut report = sealing::SealReport::default();
+        let credentials = format!("{}cred:", self.prefix);
+        for name in self.scan(&format!("{credentials}*")).await? {
+            let Some(identity) = parse_credential_name(&name[credentials.len()..]) else {
+                continue;
+            };
+            let identity: [&[u8]; 3] = [identity.0.as_bytes(), identity.1.as_bytes(), &identity.2];
+            let mut updates = Vec::new();
+            for (field, hash_field) in [("access_token", "at"), ("refresh_token", "rt")] {
+                let value: Option<Vec<u8>> = connection
+                    .hget(&name, hash_field)
+                    .await
+                    .map_err(StoreError::new)?;
+                if let Some(value) = value
+                    && let Some(sealed) = keys.reseal(
+                        SealContext {
+                            field,
+                            identity: &identity,
+                        },
+                        &value,
+                    )?
+                {
+                    updates.push((hash_field, sealed));
+                }
+            }
+            if updates.is_empty() {
+                report.already_sealed += 1;
+                continue;
+            }
+            let () = connection
+                .hset_multiple(&name, &updates)
+                .await
+                .map_err(StoreError::new)?;
+            report.credentials += 1;
+        }
+        let records = format!("{}record:", self.prefix);
+        for name in self.scan(&format!("{records}*")).await? {
+            let value: Option<Vec<u8>> = connection.get(&name).await.map_err(StoreError::new)?;
+            let Some(value) = value else { continue };
+            let record = &name[records.len()..];
+            match keys.reseal(
+                SealContext {
+                    field: record,
+                    identity: &[],
+                },
+                &value,
+            )? {
+                Some(sealed) => {
+                    // SET ... KEEPTTL: the record expires when it would have.
+                    let () = redis::cmd("SET")
+                        .arg(&name)
+                        .arg(sealed)
+                        .arg("KEEPTTL")
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(StoreError::new)?;
+                    report.records += 1;
+                }
+                None => report.already_sealed += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Every key matching `pattern` (SCAN, so Redis is never blocked).
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut cursor = 0u64;
+        let mut names = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut connection)
+                .await
+                .map_err(StoreError::new)?;
+            names.extend(batch);
+            if next == 0 {
+                return Ok(names);
+            }
+            cursor = next;
+        }
+    }
+
     fn credential_key(&self, key: &AuthKey) -> String {
         let principal = key.principal();
         // Length-prefixed parts: no two keys share a name whatever their characters.
@@ -326,9 +426,13 @@ impl RedisStore {
         ]
     }
 
-    fn open(&self, tokens: Option<Arc<TokenSet>>) -> Result<Option<Arc<TokenSet>>, StoreError> {
+    fn open(
+        &self,
+        key: &AuthKey,
+        tokens: Option<Arc<TokenSet>>,
+    ) -> Result<Option<Arc<TokenSet>>, StoreError> {
         tokens
-            .map(|t| sealing::open_token_set(self.sealing.as_ref(), &t).map(Arc::new))
+            .map(|t| sealing::open_token_set(self.sealing.as_ref(), key, &t).map(Arc::new))
             .transpose()
     }
 
@@ -341,7 +445,7 @@ impl RedisStore {
         lease: Option<Lease>,
     ) -> Result<Swap, StoreError> {
         let mut connection = self.connection.clone();
-        let sealed = sealing::seal_token_set(self.sealing.as_ref(), new.clone())?;
+        let sealed = sealing::seal_token_set(self.sealing.as_ref(), key, new.clone())?;
         let script = match lease {
             Some(_) => &self.scripts.fenced_cas,
             None => &self.scripts.cas,
@@ -361,11 +465,12 @@ impl RedisStore {
             .invoke_async(&mut connection)
             .await
             .map_err(StoreError::new)?;
-        self.swap_outcome(reply, new)
+        self.swap_outcome(key, reply, new)
     }
 
     fn swap_outcome(
         &self,
+        key: &AuthKey,
         (status, values): (i64, Vec<String>),
         mut new: TokenSet,
     ) -> Result<Swap, StoreError> {
@@ -377,8 +482,28 @@ impl RedisStore {
             new.generation = Generation(generation);
             return Ok(Swap::Stored(Arc::new(new)));
         }
-        Ok(Swap::Conflict(self.open(parse(&pairs(values)))?))
+        Ok(Swap::Conflict(self.open(key, parse(&pairs(values)))?))
     }
+}
+
+/// Tenant, subject and binding of a credential's key name (after `{prefix}cred:`): the
+/// inverse of `RedisStore::credential_key`.
+fn parse_credential_name(rest: &str) -> Option<(String, String, Vec<u8>)> {
+    fn part(rest: &str) -> Option<(&str, &str)> {
+        let (length, rest) = rest.split_once(':')?;
+        let length: usize = length.parse().ok()?;
+        let value = rest.get(..length)?;
+        Some((value, rest.get(length..)?.strip_prefix(':')?))
+    }
+    let (tenant, rest) = part(rest)?;
+    let (subject, binding) = part(rest)?;
+    if binding.len() != 64 {
+        return None;
+    }
+    let binding = (0..32)
+        .map(|i| u8::from_str_radix(binding.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((tenant.to_owned(), subject.to_owned(), binding))
 }
 
 impl CredentialStore for RedisStore {
@@ -392,7 +517,7 @@ impl CredentialStore for RedisStore {
                 .hgetall(self.credential_key(key))
                 .await
                 .map_err(StoreError::new)?;
-            self.open(parse(&fields))
+            self.open(key, parse(&fields))
         })
     }
 
@@ -457,7 +582,7 @@ impl CredentialStore for RedisStore {
             Ok(match status {
                 2 => LeaseOutcome::Acquired(Lease { fence: number() }),
                 1 => LeaseOutcome::Held(Duration::from_millis(number())),
-                _ => LeaseOutcome::Superseded(self.open(parse(&pairs(values)))?),
+                _ => LeaseOutcome::Superseded(self.open(key, parse(&pairs(values)))?),
             })
         })
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::sealing::{self, SealingKeys};
+use super::sealing::{self, SealReport, SealingKeys};
 use super::{BoxFuture, CredentialStore, Lease, LeaseOutcome, Swap};
 use crate::error::StoreError;
 use crate::key::AuthKey;
@@ -70,8 +70,45 @@ fn from_millis(ms: i64) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
+/// Creates the database file readable by its owner only (0600: SQLite gives its `-wal`
+/// and `-shm` files the database file's mode), or warns when an existing one is
+/// readable by others: it holds tokens, PKCE verifiers and client secrets.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(path)
+                    .map_err(StoreError::new)?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{:o}", mode & 0o777),
+                        "the credential store is readable by other users; run `chmod 600` on it (and its -wal and -shm files)"
+                    );
+                }
+            }
+            Err(error) => return Err(StoreError::new(error)),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the store at `path`, with a 5 s busy timeout.
+    /// Opens (creating if needed) the store at `path`, with a 5 s busy timeout. A new
+    /// file is created readable by its owner only (0600); an existing one that others
+    /// can read is opened with a warning.
     ///
     /// # Errors
     ///
@@ -113,6 +150,7 @@ impl SqliteStore {
             sealing::warn_unsealed("SqliteStore");
         }
         let path = path.as_ref().to_path_buf();
+        private_file(&path)?;
         let mut connection = Connection::open(&path).map_err(store_error)?;
         connection.busy_timeout(busy_timeout).map_err(store_error)?;
         connection
@@ -129,28 +167,61 @@ impl SqliteStore {
         })
     }
 
+    /// Seals, once, what an unsealed store or an older version left in the file: every
+    /// token and record in the clear or in the first sealed format is sealed with the
+    /// store's keys and bound to its record. Run it once after configuring keys (a
+    /// store with keys refuses unsealed values), with no other process writing.
+    ///
+    /// ```
+    /// use tower_mcp_auth::store::{SealingKeys, SqliteStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::env::temp_dir().join(format!("seal-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let store = SqliteStore::open_sealed(dir.join("store.db"), SealingKeys::new("2026-12", [7; 32]))?;
+    /// let report = store.seal_existing().await?;
+    /// assert_eq!(report.credentials + report.records, 0, "a new file holds nothing");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] without keys, when the file cannot be read or written, or when a
+    /// value sealed in the first format does not open under the keys.
+    pub async fn seal_existing(&self) -> Result<SealReport, StoreError> {
+        let keys = self.sealing.clone().ok_or_else(sealing::no_keys)?;
+        self.run(move |connection| Ok(seal_rows(connection, &keys)))
+            .await?
+    }
+
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn seal(&self, tokens: TokenSet) -> Result<TokenSet, StoreError> {
-        sealing::seal_token_set(self.sealing.as_ref(), tokens)
+    fn seal(&self, key: &AuthKey, tokens: TokenSet) -> Result<TokenSet, StoreError> {
+        sealing::seal_token_set(self.sealing.as_ref(), key, tokens)
     }
 
-    fn unseal(&self, tokens: Option<Arc<TokenSet>>) -> Result<Option<Arc<TokenSet>>, StoreError> {
+    fn unseal(
+        &self,
+        key: &AuthKey,
+        tokens: Option<Arc<TokenSet>>,
+    ) -> Result<Option<Arc<TokenSet>>, StoreError> {
         tokens
-            .map(|t| sealing::open_token_set(self.sealing.as_ref(), &t).map(Arc::new))
+            .map(|t| sealing::open_token_set(self.sealing.as_ref(), key, &t).map(Arc::new))
             .transpose()
     }
 
-    fn unseal_swap(&self, swap: Swap) -> Result<Swap, StoreError> {
+    fn unseal_swap(&self, key: &AuthKey, swap: Swap) -> Result<Swap, StoreError> {
         Ok(match swap {
             Swap::Stored(stored) => Swap::Stored(
-                self.unseal(Some(stored))?
+                self.unseal(key, Some(stored))?
                     .unwrap_or_else(|| unreachable!("a stored set was given")),
             ),
-            Swap::Conflict(current) => Swap::Conflict(self.unseal(current)?),
+            Swap::Conflict(current) => Swap::Conflict(self.unseal(key, current)?),
         })
     }
 
@@ -243,6 +314,86 @@ fn migrate_to_1(transaction: &rusqlite::Transaction<'_>) -> Result<(), StoreErro
             INSERT OR IGNORE INTO counters (name, value) VALUES ('generation', 0), ('fence', 0);",
         )
         .map_err(store_error)
+}
+
+/// `SqliteStore::seal_existing`'s work, in one transaction.
+fn seal_rows(connection: &mut Connection, keys: &SealingKeys) -> Result<SealReport, StoreError> {
+    use sealing::SealContext;
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(store_error)?;
+    let mut report = SealReport::default();
+    let credentials: Vec<(String, String, Vec<u8>, String, Option<String>)> = transaction
+        .prepare("SELECT tenant, subject, binding, access_token, refresh_token FROM credentials")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })?
+                .collect()
+        })
+        .map_err(store_error)?;
+    for (tenant, subject, binding, access, refresh) in credentials {
+        let identity: [&[u8]; 3] = [tenant.as_bytes(), subject.as_bytes(), &binding];
+        let context = |field| SealContext {
+            field,
+            identity: &identity,
+        };
+        let access = keys.reseal(context("access_token"), access.as_bytes())?;
+        let refresh = match &refresh {
+            Some(refresh) => keys.reseal(context("refresh_token"), refresh.as_bytes())?,
+            None => None,
+        };
+        if access.is_none() && refresh.is_none() {
+            report.already_sealed += 1;
+            continue;
+        }
+        transaction
+            .execute(
+                "UPDATE credentials SET access_token = COALESCE(?4, access_token), \
+                 refresh_token = COALESCE(?5, refresh_token) \
+                 WHERE tenant = ?1 AND subject = ?2 AND binding = ?3",
+                rusqlite::params![tenant, subject, binding, access, refresh],
+            )
+            .map_err(store_error)?;
+        report.credentials += 1;
+    }
+    let records: Vec<(String, Vec<u8>)> = transaction
+        .prepare("SELECT name, value FROM records")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .map_err(store_error)?;
+    for (name, value) in records {
+        match keys.reseal(
+            SealContext {
+                field: &name,
+                identity: &[],
+            },
+            &value,
+        )? {
+            Some(sealed) => {
+                transaction
+                    .execute(
+                        "UPDATE records SET value = ?2 WHERE name = ?1",
+                        rusqlite::params![name, sealed.into_bytes()],
+                    )
+                    .map_err(store_error)?;
+                report.records += 1;
+            }
+            None => report.already_sealed += 1,
+        }
+    }
+    transaction.commit().map_err(store_error)?;
+    Ok(report)
 }
 
 /// The key's three columns.
@@ -346,10 +497,11 @@ impl CredentialStore for SqliteStore {
         &'a self,
         key: &'a AuthKey,
     ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
+        let auth = key;
         let key = KeyColumns::from(key);
         Box::pin(async move {
             let loaded = self.run(move |connection| load(connection, &key)).await?;
-            self.unseal(loaded)
+            self.unseal(auth, loaded)
         })
     }
 
@@ -359,9 +511,10 @@ impl CredentialStore for SqliteStore {
         expected: Option<Generation>,
         new: TokenSet,
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
+        let auth = key;
         let key = KeyColumns::from(key);
         Box::pin(async move {
-            let new = self.seal(new)?;
+            let new = self.seal(auth, new)?;
             let outcome = self
                 .run(move |connection| {
                     let transaction =
@@ -371,7 +524,7 @@ impl CredentialStore for SqliteStore {
                     Ok(outcome)
                 })
                 .await?;
-            self.unseal_swap(outcome)
+            self.unseal_swap(auth, outcome)
         })
     }
 
@@ -406,6 +559,7 @@ impl CredentialStore for SqliteStore {
         trigger: Generation,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
+        let auth = key;
         let key = KeyColumns::from(key);
         Box::pin(async move {
             let outcome = self
@@ -453,7 +607,7 @@ impl CredentialStore for SqliteStore {
                 .await?;
             Ok(match outcome {
                 LeaseOutcome::Superseded(current) => {
-                    LeaseOutcome::Superseded(self.unseal(current)?)
+                    LeaseOutcome::Superseded(self.unseal(auth, current)?)
                 }
                 other => other,
             })
@@ -467,9 +621,10 @@ impl CredentialStore for SqliteStore {
         new: TokenSet,
         lease: Lease,
     ) -> BoxFuture<'a, Result<Swap, StoreError>> {
+        let auth = key;
         let key = KeyColumns::from(key);
         Box::pin(async move {
-            let new = self.seal(new)?;
+            let new = self.seal(auth, new)?;
             let outcome = self
                 .run(move |connection| {
                     let transaction =
@@ -494,7 +649,7 @@ impl CredentialStore for SqliteStore {
                     Ok(outcome)
                 })
                 .await?;
-            self.unseal_swap(outcome)
+            self.unseal_swap(auth, outcome)
         })
     }
 
