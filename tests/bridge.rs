@@ -914,3 +914,61 @@ async fn a_client_secret_goes_only_to_the_issuer_the_user_named() {
         "the hostile authorization server got the secret: {received}"
     );
 }
+
+/// The bridge's credentials at rest: directories it makes are 0700, the database and
+/// its `-wal`/`-shm` files 0600, and every token sealed with a key kept in a 0600 file
+/// of its own beside the database.
+#[tokio::test]
+async fn the_bridges_store_is_private_and_sealed_by_default() {
+    use std::os::unix::fs::PermissionsExt;
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let dir = dir("at-rest");
+    let made = dir.join("made-by-the-bridge");
+    let _ = std::fs::remove_dir_all(&made);
+    let store = made.join("deeper").join("credentials.db");
+    let jar = dir.join("cookies.txt");
+    let follower = follower(&jar);
+    let url = mcp.url();
+    let mut bridge = Bridge::spawn(
+        &[
+            &url,
+            "--store",
+            store.to_str().unwrap(),
+            "--browser-command",
+            &follower,
+            "--allow-loopback-http",
+        ],
+        &[],
+    );
+    let answer = bridge.initialize(1, Duration::from_secs(30)).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    let (status, _) = bridge.finish().await;
+    assert!(status.success(), "{status}");
+
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&made), 0o700);
+    assert_eq!(mode(&made.join("deeper")), 0o700);
+    assert_eq!(mode(&store), 0o600);
+    assert_eq!(mode(&store.with_extension("key")), 0o600);
+    for suffix in ["-wal", "-shm"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", store.display()));
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    let raw = rusqlite::Connection::open(&store).unwrap();
+    let tokens: Vec<String> = raw
+        .prepare("SELECT access_token || ' ' || COALESCE(refresh_token, '') FROM credentials")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(tokens.len(), 1, "the sign-in stored credentials");
+    for value in tokens[0].split(' ').filter(|v| !v.is_empty()) {
+        assert!(value.starts_with("sealed:v2:bridge:"), "unsealed: {value}");
+    }
+}

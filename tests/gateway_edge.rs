@@ -477,3 +477,99 @@ async fn a_proxy_from_the_environment_never_carries_the_gateways_requests() {
         reached.lock().unwrap()
     );
 }
+
+/// The gateway's store at rest: created 0600, sealed with `[store] sealing_key_env`,
+/// and what an unsealed store held sealed once by `mcp-auth-proxy seal-store`.
+#[tokio::test]
+async fn the_gateways_store_is_private_and_sealed() {
+    use std::os::unix::fs::PermissionsExt;
+    use tower_mcp_auth::store::{CredentialStore, SqliteStore};
+    use tower_mcp_auth::{AuthKey, Principal, Secret, ServerBinding, TokenSet};
+
+    let dir = common::gateway::dir("edge-at-rest");
+    let db = dir.join("gateway.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    // What an unsealed gateway stored.
+    let binding =
+        ServerBinding::public_client("https://mcp.example/mcp", "https://as.example/token", "c")
+            .unwrap();
+    let key = AuthKey::new(&Principal::new("default", "alice"), binding.id());
+    let unsealed = SqliteStore::open(&db).unwrap();
+    let tokens = TokenSet::new(Secret::new("alices-access-token"))
+        .with_refresh_token(Secret::new("alices-refresh-token"));
+    unsealed.compare_and_swap(&key, None, tokens).await.unwrap();
+    drop(unsealed);
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", db.display());
+        if let Ok(metadata) = std::fs::metadata(&path) {
+            assert_eq!(metadata.permissions().mode() & 0o777, 0o600, "{path}");
+        }
+    }
+
+    let sealing = format!("2026-12:{},2026-06:{}", "ab".repeat(32), "cd".repeat(32));
+    let config = config(
+        "127.0.0.1",
+        "\n[[upstream]]\nname = \"x\"\nurl = \"http://127.0.0.1:9/mcp\"\nauth = \"none\"\n",
+    )
+    .replace(
+        "[store]\n",
+        "[store]\nsealing_key_env = \"GATEWAY_SEALING_KEYS\"\n",
+    );
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, &config).unwrap();
+    let run = |command: &str, keys: &str| {
+        std::process::Command::new(common::gateway::BINARY)
+            .args([command, "--config", path.to_str().unwrap()])
+            .env("GATEWAY_SEALING_KEYS", keys)
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let bad = run("check", "2026-12:short");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sealing_key_env"));
+
+    let sealed = run("seal-store", &sealing);
+    let said = String::from_utf8_lossy(&sealed.stdout);
+    assert!(
+        sealed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+    assert!(said.contains("sealed 1 credentials"), "{said}");
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    let stored: String = raw
+        .query_row(
+            "SELECT access_token || refresh_token FROM credentials",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(!stored.contains("alices-"), "in the clear: {stored}");
+    assert!(stored.starts_with("sealed:v2:2026-12:"), "{stored}");
+
+    // The gateway serves with the keys; a store file others can read is reported.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = std::process::Command::new(common::gateway::BINARY)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("GATEWAY_SEALING_KEYS", &sealing)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("readable by other users"), "{log}");
+    assert!(!log.contains("stored unsealed"), "{log}");
+}

@@ -3,6 +3,7 @@
 //! ```text
 //! mcp-auth-proxy serve --config proxy.toml   # run the gateway
 //! mcp-auth-proxy check --config proxy.toml   # validate a configuration, every error with its line
+//! mcp-auth-proxy seal-store --config proxy.toml  # seal, once, what the store held unsealed
 //! mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser]
 //!     [--scope SCOPES]... [--client-id ID [--client-secret-env VAR] [--issuer URL]]
 //!     [--header 'Name: value']... [--sign-in-timeout SECONDS] [--allow-loopback-http]
@@ -19,7 +20,7 @@ use tower_mcp_auth::proxy::{Gateway, ProxyConfig};
 /// How long streams may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-const USAGE: &str = "usage: mcp-auth-proxy <serve|check> --config <file>\n       mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser]\n           [--scope SCOPES]... [--client-id ID [--client-secret-env VAR] [--issuer URL]]\n           [--header 'Name: value, ${VAR} from the environment']... [--sign-in-timeout SECONDS] [--allow-loopback-http]";
+const USAGE: &str = "usage: mcp-auth-proxy <serve|check|seal-store> --config <file>\n       mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser]\n           [--scope SCOPES]... [--client-id ID [--client-secret-env VAR] [--issuer URL]]\n           [--header 'Name: value, ${VAR} from the environment']... [--sign-in-timeout SECONDS] [--allow-loopback-http]";
 
 fn config_path(args: &[String]) -> Option<PathBuf> {
     let at = args.iter().position(|a| a == "--config")?;
@@ -54,9 +55,37 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "serve" => serve(config),
+        "seal-store" => seal_store(&config),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Seals, once, what the store held before `sealing_key_env` was configured.
+fn seal_store(config: &ProxyConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(Gateway::seal_existing(config)) {
+        Ok(report) => {
+            println!(
+                "sealed {} credentials and {} records ({} values were sealed already)",
+                report.credentials, report.records, report.already_sealed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("seal-store: {error}");
+            ExitCode::FAILURE
         }
     }
 }

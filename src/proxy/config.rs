@@ -64,6 +64,10 @@ pub struct ProxyConfig {
     /// The key that signs the sign-in cookie (from the environment, 32 bytes or more).
     /// Required by `oauth` upstreams.
     pub cookie_key: Option<crate::Secret>,
+    /// The keys that seal tokens, PKCE verifiers and client secrets in the store
+    /// (`[store] sealing_key_env`): the first seals, all open (rotation). `None`: the
+    /// store holds them unsealed (a warning at start).
+    pub sealing: Option<crate::store::SealingKeys>,
     /// Lets upstreams and their authorization servers be plain `http` on loopback
     /// (local development and tests only; default false).
     pub allow_loopback_http: bool,
@@ -226,6 +230,7 @@ struct RawConfig {
 struct RawStore {
     sqlite: Option<Spanned<String>>,
     redis_url_env: Option<Spanned<String>>,
+    sealing_key_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +266,35 @@ struct RawUpstream {
     audience: Option<String>,
     wait_seconds: Option<Spanned<u64>>,
     client_metadata_url: Option<Spanned<String>>,
+}
+
+/// Sealing keys from one environment variable: `id:hex` entries (64 hex digits: 32
+/// bytes) separated by commas; the first seals, every one opens.
+fn parse_sealing_keys(value: &str) -> Result<crate::store::SealingKeys, String> {
+    const FORMAT: &str = "must hold `id:key` entries separated by commas, each key 64 hex digits (e.g. `2026-12:$(openssl rand -hex 32)`); the first seals";
+    let mut keys: Option<crate::store::SealingKeys> = None;
+    for entry in value.split(',').map(str::trim) {
+        let (id, hex) = entry.split_once(':').ok_or(FORMAT)?;
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| {
+                hex.get(2 * i..2 * i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<_>>()
+            .ok_or(FORMAT)?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| FORMAT)?;
+        if hex.len() != 64 {
+            return Err(FORMAT.into());
+        }
+        keys = Some(
+            match keys {
+                None => crate::store::SealingKeys::try_new(id, bytes),
+                Some(keys) => keys.try_with_previous(id, bytes),
+            }
+            .map_err(|error| error.to_string())?,
+        );
+    }
+    keys.ok_or_else(|| FORMAT.into())
 }
 
 /// The longest an `oauth` upstream's `wait_seconds` may hold a request.
@@ -320,11 +354,28 @@ impl ProxyConfig {
                 ),
             )
         })?;
+        let sealing = match raw
+            .store
+            .as_ref()
+            .and_then(|store| store.sealing_key_env.as_ref())
+        {
+            None => None,
+            Some(variable) => {
+                let value = from_env(variable, "store.sealing_key_env")?;
+                Some(parse_sealing_keys(&value).map_err(|message| {
+                    at(
+                        variable.span(),
+                        format!("store.sealing_key_env: `{}` {message}", variable.get_ref()),
+                    )
+                })?)
+            }
+        };
         let store = match raw.store {
             None => StoreConfig::Sqlite(PathBuf::from("mcp-auth-proxy.db")),
             Some(RawStore {
                 sqlite: Some(_),
                 redis_url_env: Some(redis),
+                ..
             }) => {
                 return Err(at(
                     redis.span(),
@@ -734,6 +785,7 @@ impl ProxyConfig {
             public_url,
             cookie_key,
             allow_loopback_http: raw.allow_loopback_http,
+            sealing,
             allowed_hosts,
             allowed_origins,
         })

@@ -109,13 +109,20 @@ impl Gateway {
             .store
         {
             StoreConfig::Sqlite(path) => {
-                let store = Arc::new(crate::store::SqliteStore::open(path)?);
+                let store = Arc::new(match &config.sealing {
+                    Some(keys) => crate::store::SqliteStore::open_sealed(path, keys.clone())?,
+                    None => crate::store::SqliteStore::open(path)?,
+                });
                 (store.clone(), store)
             }
             StoreConfig::Redis(url) => {
                 #[cfg(feature = "redis")]
                 {
-                    let store = Arc::new(crate::store::RedisStore::builder(url.clone()).build()?);
+                    let mut builder = crate::store::RedisStore::builder(url.clone());
+                    if let Some(keys) = &config.sealing {
+                        builder = builder.sealing(keys.clone());
+                    }
+                    let store = Arc::new(builder.build()?);
                     (store.clone(), store)
                 }
                 #[cfg(not(feature = "redis"))]
@@ -261,6 +268,39 @@ impl Gateway {
                 None => crate::crypto::random_bytes::<32>(),
             }),
         })
+    }
+
+    /// Seals, once, what the store held before `sealing_key_env` was configured (the
+    /// `mcp-auth-proxy seal-store` command; run it with no gateway writing).
+    ///
+    /// # Errors
+    ///
+    /// Without keys, or as the store's `seal_existing`.
+    pub async fn seal_existing(
+        config: &ProxyConfig,
+    ) -> Result<crate::store::SealReport, GatewayError> {
+        let Some(keys) = &config.sealing else {
+            return Err(GatewayError::Store(crate::error::StoreError::new(
+                std::io::Error::other("no `[store] sealing_key_env` in the configuration"),
+            )));
+        };
+        match &config.store {
+            StoreConfig::Sqlite(path) => {
+                Ok(crate::store::SqliteStore::open_sealed(path, keys.clone())?
+                    .seal_existing()
+                    .await?)
+            }
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis(url) => Ok(crate::store::RedisStore::builder(url.clone())
+                .sealing(keys.clone())
+                .build()?
+                .seal_existing()
+                .await?),
+            #[cfg(not(feature = "redis"))]
+            StoreConfig::Redis(_) => Err(GatewayError::Store(crate::error::StoreError::new(
+                std::io::Error::other("this build has no Redis support (feature `redis`)"),
+            ))),
+        }
     }
 
     /// Who is calling: the configured rule applied to the request's peer and headers.

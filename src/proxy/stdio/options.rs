@@ -33,8 +33,9 @@ pub struct BridgeClient {
     /// The authorization server the client belongs to (`--issuer`, required with a
     /// secret: the secret goes to no other); `None` (a public client only): the one
     /// the server's protected resource metadata names, looked up at start and pinned
-    /// in the store on first use.
-    pub issuer: Option<url::Url>,
+    /// in the store on first use. As written on the command line: issuers compare
+    /// exactly.
+    pub issuer: Option<String>,
 }
 
 /// What `mcp-auth-proxy stdio` was asked to do.
@@ -128,7 +129,13 @@ impl BridgeOptions {
                 "--scope" => scopes.extend(value("scopes")?.split_whitespace().map(str::to_owned)),
                 "--client-id" => client_id = Some(value("a client id")?),
                 "--client-secret-env" => secret_variable = Some(value("a variable name")?),
-                "--issuer" => issuer = Some(http_url(&value("a URL")?)?),
+                "--issuer" => {
+                    // Kept as written: issuers compare exactly (RFC 8414 §3.3), and a
+                    // parsed URL would gain a trailing slash.
+                    let text = value("a URL")?;
+                    http_url(&text)?;
+                    issuer = Some(text);
+                }
                 "--header" => headers.push(header_arg(&value("'Name: value'")?, &env)?),
                 "--sign-in-timeout" => {
                     let seconds = value("seconds")?;

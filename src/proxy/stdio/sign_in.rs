@@ -84,9 +84,9 @@ pub(super) async fn oauth_layers(
     options: &BridgeOptions,
 ) -> Result<(OAuthRetryLayer, SilentRefreshLayer, SignIn), BoxError> {
     if let Some(dir) = options.store.parent() {
-        std::fs::create_dir_all(dir)?;
+        private_dir(dir)?;
     }
-    let store = Arc::new(SqliteStore::open(&options.store)?);
+    let store = Arc::new(sealed_store(&options.store).await?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let policy = if options.allow_loopback_http {
@@ -109,7 +109,7 @@ pub(super) async fn oauth_layers(
     .scopes(options.scopes.iter().cloned());
     if let Some(client) = &options.client {
         let issuer = match &client.issuer {
-            Some(issuer) => issuer.to_string(),
+            Some(issuer) => issuer.clone(),
             None => {
                 let discovered = authorization_server_of(&options.server, policy).await?;
                 pin_issuer(&*pins, &options.server, &discovered).await?;
@@ -169,6 +169,80 @@ pub(super) async fn oauth_layers(
     let silent = SilentRefreshLayer::new(refresh, authorizer.bindings())
         .with_default_principal(Principal::new("local", "user"));
     Ok((oauth, silent, sign_in))
+}
+
+/// Creates `dir` (and its missing parents) readable by its owner only (0700).
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// The store, sealed by default with a key kept in a file of its own beside it
+/// (`<store>.key`, 0600, made on first use): a copy of the database alone (a backup, a
+/// synced folder) holds no usable token. A store that predates the key is sealed once
+/// when the key is made.
+async fn sealed_store(path: &std::path::Path) -> Result<SqliteStore, BoxError> {
+    let key_path = path.with_extension("key");
+    let existed = path.exists();
+    let (key, made) = match std::fs::read_to_string(&key_path) {
+        Ok(text) => (text, false),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            // Written whole under a name of its own, then linked into place: a copy
+            // starting at the same moment sees no key or the whole key, never half.
+            let key = crate::crypto::hex(&crate::crypto::random_bytes::<32>());
+            let draft = key_path.with_extension(format!(
+                "key.{}-{}",
+                std::process::id(),
+                crate::crypto::hex(&crate::crypto::random_bytes::<4>())
+            ));
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&draft)?;
+            std::io::Write::write_all(&mut file, key.as_bytes())?;
+            file.sync_all()?;
+            drop(file);
+            let linked = std::fs::hard_link(&draft, &key_path);
+            let _ = std::fs::remove_file(&draft);
+            match linked {
+                Ok(()) => (key, true),
+                // Another copy made it first: use that one.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    (std::fs::read_to_string(&key_path)?, false)
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let bytes: [u8; 32] = (0..32)
+        .map(|i| {
+            key.trim()
+                .get(2 * i..2 * i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| {
+            format!(
+                "{} is not a sealing key (64 hex digits)",
+                key_path.display()
+            )
+        })?;
+    let store = SqliteStore::open_sealed(path, crate::store::SealingKeys::new("bridge", bytes))?;
+    if made && existed {
+        let report = store.seal_existing().await?;
+        tracing::info!(
+            credentials = report.credentials,
+            records = report.records,
+            "the store predates its sealing key: sealed what it held"
+        );
+    }
+    Ok(store)
 }
 
 /// The one authorization server `server`'s protected resource metadata names: where a
