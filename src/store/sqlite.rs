@@ -316,6 +316,9 @@ fn migrate_to_1(transaction: &rusqlite::Transaction<'_>) -> Result<(), StoreErro
         .map_err(store_error)
 }
 
+/// Tenant, subject, binding, access token and refresh token of a stored credential.
+type CredentialRow = (String, String, Vec<u8>, String, Option<String>);
+
 /// `SqliteStore::seal_existing`'s work, in one transaction.
 fn seal_rows(connection: &mut Connection, keys: &SealingKeys) -> Result<SealReport, StoreError> {
     use sealing::SealContext;
@@ -323,7 +326,7 @@ fn seal_rows(connection: &mut Connection, keys: &SealingKeys) -> Result<SealRepo
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(store_error)?;
     let mut report = SealReport::default();
-    let credentials: Vec<(String, String, Vec<u8>, String, Option<String>)> = transaction
+    let credentials: Vec<CredentialRow> = transaction
         .prepare("SELECT tenant, subject, binding, access_token, refresh_token FROM credentials")
         .and_then(|mut statement| {
             statement
