@@ -762,6 +762,10 @@ async fn typescript_sdk_client_completes_the_url_elicitation_connect_flow() {
 struct Idp {
     key: aws_lc_rs::signature::EcdsaKeyPair,
     url: String,
+    /// While set, the JWKS endpoint accepts requests and never answers.
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// JWKS requests received.
+    fetches: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Idp {
@@ -777,17 +781,32 @@ impl Idp {
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
             "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+        let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (hanging, counted) = (hang.clone(), fetches.clone());
         let app = axum::Router::new().route(
             "/jwks.json",
             axum::routing::get(move || {
                 let jwks = jwks.clone();
-                async move { axum::Json(jwks) }
+                let hang = hanging.load(std::sync::atomic::Ordering::SeqCst);
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    axum::Json(jwks)
+                }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { key, url }
+        Self {
+            key,
+            url,
+            hang,
+            fetches,
+        }
     }
 
     fn token(&self, kid: &str, claims: Value) -> String {
@@ -1069,5 +1088,83 @@ async fn wait_holds_the_request_until_the_user_signs_in_through_connections() {
     assert!(
         text.contains(&format!("{public}/oauth/brief/start?flow=")),
         "{text}"
+    );
+}
+
+/// The identity provider's key endpoint hangs once the cached set is due for renewal:
+/// concurrent valid requests are answered from the cached keys at once (one renewal in
+/// the background), not one fetch timeout after another.
+#[tokio::test]
+async fn a_hanging_jwks_endpoint_stalls_no_request() {
+    use std::sync::atomic::Ordering;
+    let idp = Idp::start("k1").await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+allow_loopback_http = true
+
+[store]
+sqlite = "gateway.db"
+
+[identity]
+mode = "jwt"
+issuer = "https://idp.example.com"
+audience = "mcp-gateway"
+jwks_url = "{}"
+jwks_refresh_seconds = 1
+
+[[upstream]]
+name = "plain"
+url = "{}"
+auth = "none"
+"#,
+        idp.url,
+        upstream.url()
+    );
+    let proxy = start("jwt-outage", &config, &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = idp.token(
+        "k1",
+        json!({"iss": "https://idp.example.com", "aud": "mcp-gateway", "sub": "alice",
+            "exp": now + 300}),
+    );
+    let call_once = || {
+        let request = http()
+            .post(format!("{}/plain/mcp", proxy.url))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(call(1, "x"));
+        async move {
+            let started = std::time::Instant::now();
+            let status = request.send().await.unwrap().status();
+            (status, started.elapsed())
+        }
+    };
+    let (status, _) = call_once().await;
+    assert_ne!(
+        status, 401,
+        "the first call verifies with freshly fetched keys"
+    );
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
+
+    idp.hang.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let calls: Vec<_> = (0..5).map(|_| call_once()).collect();
+    let answers = futures::future::join_all(calls).await;
+    for (status, took) in &answers {
+        assert_ne!(*status, 401, "a valid token was refused during the outage");
+        // The key endpoint never answers: any wait for it would last a fetch timeout.
+        assert!(
+            *took < Duration::from_secs(5),
+            "a request waited for the key endpoint: {took:?}"
+        );
+    }
+    assert_eq!(
+        idp.fetches.load(Ordering::SeqCst),
+        2,
+        "one background renewal, not one fetch per request"
     );
 }

@@ -246,6 +246,8 @@ struct RawIdentity {
     audience: Option<Spanned<String>>,
     jwks_url: Option<Spanned<String>>,
     tenant_claim: Option<String>,
+    jwks_refresh_seconds: Option<Spanned<u64>>,
+    jwks_max_stale_seconds: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -458,7 +460,39 @@ impl ProxyConfig {
                             ),
                         )
                     })?;
+                let seconds =
+                    |value: Option<Spanned<u64>>,
+                     name: &str,
+                     range: std::ops::RangeInclusive<u64>,
+                     default: std::time::Duration| match value {
+                        None => Ok(default),
+                        Some(value) if range.contains(value.get_ref()) => {
+                            Ok(std::time::Duration::from_secs(*value.get_ref()))
+                        }
+                        Some(value) => Err(at(
+                            value.span(),
+                            format!(
+                                "identity.{name}: must be {}..={} seconds",
+                                range.start(),
+                                range.end()
+                            ),
+                        )),
+                    };
+                let keys_refresh = seconds(
+                    raw_identity.jwks_refresh_seconds,
+                    "jwks_refresh_seconds",
+                    1..=86_400,
+                    super::jwt::DEFAULT_KEYS_REFRESH,
+                )?;
+                let keys_max_stale = seconds(
+                    raw_identity.jwks_max_stale_seconds,
+                    "jwks_max_stale_seconds",
+                    0..=604_800,
+                    super::jwt::DEFAULT_KEYS_MAX_STALE,
+                )?;
                 IdentityConfig::Jwt(super::jwt::JwtIdentity {
+                    keys_refresh,
+                    keys_max_stale,
                     issuer,
                     audience,
                     jwks_url,

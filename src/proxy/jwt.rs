@@ -5,6 +5,12 @@
 //! [`REFETCH_INTERVAL`]), so the issuer's key rotation is followed without letting
 //! made-up key ids hammer it. `iss`, `aud`, `exp` (required) and `nbf` are checked with
 //! [`LEEWAY`] for clock skew. The token itself is never logged or forwarded.
+//!
+//! An outage of the key endpoint stalls no request: past `keys_refresh` the cached set
+//! keeps verifying (up to `keys_max_stale` longer) while one background fetch at a time
+//! renews it, backing off after failures. A request that must have a fetch (no set yet,
+//! an unknown key id, a set past its staleness bound) joins the fetch in flight rather
+//! than queueing for one of its own: it waits for one fetch timeout at most.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,8 +28,14 @@ use crate::key::Principal;
 pub(crate) const LEEWAY: Duration = Duration::from_secs(60);
 /// The least time between two fetches of the key set.
 pub(crate) const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a fetched key set is used before it is fetched again.
-pub(crate) const KEYS_TTL: Duration = Duration::from_secs(600);
+/// How long a fetched key set is used before it is fetched again (default).
+pub const DEFAULT_KEYS_REFRESH: Duration = Duration::from_secs(600);
+/// How long past its refresh a key set still verifies while fetches fail (default).
+pub const DEFAULT_KEYS_MAX_STALE: Duration = Duration::from_secs(3600);
+/// The first wait after a failed background fetch; doubled per failure up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// What the `jwt` identity mode checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +50,10 @@ pub struct JwtIdentity {
     pub tenant_claim: Option<String>,
     /// The tenant when there is no tenant claim.
     pub tenant: String,
+    /// How long a fetched key set is used before it is renewed (in the background).
+    pub keys_refresh: Duration,
+    /// How long past `keys_refresh` the set still verifies while renewals fail.
+    pub keys_max_stale: Duration,
 }
 
 /// Why a bearer token was not accepted.
@@ -79,7 +95,28 @@ enum Key {
 #[derive(Default)]
 struct KeySet {
     keys: HashMap<String, std::sync::Arc<Key>>,
+    /// When the set was last fetched successfully.
     fetched_at: Option<Instant>,
+    /// When the last fetch, successful or not, ended.
+    attempted_at: Option<Instant>,
+    /// Fetches ended so far: a caller that waited for the fetch lock sees whether one
+    /// ended meanwhile, and takes its outcome instead of fetching again.
+    attempts: u64,
+    /// Failed fetches in a row (backoff of the background renewal).
+    failures: u32,
+}
+
+impl KeySet {
+    /// Whether a background renewal may start now (not within its backoff).
+    fn renewal_due(&self) -> bool {
+        let backoff = match self.failures {
+            0 => Duration::ZERO,
+            n => FIRST_BACKOFF
+                .saturating_mul(1u32 << (n - 1).min(16))
+                .min(MAX_BACKOFF),
+        };
+        self.attempted_at.is_none_or(|at| at.elapsed() >= backoff)
+    }
 }
 
 /// Verifies inbound JWTs for the gateway.
@@ -89,6 +126,8 @@ pub(crate) struct JwtVerifier {
     keys: Mutex<KeySet>,
     /// One fetch at a time; callers that waited find the keys it brought.
     fetching: tokio::sync::Mutex<()>,
+    /// A background renewal is under way.
+    renewing: std::sync::atomic::AtomicBool,
 }
 
 impl JwtVerifier {
@@ -98,12 +137,13 @@ impl JwtVerifier {
             http,
             keys: Mutex::new(KeySet::default()),
             fetching: tokio::sync::Mutex::new(()),
+            renewing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// The principal of a verified `Authorization: Bearer` token.
     pub(crate) async fn principal(
-        &self,
+        self: &std::sync::Arc<Self>,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Principal, JwtError> {
         let token = authorization
@@ -205,36 +245,103 @@ impl JwtVerifier {
         Ok(Principal::new(tenant, subject))
     }
 
-    /// The key `kid`, fetching the set when it is stale or lacks the key (rate-limited).
-    async fn key(&self, kid: &str) -> Result<std::sync::Arc<Key>, JwtError> {
-        let lookup = |keys: &KeySet| {
-            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < KEYS_TTL);
-            (keys.keys.get(kid).cloned(), fresh, keys.fetched_at)
+    /// The key `kid`: from the cached set while it is fresh, or stale within its bound
+    /// (renewed in the background meanwhile); otherwise after the fetch in flight, or
+    /// one of its own (rate-limited).
+    async fn key(self: &std::sync::Arc<Self>, kid: &str) -> Result<std::sync::Arc<Key>, JwtError> {
+        let (found, age, attempts, renewal_due) = {
+            let set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                set.keys.get(kid).cloned(),
+                set.fetched_at.map(|at| at.elapsed()),
+                set.attempts,
+                set.renewal_due(),
+            )
         };
-        let (found, fresh, _) = lookup(&self.keys.lock().unwrap_or_else(|e| e.into_inner()));
-        if let (Some(key), true) = (&found, fresh) {
-            return Ok(key.clone());
+        if let (Some(key), Some(age)) = (&found, age) {
+            if age < self.config.keys_refresh {
+                return Ok(key.clone());
+            }
+            if age < self.config.keys_refresh + self.config.keys_max_stale {
+                if renewal_due {
+                    self.renew_in_background();
+                }
+                return Ok(key.clone());
+            }
         }
         let _fetching = self.fetching.lock().await;
-        let (found, fresh, fetched_at) =
-            lookup(&self.keys.lock().unwrap_or_else(|e| e.into_inner()));
-        if let (Some(key), true) = (&found, fresh) {
-            return Ok(key.clone());
+        {
+            let set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            // A fetch ended while this caller waited (or just before): its outcome is
+            // the answer, not another fetch.
+            let recently = set
+                .attempted_at
+                .is_some_and(|at| at.elapsed() < REFETCH_INTERVAL);
+            if set.attempts != attempts || recently {
+                return self.answer(&set, kid);
+            }
         }
-        let may_fetch = fetched_at.is_none_or(|at| at.elapsed() >= REFETCH_INTERVAL) || !fresh;
-        if !may_fetch {
-            return found.ok_or(JwtError::UnknownKey);
+        self.fetch_and_store().await;
+        let set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        self.answer(&set, kid)
+    }
+
+    /// `kid` from `set`, if the set is within its staleness bound.
+    fn answer(&self, set: &KeySet, kid: &str) -> Result<std::sync::Arc<Key>, JwtError> {
+        let usable = set
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.config.keys_refresh + self.config.keys_max_stale);
+        match set.keys.get(kid) {
+            Some(key) if usable => Ok(key.clone()),
+            _ if !usable => Err(JwtError::Keys("the issuer's key set is unavailable".into())),
+            _ => Err(JwtError::UnknownKey),
         }
-        match self.fetch().await {
+    }
+
+    /// One fetch; the set replaced on success, the failure counted otherwise. The
+    /// caller holds `fetching`.
+    async fn fetch_and_store(&self) {
+        let outcome = self.fetch().await;
+        let mut set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        set.attempts += 1;
+        set.attempted_at = Some(Instant::now());
+        match outcome {
             Ok(keys) => {
-                let mut set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
                 set.keys = keys;
                 set.fetched_at = Some(Instant::now());
-                set.keys.get(kid).cloned().ok_or(JwtError::UnknownKey)
+                set.failures = 0;
             }
-            // A stale set still verifies the keys it has while the issuer is down.
-            Err(error) => found.ok_or(error),
+            Err(error) => {
+                set.failures = set.failures.saturating_add(1);
+                tracing::warn!(%error, failures = set.failures, "inbound identity: the issuer's keys could not be fetched; the cached set serves meanwhile");
+            }
         }
+    }
+
+    /// Starts one background renewal unless one is under way.
+    fn renew_in_background(self: &std::sync::Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let work = async {
+                let _fetching = this.fetching.lock().await;
+                let due = this
+                    .keys
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .renewal_due();
+                if due {
+                    this.fetch_and_store().await;
+                }
+            };
+            if crate::limits::catch_panic(work).await.is_err() {
+                tracing::error!("inbound identity: the key renewal panicked");
+            }
+            this.renewing.store(false, Ordering::Release);
+        });
     }
 
     async fn fetch(&self) -> Result<HashMap<String, std::sync::Arc<Key>>, JwtError> {

@@ -36,6 +36,6 @@ pub use config::{
     ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, MAX_WAIT_SECONDS, PreRegistered,
     ProxyConfig, StoreConfig, UpstreamAuth, UpstreamConfig,
 };
-pub use jwt::JwtIdentity;
+pub use jwt::{DEFAULT_KEYS_MAX_STALE, DEFAULT_KEYS_REFRESH, JwtIdentity};
 pub use prometheus::{PrometheusHandle, PrometheusRecorder};
 pub use server::{Gateway, GatewayError};
