@@ -972,3 +972,77 @@ async fn the_bridges_store_is_private_and_sealed_by_default() {
         assert!(value.starts_with("sealed:v2:bridge:"), "unsealed: {value}");
     }
 }
+
+/// The sign-in link is in the browser command's argv, readable by every local user:
+/// opened by another user (here `nobody`) it starts nothing; the user's own browser
+/// signs in with it afterwards.
+#[tokio::test]
+async fn another_local_user_cannot_use_the_sign_in_link() {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_consenting_user("alice");
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let dir = dir("argv-link");
+    let store = dir.join("credentials.db");
+    let links = dir.join("links.txt");
+    let _ = std::fs::remove_file(&links);
+    let browser = recording_browser(&dir, &links);
+    let url = mcp.url();
+    let mut bridge = Bridge::spawn(
+        &[
+            &url,
+            "--store",
+            store.to_str().unwrap(),
+            "--browser-command",
+            browser.to_str().unwrap(),
+            "--allow-loopback-http",
+        ],
+        &[],
+    );
+    bridge.send_initialize(1).await;
+    let link = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&links)
+                && let Some(line) = text.lines().next()
+            {
+                return line.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the bridge hands out a sign-in link");
+
+    // Another local user, who read the link from the process list.
+    let other = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &link])
+        .output()
+        .await
+        .expect("setpriv (util-linux) and curl");
+    let status = String::from_utf8_lossy(&other.stdout).into_owned();
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    assert_eq!(status, "403", "another user's browser got {status}");
+    assert_eq!(
+        auth.stats().authorization_requests,
+        0,
+        "nothing started at the server"
+    );
+
+    // The user's own browser.
+    let jar = dir.join("cookies.txt");
+    let mine = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} '{link}'", follower(&jar)))
+        .status()
+        .await
+        .unwrap();
+    assert!(mine.success());
+    let answer = bridge.next(Duration::from_secs(30)).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    let (status, _) = bridge.finish().await;
+    assert!(status.success(), "{status}");
+}

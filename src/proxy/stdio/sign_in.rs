@@ -131,10 +131,19 @@ pub(super) async fn oauth_layers(
         BrowserBinding::new(&key).insecure_cookies(),
     )
     .with_start_path("/start")
-    .with_app_name("mcp-auth-proxy");
+    .with_app_name("mcp-auth-proxy")
+    // The link is in the browser command's argv, which every local user can read: it
+    // starts a sign-in only for a browser of the user the bridge runs as.
+    .with_start_check(move |request, _| {
+        request
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .is_some_and(|peer| local_peer::same_user(peer.0, port))
+    });
     let app = crate::callback_router("/callback", callback);
     tokio::spawn(async move {
         // Without the listener no sign-in can come back: say so where the user looks.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the sign-in callback listener stopped");
         }
@@ -325,4 +334,92 @@ async fn open(browser: &Browser, url: &str) -> Result<(), BoxError> {
 
 pub(super) fn orphaned(error: &(dyn std::error::Error + 'static)) -> bool {
     matches!(Error::find(error), Some(Error::AuthorizationFailed { reason }) if reason == ORPHANED)
+}
+
+/// Who is on the other end of a loopback connection.
+mod local_peer {
+    use std::net::{IpAddr, SocketAddr};
+
+    /// Whether the process that connected from `peer` to our listener on `port` runs as
+    /// the same user as this one. Linux: the connecting socket's owner from
+    /// `/proc/net/tcp{,6}`; unknown there (gone, or another namespace) is refused.
+    /// Elsewhere the check cannot be made and passes (the link then works for any local
+    /// user who reads it, as it did before).
+    #[cfg(target_os = "linux")]
+    pub(super) fn same_user(peer: SocketAddr, port: u16) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to this process's effective user.
+        let ours = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        match (owner(peer, port), ours) {
+            (Some(uid), Some(ours)) => uid == ours,
+            _ => {
+                tracing::warn!(%peer, "sign-in link opened by a connection whose owner is unknown; refused");
+                false
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn same_user(_peer: SocketAddr, _port: u16) -> bool {
+        true
+    }
+
+    /// The uid owning the socket whose local address is `peer` and whose remote port
+    /// is `port`.
+    #[cfg(target_os = "linux")]
+    fn owner(peer: SocketAddr, port: u16) -> Option<u32> {
+        let table = match peer.ip() {
+            IpAddr::V4(_) => "/proc/net/tcp",
+            IpAddr::V6(_) => "/proc/net/tcp6",
+        };
+        let text = std::fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, uid) = (fields.get(1)?, fields.get(2)?, fields.get(7)?);
+            (parse(local)? == peer && parse(remote)?.port() == port).then(|| uid.parse().ok())?
+        })
+    }
+
+    /// `0100007F:1F90`: the address as the kernel prints it (32-bit words in host
+    /// order), the port big-endian hex.
+    #[cfg(target_os = "linux")]
+    fn parse(field: &str) -> Option<SocketAddr> {
+        let (address, port) = field.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        let words: Vec<u32> = (0..address.len() / 8)
+            .map(|i| u32::from_str_radix(address.get(8 * i..8 * i + 8)?, 16).ok())
+            .collect::<Option<_>>()?;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let ip = match bytes.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+            16 => {
+                let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+                // A v4 client on a dual-stack socket appears v4-mapped.
+                v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+            }
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, port))
+    }
+
+    #[cfg(all(test, target_os = "linux"))]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_connection_of_this_process_is_this_users() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (_server_side, peer) = listener.accept().unwrap();
+            assert_eq!(peer, client.local_addr().unwrap());
+            assert!(same_user(peer, port));
+            assert_eq!(
+                parse("0100007F:1F90"),
+                Some("127.0.0.1:8080".parse().unwrap())
+            );
+            // Nobody connected from there.
+            assert!(!same_user("127.0.0.1:1".parse().unwrap(), port));
+        }
+    }
 }
