@@ -64,6 +64,10 @@ pub struct ProxyConfig {
     /// The key that signs the sign-in cookie (from the environment, 32 bytes or more).
     /// Required by `oauth` upstreams.
     pub cookie_key: Option<crate::Secret>,
+    /// The gateway's own sign-in of browsers (identity mode `jwt` with
+    /// `login_client_id`): its web pages and sign-in links know the browser's user
+    /// from an OpenID Connect login at the identity provider, not from a bearer token.
+    pub login: Option<LoginConfig>,
     /// The keys that seal tokens, PKCE verifiers and client secrets in the store
     /// (`[store] sealing_key_env`): the first seals, all open (rotation). `None`: the
     /// store holds them unsealed (a warning at start).
@@ -78,6 +82,29 @@ pub struct ProxyConfig {
     /// Browser origins allowed to call the gateway besides its own (e.g. a web chat
     /// app's `https://chat.example.com`); a request with any other `Origin` is refused.
     pub allowed_origins: Vec<String>,
+}
+
+/// The client the gateway signs browsers in as, at the `jwt` identity's issuer
+/// (OpenID Connect, authorization code with PKCE; redirect URI
+/// `{public_url}/login/callback`).
+#[derive(Clone)]
+pub struct LoginConfig {
+    /// The client id registered at the issuer.
+    pub client_id: String,
+    /// Its secret (HTTP Basic at the token endpoint); `None`: a public client.
+    pub client_secret: Option<crate::Secret>,
+}
+
+impl fmt::Debug for LoginConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginConfig")
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
 }
 
 /// Where credentials and flows live.
@@ -248,6 +275,8 @@ struct RawIdentity {
     tenant_claim: Option<String>,
     jwks_refresh_seconds: Option<Spanned<u64>>,
     jwks_max_stale_seconds: Option<Spanned<u64>>,
+    login_client_id: Option<Spanned<String>>,
+    login_client_secret_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +424,32 @@ impl ProxyConfig {
         };
         let identity_span = raw.identity.span();
         let raw_identity = raw.identity.into_inner();
+        let login_span = raw_identity
+            .login_client_id
+            .as_ref()
+            .map_or(identity_span.clone(), Spanned::span);
+        let login = match (
+            &raw_identity.login_client_id,
+            &raw_identity.login_client_secret_env,
+        ) {
+            (Some(client_id), secret) => Some(LoginConfig {
+                client_id: client_id.get_ref().clone(),
+                client_secret: match secret {
+                    Some(variable) => Some(crate::Secret::new(from_env(
+                        variable,
+                        "identity.login_client_secret_env",
+                    )?)),
+                    None => None,
+                },
+            }),
+            (None, Some(variable)) => {
+                return Err(at(
+                    variable.span(),
+                    "identity.login_client_secret_env: only with `login_client_id`".into(),
+                ));
+            }
+            (None, None) => None,
+        };
         let identity = match raw_identity.mode.get_ref().as_str() {
             "trusted-header" => {
                 let header = raw_identity.header.ok_or_else(|| {
@@ -579,6 +634,20 @@ impl ProxyConfig {
                 )
             })?);
         }
+        if login.is_some() {
+            if !matches!(identity, IdentityConfig::Jwt(_)) {
+                return Err(at(
+                    login_span,
+                    "identity.login_client_id: only with mode `jwt` (the other modes know the browser's user already)".into(),
+                ));
+            }
+            if public_url.is_none() || cookie_key.is_none() {
+                return Err(at(
+                    login_span,
+                    "identity.login_client_id: needs the top-level `public_url` (the login's redirect URI is {public_url}/login/callback) and `cookie_key_env` (the key of the session cookie)".into(),
+                ));
+            }
+        }
         if raw.upstream.is_empty() {
             return Err(ConfigError {
                 line: None,
@@ -652,6 +721,15 @@ impl ProxyConfig {
                     UpstreamAuth::Header { name, value }
                 }
                 "oauth" => {
+                    if matches!(identity, IdentityConfig::Jwt(_)) && login.is_none() {
+                        // A browser opening a sign-in link carries no bearer token: without
+                        // a login of its own the gateway could not tell whose browser it is,
+                        // and a link passed to another user would connect their account.
+                        return Err(at(
+                            upstream.auth.span(),
+                            "upstream: auth `oauth` with identity mode `jwt` needs `[identity] login_client_id`: the gateway signs browsers in at the issuer so that a sign-in link works only in its own user's browser".into(),
+                        ));
+                    }
                     if public_url.is_none() || cookie_key.is_none() {
                         return Err(at(
                             upstream.auth.span(),
@@ -819,6 +897,7 @@ impl ProxyConfig {
             public_url,
             cookie_key,
             allow_loopback_http: raw.allow_loopback_http,
+            login,
             sealing,
             allowed_hosts,
             allowed_origins,

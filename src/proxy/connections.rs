@@ -106,6 +106,29 @@ pub(crate) async fn state_of(upstream: &Upstream, principal: &Principal) -> Conn
     }
 }
 
+/// The user of a page: a bearer token (or the trusted header) as for MCP calls, or,
+/// with the gateway's own login, the browser's session (without one, the login first,
+/// back to `page`).
+async fn page_user(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    page: &http::Uri,
+) -> Result<Principal, Response> {
+    if let Some(login) = &gateway.login
+        && !headers.contains_key(http::header::AUTHORIZATION)
+    {
+        return match login.user(headers, page) {
+            super::login::BrowserUser::Known(principal) => Ok(principal),
+            super::login::BrowserUser::SignIn(response) => Err(response),
+        };
+    }
+    gateway
+        .identify(peer, headers)
+        .await
+        .map_err(|(status, message)| refused(status, message))
+}
+
 fn refused(status: StatusCode, message: &str) -> Response {
     let mut response = (
         status,
@@ -140,11 +163,12 @@ form{{margin:0}}</style></head><body>{body}</body></html>"
 pub(crate) async fn list(
     State(gateway): State<Gateway>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    let principal = match gateway.identify(peer, &headers).await {
+    let principal = match page_user(&gateway, peer, &headers, &uri).await {
         Ok(principal) => principal,
-        Err((status, message)) => return refused(status, message),
+        Err(response) => return response,
     };
     let mut names: Vec<&String> = gateway.upstreams.keys().collect();
     names.sort();
@@ -190,11 +214,12 @@ pub(crate) async fn connect(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    let principal = match gateway.identify(peer, &headers).await {
+    let principal = match page_user(&gateway, peer, &headers, &uri).await {
         Ok(principal) => principal,
-        Err((status, message)) => return refused(status, message),
+        Err(response) => return response,
     };
     let Some(authorizer) = gateway
         .upstreams
@@ -237,9 +262,10 @@ pub(crate) async fn disconnect(
     headers: HeaderMap,
     Form(form): Form<DisconnectForm>,
 ) -> Response {
-    let principal = match gateway.identify(peer, &headers).await {
+    let back = http::Uri::from_static("/connections");
+    let principal = match page_user(&gateway, peer, &headers, &back).await {
         Ok(principal) => principal,
-        Err((status, message)) => return refused(status, message),
+        Err(response) => return response,
     };
     if !gateway.form_token_matches(&principal, &form.csrf) {
         return refused(StatusCode::FORBIDDEN, "the form expired; reload the page");

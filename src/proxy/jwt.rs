@@ -155,6 +155,19 @@ impl JwtVerifier {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(JwtError::Missing)?;
+        let audience = self.config.audience.clone();
+        self.verify(token, &audience)
+            .await
+            .map(|(principal, _)| principal)
+    }
+
+    /// The principal and claims of `token`, verified: signature by the issuer's keys,
+    /// `iss`, `aud` holding `audience`, `exp`, `nbf`, `sub`.
+    pub(crate) async fn verify(
+        self: &std::sync::Arc<Self>,
+        token: &str,
+        audience: &str,
+    ) -> Result<(Principal, Value), JwtError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -197,14 +210,14 @@ impl JwtVerifier {
         if !verified {
             return Err(JwtError::Signature);
         }
-        self.check_claims(&claims)
+        let principal = self.check_claims(&claims, audience)?;
+        Ok((principal, claims))
     }
 
-    fn check_claims(&self, claims: &Value) -> Result<Principal, JwtError> {
+    fn check_claims(&self, claims: &Value, audience: &str) -> Result<Principal, JwtError> {
         if claims["iss"].as_str() != Some(self.config.issuer.as_str()) {
             return Err(JwtError::Issuer);
         }
-        let audience = &self.config.audience;
         let for_us = match &claims["aud"] {
             Value::String(aud) => aud == audience,
             Value::Array(auds) => auds.iter().any(|a| a.as_str() == Some(audience)),

@@ -27,14 +27,15 @@ mod connect;
 mod connections;
 mod edge;
 mod jwt;
+mod login;
 mod prometheus;
 mod server;
 mod sessions;
 pub mod stdio;
 
 pub use config::{
-    ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, MAX_WAIT_SECONDS, PreRegistered,
-    ProxyConfig, StoreConfig, UpstreamAuth, UpstreamConfig,
+    ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, LoginConfig, MAX_WAIT_SECONDS,
+    PreRegistered, ProxyConfig, StoreConfig, UpstreamAuth, UpstreamConfig,
 };
 pub use jwt::{DEFAULT_KEYS_MAX_STALE, DEFAULT_KEYS_REFRESH, JwtIdentity};
 pub use prometheus::{PrometheusHandle, PrometheusRecorder};

@@ -75,6 +75,8 @@ pub struct Gateway {
     form_key: Arc<[u8; 32]>,
     /// Verifies inbound JWTs (identity mode `jwt`).
     jwt: Option<Arc<super::jwt::JwtVerifier>>,
+    /// Signs browsers in (identity mode `jwt` with `login_client_id`).
+    pub(crate) login: Option<Arc<super::login::BrowserLogin>>,
     /// The hosts and origins the gateway answers (checked before identity).
     edge: Arc<super::edge::EdgePolicy>,
     /// Which principal created each upstream session.
@@ -138,6 +140,52 @@ impl Gateway {
         let http = ReqwestService::with_config(
             &HttpClientConfig::new().connect_timeout(Duration::from_secs(10)),
         )?;
+        let jwt = match &config.identity {
+            IdentityConfig::Jwt(identity) => {
+                let policy = if config.allow_loopback_http {
+                    UrlPolicy::default().allow_loopback_http()
+                } else {
+                    UrlPolicy::default()
+                };
+                Some(Arc::new(super::jwt::JwtVerifier::new(
+                    identity.clone(),
+                    crate::AuthHttpClient::with_policy(policy),
+                )))
+            }
+            _ => None,
+        };
+        let login = match (&config.identity, &config.login, &jwt, &config.public_url) {
+            (IdentityConfig::Jwt(identity), Some(client), Some(verifier), Some(public)) => {
+                let policy = if config.allow_loopback_http {
+                    UrlPolicy::default().allow_loopback_http()
+                } else {
+                    UrlPolicy::default()
+                };
+                let key = config
+                    .cookie_key
+                    .as_ref()
+                    .map(|key| key.expose().as_bytes().to_vec())
+                    .unwrap_or_default();
+                Some(Arc::new(
+                    super::login::BrowserLogin::new(
+                        &identity.issuer,
+                        client.clone(),
+                        public,
+                        &key,
+                        crate::AuthHttpClient::with_policy(policy),
+                        verifier.clone(),
+                    )
+                    .map_err(|source| GatewayError::Upstream {
+                        upstream: "login".into(),
+                        source: crate::ConfigError::InvalidUrl {
+                            field: "public_url",
+                            source,
+                        },
+                    })?,
+                ))
+            }
+            _ => None,
+        };
         let mut upstreams = HashMap::new();
         let mut callbacks = HashMap::new();
         for upstream in &config.upstreams {
@@ -204,7 +252,7 @@ impl Gateway {
                     })?;
                     callbacks.insert(
                         upstream.name.clone(),
-                        callback_service(config, &upstream.name, &authorizer),
+                        callback_service(config, &upstream.name, &authorizer, login.clone()),
                     );
                     authorizer_of_upstream = Some(authorizer.clone());
                     let coordinator = RefreshCoordinator::new(store.clone());
@@ -241,20 +289,8 @@ impl Gateway {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
-            jwt: match &config.identity {
-                IdentityConfig::Jwt(identity) => {
-                    let policy = if config.allow_loopback_http {
-                        UrlPolicy::default().allow_loopback_http()
-                    } else {
-                        UrlPolicy::default()
-                    };
-                    Some(Arc::new(super::jwt::JwtVerifier::new(
-                        identity.clone(),
-                        crate::AuthHttpClient::with_policy(policy),
-                    )))
-                }
-                _ => None,
-            },
+            jwt,
+            login,
             sessions: super::sessions::SessionOwners::new(records),
             edge: Arc::new(super::edge::EdgePolicy::new(
                 config.public_url.as_ref(),
@@ -361,6 +397,7 @@ impl Gateway {
         let max = self.max_body_bytes;
         let callbacks = self.callbacks.clone();
         let edge = self.edge.clone();
+        let login = self.login.clone();
         let mut router = axum::Router::new()
             .route("/{upstream}/mcp", axum::routing::any(forward))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -375,6 +412,8 @@ impl Gateway {
                 "/connections/{upstream}/disconnect",
                 axum::routing::post(super::connections::disconnect),
             )
+            .route("/login", axum::routing::get(login_start))
+            .route("/login/callback", axum::routing::get(login_callback))
             .with_state(self);
         for (name, service) in callbacks.iter() {
             router = router.merge(crate::callback_router(
@@ -384,6 +423,28 @@ impl Gateway {
         }
         router.layer(
             ServiceBuilder::new()
+                // A sign-in link opened by a browser that is not signed in: the login
+                // first, back to the link after (its start check then compares users).
+                .layer(axum::middleware::from_fn(
+                    move |request: Request, next: axum::middleware::Next| {
+                        let login = login.clone();
+                        async move {
+                            let path = request.uri().path();
+                            let is_start = path.starts_with("/oauth/") && path.ends_with("/start");
+                            match &login {
+                                Some(login) if is_start => {
+                                    match login.user(request.headers(), request.uri()) {
+                                        super::login::BrowserUser::Known(_) => {
+                                            next.run(request).await
+                                        }
+                                        super::login::BrowserUser::SignIn(response) => response,
+                                    }
+                                }
+                                _ => next.run(request).await,
+                            }
+                        }
+                    },
+                ))
                 // Host and Origin first: a rebinding page or another site gets no further.
                 .layer(axum::middleware::from_fn(
                     move |request: Request, next: axum::middleware::Next| {
@@ -495,7 +556,12 @@ fn retry_layer(name: &str, authorizer: &Authorizer, wait: Option<Duration>) -> O
 /// The start and callback endpoints of an `oauth` upstream. A start link is honoured
 /// only for the browser of the user it was made for: the identity rule must name the
 /// flow's principal for the browser's own request.
-fn callback_service(config: &ProxyConfig, name: &str, authorizer: &Authorizer) -> CallbackService {
+fn callback_service(
+    config: &ProxyConfig,
+    name: &str,
+    authorizer: &Authorizer,
+    login: Option<Arc<super::login::BrowserLogin>>,
+) -> CallbackService {
     let key = config
         .cookie_key
         .as_ref()
@@ -513,10 +579,12 @@ fn callback_service(config: &ProxyConfig, name: &str, authorizer: &Authorizer) -
     let service = CallbackService::new(authorizer.completer(), binding)
         .with_start_path(format!("/oauth/{name}/start"))
         .with_app_name(format!("mcp-auth-proxy ({name})"));
-    if matches!(identity, IdentityConfig::Jwt(_)) {
-        // A browser carries no bearer token: the link is bound to the browser that
-        // opens it first (the signed cookie), not checked against a user.
-        return service;
+    if let Some(login) = login {
+        // A browser carries no bearer token: its user is the gateway's own login
+        // session (the router sends a browser without one through the login first).
+        return service.with_start_check(move |request, principal| {
+            login.session(&request.headers).as_ref() == Some(principal)
+        });
     }
     service.with_start_check(move |request, principal| {
         request
@@ -867,6 +935,29 @@ async fn forward(
             }
         },
     }
+}
+
+/// `GET /login?return=PATH`: the gateway's own sign-in of a browser.
+async fn login_start(State(gateway): State<Gateway>, request: Request) -> Response {
+    let Some(login) = &gateway.login else {
+        return json_error(StatusCode::NOT_FOUND, "this gateway has no browser login");
+    };
+    let return_to = request.uri().query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "return")
+            .map(|(_, value)| value.into_owned())
+    });
+    login.start(return_to.as_deref()).await
+}
+
+/// `GET /login/callback`: the issuer's answer to the gateway's sign-in.
+async fn login_callback(State(gateway): State<Gateway>, request: Request) -> Response {
+    let Some(login) = &gateway.login else {
+        return json_error(StatusCode::NOT_FOUND, "this gateway has no browser login");
+    };
+    login
+        .callback(request.uri().query(), request.headers())
+        .await
 }
 
 async fn metrics(State(gateway): State<Gateway>) -> Response {

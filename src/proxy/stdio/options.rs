@@ -152,7 +152,7 @@ impl BridgeOptions {
                 url => server = Some(http_url(url)?),
             }
         }
-        if secret_variable.is_some() && issuer.is_none() {
+        if client_id.is_some() && secret_variable.is_some() && issuer.is_none() {
             // Without it the secret would go to whatever authorization server the MCP
             // server names, a hostile server's own included.
             return Err("--client-secret-env needs --issuer: the client secret is sent only to the authorization server you name".into());
