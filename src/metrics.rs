@@ -20,6 +20,7 @@
 //! | `mcp_auth_obo_cache_hits_total` | — | OBO tokens served from the cache |
 //! | `mcp_auth_breaker_transitions_total` | `to`: `open`, `half_open`, `closed` | circuit state changes |
 //! | `mcp_auth_breaker_refusals_total` | `reason`: `open`, `probe_in_flight`, `throttled`, `storm_cooldown`, `probe_timed_out`, `unproven` | calls refused without reaching the upstream |
+//! | `mcp_auth_local_resource_errors_total` | — | calls that failed for lack of local resources (descriptors, buffers, memory), not counted against the upstream |
 //!
 //! ```
 //! // At start-up, after installing a recorder: names, units and help texts.
@@ -51,6 +52,8 @@ pub const OBO_CACHE_HITS: &str = "mcp_auth_obo_cache_hits_total";
 pub const BREAKER_TRANSITIONS: &str = "mcp_auth_breaker_transitions_total";
 /// Calls refused by a breaker (label `reason`).
 pub const BREAKER_REFUSALS: &str = "mcp_auth_breaker_refusals_total";
+/// Calls that failed for lack of local resources (not the upstream's failures).
+pub const LOCAL_RESOURCE_ERRORS: &str = "mcp_auth_local_resource_errors_total";
 
 /// Registers every metric's description with the installed recorder.
 pub fn describe() {

@@ -670,6 +670,22 @@ fn strip_forwarding(headers: &mut HeaderMap) {
     }
 }
 
+/// An error with its causes, `outer: inner: innermost`: "connection refused" and "too
+/// many open files" read apart in the log.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn json_error(status: StatusCode, message: &str) -> Response {
     let mut response = (
         status,
@@ -930,7 +946,19 @@ async fn forward(
                 response
             }
             _ => {
-                tracing::warn!(upstream = %name, %error, "upstream call failed");
+                let cause = error_chain(error.as_ref());
+                if crate::layer::circuit_breaker::local_resource_error(error.as_ref()).is_some() {
+                    tracing::error!(upstream = %name, %cause, "out of local resources (descriptors, buffers or memory); the upstream is not at fault");
+                    let mut response = json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the gateway is out of local resources; retry later",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                    return response;
+                }
+                tracing::warn!(upstream = %name, %cause, "upstream call failed");
                 json_error(StatusCode::BAD_GATEWAY, "upstream unreachable")
             }
         },

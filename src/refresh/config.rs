@@ -26,6 +26,11 @@ pub struct RefreshConfig {
     clock_skew: Duration,
 }
 
+/// See [`RefreshConfig::lease_ttl`].
+pub(crate) const LEASE_TTL: Duration = Duration::from_millis(2500);
+/// How often the holder of a shared store's lease renews it.
+pub(crate) const LEASE_RENEWAL: Duration = Duration::from_millis(500);
+
 impl Default for RefreshConfig {
     /// 30 s redemption timeout; 5 s cooldown doubling up to 5 min; refresh ahead by 10%
     /// of the token's lifetime, at least 2 s and at most 60 s, plus up to half that
@@ -86,12 +91,20 @@ impl RefreshConfig {
         self.timeout
     }
 
-    /// How long a shared store's redemption lease lasts: the redemption timeout plus as
-    /// much again (at most 5 s), so a live holder never loses it and a dead one blocks
-    /// the others that long at most.
-    pub(super) fn lease_ttl(&self) -> Duration {
-        self.timeout
-            .saturating_add(self.timeout.min(Duration::from_secs(5)))
+    /// How long a shared store's redemption lease lasts without renewal: a dead holder
+    /// blocks the other processes this long at most, whatever the redemption timeout
+    /// (2.5 s; its living holder renews it every 0.5 s, so a holder has to stall for
+    /// 2 s before another process may take over).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_mcp_auth::RefreshConfig;
+    ///
+    /// let config = RefreshConfig::default().with_timeout(Duration::from_secs(30));
+    /// assert!(config.lease_ttl() <= Duration::from_secs(3), "not tied to the timeout");
+    /// ```
+    pub fn lease_ttl(&self) -> Duration {
+        LEASE_TTL
     }
 
     pub(super) fn cooldown_after(&self, failures: u32, retry_after: Option<Duration>) -> Duration {

@@ -4,17 +4,29 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
+use super::config::{LEASE_RENEWAL, LEASE_TTL};
 use super::{Outcome, RefreshCoordinator};
 use crate::error::{Error, ReauthReason};
 use crate::key::AuthKey;
 use crate::store::{Lease, LeaseOutcome};
-use crate::token::{Generation, TokenSet};
+use crate::token::TokenSet;
 
-/// How often a process waiting on another process's lease looks for its write.
+/// How often a process waiting on another process's lease tries it again: the try
+/// sees the holder's write, its release (a failed redemption) and its expiry (a dead
+/// holder stops renewing) alike.
 const LEASE_POLL: Duration = Duration::from_millis(25);
+
+/// Renews a held lease every [`LEASE_RENEWAL`] until dropped (with the redemption that
+/// holds it: finished, timed out, panicked or its process killed alike).
+pub(super) struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What taking the shared store's lease came to.
 pub(super) enum Leased {
@@ -61,28 +73,33 @@ impl RefreshCoordinator {
                 }
                 LeaseOutcome::Held(left) => {
                     debug!(?left, "another process is redeeming; waiting for its write");
-                    self.await_write(key, current.generation, left).await?;
+                    tokio::time::sleep(LEASE_POLL.min(left)).await;
                 }
             }
         }
     }
 
-    /// Polls the store until the generation moves past `generation` or `left` passes
-    /// (the holder died: its lease expires and the next acquire takes over).
-    async fn await_write(
-        &self,
-        key: &AuthKey,
-        generation: Generation,
-        left: Duration,
-    ) -> Result<(), Error> {
-        let until = Instant::now() + left.min(self.inner.config.lease_ttl());
-        while Instant::now() < until {
-            tokio::time::sleep(LEASE_POLL).await;
-            let stored = self.inner.store.load(key).await.map_err(Error::Store)?;
-            if stored.is_none_or(|t| t.generation != generation) {
-                return Ok(());
+    /// Keeps `lease` alive while this process redeems.
+    pub(super) fn heartbeat(&self, key: &AuthKey, lease: Lease) -> Heartbeat {
+        let store = self.inner.store.clone();
+        let key = key.clone();
+        Heartbeat(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(LEASE_RENEWAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                match store.renew_lease(&key, lease, LEASE_TTL).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(
+                            "lost the refresh lease to another process; this redemption's write will be refused"
+                        );
+                        return;
+                    }
+                    Err(error) => warn!(%error, "cannot renew the refresh lease"),
+                }
             }
-        }
-        Ok(())
+        }))
     }
 }

@@ -89,6 +89,18 @@ struct Cooldown {
     until: Instant,
     failures: u32,
     error: Error,
+    /// The failure was a refresh ahead of expiry: it holds back other refreshes ahead
+    /// of expiry, not the first call that needs a new token.
+    ahead: bool,
+}
+
+/// Why a redemption runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Ahead of expiry, in the background: the current token still serves.
+    Ahead,
+    /// A caller needs a new token now.
+    Now,
 }
 
 /// Builds a [`RefreshCoordinator`].
@@ -270,7 +282,18 @@ impl RefreshCoordinator {
         if stored.refresh_token.is_none() {
             return Ok(None);
         }
-        self.redeem(key, binding, stored.generation).await.map(Some)
+        match self.redeem(key, binding, stored.generation).await {
+            Ok(tokens) => Ok(Some(tokens)),
+            // A network fault or a cooldown while the token is only inside the clock
+            // skew allowance: it still works at the server until it really expires.
+            Err(error @ Error::Transient { .. })
+                if stored.expires_at.is_some_and(|at| SystemTime::now() < at) =>
+            {
+                debug!(%error, "refresh failed; serving the current token until it expires");
+                Ok(Some(stored))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The token to replay with after the resource server rejected the one of
@@ -306,12 +329,12 @@ impl RefreshCoordinator {
         binding: &Arc<ServerBinding>,
         trigger: Generation,
     ) -> Outcome {
-        if let Some(error) = self.cooling_down(key, trigger) {
+        if let Some(error) = self.cooling_down(key, trigger, Need::Now) {
             return Err(error);
         }
         let (waiter, completer) = SingleFlight::join(&self.inner.flights, key);
         if let Some(completer) = completer {
-            self.spawn_redemption(completer, key, binding, trigger);
+            self.spawn_redemption(completer, key, binding, trigger, Need::Now);
         }
         self.inner
             .counters
@@ -329,7 +352,9 @@ impl RefreshCoordinator {
         binding: &Arc<ServerBinding>,
         generation: Generation,
     ) {
-        if self.inner.flights.is_in_flight(key) || self.cooling_down(key, generation).is_some() {
+        if self.inner.flights.is_in_flight(key)
+            || self.cooling_down(key, generation, Need::Ahead).is_some()
+        {
             return;
         }
         // The waiter is dropped at once: nobody waits, the flight still runs to the end.
@@ -338,14 +363,20 @@ impl RefreshCoordinator {
                 .counters
                 .background_refreshes
                 .fetch_add(1, Ordering::Relaxed);
-            self.spawn_redemption(completer, key, binding, generation);
+            self.spawn_redemption(completer, key, binding, generation, Need::Ahead);
         }
     }
 
-    fn cooling_down(&self, key: &AuthKey, generation: Generation) -> Option<Error> {
+    fn cooling_down(&self, key: &AuthKey, generation: Generation, need: Need) -> Option<Error> {
         let cooldown = self.inner.cooldowns.get(key)?;
         let now = Instant::now();
         if cooldown.generation != generation || now >= cooldown.until {
+            return None;
+        }
+        // A failure ahead of expiry (a reset, a 5xx) must not fail the calls that need
+        // a new token later: the first of them tries once; its failure, if any, cools
+        // the key down for everyone.
+        if cooldown.ahead && need == Need::Now {
             return None;
         }
         self.inner
@@ -376,6 +407,7 @@ impl RefreshCoordinator {
         key: &AuthKey,
         binding: &Arc<ServerBinding>,
         trigger: Generation,
+        need: Need,
     ) {
         let this = self.clone();
         let key = key.clone();
@@ -391,7 +423,7 @@ impl RefreshCoordinator {
                     config.timeout
                 };
                 let redemption =
-                    tokio::time::timeout(timeout, this.redemption(&key, &binding, trigger));
+                    tokio::time::timeout(timeout, this.redemption(&key, &binding, trigger, need));
                 // A panic inside the redemption still records a failure (a cooldown), so
                 // a bug can never become a loop of redemptions of one refresh token.
                 let outcome = match crate::limits::catch_panic(redemption).await {
@@ -402,7 +434,7 @@ impl RefreshCoordinator {
                         Err(Error::transient(TransientReason::Panicked, None))
                     }
                 };
-                this.record(&key, trigger, &outcome);
+                this.record(&key, trigger, &outcome, need);
                 match &outcome {
                     Ok(tokens) => this.remember(&key, tokens),
                     Err(_) => this.forget(&key),
@@ -421,6 +453,7 @@ impl RefreshCoordinator {
         key: &AuthKey,
         binding: &ServerBinding,
         trigger: Generation,
+        need: Need,
     ) -> Outcome {
         let store = &self.inner.store;
         let Some(mut current) = store.load(key).await.map_err(Error::Store)? else {
@@ -433,7 +466,7 @@ impl RefreshCoordinator {
         // A caller can pass the cooldown check in `redeem` just before the previous
         // flight records its failure, and join after that flight ended, starting this
         // one: the cooldown is checked again here, after the previous flight's record.
-        if let Some(error) = self.cooling_down(key, trigger) {
+        if let Some(error) = self.cooling_down(key, trigger, need) {
             return Err(error);
         }
         let lease = if store.is_shared() {
@@ -447,7 +480,11 @@ impl RefreshCoordinator {
         } else {
             None
         };
+        // Renewed while this redemption lives: a killed process stops renewing, and the
+        // others take over within the lease's TTL.
+        let heartbeat = lease.map(|lease| self.heartbeat(key, lease));
         let outcome = self.redeem_and_write(key, binding, &current, lease).await;
+        drop(heartbeat);
         if let (Some(lease), Err(_)) = (lease, &outcome) {
             // Nothing (or a retired refresh token) was written: free the lease for
             // whoever tries next. A failed release only delays them until it expires.
@@ -566,7 +603,7 @@ impl RefreshCoordinator {
     }
 
     /// Starts or clears the key's cooldown after a redemption of `trigger`.
-    fn record(&self, key: &AuthKey, trigger: Generation, outcome: &Outcome) {
+    fn record(&self, key: &AuthKey, trigger: Generation, outcome: &Outcome, need: Need) {
         let cooldowns = &self.inner.cooldowns;
         let label = match outcome {
             Ok(_) => Some("refreshed"),
@@ -624,6 +661,7 @@ impl RefreshCoordinator {
                 until: crate::limits::instant_after(Instant::now(), wait),
                 failures,
                 error: error.clone(),
+                ahead: need == Need::Ahead,
             },
         );
     }

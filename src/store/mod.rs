@@ -239,6 +239,20 @@ pub trait CredentialStore: Send + Sync + 'static {
         let _ = (key, lease);
         Box::pin(async { Ok(()) })
     }
+
+    /// Extends `lease` to `ttl` from now while it is still the key's lease: the living
+    /// holder's heartbeat, so a lease can be short (a dead holder blocks the others
+    /// that long at most) whatever the redemption takes. Returns whether the lease was
+    /// still the key's. The default (in-process stores) always renews.
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        lease: Lease,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let _ = (key, lease, ttl);
+        Box::pin(async { Ok(true) })
+    }
 }
 
 impl<T: CredentialStore + ?Sized> CredentialStore for Arc<T> {
@@ -307,5 +321,14 @@ impl<T: CredentialStore + ?Sized> CredentialStore for Arc<T> {
         lease: Lease,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         (**self).release_lease(key, lease)
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        lease: Lease,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        (**self).renew_lease(key, lease, ttl)
     }
 }

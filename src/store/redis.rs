@@ -86,6 +86,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
 
+/// Lease renewal: KEYS = lease; ARGV = fence, TTL (ms). 1 if the lease was ours.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
 /// Record compare-and-set: KEYS = record; ARGV = expected present ("1"/"0"), expected
 /// value, new value, TTL (ms).
 const RECORD_CAS: &str = r#"
@@ -147,6 +156,7 @@ struct Scripts {
     fenced_cas: Script,
     acquire: Script,
     release: Script,
+    renew: Script,
     delete: Script,
     record_cas: Script,
 }
@@ -227,6 +237,7 @@ impl RedisStoreBuilder {
                 fenced_cas: Script::new(FENCED_CAS),
                 acquire: Script::new(ACQUIRE),
                 release: Script::new(RELEASE),
+                renew: Script::new(RENEW),
                 delete: Script::new(DELETE),
                 record_cas: Script::new(RECORD_CAS),
             }),
@@ -613,6 +624,27 @@ impl CredentialStore for RedisStore {
                 .await
                 .map_err(StoreError::new)?;
             Ok(())
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        lease: Lease,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let renewed: i64 = self
+                .scripts
+                .renew
+                .key(self.lease_key(key))
+                .arg(lease.fence.to_string())
+                .arg(crate::limits::clamp(ttl).as_millis().max(1).to_string())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(StoreError::new)?;
+            Ok(renewed == 1)
         })
     }
 }

@@ -664,6 +664,31 @@ impl CredentialStore for SqliteStore {
         let key = KeyColumns::from(key);
         Box::pin(self.run(move |connection| delete_lease(connection, &key, lease.fence)))
     }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a AuthKey,
+        lease: Lease,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let key = KeyColumns::from(key);
+        Box::pin(self.run(move |connection| {
+            let ttl_ms = i64::try_from(crate::limits::clamp(ttl).as_millis()).unwrap_or(i64::MAX);
+            let until = millis(SystemTime::now()).saturating_add(ttl_ms);
+            let renewed = connection.execute(
+                "UPDATE leases SET expires_at_ms = ?5
+                 WHERE tenant = ?1 AND subject = ?2 AND binding = ?3 AND fence = ?4",
+                params![
+                    key.tenant,
+                    key.subject,
+                    key.binding,
+                    i64::try_from(lease.fence).unwrap_or(i64::MAX),
+                    until
+                ],
+            )?;
+            Ok(renewed == 1)
+        }))
+    }
 }
 
 impl super::SharedRecords for SqliteStore {

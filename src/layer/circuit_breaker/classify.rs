@@ -83,11 +83,41 @@ impl<ResBody> ClassifyOutcome<ResBody> for DefaultClassifier {
     }
 
     fn classify_error(&self, error: &BoxError) -> Outcome {
+        if let Some(local) = local_resource_error(error.as_ref()) {
+            // This process ran out of descriptors, buffers or memory: the upstream is not
+            // at fault, and opening its circuit would refuse healthy calls for minutes.
+            tracing::warn!(error = %local, "call failed for lack of local resources; not counted against the upstream");
+            crate::metrics::count(crate::metrics::LOCAL_RESOURCE_ERRORS);
+            return Outcome::Neutral;
+        }
         match Error::find(error.as_ref()) {
             Some(_) => Outcome::Neutral,
             None => Outcome::Failure,
         }
     }
+}
+
+/// The operating system's "out of local resources" error somewhere in `error`'s chain:
+/// too many open files (per process or system-wide), no buffer space, no memory. Such
+/// a failure is this process's, not the server's it was calling.
+pub(crate) fn local_resource_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a std::io::Error> {
+    #[cfg(target_os = "linux")]
+    const LOCAL: [i32; 4] = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+    // The POSIX numbers shared by the BSDs and macOS.
+    #[cfg(not(target_os = "linux"))]
+    const LOCAL: [i32; 4] = [24, 23, 55, 12];
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|code| LOCAL.contains(&code))
+        {
+            return Some(io);
+        }
+        current = error.source();
+    }
+    None
 }
 
 /// The largest request body read to find its JSON-RPC method.

@@ -29,6 +29,7 @@ mod keying;
 mod service;
 mod unavailable;
 
+pub(crate) use classify::local_resource_error;
 pub use classify::{ClassifyOutcome, DefaultClassifier};
 pub use future::ResponseFuture;
 pub use handle::CircuitBreakerHandle;

@@ -1,0 +1,429 @@
+//! Faults that must cost no calls and stall nobody for long: a lease holder that dies
+//! or gives up, on SQLite and on Redis (two stores on one file or server stand for two
+//! processes), and a refresh that fails ahead of expiry. Real loopback authorization
+//! and MCP servers; windows derived from the configuration, never from this machine's
+//! speed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::RedisServer;
+use tower_mcp_auth::store::{CredentialStore, LeaseOutcome, RedisStore, SqliteStore, Swap};
+use tower_mcp_auth::testing::{Fault, TestAuthServer, TestMcpServer};
+use tower_mcp_auth::{AuthKey, Principal, RefreshConfig, RefreshCoordinator, ServerBinding};
+
+const CLIENT_ID: &str = "faults-client";
+
+struct World {
+    auth: TestAuthServer,
+    _mcp: TestMcpServer,
+    binding: Arc<ServerBinding>,
+    key: AuthKey,
+}
+
+async fn world() -> World {
+    let auth = TestAuthServer::start().await.unwrap();
+    auth.set_rotation(true);
+    let mcp = TestMcpServer::start(&auth).await.unwrap();
+    let binding = Arc::new(
+        ServerBinding::public_client(&mcp.url(), &auth.token_endpoint(), CLIENT_ID)
+            .unwrap()
+            .with_issuer(auth.issuer()),
+    );
+    let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
+    World {
+        auth,
+        _mcp: mcp,
+        binding,
+        key,
+    }
+}
+
+fn sqlite_pair(name: &str) -> (Arc<dyn CredentialStore>, Arc<dyn CredentialStore>) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    (
+        Arc::new(SqliteStore::open(&path).unwrap()),
+        Arc::new(SqliteStore::open(&path).unwrap()),
+    )
+}
+
+fn redis_pair(redis: &RedisServer) -> (Arc<dyn CredentialStore>, Arc<dyn CredentialStore>) {
+    (
+        Arc::new(RedisStore::builder(redis.url()).build().unwrap()),
+        Arc::new(RedisStore::builder(redis.url()).build().unwrap()),
+    )
+}
+
+/// Stores an expired token set with a live refresh token; its generation.
+async fn expired_login(world: &World, store: &dyn CredentialStore) -> tower_mcp_auth::Generation {
+    let mut tokens = world.auth.issue(CLIENT_ID, "alice", Some("tools"));
+    tokens.expires_at = Some(std::time::SystemTime::now() - Duration::from_secs(1));
+    match store
+        .compare_and_swap(&world.key, None, tokens)
+        .await
+        .unwrap()
+    {
+        Swap::Stored(stored) => stored.generation,
+        Swap::Conflict(_) => panic!("a fresh store"),
+    }
+}
+
+/// The other process dies holding the lease (taken, never renewed, never released):
+/// this one takes over once the lease's TTL lapses, not after the redemption timeout.
+async fn dead_holder_is_taken_over(
+    (dead, alive): (Arc<dyn CredentialStore>, Arc<dyn CredentialStore>),
+) {
+    let world = world().await;
+    let config = RefreshConfig::default();
+    let generation = expired_login(&world, &*dead).await;
+    let LeaseOutcome::Acquired(_) = dead
+        .acquire_lease(&world.key, generation, config.lease_ttl())
+        .await
+        .unwrap()
+    else {
+        panic!("the lease is free");
+    };
+    let coordinator = RefreshCoordinator::builder(alive)
+        .config(config.clone())
+        .build();
+    let started = Instant::now();
+    let tokens = coordinator.token(&world.key, &world.binding).await.unwrap();
+    let took = started.elapsed();
+    assert!(tokens.is_some_and(|t| t.is_usable()));
+    println!(
+        "a dead holder's lease ({:?}) taken over after {took:?}",
+        config.lease_ttl()
+    );
+    assert!(
+        took < config.timeout(),
+        "waited out the redemption timeout ({:?}): {took:?}",
+        config.timeout()
+    );
+    assert_eq!(world.auth.stats().refresh_requests, 1);
+}
+
+/// The other process gives up (its redemption failed) and releases the lease: the
+/// waiter notices the release, not only a new token.
+async fn released_lease_wakes_the_waiter(
+    (holder, waiter): (Arc<dyn CredentialStore>, Arc<dyn CredentialStore>),
+) {
+    let world = world().await;
+    let config = RefreshConfig::default();
+    let generation = expired_login(&world, &*holder).await;
+    // A long lease: only its release can end the wait before the timeout.
+    let long = config.timeout() * 4;
+    let LeaseOutcome::Acquired(lease) = holder
+        .acquire_lease(&world.key, generation, long)
+        .await
+        .unwrap()
+    else {
+        panic!("the lease is free");
+    };
+    let release = {
+        let (holder, key) = (holder.clone(), world.key.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            holder.release_lease(&key, lease).await.unwrap();
+        })
+    };
+    let coordinator = RefreshCoordinator::builder(waiter)
+        .config(config.clone())
+        .build();
+    let started = Instant::now();
+    let tokens = coordinator.token(&world.key, &world.binding).await.unwrap();
+    let took = started.elapsed();
+    release.await.unwrap();
+    assert!(tokens.is_some_and(|t| t.is_usable()));
+    println!("a released lease noticed after {took:?}");
+    assert!(
+        took < config.timeout(),
+        "waited for the lease to lapse: {took:?}"
+    );
+    assert_eq!(world.auth.stats().refresh_requests, 1);
+}
+
+/// A living holder whose redemption outlasts the lease's TTL keeps its lease (the
+/// heartbeat): the other process waits for its write and redeems nothing itself.
+async fn living_holder_keeps_its_lease(
+    (first, second): (Arc<dyn CredentialStore>, Arc<dyn CredentialStore>),
+) {
+    let world = world().await;
+    let config = RefreshConfig::default();
+    expired_login(&world, &*first).await;
+    // Slower than the lease's TTL, well inside the redemption timeout.
+    world
+        .auth
+        .set_latency(config.lease_ttl() + Duration::from_secs(2));
+    let a = RefreshCoordinator::builder(first)
+        .config(config.clone())
+        .build();
+    let b = RefreshCoordinator::builder(second)
+        .config(config.clone())
+        .build();
+    let (key, binding) = (world.key.clone(), world.binding.clone());
+    let holder = tokio::spawn(async move { a.token(&key, &binding).await });
+    // B comes once A holds the lease and is redeeming.
+    while world.auth.stats().refresh_requests == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let from_b = b.token(&world.key, &world.binding).await.unwrap().unwrap();
+    let from_a = holder.await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        from_a.generation, from_b.generation,
+        "one write, read by both"
+    );
+    let stats = world.auth.stats();
+    assert_eq!(stats.refresh_requests, 1, "{stats:?}");
+    assert_eq!(stats.reuse_detected, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_dead_lease_holder_is_taken_over_within_the_lease_ttl() {
+    dead_holder_is_taken_over(sqlite_pair("dead-holder")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_released_lease_wakes_the_waiter() {
+    released_lease_wakes_the_waiter(sqlite_pair("released")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_living_holder_keeps_its_lease_past_its_ttl() {
+    living_holder_keeps_its_lease(sqlite_pair("living-holder")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_dead_lease_holder_is_taken_over_within_the_lease_ttl() {
+    let redis = RedisServer::start();
+    dead_holder_is_taken_over(redis_pair(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_released_lease_wakes_the_waiter() {
+    let redis = RedisServer::start();
+    released_lease_wakes_the_waiter(redis_pair(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_living_holder_keeps_its_lease_past_its_ttl() {
+    let redis = RedisServer::start();
+    living_holder_keeps_its_lease(redis_pair(&redis)).await;
+}
+
+/// A refresh ahead of expiry fails (500 at the token endpoint): every call still gets
+/// the current token until it really expires, and the first call that needs a new
+/// one redeems at once instead of waiting out the cooldown that failure started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_ahead_of_expiry_costs_no_call() {
+    let world = world().await;
+    // A cooldown far longer than the test: were it applied to calls that need a new
+    // token, they would fail.
+    let config =
+        RefreshConfig::default().with_cooldown(Duration::from_secs(120), Duration::from_secs(120));
+    world.auth.set_access_token_lifetime(Duration::from_secs(4));
+    let store: Arc<dyn CredentialStore> = Arc::new(tower_mcp_auth::store::MemoryStore::new());
+    let tokens = world.auth.issue(CLIENT_ID, "alice", Some("tools"));
+    let first_expiry = tokens.expires_at.unwrap();
+    store
+        .compare_and_swap(&world.key, None, tokens)
+        .await
+        .unwrap();
+    // The next token lives long: no further refresh inside the test.
+    world
+        .auth
+        .set_access_token_lifetime(Duration::from_secs(600));
+    world.auth.fail_next(Fault::ServerError, 1);
+    let coordinator = RefreshCoordinator::builder(store).config(config).build();
+
+    let mut calls = 0;
+    let mut generations = std::collections::BTreeSet::new();
+    while std::time::SystemTime::now() < first_expiry + Duration::from_millis(500) {
+        let tokens = coordinator
+            .token(&world.key, &world.binding)
+            .await
+            .unwrap_or_else(|error| panic!("call {calls} failed: {error}"))
+            .expect("a token");
+        generations.insert(tokens.generation);
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = world.auth.stats();
+    println!("{calls} calls, generations {generations:?}, {stats:?}");
+    assert_eq!(generations.len(), 2, "the old token, then the new one");
+    assert_eq!(
+        stats.refresh_requests, 2,
+        "the failed one ahead of expiry, then one that worked"
+    );
+}
+
+/// An upstream that answers every POST with a JSON-RPC result and closes the
+/// connection: each call through the gateway needs a descriptor of its own.
+async fn closing_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 8192];
+                // The head, then as much body as it announces.
+                loop {
+                    let Ok(n) = stream.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// The gateway runs out of file descriptors (a low `ulimit -n`, connections hogging
+/// the rest): its calls get 503 naming the local cause, the upstream's circuit stays
+/// closed, and the first call after the descriptors come back goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_descriptor_exhaustion_opens_no_circuit() {
+    use std::io::{BufRead, BufReader};
+    let upstream = closing_upstream().await;
+    let config = common::gateway::config(
+        "127.0.0.1",
+        &format!("\n[[upstream]]\nname = \"tools\"\nurl = \"{upstream}\"\nauth = \"none\"\n"),
+    );
+    let dir = common::gateway::dir("fd-exhaustion");
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec '{}' serve --config '{}'",
+            common::gateway::BINARY,
+            path.display()
+        ))
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // Killed however the test ends.
+    struct Gateway(std::process::Child);
+    impl Drop for Gateway {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _gateway = Gateway(child);
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let endpoint = format!("{base}/tools/mcp");
+    let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+
+    // One keep-alive connection, made before the descriptors run out.
+    let client = tower_mcp_auth::client::ReqwestService::builder()
+        .unwrap()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let call = || async {
+        let response = client
+            .post(&endpoint)
+            .header("content-type", "application/json")
+            .header("x-user", "alice")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(call().await.0, 200);
+
+    let hogs: Vec<_> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(address).ok())
+        .collect();
+    // Until the gateway has taken up the hogs and has no descriptor left.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = call().await;
+        assert!(
+            !body.contains("upstream unavailable"),
+            "the circuit opened: {body}"
+        );
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the descriptors never ran out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut local = 0;
+    for _ in 0..20 {
+        let (status, body) = call().await;
+        assert!(
+            !body.contains("upstream unavailable"),
+            "the upstream's circuit opened: {status} {body}"
+        );
+        if status == 503 && body.contains("out of local resources") {
+            local += 1;
+        }
+    }
+    // More local failures than open a circuit (five in a row by default).
+    assert!(
+        local >= 10,
+        "the gateway ran out of descriptors on {local} calls of 20"
+    );
+
+    drop(hogs);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = call().await;
+        assert!(
+            !body.contains("upstream unavailable"),
+            "the circuit opened: {body}"
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
