@@ -169,9 +169,8 @@ pub(super) async fn oauth_layers(
     let oauth = OAuthRetryLayer::wait(authorizer.clone(), handler)
         .with_wait_timeout(options.sign_in_timeout)
         .with_default_principal(Principal::new("local", "user"));
-    // A copy killed while redeeming blocks the others until its lease lapses: the
-    // redemption timeout plus up to 5 s. 10 s suits a desktop; the default 30 s would
-    // leave the user waiting 35 s.
+    // A desktop user waits for a redemption at most 10 s (the default is 30 s); a copy
+    // killed while redeeming blocks the others for the lease's 2.5 s only.
     let refresh = RefreshCoordinator::builder(credentials)
         .config(RefreshConfig::default().with_timeout(REDEMPTION_TIMEOUT))
         .build();
