@@ -573,3 +573,71 @@ async fn the_gateways_store_is_private_and_sealed() {
     assert!(log.contains("readable by other users"), "{log}");
     assert!(!log.contains("stored unsealed"), "{log}");
 }
+
+/// What is the gateway's to answer gets a JSON-RPC answer from it: a body that is not
+/// JSON (-32700), a body over the cap whether its length was declared or it streamed
+/// (413, one format); a method the gateway does not know passes through untouched.
+#[tokio::test]
+async fn the_gateway_answers_bad_bodies_itself_in_json_rpc() {
+    let (_auth, mcp, proxy, _) = header_gateway("edge-bodies", "").await;
+    let endpoint = format!("{}/tools/mcp", proxy.url);
+    let json = ("content-type", "application/json");
+    let user = ("x-user", "alice");
+    let before = mcp.stats().requests;
+
+    let response = post_with(&endpoint, &[json, user], "<html>not json</html>".into()).await;
+    assert_eq!(response.status(), 400);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+
+    // The configuration's cap is 64 KiB: once with Content-Length, once chunked.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":"{}"}}"#,
+        "a".repeat(70_000)
+    );
+    let declared = post_with(&endpoint, &[json, user], big.clone()).await;
+    let chunks = futures::stream::iter(
+        big.into_bytes()
+            .chunks(8192)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let streamed = http()
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .header("x-user", "alice")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    for response in [declared, streamed] {
+        assert_eq!(response.status(), 413);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            answer["error"]["message"], "request body too large",
+            "{answer}"
+        );
+    }
+    assert_eq!(mcp.stats().requests, before, "nothing reached the upstream");
+
+    // An unknown method is the upstream's to answer.
+    let response = post_with(
+        &endpoint,
+        &[json, user],
+        json!({"jsonrpc": "2.0", "id": 9, "method": "vendor/unknown"}).to_string(),
+    )
+    .await;
+    assert_eq!(mcp.stats().requests, before + 1, "passed through");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let answer = message(&content_type, &response.text().await.unwrap());
+    assert_eq!(answer["id"], 9, "the upstream's own answer: {answer}");
+}

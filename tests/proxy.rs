@@ -58,10 +58,14 @@ header_value_env = "TOOLS_BEARER"
         "the upstream saw another token: {seen:?}"
     );
 
-    // A malformed JSON-RPC body is passed on; the upstream's answer comes back as it is.
+    // A body that is not JSON is the gateway's to answer: a JSON-RPC parse error, the
+    // upstream never sees it.
+    let before = mcp.stats().requests;
     let response = post(&endpoint, Some("alice"), "{not json".into()).await;
-    let status = response.status();
-    assert!(status.is_client_error(), "{status}");
+    assert_eq!(response.status(), 400);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    assert_eq!(mcp.stats().requests, before);
     let health = http()
         .get(format!("{}/healthz", proxy.url))
         .send()
@@ -351,12 +355,24 @@ async fn oauth_upstream_connect_first_then_the_users_own_token_even_after_a_rest
         "{text}"
     );
     assert_eq!(auth.stats().code_exchanges, 0);
-    // A body that is not JSON-RPC gets a JSON-RPC error with the link, no crash.
-    let malformed = http()
+    // A body that is not JSON at all is a parse error, the gateway's own answer.
+    let garbled = http()
         .post(&endpoint)
         .header("x-user", "carol")
         .header("content-type", "application/json")
         .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbled.status(), 400);
+    let answer: Value = garbled.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    // JSON that is not JSON-RPC gets a JSON-RPC error with the link, no crash.
+    let malformed = http()
+        .post(&endpoint)
+        .header("x-user", "carol")
+        .header("content-type", "application/json")
+        .body(r#"{"not":"json-rpc"}"#)
         .send()
         .await
         .unwrap();

@@ -475,6 +475,21 @@ impl Gateway {
                     ]),
                 )
                 .layer(tower_http::trace::TraceLayer::new_for_http())
+                // A declared length over the cap: the same JSON-RPC 413 as a streamed
+                // body that runs past it (tower-http's limit would answer in text).
+                .layer(axum::middleware::from_fn(
+                    move |request: Request, next: axum::middleware::Next| async move {
+                        let declared = request
+                            .headers()
+                            .get(header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok());
+                        if declared.is_some_and(|length| length > max as u64) {
+                            return too_large();
+                        }
+                        next.run(request).await
+                    },
+                ))
                 .layer(tower_http::limit::RequestBodyLimitLayer::new(max)),
         )
     }
@@ -686,11 +701,25 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// JSON-RPC's "invalid request" code, for the gateway's own refusals.
+const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC's "parse error" code.
+const PARSE_ERROR: i64 = -32700;
+
+/// 413 in one format, whether the body declared its length or streamed past the cap.
+fn too_large() -> Response {
+    json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+}
+
 fn json_error(status: StatusCode, message: &str) -> Response {
+    jsonrpc_error(status, INVALID_REQUEST, message)
+}
+
+fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
     let mut response = (
         status,
         axum::Json(
-            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": message}}),
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}}),
         ),
     )
         .into_response();
@@ -812,15 +841,23 @@ async fn forward(
     let (body, message) = if parts.method == http::Method::POST {
         match axum::body::to_bytes(body, gateway.max_body_bytes).await {
             Ok(bytes) => {
+                // The gateway's to answer: a body that is no JSON at all never reaches
+                // the upstream (whose answer might be an HTML error page). Unknown
+                // methods and the rest of JSON-RPC pass through untouched.
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+                    return jsonrpc_error(
+                        StatusCode::BAD_REQUEST,
+                        PARSE_ERROR,
+                        "Parse error: the body is not JSON",
+                    );
+                }
                 let message = upstream
                     .authorizer
                     .as_ref()
                     .and_then(|_| Message::parse(&bytes));
                 (ReplayBody::buffered(bytes), message)
             }
-            Err(_) => {
-                return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-            }
+            Err(_) => return too_large(),
         }
     } else {
         (ReplayBody::new(body), None)
