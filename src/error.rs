@@ -306,6 +306,40 @@ impl StoreError {
     pub fn capacity_reached(&self) -> Option<&CapacityReached> {
         self.0.downcast_ref::<CapacityReached>()
     }
+
+    /// The [`StoreWiped`] behind this error, if the store lost its data (e.g. a Redis
+    /// restarted without persistence) since this process first used it.
+    pub fn wiped(&self) -> Option<&StoreWiped> {
+        self.0.downcast_ref::<StoreWiped>()
+    }
+}
+
+/// A shared store lost everything it held since this process first used it: its
+/// epoch record (written once, at the store's first use) is gone. Credentials, pending
+/// flows and client registrations are lost; users sign in again. Reported once per
+/// process and loss, as the error of the call that found it, then the store is used
+/// again (empty, its counters above every value issued before).
+///
+/// ```
+/// use tower_mcp_auth::{StoreError, StoreWiped};
+///
+/// let error = StoreError::new(StoreWiped::new("a1b2"));
+/// assert!(error.wiped().is_some());
+/// assert!(error.to_string().contains("lost its data"));
+/// ```
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "the credential store lost its data (its epoch {lost} is gone): every credential, pending sign-in and client registration is lost and users must sign in again; give the store persistence (Redis: appendonly yes)"
+)]
+pub struct StoreWiped {
+    lost: String,
+}
+
+impl StoreWiped {
+    /// The loss of the store whose epoch was `lost`.
+    pub fn new(lost: impl Into<String>) -> Self {
+        Self { lost: lost.into() }
+    }
 }
 
 /// A bounded in-process structure is full and refused a new entry instead of evicting

@@ -122,7 +122,7 @@ pub use binding::{BindingSlot, ClientAuthMethod, DEFAULT_MAX_TENANTS, ServerBind
 pub use breaker::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
 pub use challenge::{BearerChallenge, Challenge};
 pub use error::{
-    AuthorizationUrl, CapacityReached, ConfigError, Error, ReauthReason, StoreError,
+    AuthorizationUrl, CapacityReached, ConfigError, Error, ReauthReason, StoreError, StoreWiped,
     TransientReason,
 };
 pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};

@@ -427,3 +427,43 @@ async fn local_descriptor_exhaustion_opens_no_circuit() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The gateway's `/readyz` reports a Redis that lost its data (restarted without
+/// persistence), not only one that cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_readyz_reports_a_wiped_redis() {
+    let mut redis = RedisServer::start();
+    let config = common::gateway::config(
+        "127.0.0.1",
+        "\n[[upstream]]\nname = \"x\"\nurl = \"http://127.0.0.1:9/mcp\"\nauth = \"none\"\n",
+    )
+    .replace(
+        "[store]\nsqlite = \"gateway.db\"\n",
+        "[store]\nredis_url_env = \"GATEWAY_REDIS_URL\"\n",
+    );
+    let url = redis.url();
+    let gateway = common::gateway::start("readyz-wiped", &config, &[("GATEWAY_REDIS_URL", &url)]);
+    let readyz = || async {
+        let response = common::gateway::http()
+            .get(format!("{}/readyz", gateway.url))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(readyz().await.0, 200);
+    redis.stop();
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz().await;
+        if status == 503 && body.contains("lost its data") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Still reported on the next probe: the operator must see it.
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+}

@@ -12,7 +12,8 @@ use tower::Layer;
 use tower_mcp_auth::store::{CredentialStore, RedisStore, Swap};
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
-    AuthKey, Error, Principal, RefreshCoordinator, ServerBinding, SilentRefreshLayer,
+    AuthKey, Error, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer,
+    TokenSet,
 };
 
 fn key(user: &str) -> AuthKey {
@@ -224,5 +225,57 @@ async fn redis_stopped_mid_run_fails_fast_and_recovers() {
             .await
             .unwrap(),
         "alice"
+    );
+}
+
+/// Redis restarts without persistence and loses everything: the store says so (a typed
+/// error and a loud log, once), never a silent "nothing stored"; afterwards it is used
+/// again, and generations written then are above every one written before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_redis_is_reported_and_generations_stay_monotonic() {
+    let mut redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url()).build().unwrap();
+    let binding =
+        ServerBinding::public_client("https://mcp.example/mcp", "https://as.example/token", "c")
+            .unwrap();
+    let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
+    assert!(store.load(&key).await.unwrap().is_none(), "a new store");
+    let Swap::Stored(before) = store
+        .compare_and_swap(&key, None, TokenSet::new(Secret::new("at-1")))
+        .await
+        .unwrap()
+    else {
+        panic!("stored")
+    };
+    assert!(store.lost_data_at().is_none());
+
+    redis.stop();
+    redis.restart(); // no persistence: empty
+    let error = loop {
+        // The connection manager reconnects on the first calls after the restart.
+        match store.load(&key).await {
+            Err(error) if error.wiped().is_none() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => break error,
+            Ok(found) => panic!("a lost credential read as {found:?}"),
+        }
+    };
+    assert!(error.to_string().contains("lost its data"), "{error}");
+    assert!(store.lost_data_at().is_some());
+    // Reported once: the store is used again, empty.
+    assert!(store.load(&key).await.unwrap().is_none());
+    let Swap::Stored(after) = store
+        .compare_and_swap(&key, None, TokenSet::new(Secret::new("at-2")))
+        .await
+        .unwrap()
+    else {
+        panic!("stored")
+    };
+    assert!(
+        after.generation > before.generation,
+        "{:?} after the loss, {:?} before",
+        after.generation,
+        before.generation
     );
 }

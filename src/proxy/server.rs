@@ -1036,12 +1036,30 @@ async fn metrics(State(gateway): State<Gateway>) -> Response {
     }
 }
 
+/// How long `/readyz` reports a store that lost its data.
+const LOST_DATA_NOT_READY: Duration = Duration::from_secs(600);
+
 async fn ready(State(gateway): State<Gateway>) -> Response {
     let probe = AuthKey::new(
         &Principal::new("mcp-auth-proxy", "readyz"),
         BindingId([0; 32]),
     );
     match tokio::time::timeout(Duration::from_secs(2), gateway.store.load(&probe)).await {
+        // A store that lost its data is usable again at once, but the operator must
+        // see it: not ready for ten minutes after the loss was found.
+        Ok(Ok(_))
+            if gateway
+                .store
+                .lost_data_at()
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|since| since < LOST_DATA_NOT_READY) =>
+        {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store: lost its data (every credential and sign-in); see the log",
+            )
+                .into_response()
+        }
         Ok(Ok(_)) => "ready".into_response(),
         Ok(Err(error)) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}")).into_response()

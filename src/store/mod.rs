@@ -197,6 +197,14 @@ pub trait CredentialStore: Send + Sync + 'static {
         generation: Generation,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
+    /// When this process last found the store had lost its data (see
+    /// [`StoreWiped`](crate::StoreWiped)); `None`: never, or a store that cannot tell
+    /// (in-process stores, whose data lives and dies with the process). Readiness
+    /// checks report it.
+    fn lost_data_at(&self) -> Option<std::time::SystemTime> {
+        None
+    }
+
     /// Whether other processes share this store. Only then are leases taken: inside
     /// one process the coordinator's own single-flight already makes one redemption.
     fn is_shared(&self) -> bool {
@@ -294,6 +302,10 @@ impl<T: CredentialStore + ?Sized> CredentialStore for Arc<T> {
 
     fn is_shared(&self) -> bool {
         (**self).is_shared()
+    }
+
+    fn lost_data_at(&self) -> Option<std::time::SystemTime> {
+        (**self).lost_data_at()
     }
 
     fn acquire_lease<'a>(

@@ -86,6 +86,25 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
 
+/// The store's epoch: KEYS = epoch, generation counter, fence counter; ARGV = a new
+/// epoch, the counters' floor. An epoch present is returned as it is (0); a missing one
+/// (first use, or everything was lost) is set, and the counters are raised to the floor
+/// so that nothing issued after a loss repeats a generation or fence issued before (1).
+const EPOCH: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  return {0, current}
+end
+redis.call('SET', KEYS[1], ARGV[1])
+for i = 2, 3 do
+  local value = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if value < tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[i], ARGV[2])
+  end
+end
+return {1, ARGV[1]}
+"#;
+
 /// Lease renewal: KEYS = lease; ARGV = fence, TTL (ms). 1 if the lease was ours.
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -146,6 +165,11 @@ return 0
 pub struct RedisStore {
     connection: ConnectionManager,
     prefix: Arc<str>,
+    /// The epoch this process knows, and when it last found it lost.
+    epoch: Arc<std::sync::Mutex<EpochSeen>>,
+    /// The highest generation or fence this process has seen: after a loss the
+    /// counters restart above it.
+    highest: Arc<std::sync::atomic::AtomicU64>,
     credential_ttl: Option<Duration>,
     scripts: Arc<Scripts>,
     sealing: Option<SealingKeys>,
@@ -157,6 +181,7 @@ struct Scripts {
     acquire: Script,
     release: Script,
     renew: Script,
+    epoch: Script,
     delete: Script,
     record_cas: Script,
 }
@@ -232,12 +257,15 @@ impl RedisStoreBuilder {
             connection,
             prefix: Arc::from(self.prefix),
             credential_ttl: self.credential_ttl,
+            epoch: Arc::default(),
+            highest: Arc::default(),
             scripts: Arc::new(Scripts {
                 cas: Script::new(CAS),
                 fenced_cas: Script::new(FENCED_CAS),
                 acquire: Script::new(ACQUIRE),
                 release: Script::new(RELEASE),
                 renew: Script::new(RENEW),
+                epoch: Script::new(EPOCH),
                 delete: Script::new(DELETE),
                 record_cas: Script::new(RECORD_CAS),
             }),
@@ -369,6 +397,56 @@ impl RedisStore {
         Ok(report)
     }
 
+    /// Checks the store's epoch: the first time, learns (or writes) it; later, a
+    /// missing or different epoch means Redis lost everything since (a restart without
+    /// persistence, a flush): reported once as [`StoreWiped`](crate::StoreWiped), with
+    /// a loud log line, after which the new epoch is the one known.
+    async fn check_epoch(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let candidate = crate::crypto::hex(&crate::crypto::random_bytes::<8>());
+        // Above every counter value issued before: above what this process saw, and
+        // above what the time allows (a store's counters grow by far less than ten a
+        // millisecond). Fourteen digits: exact in Redis's Lua numbers.
+        let by_time = u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX / 10)
+        .saturating_mul(10);
+        let floor = by_time.max(
+            self.highest
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(1),
+        );
+        let (_, epoch): (i64, String) = self
+            .scripts
+            .epoch
+            .key(self.counter("epoch"))
+            .key(self.counter("generation"))
+            .key(self.counter("fence"))
+            .arg(candidate)
+            .arg(floor.to_string())
+            .invoke_async(&mut connection)
+            .await
+            .map_err(StoreError::new)?;
+        let mut seen = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.known.replace(epoch.clone()) {
+            Some(known) if known != epoch => {
+                seen.lost_at = Some(SystemTime::now());
+                tracing::error!(
+                    prefix = %self.prefix,
+                    lost = %known,
+                    epoch = %epoch,
+                    "the Redis store lost all its data (credentials, pending sign-ins, client registrations): users must sign in again; configure persistence (appendonly yes)"
+                );
+                Err(StoreError::new(crate::error::StoreWiped::new(known)))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Every key matching `pattern` (SCAN, so Redis is never blocked).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
         let mut connection = self.connection.clone();
@@ -491,6 +569,8 @@ impl RedisStore {
                 .and_then(|g| g.parse().ok())
                 .ok_or_else(|| StoreError::new(std::io::Error::other("malformed CAS reply")))?;
             new.generation = Generation(generation);
+            self.highest
+                .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
             return Ok(Swap::Stored(Arc::new(new)));
         }
         Ok(Swap::Conflict(self.open(key, parse(&pairs(values)))?))
@@ -517,19 +597,49 @@ fn parse_credential_name(rest: &str) -> Option<(String, String, Vec<u8>)> {
     Some((tenant.to_owned(), subject.to_owned(), binding))
 }
 
+/// The epoch a process knows.
+#[derive(Debug, Default)]
+struct EpochSeen {
+    known: Option<String>,
+    lost_at: Option<SystemTime>,
+}
+
 impl CredentialStore for RedisStore {
     fn load<'a>(
         &'a self,
         key: &'a AuthKey,
     ) -> BoxFuture<'a, Result<Option<Arc<TokenSet>>, StoreError>> {
         Box::pin(async move {
+            let first_use = self
+                .epoch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .known
+                .is_none();
+            if first_use {
+                self.check_epoch().await?;
+            }
             let mut connection = self.connection.clone();
             let fields: HashMap<String, String> = connection
                 .hgetall(self.credential_key(key))
                 .await
                 .map_err(StoreError::new)?;
-            self.open(key, parse(&fields))
+            let loaded = self.open(key, parse(&fields))?;
+            if let Some(tokens) = &loaded {
+                self.highest
+                    .fetch_max(tokens.generation.0, std::sync::atomic::Ordering::Relaxed);
+            }
+            if loaded.is_none() && !first_use {
+                // Missing credentials: new, or lost with everything else. Only the
+                // epoch tells, and a loss is never reported as "nothing stored".
+                self.check_epoch().await?;
+            }
+            Ok(loaded)
         })
+    }
+
+    fn lost_data_at(&self) -> Option<SystemTime> {
+        self.epoch.lock().unwrap_or_else(|e| e.into_inner()).lost_at
     }
 
     fn compare_and_swap<'a>(
@@ -591,7 +701,12 @@ impl CredentialStore for RedisStore {
                     .unwrap_or(0)
             };
             Ok(match status {
-                2 => LeaseOutcome::Acquired(Lease { fence: number() }),
+                2 => {
+                    let fence = number();
+                    self.highest
+                        .fetch_max(fence, std::sync::atomic::Ordering::Relaxed);
+                    LeaseOutcome::Acquired(Lease { fence })
+                }
                 1 => LeaseOutcome::Held(Duration::from_millis(number())),
                 _ => LeaseOutcome::Superseded(self.open(key, parse(&pairs(values)))?),
             })
