@@ -134,6 +134,63 @@ async fn bad_input_gets_a_clear_answer() {
 }
 
 #[test]
+fn help_and_version_exit_0_with_every_option_explained() {
+    let run = |args: &[&str]| {
+        let output = Command::new(BINARY).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    for args in [&["--help"][..], &["-h"], &["help"]] {
+        let (code, text) = run(args);
+        assert_eq!(code, Some(0), "{args:?}");
+        for command in ["serve", "check", "seal-store", "stdio"] {
+            assert!(text.contains(command), "{args:?} lists {command}: {text}");
+        }
+    }
+    let (code, text) = run(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        text.trim(),
+        format!("mcp-auth-proxy {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (code, text) = run(&["serve", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        text.contains("--config") && text.contains("MCP_AUTH_PROXY_CONFIG"),
+        "{text}"
+    );
+    let (code, text) = run(&["stdio", "--help"]);
+    assert_eq!(code, Some(0));
+    for option in [
+        "--store",
+        "--browser-command",
+        "--no-browser",
+        "--scope",
+        "--client-id",
+        "--client-secret-env",
+        "--issuer",
+        "--header",
+        "--sign-in-timeout",
+        "--allow-loopback-http",
+        "MCP_AUTH_PROXY_STORE",
+    ] {
+        assert!(
+            text.contains(option),
+            "stdio --help explains {option}: {text}"
+        );
+    }
+    // A usage error: exit 2, with what was wrong.
+    let output = Command::new(BINARY)
+        .args(["stdio", "--frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--frobnicate"));
+}
+
+#[test]
 fn check_explains_every_error_with_its_line() {
     let dir = dir("check");
     let good = dir.join("good.toml");

@@ -15,27 +15,147 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use tower_mcp_auth::proxy::{Gateway, ProxyConfig};
 
 /// How long streams may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-const USAGE: &str = "usage: mcp-auth-proxy <serve|check|seal-store> --config <file>\n       mcp-auth-proxy stdio <server-url> [--store PATH] [--browser-command CMD | --no-browser]\n           [--scope SCOPES]... [--client-id ID [--client-secret-env VAR] [--issuer URL]]\n           [--header 'Name: value, ${VAR} from the environment']... [--sign-in-timeout SECONDS] [--allow-loopback-http]";
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "mcp-auth-proxy",
+    version,
+    about = "MCP servers behind one address with each upstream's auth added (serve), or a stdio bridge to a remote MCP server that signs its user in (stdio).",
+    after_help = "Logs go to stderr (filtered by RUST_LOG); secrets are taken from the environment only. Every configuration key is explained in proxy.example.toml."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn config_path(args: &[String]) -> Option<PathBuf> {
-    let at = args.iter().position(|a| a == "--config")?;
-    args.get(at + 1).map(PathBuf::from)
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: each upstream at /{name}/mcp, plus /connections, /healthz,
+    /// /readyz and /metrics. Prints `listening on URL` on stdout once it listens.
+    Serve(ConfigFile),
+    /// Validate a configuration: exit 0, or every error with its line.
+    Check(ConfigFile),
+    /// Seal, once, the tokens and records a store held before `[store]
+    /// sealing_key_env` was configured (run it with no gateway using the store).
+    SealStore(ConfigFile),
+    /// A stdio MCP server for hosts that only speak stdio, bridging to a remote MCP
+    /// server over HTTP. Signs the user in through the browser once; credentials are
+    /// kept sealed in a local SQLite file shared by every copy.
+    Stdio(StdioArgs),
+}
+
+#[derive(Args)]
+struct ConfigFile {
+    /// The gateway's TOML configuration (every key is explained in
+    /// proxy.example.toml).
+    #[arg(long, short, env = "MCP_AUTH_PROXY_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct StdioArgs {
+    /// The remote MCP server's endpoint (https; http only on loopback with
+    /// --allow-loopback-http).
+    #[arg(value_name = "SERVER_URL")]
+    server: String,
+    /// The SQLite file holding credentials, the client registration and pending
+    /// sign-ins [default: $XDG_DATA_HOME/mcp-auth-proxy/credentials.db].
+    #[arg(long, env = "MCP_AUTH_PROXY_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// The program that opens the sign-in link, quoted as in a shell (no expansion),
+    /// e.g. "open -a 'Google Chrome'" [default: the system's browser].
+    #[arg(long, value_name = "CMD", conflicts_with = "no_browser")]
+    browser_command: Option<String>,
+    /// Print the sign-in link on stderr instead of opening a browser.
+    #[arg(long)]
+    no_browser: bool,
+    /// Scopes to request besides those the server asks for (space-separated;
+    /// repeatable).
+    #[arg(long = "scope", value_name = "SCOPES")]
+    scopes: Vec<String>,
+    /// Use this client, registered beforehand, instead of dynamic registration.
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+    /// The environment variable holding the client's secret (never the secret itself:
+    /// a command line is visible to every local user). Needs --issuer.
+    #[arg(long, value_name = "VAR", requires = "client_id")]
+    client_secret_env: Option<String>,
+    /// The authorization server --client-id is registered at (exactly as it names
+    /// itself); the secret goes to no other. Without it, a public client's issuer is
+    /// learned from the server and pinned on first use.
+    #[arg(long, value_name = "URL", requires = "client_id")]
+    issuer: Option<String>,
+    /// A header for every request, `Name: value`; `${VAR}` takes a value from the
+    /// environment. An Authorization header replaces OAuth (nothing stored).
+    #[arg(long = "header", value_name = "'NAME: VALUE'")]
+    headers: Vec<String>,
+    /// How long a request waits for the user to sign in, 1..3600.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    sign_in_timeout: u64,
+    /// Allow plain http for the server and its authorization server on loopback
+    /// (development and tests only).
+    #[arg(long)]
+    allow_loopback_http: bool,
+}
+
+impl StdioArgs {
+    /// The arguments as the bridge's own parser validates them (URLs, headers, the
+    /// secret's variable, the timeout's range): clap reads and documents them, one
+    /// parser decides.
+    fn to_bridge_args(&self) -> Vec<String> {
+        let mut args = vec![self.server.clone()];
+        let mut option = |name: &str, value: &str| {
+            args.push(name.to_owned());
+            args.push(value.to_owned());
+        };
+        if let Some(store) = &self.store {
+            option("--store", &store.to_string_lossy());
+        }
+        if let Some(command) = &self.browser_command {
+            option("--browser-command", command);
+        }
+        for scope in &self.scopes {
+            option("--scope", scope);
+        }
+        if let Some(id) = &self.client_id {
+            option("--client-id", id);
+        }
+        if let Some(variable) = &self.client_secret_env {
+            option("--client-secret-env", variable);
+        }
+        if let Some(issuer) = &self.issuer {
+            option("--issuer", issuer);
+        }
+        for header in &self.headers {
+            option("--header", header);
+        }
+        option("--sign-in-timeout", &self.sign_in_timeout.to_string());
+        if self.no_browser {
+            args.push("--no-browser".into());
+        }
+        if self.allow_loopback_http {
+            args.push("--allow-loopback-http".into());
+        }
+        args
+    }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("stdio") {
-        return stdio(&args[1..]);
-    }
-    let (Some(command), Some(path)) = (args.first(), config_path(&args)) else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+    // Help and --version exit 0; a usage error exits 2 with what was wrong.
+    let cli = Cli::parse();
+    let (command, file) = match cli.command {
+        Command::Stdio(args) => return stdio(&args.to_bridge_args()),
+        Command::Serve(file) => ("serve", file),
+        Command::Check(file) => ("check", file),
+        Command::SealStore(file) => ("seal-store", file),
     };
+    let path = file.config;
     let config = match ProxyConfig::load(&path) {
         Ok(config) => config,
         Err(error) => {
@@ -43,7 +163,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match command.as_str() {
+    match command {
         "check" => {
             println!(
                 "{}: ok ({} upstream{}, listening on {})",
@@ -54,12 +174,8 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        "serve" => serve(config),
         "seal-store" => seal_store(&config),
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
+        _ => serve(config),
     }
 }
 
@@ -169,7 +285,9 @@ fn stdio(args: &[String]) -> ExitCode {
     let options = match tower_mcp_auth::proxy::stdio::BridgeOptions::parse(args) {
         Ok(options) => options,
         Err(error) => {
-            eprintln!("mcp-auth-proxy stdio: {error}\n{USAGE}");
+            eprintln!(
+                "mcp-auth-proxy stdio: {error}\n(mcp-auth-proxy stdio --help explains every option)"
+            );
             return ExitCode::from(2);
         }
     };
