@@ -34,6 +34,11 @@ if cargo tree --no-default-features -e normal | grep -q "reqwest v"; then
   echo "reqwest is in the tree without the reqwest feature"; exit 1
 fi
 
+step "MSRV: the crate and its binary build with the Rust version Cargo.toml declares (rustup installs it)"
+MSRV=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+rustup toolchain install "$MSRV" --profile minimal
+cargo "+$MSRV" check --quiet --all-features --locked --target-dir target/msrv
+
 step "applications beside the crate: their own reqwest works unchanged (default features off, and on)"
 # Two crates of their own (tests/apps/), each an application that depends on reqwest and
 # on this crate: cargo unifies reqwest's features across both, so a TLS feature of ours
