@@ -314,45 +314,13 @@ async fn closing_upstream() -> String {
 /// closed, and the first call after the descriptors come back goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_descriptor_exhaustion_opens_no_circuit() {
-    use std::io::{BufRead, BufReader};
     let upstream = closing_upstream().await;
     let config = common::gateway::config(
         "127.0.0.1",
         &format!("\n[[upstream]]\nname = \"tools\"\nurl = \"{upstream}\"\nauth = \"none\"\n"),
     );
-    let dir = common::gateway::dir("fd-exhaustion");
-    let path = dir.join("proxy.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 64 && exec '{}' serve --config '{}'",
-            common::gateway::BINARY,
-            path.display()
-        ))
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // Killed however the test ends.
-    struct Gateway(std::process::Child);
-    impl Drop for Gateway {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _gateway = Gateway(child);
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let gateway = common::gateway::start_limited("fd-exhaustion", &config, &[], Some(64));
+    let base = gateway.url.clone();
     let endpoint = format!("{base}/tools/mcp");
     let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
 

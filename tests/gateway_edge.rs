@@ -161,40 +161,17 @@ impl RebindingSite {
 /// Headless Chromium on `url`, `rebind.attacker.test` resolving to loopback, the page's
 /// scripts given time to finish; returns the DOM.
 async fn chromium_on_attacker_page(url: &str, name: &str) -> String {
-    let output = tokio::time::timeout(
-        std::time::Duration::from_secs(90),
-        tokio::process::Command::new(common::chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--host-resolver-rules=MAP rebind.attacker.test 127.0.0.1",
-                "--virtual-time-budget=15000",
-                "--dump-dom",
-            ])
-            .arg(format!(
-                "--user-data-dir={}",
-                common::profile(name).display()
-            ))
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .output(),
+    common::run_chromium_with(
+        &url.parse().unwrap(),
+        name,
+        &[
+            "--host-resolver-rules=MAP rebind.attacker.test 127.0.0.1",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+        ],
     )
     .await
-    .expect("chromium finishes within 90 s")
-    .expect("chromium runs (the test command installs it)");
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    .unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// The text of `<pre id="out">` in a DOM dump.

@@ -8,17 +8,8 @@ mod common;
 use serde_json::{Value, json};
 use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
 
-use common::gateway::{dir, http, start};
+use common::gateway::{dir, free_port, http, start};
 use common::oidc::OidcProvider;
-
-/// A port free now, for a gateway that must know its own public URL before it starts.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(port: u16, idp: &OidcProvider, upstream: &str, login: bool) -> String {
     let login = if login {

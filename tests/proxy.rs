@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer, TestUpstream};
 
-use common::gateway::{BINARY, call, config, dir, http, message, post, start};
+use common::gateway::{BINARY, call, config, dir, free_port, http, message, post, start};
 
 #[tokio::test]
 async fn header_auth_is_added_the_callers_token_stays_home_and_sse_streams() {
@@ -301,15 +301,6 @@ async fn metrics_show_the_breaker_and_no_identity() {
         !text.contains("alice-metrics") && !text.contains("127.0.0.1"),
         "{text}"
     );
-}
-
-/// A port free now, for a gateway that must know its own public URL before it starts.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn oauth_config(port: u16) -> String {
@@ -897,12 +888,10 @@ impl Idp {
     }
 }
 
-#[tokio::test]
-async fn jwt_identity_accepts_valid_tokens_only() {
-    let idp = Idp::start("k1").await;
-    let other = Idp::start("k1").await;
-    let upstream = TestUpstream::start().await.unwrap();
-    let config = format!(
+/// A gateway of the `jwt` identity (issuer `https://idp.example.com`, audience
+/// `mcp-gateway`, keys at `jwks_url`, `identity_extra` lines) with one plain upstream.
+fn jwt_config(jwks_url: &str, identity_extra: &str, upstream: &str) -> String {
+    format!(
         r#"listen = "127.0.0.1:0"
 allow_loopback_http = true
 
@@ -913,17 +902,23 @@ sqlite = "gateway.db"
 mode = "jwt"
 issuer = "https://idp.example.com"
 audience = "mcp-gateway"
-jwks_url = "{}"
-tenant_claim = "org"
+jwks_url = "{jwks_url}"
+{identity_extra}
 
 [[upstream]]
 name = "plain"
-url = "{}"
+url = "{upstream}"
 auth = "none"
-"#,
-        idp.url,
-        upstream.url()
-    );
+"#
+    )
+}
+
+#[tokio::test]
+async fn jwt_identity_accepts_valid_tokens_only() {
+    let idp = Idp::start("k1").await;
+    let other = Idp::start("k1").await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let config = jwt_config(&idp.url, "tenant_claim = \"org\"", &upstream.url());
     let proxy = start("jwt", &config, &[]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1172,28 +1167,7 @@ async fn a_hanging_jwks_endpoint_stalls_no_request() {
     use std::sync::atomic::Ordering;
     let idp = Idp::start("k1").await;
     let upstream = TestUpstream::start().await.unwrap();
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-allow_loopback_http = true
-
-[store]
-sqlite = "gateway.db"
-
-[identity]
-mode = "jwt"
-issuer = "https://idp.example.com"
-audience = "mcp-gateway"
-jwks_url = "{}"
-jwks_refresh_seconds = 1
-
-[[upstream]]
-name = "plain"
-url = "{}"
-auth = "none"
-"#,
-        idp.url,
-        upstream.url()
-    );
+    let config = jwt_config(&idp.url, "jwks_refresh_seconds = 1", &upstream.url());
     let proxy = start("jwt-outage", &config, &[]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

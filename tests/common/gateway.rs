@@ -34,11 +34,26 @@ pub fn dir(name: &str) -> PathBuf {
 /// Starts the gateway with `config` (listening on a free port); returns once it
 /// printed its address.
 pub fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Proxy {
+    start_limited(name, config, env, None)
+}
+
+/// [`start`], with at most `open_files` file descriptors when given (`ulimit -n`).
+pub fn start_limited(
+    name: &str,
+    config: &str,
+    env: &[(&str, &str)],
+    open_files: Option<u32>,
+) -> Proxy {
     let dir = dir(name);
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(BINARY)
-        .args(["serve", "--config", path.to_str().unwrap()])
+    let serve = format!("exec '{BINARY}' serve --config '{}'", path.display());
+    let script = match open_files {
+        Some(limit) => format!("ulimit -n {limit} && {serve}"),
+        None => serve,
+    };
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
         .envs(env.iter().copied())
         .current_dir(&dir)
         .stdout(Stdio::piped())
@@ -109,4 +124,13 @@ pub fn message(content_type: &str, body: &str) -> Value {
     } else {
         serde_json::from_str(body).unwrap()
     }
+}
+
+/// A port free now, for a gateway that must know its own public URL before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -324,8 +324,17 @@ pub fn profile(name: &str) -> std::path::PathBuf {
 /// Runs headless Chromium on `url` with a fresh profile and `mode` (`--dump-dom` or
 /// `--screenshot=…`); returns what it printed.
 pub async fn run_chromium(url: &url::Url, name: &str, mode: &str) -> Result<String, BoxError> {
+    run_chromium_with(url, name, &[mode]).await
+}
+
+/// [`run_chromium`] with more switches (`args`, the mode among them).
+pub async fn run_chromium_with(
+    url: &url::Url,
+    name: &str,
+    args: &[&str],
+) -> Result<String, BoxError> {
     let output = tokio::time::timeout(
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         tokio::process::Command::new(chromium())
             .args([
                 "--headless",
@@ -341,13 +350,13 @@ pub async fn run_chromium(url: &url::Url, name: &str, mode: &str) -> Result<Stri
                 "--hide-scrollbars",
             ])
             .arg(format!("--user-data-dir={}", profile(name).display()))
-            .arg(mode)
+            .args(args)
             .arg(url.as_str())
             .stdin(std::process::Stdio::null())
             .output(),
     )
     .await
-    .map_err(|_| "chromium did not finish within 60 s")?
+    .map_err(|_| "chromium did not finish within 90 s")?
     .map_err(|e| {
         format!(
             "cannot run {} ({e}); the test command installs it",
