@@ -325,9 +325,11 @@ async fn local_descriptor_exhaustion_opens_no_circuit() {
     let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
 
     // One keep-alive connection, made before the descriptors run out.
+    // A call that hangs fails the test with its cause instead of stalling the suite.
     let client = tower_mcp_auth::client::ReqwestService::builder()
         .unwrap()
         .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     let call = || async {
@@ -338,8 +340,13 @@ async fn local_descriptor_exhaustion_opens_no_circuit() {
             .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
             .send()
             .await
-            .unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
+            .unwrap_or_else(|error| panic!("a call through the gateway failed: {error:?}"));
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .unwrap_or_else(|error| panic!("an answer's body failed: {error:?}"));
+        (status, body)
     };
     assert_eq!(call().await.0, 200);
 

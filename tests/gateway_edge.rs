@@ -289,6 +289,31 @@ async fn a_session_answers_only_the_user_who_created_it_on_every_replica() {
     assert_eq!(response.status(), 404, "Bob inside Alice's session");
     let response = post_in_session(&endpoint, "alice", "a-session-nobody-created").await;
     assert_eq!(response.status(), 404);
+    // One plain value or none: a second value, or one the check could read otherwise
+    // than the upstream, is refused.
+    let response = post_with(
+        &endpoint,
+        &[
+            ("content-type", "application/json"),
+            ("x-user", "bob"),
+            ("mcp-session-id", "a-session-of-bobs"),
+            ("mcp-session-id", &session),
+        ],
+        call(2, "whoami"),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let response = post_with(
+        &endpoint,
+        &[
+            ("content-type", "application/json"),
+            ("x-user", "bob"),
+            ("mcp-session-id", &format!("{session} ")),
+        ],
+        call(2, "whoami"),
+    )
+    .await;
+    assert_ne!(response.status(), 200);
     assert_eq!(
         mcp.stats().requests,
         before,
@@ -617,4 +642,25 @@ async fn the_gateway_answers_bad_bodies_itself_in_json_rpc() {
         .to_owned();
     let answer = message(&content_type, &response.text().await.unwrap());
     assert_eq!(answer["id"], 9, "the upstream's own answer: {answer}");
+}
+
+/// A gateway built in code (not from a file) with browser sign-in and no cookie key is
+/// refused: cookies signed with an empty key could be forged by anyone.
+#[test]
+fn a_gateway_with_sign_in_and_no_cookie_key_is_refused() {
+    let dir = common::gateway::dir("no-cookie-key");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\npublic_url = \"https://gw.example.com\"\ncookie_key_env = \"KEY\"\n[store]\nsqlite = \"{}\"\n[identity]\nmode = \"anonymous\"\n[[upstream]]\nname = \"docs\"\nurl = \"https://mcp.example.com/mcp\"\nauth = \"oauth\"\n",
+        dir.join("gateway.db").display()
+    );
+    let key = |_: &str| Some("0123456789abcdef0123456789abcdef".to_owned());
+    let mut config = tower_mcp_auth::proxy::ProxyConfig::parse(&text, &key).unwrap();
+    config.cookie_key = None;
+    let error = tower_mcp_auth::proxy::Gateway::new(&config)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(error, tower_mcp_auth::proxy::GatewayError::MissingCookieKey),
+        "{error}"
+    );
 }

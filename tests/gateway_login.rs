@@ -187,4 +187,19 @@ fn check_refuses_oauth_upstreams_in_jwt_mode_without_a_browser_login() {
     assert!(!output.status.success());
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("login_client_id"), "{said}");
+
+    // The login itself over plain http, off loopback: its cookie could not be `Secure`.
+    let plain = config(8080, &idp, "https://mcp.example.com/mcp", true).replace(
+        "public_url = \"http://127.0.0.1:8080\"",
+        "public_url = \"http://gw.example.com\"",
+    );
+    std::fs::write(&path, plain).unwrap();
+    let output = std::process::Command::new(common::gateway::BINARY)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .envs(KEY)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("must be https"), "{said}");
 }

@@ -643,8 +643,27 @@ impl ProxyConfig {
             }
             if public_url.is_none() || cookie_key.is_none() {
                 return Err(at(
-                    login_span,
+                    login_span.clone(),
                     "identity.login_client_id: needs the top-level `public_url` (the login's redirect URI is {public_url}/login/callback) and `cookie_key_env` (the key of the session cookie)".into(),
+                ));
+            }
+            // Over plain http the session cookie can carry neither `Secure` nor the
+            // `__Host-` prefix, and cookies ignore ports: a page on another port or a
+            // sibling host could plant a session of its own. Only for local development.
+            let loopback = public_url.as_ref().is_some_and(|url| {
+                url.scheme() == "https"
+                    || (raw.allow_loopback_http
+                        && match url.host() {
+                            Some(url::Host::Domain(name)) => name == "localhost",
+                            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                            None => false,
+                        })
+            });
+            if !loopback {
+                return Err(at(
+                    login_span,
+                    "identity.login_client_id: `public_url` must be https (plain http only on loopback with `allow_loopback_http`): the session cookie must be `Secure` and `__Host-`".into(),
                 ));
             }
         }

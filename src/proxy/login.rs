@@ -122,7 +122,8 @@ impl BrowserLogin {
             return None;
         }
         let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
-        (payload["e"].as_u64()? > now()).then_some(payload)
+        // One key signs both cookies: each names what it is, and is taken only as that.
+        (payload["typ"].as_str() == Some(what) && payload["e"].as_u64()? > now()).then_some(payload)
     }
 
     /// The browser's signed-in principal, if any.
@@ -182,9 +183,8 @@ impl BrowserLogin {
 
     /// `GET /login?return=PATH`: to the issuer, the pending login in a cookie.
     pub(crate) async fn start(&self, return_to: Option<&str>) -> Response {
-        // Only a path on this gateway: no open redirect.
         let return_to = return_to
-            .filter(|r| r.starts_with('/') && !r.starts_with("//") && !r.contains('\\'))
+            .filter(|r| is_local_path(r))
             .unwrap_or("/connections");
         let (authorization, _) = match self.endpoints().await {
             Ok(endpoints) => endpoints,
@@ -210,7 +210,7 @@ impl BrowserLogin {
             .append_pair("code_challenge", challenge.as_str())
             .append_pair("code_challenge_method", "S256");
         let pending = self.sign(&json!({
-            "st": state, "n": nonce, "v": verifier.secret(), "r": return_to,
+            "typ": "login", "st": state, "n": nonce, "v": verifier.secret(), "r": return_to,
             "e": now() + LOGIN_TTL.as_secs(),
         }));
         let mut response = Redirect::to(url.as_str()).into_response();
@@ -256,7 +256,7 @@ impl BrowserLogin {
         };
         tracing::info!(subject = principal.subject(), "browser signed in");
         let session = self.sign(&json!({
-            "t": principal.tenant(), "s": principal.subject(),
+            "typ": "session", "t": principal.tenant(), "s": principal.subject(),
             "e": now() + SESSION_TTL.as_secs(),
         }));
         let back = pending["r"].as_str().unwrap_or("/connections");
@@ -342,6 +342,17 @@ impl BrowserLogin {
     }
 }
 
+/// Whether `path` is a path on this gateway, safe to redirect to: `/` and then visible
+/// ASCII only (browsers drop tabs and newlines from URLs, so `/\t/evil.example` would
+/// become `//evil.example`), never `//` or `/\` (another host).
+fn is_local_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/\\")
+        && path.bytes().all(|b| b.is_ascii_graphic())
+        && !path.contains('\\')
+}
+
 /// A small page in the gateway's style.
 fn page(status: StatusCode, message: &str) -> Response {
     (
@@ -353,4 +364,28 @@ fn page(status: StatusCode, message: &str) -> Response {
         )),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_path;
+
+    #[test]
+    fn only_paths_on_this_gateway_are_returned_to() {
+        for path in ["/connections", "/oauth/docs/start?flow=abc", "/"] {
+            assert!(is_local_path(path), "{path}");
+        }
+        for path in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "https://evil.example",
+            "evil",
+            "/caf\u{e9}",
+            "/a b",
+        ] {
+            assert!(!is_local_path(path), "{path:?}");
+        }
+    }
 }

@@ -92,6 +92,10 @@ pub enum GatewayError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(#[from] crate::client::ClientBuildError),
+    /// Browser sign-in (an `oauth` upstream, `login_client_id`) without `cookie_key`:
+    /// cookies signed with no key could be forged by anyone.
+    #[error("browser sign-in (an `oauth` upstream or `login_client_id`) needs `cookie_key`")]
+    MissingCookieKey,
     /// An `oauth` upstream could not be set up (its URL refused by the URL policy, ...).
     #[error("upstream `{upstream}`: {source}")]
     Upstream {
@@ -105,6 +109,16 @@ pub enum GatewayError {
 impl Gateway {
     /// Builds the gateway for `config`: opens the store, builds one stack per upstream.
     pub fn new(config: &ProxyConfig) -> Result<Self, GatewayError> {
+        // `ProxyConfig::parse` checks this; a configuration built in code must too: an
+        // empty key would sign cookies anyone can forge.
+        let signs_cookies = config.login.is_some()
+            || config
+                .upstreams
+                .iter()
+                .any(|u| matches!(u.auth, UpstreamAuth::OAuth { .. }));
+        if signs_cookies && config.cookie_key.is_none() {
+            return Err(GatewayError::MissingCookieKey);
+        }
         // Credentials, pending flows and client registrations all live in the one store,
         // so a restart forgets nothing and replicas on one Redis share everything.
         let (store, records): (Arc<dyn CredentialStore>, Arc<dyn SharedRecords>) = match &config
@@ -423,6 +437,27 @@ impl Gateway {
         }
         router.layer(
             ServiceBuilder::new()
+                // Host and Origin first: a rebinding page or another site gets no further.
+                .layer(axum::middleware::from_fn(
+                    move |request: Request, next: axum::middleware::Next| {
+                        let edge = edge.clone();
+                        async move {
+                            match edge.check(request.headers(), request.uri()) {
+                                Ok(()) => next.run(request).await,
+                                Err(refusal) => {
+                                    tracing::warn!(
+                                        host = ?request.headers().get(header::HOST),
+                                        origin = ?request.headers().get(header::ORIGIN),
+                                        path = request.uri().path(),
+                                        "request refused at the edge: {}",
+                                        refusal.message()
+                                    );
+                                    json_error(refusal.status(), refusal.message())
+                                }
+                            }
+                        }
+                    },
+                ))
                 // A sign-in link opened by a browser that is not signed in: the login
                 // first, back to the link after (its start check then compares users).
                 .layer(axum::middleware::from_fn(
@@ -441,27 +476,6 @@ impl Gateway {
                                     }
                                 }
                                 _ => next.run(request).await,
-                            }
-                        }
-                    },
-                ))
-                // Host and Origin first: a rebinding page or another site gets no further.
-                .layer(axum::middleware::from_fn(
-                    move |request: Request, next: axum::middleware::Next| {
-                        let edge = edge.clone();
-                        async move {
-                            match edge.check(request.headers(), request.uri()) {
-                                Ok(()) => next.run(request).await,
-                                Err(refusal) => {
-                                    tracing::warn!(
-                                        host = ?request.headers().get(header::HOST),
-                                        origin = ?request.headers().get(header::ORIGIN),
-                                        path = request.uri().path(),
-                                        "request refused at the edge: {}",
-                                        refusal.message()
-                                    );
-                                    json_error(refusal.status(), refusal.message())
-                                }
                             }
                         }
                     },
@@ -863,11 +877,23 @@ async fn forward(
         (ReplayBody::new(body), None)
     };
     // A session id is a handle on one user's upstream state: only its creator uses it.
-    let session = parts
-        .headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // One visible-ASCII value or none: anything else could pass this check with one
+    // value and reach the upstream with another.
+    let session = {
+        let mut values = parts.headers.get_all("mcp-session-id").iter();
+        match (values.next(), values.next()) {
+            (None, _) => None,
+            (Some(value), None) => match value.to_str() {
+                Ok(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()) => {
+                    Some(text.to_owned())
+                }
+                _ => return json_error(StatusCode::BAD_REQUEST, "malformed Mcp-Session-Id"),
+            },
+            (Some(_), Some(_)) => {
+                return json_error(StatusCode::BAD_REQUEST, "several Mcp-Session-Id headers");
+            }
+        }
+    };
     if let Some(session) = &session {
         match gateway
             .sessions

@@ -89,15 +89,19 @@ impl RefreshCoordinator {
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                match store.renew_lease(&key, lease, LEASE_TTL).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                // A renewal that cannot finish before the next is due has failed: a
+                // stalled store must not hold the heartbeat past the lease's life.
+                let renewal = store.renew_lease(&key, lease, LEASE_TTL);
+                match tokio::time::timeout(LEASE_RENEWAL, renewal).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
                         warn!(
                             "lost the refresh lease to another process; this redemption's write will be refused"
                         );
                         return;
                     }
-                    Err(error) => warn!(%error, "cannot renew the refresh lease"),
+                    Ok(Err(error)) => warn!(%error, "cannot renew the refresh lease"),
+                    Err(_) => warn!("renewing the refresh lease timed out"),
                 }
             }
         }))

@@ -242,13 +242,17 @@ async fn sealed_store(path: &std::path::Path) -> Result<SqliteStore, BoxError> {
             )
         })?;
     let store = SqliteStore::open_sealed(path, crate::store::SealingKeys::new("bridge", bytes))?;
-    if made && existed {
+    // Cheap when everything is sealed already; and a copy that died between making the
+    // key and sealing leaves nothing unsealed behind for the next start.
+    if existed || !made {
         let report = store.seal_existing().await?;
-        tracing::info!(
-            credentials = report.credentials,
-            records = report.records,
-            "the store predates its sealing key: sealed what it held"
-        );
+        if report.credentials + report.records > 0 {
+            tracing::info!(
+                credentials = report.credentials,
+                records = report.records,
+                "the store held values written before its sealing key: sealed them"
+            );
+        }
     }
     Ok(store)
 }
