@@ -129,7 +129,7 @@ impl RebindingSite {
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
+                    continue;
                 };
                 let page = page.clone();
                 tokio::spawn(async move {

@@ -27,8 +27,8 @@ impl EdgeRefusal {
 
     pub(crate) fn message(self) -> &'static str {
         match self {
-            EdgeRefusal::Host => "this gateway is not served under that host name",
-            EdgeRefusal::Origin => "cross-origin requests are not allowed",
+            EdgeRefusal::Host => "this gateway is not served under that host name (allowed_hosts)",
+            EdgeRefusal::Origin => "cross-origin requests are not allowed (allowed_origins)",
         }
     }
 }
