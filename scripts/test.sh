@@ -19,7 +19,7 @@ step "format"
 cargo fmt --all -- --check
 
 step "clippy (all targets, all features, warnings are errors)"
-cargo clippy --all-targets --all-features -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "cargo deny: licenses, banned and duplicate crates, sources (advisories need a network: see deny.toml)"
 if ! command -v cargo-deny >/dev/null; then
@@ -28,16 +28,21 @@ if ! command -v cargo-deny >/dev/null; then
 fi
 cargo deny check licenses bans sources
 
-step "without default features the crate builds on hyper alone (no reqwest in the tree)"
-cargo check --quiet --no-default-features
-if cargo tree --no-default-features -e normal | grep -q "reqwest v"; then
+step "without default features the library builds on hyper alone (no reqwest in the tree)"
+cargo check --quiet -p tower-mcp-auth --no-default-features
+if cargo tree -p tower-mcp-auth --no-default-features -e normal | grep -q "reqwest v"; then
   echo "reqwest is in the tree without the reqwest feature"; exit 1
 fi
 
-step "MSRV: the crate and its binary build with the Rust version Cargo.toml declares (rustup installs it)"
+step "the library, all features on, depends on none of the binary's crates"
+if cargo tree -p tower-mcp-auth --all-features -e normal | grep -E " (clap|toml|tracing-subscriber) v"; then
+  echo "the library's tree holds a crate only mcp-auth-proxy needs"; exit 1
+fi
+
+step "MSRV: the library and mcp-auth-proxy build with the Rust version Cargo.toml declares (rustup installs it)"
 MSRV=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 rustup toolchain install "$MSRV" --profile minimal
-cargo "+$MSRV" check --quiet --all-features --locked --target-dir target/msrv
+cargo "+$MSRV" check --quiet --workspace --all-features --locked --target-dir target/msrv
 
 step "applications beside the crate: their own reqwest works unchanged (default features off, and on)"
 # Two crates of their own (tests/apps/), each an application that depends on reqwest and
@@ -50,7 +55,7 @@ for app in reqwest-minimal reqwest-default; do
 done
 
 step "docs (broken links are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
 
 step "external authorization server for tests/external_as.rs (Authlib from PyPI)"
 scripts/external-as.sh
@@ -69,7 +74,7 @@ if ! command -v redis-server >/dev/null; then
 fi
 redis-server --version
 
-step "npm, and the official TypeScript MCP SDK for tests/proxy.rs (pinned by its package-lock.json)"
+step "npm, and the official TypeScript MCP SDK for mcp-auth-proxy/tests/proxy.rs (pinned by its package-lock.json)"
 if ! command -v npx >/dev/null; then
   echo "npx not found; installing npm from Debian"
   apt-get update -qq && apt-get install -y -qq npm
@@ -79,7 +84,7 @@ npm ci --silent --no-audit --no-fund --prefix tests/external/ts-client
 step "unit, integration, loom model-checking, fuzz-smoke, real-browser, multi-process and doc tests"
 # Two tests at a time per binary: the storm tests each run hundreds of concurrent calls
 # on a 2-core machine, and timing-based assertions need the CPU they were written for.
-RUST_TEST_THREADS=2 cargo test --all-features
+RUST_TEST_THREADS=2 cargo test --workspace --all-features
 
 step "fuzz targets build (fuzz/, the same targets tests/fuzz_smoke.rs runs)"
 cargo build --quiet --manifest-path fuzz/Cargo.toml --target-dir target/fuzz --bins
@@ -109,10 +114,10 @@ step "OBO storm bench (exits non-zero unless our layer makes one exchange per us
 cargo bench --bench obo_storm
 
 step "gateway bench (direct vs through mcp-auth-proxy; every call must be answered)"
-cargo bench --bench gateway
+cargo bench -p mcp-auth-proxy --bench gateway
 
 step "bridge bench (a stdio client through mcp-auth-proxy stdio and through mcp-remote vs a direct HTTP client)"
-cargo bench --features proxy --bench bridge
+cargo bench -p mcp-auth-proxy --bench bridge
 
 step "hot path bench (each benchmark run once as a smoke test)"
 cargo bench --bench hot_path -- --test
@@ -123,8 +128,12 @@ scripts/conformance.sh
 step "MCP conformance suite again, with rmcp's transport on the crate's layers (examples/rmcp_conformance_client.rs)"
 CLIENT=rmcp scripts/conformance.sh
 
-step "mcp-auth-proxy: the README's example configuration is valid"
-cargo run --quiet --features proxy --bin mcp-auth-proxy -- check --config proxy.example.toml
+step "mcp-auth-proxy installs with cargo install, and the README's example configuration is valid"
+# --debug and the shared target directory: the artifacts the tests built, not a second
+# (release) build of the whole tree.
+cargo install --quiet --debug --locked --force --path mcp-auth-proxy --root target/install --target-dir target
+target/install/bin/mcp-auth-proxy --version
+target/install/bin/mcp-auth-proxy check --config proxy.example.toml
 
 step "mcp-auth-proxy transparency: the suite's server scenarios against server-everything, directly and through the gateway"
 scripts/gateway-conformance.sh

@@ -145,7 +145,7 @@ impl PolicyResolver {
         let resolved: Vec<SocketAddr> =
             tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
         match self.policy {
-            Some(policy) => crate::http_client::filter_addresses(&policy, &host, resolved),
+            Some(policy) => crate::url_policy::filter_addresses(&policy, &host, resolved),
             None => Ok(resolved),
         }
     }

@@ -6,7 +6,6 @@
 //! also never follows redirects (a token request must not be replayed elsewhere).
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use http::{HeaderMap, StatusCode};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceExt};
 
-use crate::error::TransientReason;
+use crate::fault::TransientReason;
 use crate::url_policy::UrlPolicy;
 
 /// The default cap on an authorization server response: 1 MiB.
@@ -234,9 +233,27 @@ impl AuthHttpClient {
         self
     }
 
-    /// Sends one request. 5xx and 429 responses come back as errors carrying the status
-    /// (and `Retry-After`), so callers classify them without reading bodies.
-    pub(crate) async fn send(
+    /// Sends one request with this client's timeout and response-size cap. 5xx and 429
+    /// responses come back as errors carrying the status (and `Retry-After`), so callers
+    /// classify them without reading bodies; other statuses are the caller's to read.
+    ///
+    /// ```no_run
+    /// use bytes::Bytes;
+    /// use tower_mcp_auth::{AuthHttpClient, HttpError};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let client = AuthHttpClient::reqwest();
+    /// let request = http::Request::get("https://auth.example.com/.well-known/jwks.json")
+    ///     .body(Bytes::new())?;
+    /// match client.send(request).await {
+    ///     Ok(response) => println!("{} bytes of keys", response.body().len()),
+    ///     Err(HttpError::Timeout(after)) => println!("no answer within {after:?}"),
+    ///     Err(other) => println!("failed: {other}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send(
         &self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, HttpError> {
@@ -277,32 +294,6 @@ impl fmt::Debug for AuthHttpClient {
             .field("timeout", &self.timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .finish_non_exhaustive()
-    }
-}
-
-/// The addresses of `host` that `policy` allows, or an error naming the first refused
-/// one when none is allowed.
-pub(crate) fn filter_addresses(
-    policy: &UrlPolicy,
-    host: &str,
-    resolved: Vec<SocketAddr>,
-) -> Result<Vec<SocketAddr>, BoxError> {
-    let mut refused = None;
-    let allowed: Vec<SocketAddr> = resolved
-        .into_iter()
-        .filter(|addr| match policy.check_ip(addr.ip()) {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(host, address = %addr.ip(), "resolved address refused by the URL policy");
-                refused.get_or_insert(error);
-                false
-            }
-        })
-        .collect();
-    match (allowed.is_empty(), refused) {
-        (true, Some(error)) => Err(Box::new(error)),
-        (true, None) => Err(format!("{host}: no addresses").into()),
-        (false, _) => Ok(allowed),
     }
 }
 
@@ -377,18 +368,26 @@ pub(crate) fn parse_http_date(value: &str) -> Option<std::time::SystemTime> {
     std::time::UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
-/// Why a call to an authorization server failed before its body could be interpreted.
+/// Why a call of [`AuthHttpClient::send`] failed before its body could be interpreted.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HttpError {
+#[non_exhaustive]
+pub enum HttpError {
+    /// The request could not be sent or its answer not read (connection refused, reset,
+    /// TLS, a URL the client's policy refuses).
     #[error("request failed: {0}")]
     Network(BoxError),
+    /// No complete answer within the client's timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The answer's body was larger than the client's cap.
     #[error("response larger than {0} bytes")]
     TooLarge(usize),
+    /// The server answered 5xx or 429.
     #[error("HTTP {status}")]
     Status {
+        /// The answer's status.
         status: StatusCode,
+        /// The server's `Retry-After`, when it gave one.
         retry_after: Option<Duration>,
     },
 }

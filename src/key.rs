@@ -152,6 +152,19 @@ impl Principal {
 pub struct BindingId(pub(crate) [u8; 32]);
 
 impl BindingId {
+    /// The binding id whose digest is `bytes`: one read back from a store of your own,
+    /// or a fixed one for a key no real binding has (a health probe's).
+    ///
+    /// ```
+    /// use tower_mcp_auth::BindingId;
+    ///
+    /// let probe = BindingId::from_bytes([0; 32]);
+    /// assert_eq!(probe.as_bytes(), &[0; 32]);
+    /// ```
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// The digest's bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

@@ -83,6 +83,7 @@ mod challenge;
 pub mod client;
 mod crypto;
 mod error;
+mod fault;
 #[cfg(feature = "fuzzing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 pub mod fuzzing;
@@ -93,8 +94,6 @@ mod limits;
 pub mod metrics;
 mod oauth;
 mod obo;
-#[cfg(feature = "proxy")]
-pub mod proxy;
 mod refresh;
 mod replay;
 
@@ -121,11 +120,12 @@ mod sync {
 pub use binding::{BindingSlot, ClientAuthMethod, DEFAULT_MAX_TENANTS, ServerBinding};
 pub use breaker::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
 pub use challenge::{BearerChallenge, Challenge};
-pub use error::{
-    AuthorizationUrl, CapacityReached, ConfigError, Error, ReauthReason, StoreError, StoreWiped,
+pub use error::Error;
+pub use fault::{
+    AuthorizationUrl, CapacityReached, ConfigError, ReauthReason, StoreError, StoreWiped,
     TransientReason,
 };
-pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
+pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpError};
 pub use key::{AuthKey, BindingId, Principal};
 #[cfg(feature = "axum")]
 pub use layer::callback::callback_router;

@@ -4,8 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::refresh::ServeRule;
-
 /// A secret string (access token, refresh token, client secret) whose `Debug` and
 /// `Display` never show the value.
 ///
@@ -106,6 +104,15 @@ pub(crate) struct TokenStamp {
 }
 
 /// What [`TokenSet::serve_until`] was computed from.
+/// The part of a [`RefreshConfig`](crate::RefreshConfig) that decides until when a token set is served
+/// without a look at the store: the key of the answer cached in the token set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ServeRule {
+    pub(crate) min_margin: Duration,
+    pub(crate) max_margin: Duration,
+    pub(crate) clock_skew: Duration,
+}
+
 type ServeInputs = (ServeRule, Option<SystemTime>, SystemTime, Generation);
 
 /// Lazily derived values of a [`TokenSet`]: the sensitive `Authorization` header, and

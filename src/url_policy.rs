@@ -6,7 +6,7 @@
 //! loopback or link-local address are allowed. Tests and local development opt in to
 //! plain `http` on loopback explicitly.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use url::{Host, Url};
 
@@ -258,6 +258,32 @@ fn worst(a: AddressClass, b: AddressClass) -> AddressClass {
         (AddressClass::Public, other) | (other, AddressClass::Public) => other,
         _ if rank(a) >= rank(b) => a,
         _ => b,
+    }
+}
+
+/// The addresses of `host` that `policy` allows, or an error naming the first refused
+/// one when none is allowed.
+pub(crate) fn filter_addresses(
+    policy: &UrlPolicy,
+    host: &str,
+    resolved: Vec<SocketAddr>,
+) -> Result<Vec<SocketAddr>, tower::BoxError> {
+    let mut refused = None;
+    let allowed: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(|addr| match policy.check_ip(addr.ip()) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(host, address = %addr.ip(), "resolved address refused by the URL policy");
+                refused.get_or_insert(error);
+                false
+            }
+        })
+        .collect();
+    match (allowed.is_empty(), refused) {
+        (true, Some(error)) => Err(Box::new(error)),
+        (true, None) => Err(format!("{host}: no addresses").into()),
+        (false, _) => Ok(allowed),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use url::Url;
 
-use crate::error::{CapacityReached, ConfigError};
+use crate::fault::{CapacityReached, ConfigError};
 use crate::key::{BindingId, KeyHasher};
 use crate::token::Secret;
 

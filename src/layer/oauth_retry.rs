@@ -15,7 +15,8 @@ use tower::{BoxError, Layer, Service};
 
 use super::hand_back::{self, HandBack, Sent};
 use crate::challenge::BearerChallenge;
-use crate::error::{Error, ReauthReason};
+use crate::error::Error;
+use crate::fault::ReauthReason;
 use crate::key::Principal;
 use crate::oauth::authorize::{AuthorizationCause, Authorizer};
 use crate::oauth::flow::{FlowOutcome, PendingFlow};

@@ -12,7 +12,8 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service};
 
 use super::with_default_principal;
-use crate::error::{ConfigError, Error, TransientReason};
+use crate::error::Error;
+use crate::fault::{ConfigError, TransientReason};
 use crate::key::Principal;
 use crate::obo::{OboError, OboExchanger, OboToken, UserAssertion};
 use crate::replay::{

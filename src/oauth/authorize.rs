@@ -183,9 +183,25 @@ impl Authorizer {
         Ok(true)
     }
 
-    /// The credential store the authorizer writes to.
-    #[cfg(feature = "proxy")]
-    pub(crate) fn store(&self) -> &Arc<dyn CredentialStore> {
+    /// The credential store the authorizer writes to: what a "connections" page reads
+    /// to show whether a user is signed in, and deletes from to sign them out.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_mcp_auth::{store::MemoryStore, Authorizer};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = Arc::new(MemoryStore::new());
+    /// let authorizer = Authorizer::builder(
+    ///     "https://mcp.example.com/mcp",
+    ///     store.clone(),
+    ///     "https://app.example.com/oauth/callback".parse()?,
+    /// )
+    /// .build()?;
+    /// assert_eq!(Arc::as_ptr(authorizer.store()) as *const (), Arc::as_ptr(&store) as *const ());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn store(&self) -> &Arc<dyn CredentialStore> {
         &self.inner.store
     }
 
@@ -395,7 +411,20 @@ impl Authorizer {
     /// Fills `principal`'s tenant's binding from discovery and the stored (or a new)
     /// client registration, unless it is filled already. After a restart the slot is
     /// empty until then, so requests went out without the credentials the store holds.
-    pub(crate) async fn restore_binding(
+    /// Call it before reading a user's stored credentials for this server outside the
+    /// layers (a status page), so the key names the binding the layers will use.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use tower_mcp_auth::{store::MemoryStore, AuthorizationCause, Authorizer, Principal};
+    /// # async fn run(authorizer: Authorizer) -> Result<(), tower_mcp_auth::Error> {
+    /// let alice = Principal::new("acme", "alice");
+    /// authorizer.restore_binding(&alice, &AuthorizationCause::challenge(None)).await?;
+    /// assert!(authorizer.bindings().get(alice.tenant()).is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn restore_binding(
         &self,
         principal: &Principal,
         cause: &AuthorizationCause,
@@ -446,7 +475,7 @@ impl Authorizer {
         inner
             .bindings
             .set(tenant, binding.clone())
-            .map_err(|full| Error::Store(crate::error::StoreError::new(full)))?;
+            .map_err(|full| Error::Store(crate::fault::StoreError::new(full)))?;
 
         Ok(Bound {
             resource_metadata,

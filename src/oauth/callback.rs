@@ -11,7 +11,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::{Error, ReauthReason, StoreError};
+use crate::error::Error;
+use crate::fault::{ReauthReason, StoreError};
 use crate::http_client::AuthHttpClient;
 use crate::key::AuthKey;
 use crate::oauth::flow::{FlowOutcome, FlowStatus, FlowStore, PendingFlow};
@@ -176,7 +177,7 @@ impl AuthorizationCompleter {
                 .unwrap_or_else(|_| {
                     tracing::error!("code exchange panicked; failing the flow");
                     Err(CallbackError::Exchange(Error::transient(
-                        crate::error::TransientReason::Panicked,
+                        crate::fault::TransientReason::Panicked,
                         None,
                     )))
                 });
@@ -203,7 +204,7 @@ impl AuthorizationCompleter {
         });
         task.await.unwrap_or_else(|_| {
             Err(CallbackError::Exchange(Error::transient(
-                crate::error::TransientReason::Abandoned,
+                crate::fault::TransientReason::Abandoned,
                 None,
             )))
         })

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::challenge::BearerChallenge;
-use crate::error::TransientReason;
+use crate::fault::TransientReason;
 use crate::http_client::{AuthHttpClient, HttpError};
 use crate::url_policy::{UrlPolicy, UrlRefused};
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use url::Url;
 
-use crate::error::TransientReason;
+use crate::fault::TransientReason;
 use crate::http_client::AuthHttpClient;
 use crate::oauth::grants::GrantedTokens;
 use crate::token::Secret;

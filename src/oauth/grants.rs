@@ -11,7 +11,7 @@ use oauth2::{
 };
 
 use crate::binding::{ClientAuthMethod, ServerBinding};
-use crate::error::{Error, ReauthReason, TransientReason};
+use crate::fault::TransientReason;
 use crate::http_client::{AuthHttpClient, HttpError};
 use crate::store::BoxFuture;
 use crate::token::{Generation, Secret, TokenSet};
@@ -104,22 +104,6 @@ fn granted(response: BasicTokenResponse) -> GrantedTokens {
                 .collect::<Vec<_>>()
                 .join(" ")
         }),
-    }
-}
-
-impl From<GrantError> for Error {
-    fn from(error: GrantError) -> Self {
-        match error {
-            GrantError::InvalidGrant => Error::reauth(ReauthReason::InvalidGrant),
-            GrantError::ClientRejected(code) => {
-                Error::reauth(ReauthReason::ClientRejected { code })
-            }
-            GrantError::OAuth(code) => Error::reauth(ReauthReason::OAuth { code }),
-            GrantError::Transient {
-                reason,
-                retry_after,
-            } => Error::transient(reason, retry_after),
-        }
     }
 }
 

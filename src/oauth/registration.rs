@@ -19,8 +19,8 @@ use serde_json::json;
 use url::Url;
 
 use crate::binding::{ClientAuthMethod, ServerBinding};
-use crate::error::ConfigError;
-use crate::error::TransientReason;
+use crate::fault::ConfigError;
+use crate::fault::TransientReason;
 use crate::http_client::AuthHttpClient;
 use crate::oauth::discovery::AuthorizationServerMetadata;
 use crate::store::SharedRecords;

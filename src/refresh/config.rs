@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::token::TokenSet;
+use crate::token::{ServeRule, TokenSet};
 
 /// Timeouts, cooldowns and the refresh-ahead margin of a
 /// [`RefreshCoordinator`](super::RefreshCoordinator).
@@ -169,15 +169,6 @@ impl RefreshConfig {
             .map_or(Duration::ZERO, |l| self.skew_for(l));
         tokens.is_usable_at(crate::limits::system_after(now, skew))
     }
-}
-
-/// The part of a [`RefreshConfig`] that decides until when a token set is served
-/// without a look at the store: the key of the answer cached in the token set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ServeRule {
-    min_margin: Duration,
-    max_margin: Duration,
-    clock_skew: Duration,
 }
 
 /// A value in [0, 1) derived from `x` (splitmix64).

@@ -8,7 +8,8 @@ use tracing::{debug, warn};
 
 use super::config::{LEASE_RENEWAL, LEASE_TTL};
 use super::{Outcome, RefreshCoordinator};
-use crate::error::{Error, ReauthReason};
+use crate::error::Error;
+use crate::fault::ReauthReason;
 use crate::key::AuthKey;
 use crate::store::{Lease, LeaseOutcome};
 use crate::token::TokenSet;

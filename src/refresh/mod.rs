@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::binding::ServerBinding;
-use crate::error::{Error, ReauthReason, TransientReason};
+use crate::error::Error;
+use crate::fault::{ReauthReason, TransientReason};
 use crate::http_client::AuthHttpClient;
 use crate::key::AuthKey;
 use crate::oauth::grants::{self, GrantError};
@@ -41,8 +42,8 @@ mod config;
 mod hot;
 mod lease;
 
+pub(crate) use crate::token::ServeRule;
 pub use config::RefreshConfig;
-pub(crate) use config::ServeRule;
 use lease::Leased;
 
 type Outcome = Result<Arc<TokenSet>, Error>;
@@ -589,14 +590,43 @@ impl RefreshCoordinator {
     }
 
     /// How long `key` is still cooling down after failed redemptions (`None`: it is
-    /// not): refreshing is failing for this user.
-    #[cfg(feature = "proxy")]
-    pub(crate) fn cooldown_remaining(&self, key: &AuthKey) -> Option<Duration> {
+    /// not): refreshing is failing for this user, and a status page can say so.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_mcp_auth::{store::MemoryStore, AuthKey, Principal, RefreshCoordinator, ServerBinding};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let binding = ServerBinding::public_client(
+    ///     "https://mcp.example.com/mcp",
+    ///     "https://auth.example.com/token",
+    ///     "my-client",
+    /// )?;
+    /// let coordinator = RefreshCoordinator::new(Arc::new(MemoryStore::new()));
+    /// let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
+    /// assert_eq!(coordinator.cooldown_remaining(&key), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cooldown_remaining(&self, key: &AuthKey) -> Option<Duration> {
         let cooldown = self.inner.cooldowns.get(key)?;
         cooldown.until.checked_duration_since(Instant::now())
     }
 
-    pub(crate) fn forget(&self, key: &AuthKey) {
+    /// Drops `key`'s tokens from this coordinator's in-memory cache, so the next call
+    /// reads the store: after deleting a user's credentials there (a sign-out).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_mcp_auth::{store::MemoryStore, AuthKey, Principal, RefreshCoordinator, ServerBinding};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let binding = ServerBinding::public_client("https://mcp.example.com/mcp", "https://auth.example.com/token", "my-client")?;
+    /// let coordinator = RefreshCoordinator::new(Arc::new(MemoryStore::new()));
+    /// let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
+    /// coordinator.forget(&key);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn forget(&self, key: &AuthKey) {
         if let Some(hot) = &self.inner.hot {
             hot.invalidate(key);
         }

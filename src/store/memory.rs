@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{BoxFuture, CredentialStore, Swap};
-use crate::error::{CapacityReached, StoreError};
+use crate::fault::{CapacityReached, StoreError};
 use crate::key::AuthKey;
 use crate::token::{Generation, TokenSet};
 

@@ -37,7 +37,7 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "redis"))))]
 pub use sealing::{InvalidKeyId, SealReport, SealingKeys};
 
-use crate::error::StoreError;
+use crate::fault::StoreError;
 use crate::key::AuthKey;
 use crate::token::{Generation, TokenSet};
 

@@ -10,7 +10,7 @@ use redis::{AsyncCommands, Script};
 
 use super::sealing::{self, SealingKeys};
 use super::{BoxFuture, CredentialStore, Lease, LeaseOutcome, Swap};
-use crate::error::StoreError;
+use crate::fault::StoreError;
 use crate::key::AuthKey;
 use crate::token::{Generation, Secret, TokenSet};
 
@@ -441,7 +441,7 @@ impl RedisStore {
                     epoch = %epoch,
                     "the Redis store lost all its data (credentials, pending sign-ins, client registrations): users must sign in again; configure persistence (appendonly yes)"
                 );
-                Err(StoreError::new(crate::error::StoreWiped::new(known)))
+                Err(StoreError::new(crate::fault::StoreWiped::new(known)))
             }
             _ => Ok(()),
         }

@@ -9,7 +9,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::error::StoreError;
+use crate::fault::StoreError;
 
 /// The prefix of a sealed value: `sealed:v2:<key id>:<base64 nonce + ciphertext>`,
 /// its associated data the field and the record's identity.

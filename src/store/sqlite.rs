@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::sealing::{self, SealReport, SealingKeys};
 use super::{BoxFuture, CredentialStore, Lease, LeaseOutcome, Swap};
-use crate::error::StoreError;
+use crate::fault::StoreError;
 use crate::key::AuthKey;
 use crate::token::{Generation, Secret, TokenSet};
 

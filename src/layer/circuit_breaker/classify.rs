@@ -99,8 +99,18 @@ impl<ResBody> ClassifyOutcome<ResBody> for DefaultClassifier {
 
 /// The operating system's "out of local resources" error somewhere in `error`'s chain:
 /// too many open files (per process or system-wide), no buffer space, no memory. Such
-/// a failure is this process's, not the server's it was calling.
-pub(crate) fn local_resource_error<'a>(
+/// a failure is this process's, not the server's it was calling: [`DefaultClassifier`]
+/// counts it as neither success nor failure, and a classifier of your own can do the same.
+///
+/// ```
+/// use tower_mcp_auth::layer::circuit_breaker::local_resource_error;
+///
+/// let exhausted = std::io::Error::from_raw_os_error(24); // EMFILE on Linux and the BSDs
+/// assert!(local_resource_error(&exhausted).is_some());
+/// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// assert!(local_resource_error(&refused).is_none());
+/// ```
+pub fn local_resource_error<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a std::io::Error> {
     #[cfg(target_os = "linux")]

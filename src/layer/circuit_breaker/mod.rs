@@ -29,8 +29,7 @@ mod keying;
 mod service;
 mod unavailable;
 
-pub(crate) use classify::local_resource_error;
-pub use classify::{ClassifyOutcome, DefaultClassifier};
+pub use classify::{ClassifyOutcome, DefaultClassifier, local_resource_error};
 pub use future::ResponseFuture;
 pub use handle::CircuitBreakerHandle;
 pub use keying::{BreakerKeying, KeyFn};

@@ -9,7 +9,8 @@ use tower::{BoxError, Layer, Service};
 
 use super::hand_back;
 use crate::binding::{BindingSlot, Coverage, ServerBinding};
-use crate::error::{Error, TransientReason};
+use crate::error::Error;
+use crate::fault::TransientReason;
 use crate::key::{AuthKey, Principal};
 use crate::refresh::RefreshCoordinator;
 use crate::replay::{

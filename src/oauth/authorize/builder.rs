@@ -8,7 +8,7 @@ use url::Url;
 
 use super::{Authorizer, Inner};
 use crate::binding::BindingSlot;
-use crate::error::ConfigError;
+use crate::fault::ConfigError;
 use crate::http_client::AuthHttpClient;
 use crate::oauth::discovery::Discovery;
 use crate::oauth::flow::FlowStore;

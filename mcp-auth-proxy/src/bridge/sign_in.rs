@@ -1,14 +1,16 @@
 //! Signing in from a stdio bridge: the loopback listener, the browser, the OAuth layers
 //! on the shared SQLite file, and giving up sign-ins nobody can finish.
 
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tower::BoxError;
 
 use super::options::{BridgeOptions, Browser};
-use crate::store::{CredentialStore, SharedRecords, SqliteStore};
-use crate::{
+use tower_mcp_auth::store::{CredentialStore, SharedRecords, SqliteStore};
+use tower_mcp_auth::{
     AuthHttpClient, AuthorizationPrompt, Authorizer, BrowserBinding, CallbackService,
     ClientAuthMethod, Discovery, Error, OAuthRetryLayer, PreRegisteredClient, Principal,
     RefreshConfig, RefreshCoordinator, Secret, SilentRefreshLayer, UrlPolicy,
@@ -140,7 +142,7 @@ pub(super) async fn oauth_layers(
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .is_some_and(|peer| local_peer::same_user(peer.0, port))
     });
-    let app = crate::callback_router("/callback", callback);
+    let app = tower_mcp_auth::callback_router("/callback", callback);
     tokio::spawn(async move {
         // Without the listener no sign-in can come back: say so where the user looks.
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -155,7 +157,7 @@ pub(super) async fn oauth_layers(
     };
     let watch = sign_in.clone().watch_for_orphans(port);
     tokio::spawn(async move {
-        if crate::limits::catch_panic(watch).await.is_err() {
+        if AssertUnwindSafe(watch).catch_unwind().await.is_err() {
             tracing::error!("the watch for orphaned sign-ins panicked; it no longer runs");
         }
     });
@@ -241,7 +243,10 @@ async fn sealed_store(path: &std::path::Path) -> Result<SqliteStore, BoxError> {
                 key_path.display()
             )
         })?;
-    let store = SqliteStore::open_sealed(path, crate::store::SealingKeys::new("bridge", bytes))?;
+    let store = SqliteStore::open_sealed(
+        path,
+        tower_mcp_auth::store::SealingKeys::new("bridge", bytes),
+    )?;
     // Cheap when everything is sealed already; and a copy that died between making the
     // key and sealing leaves nothing unsealed behind for the next start.
     if existed || !made {

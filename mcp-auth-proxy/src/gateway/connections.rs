@@ -9,8 +9,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use http::{HeaderMap, StatusCode};
 
 use super::server::{Gateway, Upstream};
-use crate::key::{AuthKey, Principal};
-use crate::{AuthorizationCause, CircuitState, escape_html};
+use tower_mcp_auth::{AuthKey, Principal};
+use tower_mcp_auth::{AuthorizationCause, CircuitState, escape_html};
 
 /// How long the page waits on the store or the upstream's discovery for one upstream.
 const STATE_TIMEOUT: Duration = Duration::from_secs(5);

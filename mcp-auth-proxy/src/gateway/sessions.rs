@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::StoreError;
-use crate::key::Principal;
-use crate::store::SharedRecords;
+use tower_mcp_auth::Principal;
+use tower_mcp_auth::StoreError;
+use tower_mcp_auth::store::SharedRecords;
 
 /// How long an owner record lives in the store after the session's last renewal.
 const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);

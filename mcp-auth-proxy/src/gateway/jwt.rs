@@ -12,7 +12,9 @@
 //! an unknown key id, a set past its staleness bound) joins the fetch in flight rather
 //! than queueing for one of its own: it waits for one fetch timeout at most.
 
+use futures_util::FutureExt;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,8 +23,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::http_client::AuthHttpClient;
-use crate::key::Principal;
+use tower_mcp_auth::AuthHttpClient;
+use tower_mcp_auth::Principal;
+
+/// The latest `exp` read as a time: the end of the year 9999. A token claiming a later
+/// one is absurd and invalid, as everywhere in the library.
+const LATEST_EXP_SECONDS: f64 = 253_402_300_799.0;
 
 /// Clock skew allowed on `exp` and `nbf`.
 pub(crate) const LEEWAY: Duration = Duration::from_secs(60);
@@ -234,7 +240,7 @@ impl JwtVerifier {
         // Numbers from the network: compared as floats, never turned into durations.
         let exp = claims["exp"].as_f64().ok_or(JwtError::Expired)?;
         // An `exp` past the year 9999 is absurd: such a token is invalid, as elsewhere.
-        let latest = crate::limits::MAX_UNIX_SECONDS as f64;
+        let latest = LATEST_EXP_SECONDS;
         if !(exp.is_finite() && exp + leeway > now && exp <= latest) {
             return Err(JwtError::Expired);
         }
@@ -350,7 +356,7 @@ impl JwtVerifier {
                     this.fetch_and_store().await;
                 }
             };
-            if crate::limits::catch_panic(work).await.is_err() {
+            if AssertUnwindSafe(work).catch_unwind().await.is_err() {
                 tracing::error!("inbound identity: the key renewal panicked");
             }
             this.renewing.store(false, Ordering::Release);

@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 
 use super::config::LoginConfig;
 use super::jwt::JwtVerifier;
-use crate::http_client::AuthHttpClient;
-use crate::key::Principal;
+use tower_mcp_auth::AuthHttpClient;
+use tower_mcp_auth::Principal;
 
 /// How long a browser session lasts.
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(3600);
@@ -360,7 +360,7 @@ fn page(status: StatusCode, message: &str) -> Response {
         axum::response::Html(format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign-in</title></head>\
 <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto\"><p>{}</p></body></html>",
-            crate::escape_html(message)
+            tower_mcp_auth::escape_html(message)
         )),
     )
         .into_response()

@@ -16,12 +16,12 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 use super::config::{IdentityConfig, ProxyConfig, StoreConfig, UpstreamAuth};
 use super::connect::{self, Message};
-use crate::client::{HttpClientConfig, ReqwestService};
-use crate::error::Error;
-use crate::key::{AuthKey, BindingId, Principal};
-use crate::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer};
-use crate::store::{CredentialStore, SharedRecords};
-use crate::{
+use tower_mcp_auth::Error;
+use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
+use tower_mcp_auth::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer};
+use tower_mcp_auth::store::{CredentialStore, SharedRecords};
+use tower_mcp_auth::{AuthKey, BindingId, Principal};
+use tower_mcp_auth::{
     Authorizer, BreakerConfig, BrowserBinding, CallbackService, OAuthRetryLayer,
     PreRegisteredClient, RefreshCoordinator, ReplayBody, SilentRefreshLayer, UrlPolicy,
 };
@@ -37,7 +37,7 @@ pub(crate) struct Upstream {
     /// The sign-in of an `oauth` upstream.
     pub(crate) authorizer: Option<Authorizer>,
     /// The upstream's circuit breakers (one per principal).
-    pub(crate) breaker: crate::CircuitBreakerHandle,
+    pub(crate) breaker: tower_mcp_auth::CircuitBreakerHandle,
     /// The refresh coordinator of an `oauth` upstream (its per-process token cache).
     pub(crate) coordinator: Option<RefreshCoordinator>,
     /// An `obo` upstream: the caller's inbound token goes to the stack as the
@@ -88,10 +88,10 @@ pub struct Gateway {
 pub enum GatewayError {
     /// The store could not be opened.
     #[error("store: {0}")]
-    Store(#[from] crate::error::StoreError),
+    Store(#[from] tower_mcp_auth::StoreError),
     /// The HTTP client could not be built.
     #[error(transparent)]
-    Client(#[from] crate::client::ClientBuildError),
+    Client(#[from] tower_mcp_auth::client::ClientBuildError),
     /// Browser sign-in (an `oauth` upstream, `login_client_id`) without `cookie_key`:
     /// cookies signed with no key could be forged by anyone.
     #[error("browser sign-in (an `oauth` upstream or `login_client_id`) needs `cookie_key`")]
@@ -102,7 +102,7 @@ pub enum GatewayError {
         /// The upstream's name.
         upstream: String,
         /// What was wrong.
-        source: crate::ConfigError,
+        source: tower_mcp_auth::ConfigError,
     },
 }
 
@@ -126,15 +126,17 @@ impl Gateway {
         {
             StoreConfig::Sqlite(path) => {
                 let store = Arc::new(match &config.sealing {
-                    Some(keys) => crate::store::SqliteStore::open_sealed(path, keys.clone())?,
-                    None => crate::store::SqliteStore::open(path)?,
+                    Some(keys) => {
+                        tower_mcp_auth::store::SqliteStore::open_sealed(path, keys.clone())?
+                    }
+                    None => tower_mcp_auth::store::SqliteStore::open(path)?,
                 });
                 (store.clone(), store)
             }
             StoreConfig::Redis(url) => {
                 #[cfg(feature = "redis")]
                 {
-                    let mut builder = crate::store::RedisStore::builder(url.clone());
+                    let mut builder = tower_mcp_auth::store::RedisStore::builder(url.clone());
                     if let Some(keys) = &config.sealing {
                         builder = builder.sealing(keys.clone());
                     }
@@ -144,7 +146,7 @@ impl Gateway {
                 #[cfg(not(feature = "redis"))]
                 {
                     let _ = url;
-                    return Err(GatewayError::Store(crate::error::StoreError::new(
+                    return Err(GatewayError::Store(tower_mcp_auth::StoreError::new(
                         std::io::Error::other("this build has no Redis support (feature `redis`)"),
                     )));
                 }
@@ -163,7 +165,7 @@ impl Gateway {
                 };
                 Some(Arc::new(super::jwt::JwtVerifier::new(
                     identity.clone(),
-                    crate::AuthHttpClient::with_policy(policy),
+                    tower_mcp_auth::AuthHttpClient::with_policy(policy),
                 )))
             }
             _ => None,
@@ -186,12 +188,12 @@ impl Gateway {
                         client.clone(),
                         public,
                         &key,
-                        crate::AuthHttpClient::with_policy(policy),
+                        tower_mcp_auth::AuthHttpClient::with_policy(policy),
                         verifier.clone(),
                     )
                     .map_err(|source| GatewayError::Upstream {
                         upstream: "login".into(),
-                        source: crate::ConfigError::InvalidUrl {
+                        source: tower_mcp_auth::ConfigError::InvalidUrl {
                             field: "public_url",
                             source,
                         },
@@ -231,15 +233,16 @@ impl Gateway {
                     } else {
                         UrlPolicy::default()
                     };
-                    let exchanger = crate::OboExchanger::with_http_client(
+                    let exchanger = tower_mcp_auth::OboExchanger::with_http_client(
                         (**obo).clone(),
-                        crate::AuthHttpClient::with_policy(policy),
+                        tower_mcp_auth::AuthHttpClient::with_policy(policy),
                     );
-                    let layer = crate::OboHeaderLayer::new(exchanger, upstream.url.as_str())
-                        .map_err(|source| GatewayError::Upstream {
-                            upstream: upstream.name.clone(),
-                            source,
-                        })?;
+                    let layer =
+                        tower_mcp_auth::OboHeaderLayer::new(exchanger, upstream.url.as_str())
+                            .map_err(|source| GatewayError::Upstream {
+                                upstream: upstream.name.clone(),
+                                source,
+                            })?;
                     BoxCloneSyncService::new(
                         ServiceBuilder::new()
                             .layer(breaker)
@@ -328,26 +331,27 @@ impl Gateway {
     /// Without keys, or as the store's `seal_existing`.
     pub async fn seal_existing(
         config: &ProxyConfig,
-    ) -> Result<crate::store::SealReport, GatewayError> {
+    ) -> Result<tower_mcp_auth::store::SealReport, GatewayError> {
         let Some(keys) = &config.sealing else {
-            return Err(GatewayError::Store(crate::error::StoreError::new(
+            return Err(GatewayError::Store(tower_mcp_auth::StoreError::new(
                 std::io::Error::other("no `[store] sealing_key_env` in the configuration"),
             )));
         };
         match &config.store {
-            StoreConfig::Sqlite(path) => {
-                Ok(crate::store::SqliteStore::open_sealed(path, keys.clone())?
-                    .seal_existing()
-                    .await?)
-            }
+            StoreConfig::Sqlite(path) => Ok(tower_mcp_auth::store::SqliteStore::open_sealed(
+                path,
+                keys.clone(),
+            )?
+            .seal_existing()
+            .await?),
             #[cfg(feature = "redis")]
-            StoreConfig::Redis(url) => Ok(crate::store::RedisStore::builder(url.clone())
+            StoreConfig::Redis(url) => Ok(tower_mcp_auth::store::RedisStore::builder(url.clone())
                 .sealing(keys.clone())
                 .build()?
                 .seal_existing()
                 .await?),
             #[cfg(not(feature = "redis"))]
-            StoreConfig::Redis(_) => Err(GatewayError::Store(crate::error::StoreError::new(
+            StoreConfig::Redis(_) => Err(GatewayError::Store(tower_mcp_auth::StoreError::new(
                 std::io::Error::other("this build has no Redis support (feature `redis`)"),
             ))),
         }
@@ -430,7 +434,7 @@ impl Gateway {
             .route("/login/callback", axum::routing::get(login_callback))
             .with_state(self);
         for (name, service) in callbacks.iter() {
-            router = router.merge(crate::callback_router(
+            router = router.merge(tower_mcp_auth::callback_router(
                 &format!("/oauth/{name}/callback"),
                 service.clone(),
             ));
@@ -519,18 +523,18 @@ fn oauth_authorizer(
     (pre_registered, metadata_document): (Option<&super::config::PreRegistered>, Option<&url::Url>),
     store: &Arc<dyn CredentialStore>,
     records: &Arc<dyn SharedRecords>,
-) -> Result<Authorizer, crate::ConfigError> {
+) -> Result<Authorizer, tower_mcp_auth::ConfigError> {
     // `ProxyConfig::parse` refuses an `oauth` upstream without a public URL.
     let public = config
         .public_url
         .as_ref()
-        .ok_or(crate::ConfigError::UnsupportedUrl {
+        .ok_or(tower_mcp_auth::ConfigError::UnsupportedUrl {
             field: "public_url",
         })?;
     let join = |path: String| {
         public
             .join(&path)
-            .map_err(|source| crate::ConfigError::InvalidUrl {
+            .map_err(|source| tower_mcp_auth::ConfigError::InvalidUrl {
                 field: "public_url",
                 source,
             })
@@ -552,8 +556,10 @@ fn oauth_authorizer(
     if let Some(client) = pre_registered {
         let mut registered = PreRegisteredClient::new(&client.issuer, &client.client_id);
         if let Some(secret) = &client.client_secret {
-            registered =
-                registered.with_secret(secret.clone(), crate::ClientAuthMethod::ClientSecretBasic);
+            registered = registered.with_secret(
+                secret.clone(),
+                tower_mcp_auth::ClientAuthMethod::ClientSecretBasic,
+            );
         }
         builder = builder.pre_registered(registered);
     }
@@ -570,7 +576,7 @@ fn retry_layer(name: &str, authorizer: &Authorizer, wait: Option<Duration>) -> O
     let upstream = name.to_owned();
     OAuthRetryLayer::wait(
         authorizer.clone(),
-        move |prompt: crate::AuthorizationPrompt| {
+        move |prompt: tower_mcp_auth::AuthorizationPrompt| {
             tracing::info!(
                 upstream = %upstream,
                 subject = prompt.principal.subject(),
@@ -829,7 +835,7 @@ async fn forward(
             let token = value
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))?;
-            Some(crate::UserAssertion::new(token.trim()))
+            Some(tower_mcp_auth::UserAssertion::new(token.trim()))
         });
     parts.headers.remove(header::COOKIE);
     parts.headers.remove(header::HOST);
@@ -974,7 +980,7 @@ async fn forward(
                     Some(authorizer) => authorizer
                         .start(
                             &principal_of_request,
-                            &crate::AuthorizationCause::challenge(None),
+                            &tower_mcp_auth::AuthorizationCause::challenge(None),
                         )
                         .await
                         .ok(),
@@ -1010,7 +1016,9 @@ async fn forward(
             }
             _ => {
                 let cause = error_chain(error.as_ref());
-                if crate::layer::circuit_breaker::local_resource_error(error.as_ref()).is_some() {
+                if tower_mcp_auth::layer::circuit_breaker::local_resource_error(error.as_ref())
+                    .is_some()
+                {
                     tracing::error!(upstream = %name, %cause, "out of local resources (descriptors, buffers or memory); the upstream is not at fault");
                     let mut response = json_error(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -1068,7 +1076,7 @@ const LOST_DATA_NOT_READY: Duration = Duration::from_secs(600);
 async fn ready(State(gateway): State<Gateway>) -> Response {
     let probe = AuthKey::new(
         &Principal::new("mcp-auth-proxy", "readyz"),
-        BindingId([0; 32]),
+        BindingId::from_bytes([0; 32]),
     );
     match tokio::time::timeout(Duration::from_secs(2), gateway.store.load(&probe)).await {
         // A store that lost its data is usable again at once, but the operator must

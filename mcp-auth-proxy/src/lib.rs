@@ -1,7 +1,9 @@
-//! The `mcp-auth-proxy` gateway (feature `proxy`): MCP servers behind one address,
-//! each at `/{name}/mcp`, with auth to the upstream added transparently.
+//! `mcp-auth-proxy`, built on [`tower_mcp_auth`]: a gateway that puts MCP servers
+//! behind one address, each at `/{name}/mcp`, with auth to the upstream added
+//! transparently ([`Gateway`]), and a bridge that gives stdio-only MCP hosts a remote
+//! server with OAuth ([`bridge`]).
 //!
-//! This version forwards Streamable HTTP (POST, GET, DELETE; SSE streamed event by
+//! The gateway forwards Streamable HTTP (POST, GET, DELETE; SSE streamed event by
 //! event) for upstreams that need no credentials (`auth = "none"`), a static header
 //! from the environment (`auth = "header"`), or each user's own OAuth credentials
 //! (`auth = "oauth"`: a user without them gets a sign-in link as the JSON-RPC answer,
@@ -11,7 +13,7 @@
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
-//! use tower_mcp_auth::proxy::{Gateway, ProxyConfig};
+//! use mcp_auth_proxy::{Gateway, ProxyConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = ProxyConfig::load("proxy.toml".as_ref())?;
@@ -22,21 +24,11 @@
 //! # }
 //! ```
 
-mod config;
-mod connect;
-mod connections;
-mod edge;
-mod jwt;
-mod login;
-mod prometheus;
-mod server;
-mod sessions;
-pub mod stdio;
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+#![deny(unsafe_code)]
 
-pub use config::{
-    ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, LoginConfig, MAX_WAIT_SECONDS,
-    PreRegistered, ProxyConfig, StoreConfig, UpstreamAuth, UpstreamConfig,
-};
-pub use jwt::{DEFAULT_KEYS_MAX_STALE, DEFAULT_KEYS_REFRESH, JwtIdentity};
-pub use prometheus::{PrometheusHandle, PrometheusRecorder};
-pub use server::{Gateway, GatewayError};
+pub mod bridge;
+mod crypto;
+mod gateway;
+
+pub use gateway::*;

@@ -749,7 +749,7 @@ async fn typescript_sdk_client_completes_the_url_elicitation_connect_flow() {
         )];
         let _proxy = start(&format!("ts-{variant}"), &config, &key);
 
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/external/ts-client");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/external/ts-client");
         assert!(
             std::path::Path::new(dir)
                 .join("node_modules/@modelcontextprotocol/sdk")

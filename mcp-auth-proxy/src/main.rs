@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tower_mcp_auth::proxy::{Gateway, ProxyConfig};
+use mcp_auth_proxy::{Gateway, ProxyConfig};
 
 /// How long streams may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -282,7 +282,7 @@ fn serve(config: ProxyConfig) -> ExitCode {
 
 /// `stdio`: stdout carries JSON-RPC only; every log line goes to stderr.
 fn stdio(args: &[String]) -> ExitCode {
-    let options = match tower_mcp_auth::proxy::stdio::BridgeOptions::parse(args) {
+    let options = match mcp_auth_proxy::bridge::BridgeOptions::parse(args) {
         Ok(options) => options,
         Err(error) => {
             eprintln!(
@@ -308,7 +308,7 @@ fn stdio(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(tower_mcp_auth::proxy::stdio::run(options));
+    let result = runtime.block_on(mcp_auth_proxy::bridge::run(options));
     // The blocking read of stdin may still be pending: do not wait for it.
     runtime.shutdown_background();
     match result {
@@ -321,8 +321,8 @@ fn stdio(args: &[String]) -> ExitCode {
 }
 
 /// The process-wide Prometheus recorder for the crate's counters (`/metrics`).
-fn metrics_recorder() -> Option<tower_mcp_auth::proxy::PrometheusHandle> {
-    let handle = tower_mcp_auth::proxy::PrometheusRecorder::new().install();
+fn metrics_recorder() -> Option<mcp_auth_proxy::PrometheusHandle> {
+    let handle = mcp_auth_proxy::PrometheusRecorder::new().install();
     match &handle {
         Some(_) => tower_mcp_auth::metrics::describe(),
         None => tracing::warn!("another metrics recorder is installed; /metrics disabled"),

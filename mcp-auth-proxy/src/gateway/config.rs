@@ -63,7 +63,7 @@ pub struct ProxyConfig {
     pub public_url: Option<url::Url>,
     /// The key that signs the sign-in cookie (from the environment, 32 bytes or more).
     /// Required by `oauth` upstreams.
-    pub cookie_key: Option<crate::Secret>,
+    pub cookie_key: Option<tower_mcp_auth::Secret>,
     /// The gateway's own sign-in of browsers (identity mode `jwt` with
     /// `login_client_id`): its web pages and sign-in links know the browser's user
     /// from an OpenID Connect login at the identity provider, not from a bearer token.
@@ -71,7 +71,7 @@ pub struct ProxyConfig {
     /// The keys that seal tokens, PKCE verifiers and client secrets in the store
     /// (`[store] sealing_key_env`): the first seals, all open (rotation). `None`: the
     /// store holds them unsealed (a warning at start).
-    pub sealing: Option<crate::store::SealingKeys>,
+    pub sealing: Option<tower_mcp_auth::store::SealingKeys>,
     /// Lets upstreams and their authorization servers be plain `http` on loopback
     /// (local development and tests only; default false).
     pub allow_loopback_http: bool,
@@ -92,7 +92,7 @@ pub struct LoginConfig {
     /// The client id registered at the issuer.
     pub client_id: String,
     /// Its secret (HTTP Basic at the token endpoint); `None`: a public client.
-    pub client_secret: Option<crate::Secret>,
+    pub client_secret: Option<tower_mcp_auth::Secret>,
 }
 
 impl fmt::Debug for LoginConfig {
@@ -174,7 +174,7 @@ pub enum UpstreamAuth {
     },
     /// The caller's inbound JWT exchanged On-Behalf-Of the user for a token for the
     /// upstream (identity mode `jwt` only: the inbound token is the assertion).
-    Obo(Box<crate::OboConfig>),
+    Obo(Box<tower_mcp_auth::OboConfig>),
     /// A static header, its value from the environment.
     Header {
         /// The header.
@@ -192,7 +192,7 @@ pub struct PreRegistered {
     /// The client id.
     pub client_id: String,
     /// The client secret, for confidential clients (from the environment).
-    pub client_secret: Option<crate::Secret>,
+    pub client_secret: Option<tower_mcp_auth::Secret>,
 }
 
 impl fmt::Debug for PreRegistered {
@@ -301,9 +301,9 @@ struct RawUpstream {
 
 /// Sealing keys from one environment variable: `id:hex` entries (64 hex digits: 32
 /// bytes) separated by commas; the first seals, every one opens.
-fn parse_sealing_keys(value: &str) -> Result<crate::store::SealingKeys, String> {
+fn parse_sealing_keys(value: &str) -> Result<tower_mcp_auth::store::SealingKeys, String> {
     const FORMAT: &str = "must hold `id:key` entries separated by commas, each key 64 hex digits (e.g. `2026-12:$(openssl rand -hex 32)`); the first seals";
-    let mut keys: Option<crate::store::SealingKeys> = None;
+    let mut keys: Option<tower_mcp_auth::store::SealingKeys> = None;
     for entry in value.split(',').map(str::trim) {
         let (id, hex) = entry.split_once(':').ok_or(FORMAT)?;
         let bytes: Vec<u8> = (0..hex.len() / 2)
@@ -319,7 +319,7 @@ fn parse_sealing_keys(value: &str) -> Result<crate::store::SealingKeys, String> 
         }
         keys = Some(
             match keys {
-                None => crate::store::SealingKeys::try_new(id, bytes),
+                None => tower_mcp_auth::store::SealingKeys::try_new(id, bytes),
                 Some(keys) => keys.try_with_previous(id, bytes),
             }
             .map_err(|error| error.to_string())?,
@@ -435,7 +435,7 @@ impl ProxyConfig {
             (Some(client_id), secret) => Some(LoginConfig {
                 client_id: client_id.get_ref().clone(),
                 client_secret: match secret {
-                    Some(variable) => Some(crate::Secret::new(from_env(
+                    Some(variable) => Some(tower_mcp_auth::Secret::new(from_env(
                         variable,
                         "identity.login_client_secret_env",
                     )?)),
@@ -607,7 +607,7 @@ impl ProxyConfig {
                         ),
                     ));
                 }
-                Some(crate::Secret::new(key))
+                Some(tower_mcp_auth::Secret::new(key))
             }
         };
         let mut allowed_hosts = Vec::new();
@@ -768,7 +768,7 @@ impl ProxyConfig {
                         (Some(client_id), Some(issuer)) => {
                             let client_secret = match upstream.client_secret_env {
                                 None => None,
-                                Some(variable) => Some(crate::Secret::new(from_env(
+                                Some(variable) => Some(tower_mcp_auth::Secret::new(from_env(
                                     &variable,
                                     "upstream.client_secret_env",
                                 )?)),
@@ -857,15 +857,17 @@ impl ProxyConfig {
                             )
                         })?;
                     let client_auth = match upstream.client_secret_env {
-                        None => crate::ClientAuth::None,
-                        Some(variable) => crate::ClientAuth::SecretBasic(crate::Secret::new(
-                            from_env(&variable, "upstream.client_secret_env")?,
-                        )),
+                        None => tower_mcp_auth::ClientAuth::None,
+                        Some(variable) => {
+                            tower_mcp_auth::ClientAuth::SecretBasic(tower_mcp_auth::Secret::new(
+                                from_env(&variable, "upstream.client_secret_env")?,
+                            ))
+                        }
                     };
                     let grant = match upstream.grant.as_ref().map(|g| g.get_ref().as_str()) {
-                        None | Some("token-exchange") => crate::OboGrant::token_exchange(),
-                        Some("jwt-bearer") => crate::OboGrant::JwtBearer,
-                        Some("entra-obo") => crate::OboGrant::EntraOnBehalfOf,
+                        None | Some("token-exchange") => tower_mcp_auth::OboGrant::token_exchange(),
+                        Some("jwt-bearer") => tower_mcp_auth::OboGrant::JwtBearer,
+                        Some("entra-obo") => tower_mcp_auth::OboGrant::EntraOnBehalfOf,
                         Some(other) => {
                             let span = upstream
                                 .grant
@@ -880,7 +882,7 @@ impl ProxyConfig {
                             ));
                         }
                     };
-                    let mut config = crate::OboConfig::new(
+                    let mut config = tower_mcp_auth::OboConfig::new(
                         token_endpoint,
                         client_id.into_inner(),
                         client_auth,

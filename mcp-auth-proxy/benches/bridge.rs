@@ -117,7 +117,7 @@ async fn main() {
         .env("BENCH_BEARER", &bearer);
     let through_header = through_stdio(header).await;
 
-    let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/external/ts-client");
+    let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/external/ts-client");
     let mcp_remote = format!("{client_dir}/node_modules/mcp-remote/dist/proxy.js");
     assert!(
         std::path::Path::new(&mcp_remote).exists(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, header};
 
-use crate::Secret;
+use tower_mcp_auth::Secret;
 
 /// How long a request waits for the user to sign in.
 const SIGN_IN_TIMEOUT: Duration = Duration::from_secs(300);

@@ -654,13 +654,13 @@ fn a_gateway_with_sign_in_and_no_cookie_key_is_refused() {
         dir.join("gateway.db").display()
     );
     let key = |_: &str| Some("0123456789abcdef0123456789abcdef".to_owned());
-    let mut config = tower_mcp_auth::proxy::ProxyConfig::parse(&text, &key).unwrap();
+    let mut config = mcp_auth_proxy::ProxyConfig::parse(&text, &key).unwrap();
     config.cookie_key = None;
-    let error = tower_mcp_auth::proxy::Gateway::new(&config)
+    let error = mcp_auth_proxy::Gateway::new(&config)
         .err()
         .expect("refused");
     assert!(
-        matches!(error, tower_mcp_auth::proxy::GatewayError::MissingCookieKey),
+        matches!(error, mcp_auth_proxy::GatewayError::MissingCookieKey),
         "{error}"
     );
 }

@@ -24,7 +24,7 @@ fn dir(name: &str) -> PathBuf {
 
 /// Runs the TypeScript stdio client against a bridge for `server`; its one JSON line.
 async fn ts_client(server: &str, store: &std::path::Path, jar: &std::path::Path) -> Value {
-    let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/external/ts-client");
+    let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/external/ts-client");
     assert!(
         std::path::Path::new(client_dir)
             .join("node_modules/@modelcontextprotocol/sdk")
@@ -702,7 +702,7 @@ struct Everything {
 
 impl Everything {
     async fn start() -> Self {
-        let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/external/ts-client");
+        let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/external/ts-client");
         let script = format!(
             "{client_dir}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
         );
@@ -770,7 +770,7 @@ async fn elicitation_and_sampling_requests_reach_the_stdio_client_and_back() {
     let dir = dir("elicitation");
     let store = dir.join("credentials.db");
     let url = format!("http://127.0.0.1:{}/mcp", everything.port);
-    let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/external/ts-client");
+    let client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/external/ts-client");
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new("npx")

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
+use mcp_auth_proxy::{Gateway, ProxyConfig};
 use serde_json::json;
-use tower_mcp_auth::proxy::{Gateway, ProxyConfig};
 use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
 
 const CALLERS: usize = 16;

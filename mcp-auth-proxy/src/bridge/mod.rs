@@ -21,6 +21,8 @@ mod sign_in;
 
 pub use options::{BridgeClient, BridgeOptions, Browser};
 
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,10 +34,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
-use crate::client::{HttpClientConfig, ReqwestService};
-use crate::layer::circuit_breaker::CircuitBreakerLayer;
-use crate::{BreakerConfig, Error, RegistrationError, ReplayBody};
 use sign_in::{SignIn, oauth_layers, orphaned};
+use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
+use tower_mcp_auth::layer::circuit_breaker::CircuitBreakerLayer;
+use tower_mcp_auth::{BreakerConfig, Error, RegistrationError, ReplayBody};
 
 type Stack =
     BoxCloneSyncService<http::Request<ReplayBody>, http::Response<reqwest::Body>, BoxError>;
@@ -214,7 +216,7 @@ impl Bridge {
             .and_then(Value::as_str)
             .map(str::to_owned);
         // A panic in here must still answer the client, which would wait forever.
-        let result = crate::limits::catch_panic(async {
+        let result = AssertUnwindSafe(async {
             let body = Bytes::from(line);
             let request = self.request(Method::POST, body.clone())?;
             let response = match self.stack.clone().oneshot(request).await {
@@ -233,6 +235,7 @@ impl Bridge {
             self.relay(response, method.as_deref() == Some("initialize"))
                 .await
         })
+        .catch_unwind()
         .await
         .unwrap_or_else(|_| Err("the bridge failed on this request (it panicked)".into()));
         if let Err(error) = result {

@@ -1,0 +1,20 @@
+//! The gateway (`mcp-auth-proxy serve`): routing, forwarding, identity, the edge's
+//! checks, the browser pages and the configuration they read.
+
+mod config;
+mod connect;
+mod connections;
+mod edge;
+mod jwt;
+mod login;
+mod prometheus;
+mod server;
+mod sessions;
+
+pub use config::{
+    ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, LoginConfig, MAX_WAIT_SECONDS,
+    PreRegistered, ProxyConfig, StoreConfig, UpstreamAuth, UpstreamConfig,
+};
+pub use jwt::{DEFAULT_KEYS_MAX_STALE, DEFAULT_KEYS_REFRESH, JwtIdentity};
+pub use prometheus::{PrometheusHandle, PrometheusRecorder};
+pub use server::{Gateway, GatewayError};
