@@ -73,31 +73,32 @@ async fn local_descriptor_exhaustion_opens_no_circuit() {
     let endpoint = format!("{base}/tools/mcp");
     let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
 
-    // One keep-alive connection, made before the descriptors run out.
-    // A call that hangs fails the test with its cause instead of stalling the suite.
-    let client = tower_mcp_auth::client::ReqwestService::builder()
-        .unwrap()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let call = || async {
-        let response = client
-            .post(&endpoint)
-            .header("content-type", "application/json")
-            .header("x-user", "alice")
-            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-            .send()
+    // Connections the gateway accepted before its descriptors ran out: once they have,
+    // a new connection waits in the kernel's backlog, unaccepted, so every call during
+    // the exhaustion goes over one of these. One that the gateway closes after its
+    // answer is set aside; one that it leaves unanswered fails the test.
+    let mut connections = Vec::new();
+    for _ in 0..24 {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (status, body) = raw_call(&mut stream, address)
             .await
-            .unwrap_or_else(|error| panic!("a call through the gateway failed: {error:?}"));
-        let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .unwrap_or_else(|error| panic!("an answer's body failed: {error:?}"));
-        (status, body)
+            .expect("a call before the exhaustion");
+        assert_eq!(status, 200, "{body}");
+        connections.push(stream);
+    }
+    let mut closed_after_answer = 0;
+    let mut call = async || loop {
+        let mut stream = connections
+            .pop()
+            .expect("every prepared connection was closed by the gateway");
+        match raw_call(&mut stream, address).await {
+            Some(answer) => {
+                connections.insert(0, stream);
+                return answer;
+            }
+            None => closed_after_answer += 1,
+        }
     };
-    assert_eq!(call().await.0, 200);
 
     let hogs: Vec<_> = (0..100)
         .filter_map(|_| std::net::TcpStream::connect(address).ok())
@@ -132,6 +133,7 @@ async fn local_descriptor_exhaustion_opens_no_circuit() {
         local >= 10,
         "the gateway ran out of descriptors on {local} calls of 20"
     );
+    println!("{closed_after_answer} connections were closed by the gateway after an answer");
 
     drop(hogs);
     // Back: a call on a new connection each time (the keep-alive connection that
@@ -174,6 +176,69 @@ async fn local_descriptor_exhaustion_opens_no_circuit() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("recovered; {unanswered} calls went unanswered on the way");
+}
+
+/// One `tools/list` over `stream` (HTTP/1.1, kept open): the answer's status and body,
+/// or `None` when the gateway had closed the connection. A call left unanswered for
+/// 20 s fails the test with that cause.
+async fn raw_call(
+    stream: &mut tokio::net::TcpStream,
+    address: std::net::SocketAddr,
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let request = format!(
+        "POST /tools/mcp HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nx-user: alice\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let read = async {
+        loop {
+            let n = stream.read(&mut buffer).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+            if let Some(complete) = parse_answer(&answer) {
+                return Some(complete);
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(20), read).await {
+        Ok(answer) => answer,
+        Err(_) => panic!("a connection the gateway had accepted went unanswered for 20 s"),
+    }
+}
+
+/// A complete HTTP/1.1 answer in `bytes` (content-length or chunked), if there is one.
+fn parse_answer(bytes: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(bytes);
+    let end = text.find("\r\n\r\n")?;
+    let head = text[..end].to_ascii_lowercase();
+    let status = head.get(9..12)?.parse().ok()?;
+    let rest = &text[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        let mut body = String::new();
+        let mut chunks = rest;
+        loop {
+            let line_end = chunks.find("\r\n")?;
+            let size = usize::from_str_radix(chunks[..line_end].trim(), 16).ok()?;
+            let data = chunks.get(line_end + 2..line_end + 2 + size)?;
+            if size == 0 {
+                return Some((status, body));
+            }
+            body.push_str(data);
+            chunks = chunks.get(line_end + 2 + size + 2..)?;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (rest.len() >= length).then(|| (status, rest[..length].to_owned()))
 }
 
 /// The gateway's `/readyz` reports a Redis that lost its data (restarted without
