@@ -5,7 +5,7 @@
 //! schema's defaults; SSE resumption is rmcp's, over this crate's `get_stream`.
 //! Authorization is entirely the layers' job, as in the hand-written client.
 //!
-//! `scripts/conformance.sh rmcp` runs every scenario with it, strictly, one at a time.
+//! `CLIENT=rmcp scripts/conformance.sh` runs every scenario with it, strictly, one at a time.
 
 // The hand-written client's stack builders and context (its own `main` and MCP code
 // go unused here).

@@ -101,6 +101,13 @@ mod replay;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The code blocks of the guides in `docs/`, compiled as doctests too.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/library.md")]
+#[doc = include_str!("../docs/stores.md")]
+#[doc = include_str!("../docs/security.md")]
+pub struct GuideDoctests;
 #[cfg(feature = "rmcp")]
 pub mod rmcp;
 mod single_flight;

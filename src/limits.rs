@@ -4,7 +4,7 @@
 //! Every lifetime, `exp`, `Retry-After` and configured maximum passes through here
 //! before it is added to a `SystemTime` or an `Instant` or handed to moka (which panics
 //! on time-to-live values over 1000 years), so no value can panic the crate
-//! (DESIGN invariant 10).
+//! (docs/architecture.md: bad input is an error).
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};

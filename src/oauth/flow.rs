@@ -1,5 +1,5 @@
 //! Interactive authorization flows whose state is persisted PENDING before their
-//! authorization URL is handed to anyone (DESIGN invariant 7).
+//! authorization URL is handed to anyone (docs/architecture.md: flow state before the URL).
 //!
 //! LibreChat shipped a race where the OAuth callback arrived before the flow state was
 //! stored. Here [`FlowStore::start_or_join`] returns only after the flow is findable by

@@ -49,7 +49,7 @@ impl GrantedTokens {
     }
 }
 
-/// What a failed grant means for the stored credentials (DESIGN invariant 4).
+/// What a failed grant means for the stored credentials (docs/architecture.md: classified failures).
 #[derive(Debug)]
 pub(crate) enum GrantError {
     /// `invalid_grant`: the refresh token is dead; retire it.

@@ -1,6 +1,6 @@
 //! The refresh coordinator: at most one refresh-token redemption per rejected token.
 //!
-//! How it keeps the invariants of `DESIGN.md`:
+//! How it keeps the invariants of `docs/architecture.md`:
 //!
 //! * **One redemption per rejected token.** A caller names the generation it sent. If
 //!   the store already holds another generation, the caller replays with that one and

@@ -11,7 +11,7 @@
 //! the process whose local flight leads takes the lease before it redeems, and its write
 //! carries the fence and fails if the lease was lost. Processes that find the lease held
 //! wait for the holder's write (bounded by the lease) instead of redeeming themselves:
-//! one redemption per rejected token across processes (DESIGN invariant 11).
+//! one redemption per rejected token across processes (docs/architecture.md: fencing across processes).
 
 mod memory;
 #[cfg(feature = "redis")]

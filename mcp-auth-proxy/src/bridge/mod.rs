@@ -11,7 +11,7 @@
 //!
 //! Copies for one server cooperate through that file: one sign-in, one refresh per
 //! expiry (a lease), and neither stranded by a copy that dies holding it: a refresh
-//! lease lapses after the redemption timeout + 5 s, and a sign-in whose callback port
+//! lease lapses 2.5 s after its holder stops renewing it, and a sign-in whose callback port
 //! nobody listens on any more is given up and started anew. A failure reaches the
 //! client as a JSON-RPC error it can show; only one that no later request can get past
 //! (a refused client registration) ends the session, with a non-zero exit.

@@ -243,7 +243,7 @@ pub(super) fn upstream(
         other => {
             return Err(src.at(
                 upstream.auth.span(),
-                format!("upstream.auth: unknown mode `{other}` (known: none, header, oauth)"),
+                format!("upstream.auth: unknown mode `{other}` (known: none, header, oauth, obo)"),
             ));
         }
     };

@@ -60,8 +60,8 @@ pub(super) fn oauth_authorizer(
 }
 
 /// Return early (the caller gets the sign-in link in the protocol at once), or with
-/// `wait`, hold the request while the user signs in through `/connections` (the link is
-/// logged too); past the wait the caller gets the link.
+/// `wait`, hold the request while the user signs in through `/connections`; past the
+/// wait the caller gets the link.
 pub(super) fn retry_layer(
     name: &str,
     authorizer: &Authorizer,
