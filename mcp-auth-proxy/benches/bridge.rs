@@ -7,7 +7,7 @@
 //! static token: it is the popular bridge, and scripting its own browser sign-in is not
 //! needed to time its relay), side by side in one run: p50 and p99 of 500 sequential
 //! calls each.
-//! Run: `cargo bench --features proxy --bench bridge` (after `npm ci` in
+//! Run: `cargo bench -p mcp-auth-proxy --bench bridge` (after `npm ci` in
 //! `tests/external/ts-client`, which the test command runs).
 
 use std::process::Stdio;

@@ -8,7 +8,7 @@
 //!
 //! Everything (callers, gateway, MCP server) shares this machine's cores, so the
 //! gateway's second HTTP hop competes with the callers: the ratio is a floor.
-//! Run: `cargo bench --bench gateway`.
+//! Run: `cargo bench -p mcp-auth-proxy --bench gateway`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

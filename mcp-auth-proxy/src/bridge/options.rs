@@ -44,7 +44,7 @@ pub struct BridgeClient {
 /// and `${NAME}` in a `--header` value is replaced by the variable `NAME`.
 ///
 /// ```
-/// use tower_mcp_auth::proxy::stdio::{BridgeOptions, Browser};
+/// use mcp_auth_proxy::bridge::{BridgeOptions, Browser};
 ///
 /// let env = |name: &str| (name == "EXAMPLE_API_KEY").then(|| "k3y".to_owned());
 /// let options = BridgeOptions::parse_with_env(&[

@@ -36,7 +36,7 @@ impl fmt::Display for ConfigError {
 /// The gateway's configuration, validated.
 ///
 /// ```
-/// let config = tower_mcp_auth::proxy::ProxyConfig::parse(r#"
+/// let config = mcp_auth_proxy::ProxyConfig::parse(r#"
 /// listen = "127.0.0.1:8080"
 ///
 /// [identity]

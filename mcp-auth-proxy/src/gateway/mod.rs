@@ -4,10 +4,10 @@
 mod config;
 mod connect;
 mod connections;
+mod counters;
 mod edge;
 mod jwt;
 mod login;
-mod prometheus;
 mod server;
 mod sessions;
 
@@ -15,6 +15,6 @@ pub use config::{
     ConfigError, DEFAULT_MAX_BODY_BYTES, IdentityConfig, LoginConfig, MAX_WAIT_SECONDS,
     PreRegistered, ProxyConfig, StoreConfig, UpstreamAuth, UpstreamConfig,
 };
+pub use counters::{CounterExposition, CounterRecorder};
 pub use jwt::{DEFAULT_KEYS_MAX_STALE, DEFAULT_KEYS_REFRESH, JwtIdentity};
-pub use prometheus::{PrometheusHandle, PrometheusRecorder};
 pub use server::{Gateway, GatewayError};

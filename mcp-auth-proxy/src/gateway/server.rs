@@ -74,7 +74,7 @@ pub struct Gateway {
     pub(crate) identity: Arc<IdentityConfig>,
     store: Arc<dyn CredentialStore>,
     max_body_bytes: usize,
-    metrics: Option<super::PrometheusHandle>,
+    metrics: Option<super::CounterExposition>,
     /// The start and callback endpoints of the `oauth` upstreams, by upstream name.
     callbacks: Arc<HashMap<String, CallbackService>>,
     /// MCP sessions whose client declared URL-mode elicitation in `initialize`.
@@ -411,7 +411,7 @@ impl Gateway {
 
     /// Serves `/metrics` from `handle` (the crate's counters, Prometheus text format).
     /// The binary installs the recorder; a library user may install their own.
-    pub fn with_metrics(mut self, handle: super::PrometheusHandle) -> Self {
+    pub fn with_metrics(mut self, handle: super::CounterExposition) -> Self {
         self.metrics = Some(handle);
         self
     }

@@ -18,9 +18,9 @@ struct Registry {
     help: RwLock<HashMap<String, String>>,
 }
 
-/// Renders the counters recorded by [`PrometheusRecorder`]. Cheap to clone.
+/// Renders the counters recorded by [`CounterRecorder`]. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct PrometheusHandle {
+pub struct CounterExposition {
     registry: Arc<Registry>,
 }
 
@@ -28,9 +28,9 @@ pub struct PrometheusHandle {
 /// emits none).
 ///
 /// ```
-/// use tower_mcp_auth::proxy::PrometheusRecorder;
+/// use mcp_auth_proxy::CounterRecorder;
 ///
-/// let recorder = PrometheusRecorder::new();
+/// let recorder = CounterRecorder::new();
 /// let handle = recorder.handle();
 /// metrics::with_local_recorder(&recorder, || {
 ///     metrics::counter!("mcp_auth_obo_exchanges_total").increment(2);
@@ -38,30 +38,30 @@ pub struct PrometheusHandle {
 /// assert!(handle.render().contains("mcp_auth_obo_exchanges_total 2"));
 /// ```
 #[derive(Default)]
-pub struct PrometheusRecorder {
-    handle: PrometheusHandle,
+pub struct CounterRecorder {
+    handle: CounterExposition,
 }
 
-impl PrometheusRecorder {
+impl CounterRecorder {
     /// An empty recorder.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The handle that renders what this recorder records.
-    pub fn handle(&self) -> PrometheusHandle {
+    pub fn handle(&self) -> CounterExposition {
         self.handle.clone()
     }
 
     /// Installs this recorder for the process; its handle, or `None` if another
     /// recorder is installed already.
-    pub fn install(self) -> Option<PrometheusHandle> {
+    pub fn install(self) -> Option<CounterExposition> {
         let handle = self.handle();
         metrics::set_global_recorder(self).ok().map(|()| handle)
     }
 }
 
-impl Recorder for PrometheusRecorder {
+impl Recorder for CounterRecorder {
     fn describe_counter(&self, key: KeyName, _: Option<Unit>, description: SharedString) {
         let mut help = self
             .handle
@@ -105,7 +105,7 @@ impl Recorder for PrometheusRecorder {
     }
 }
 
-impl PrometheusHandle {
+impl CounterExposition {
     /// The counters in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let counters = self
