@@ -110,7 +110,13 @@ def resolve(files, exports, here_mod, path, depth=0):
 
 def graph(src):
     files = module_files(src)
-    texts = {m: re.sub(r"//[^\n]*", "", p.read_text()) for m, p in files.items()}
+    # Unit tests (`tests.rs`, or a `#[cfg(test)]` module at a file's end) may reach
+    # anywhere in the crate: they are not what the module stands on.
+    files = {m: p for m, p in files.items() if p.name != "tests.rs"}
+    texts = {
+        m: re.sub(r"//[^\n]*", "", p.read_text().split("\n#[cfg(test)]\nmod tests {")[0])
+        for m, p in files.items()
+    }
     exports = {m: reexports(t) for m, t in texts.items()}
     edges = {p: set() for p in files.values()}
     for mod, text in texts.items():
@@ -123,7 +129,12 @@ def graph(src):
 
 
 def folder(src, path):
+    """The folder a file's module lives in: its directory, or for `x.rs` beside a
+    directory `x/` of its children, that directory (a module and its children are one)."""
     rel = path.relative_to(src)
+    own = path.with_suffix("")
+    if own.is_dir():
+        return str(rel.with_suffix(""))
     return str(rel.parent) if len(rel.parts) > 1 else rel.stem
 
 

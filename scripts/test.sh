@@ -21,6 +21,14 @@ cargo fmt --all -- --check
 step "clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "no import circle across folders in either crate (scripts/module-cycles.py)"
+python3 scripts/module-cycles.py
+
+step "no source file past ~500 lines (split along a seam instead)"
+if find src mcp-auth-proxy/src -name '*.rs' -exec wc -l {} + | awk '$2 != "total" && $1 > 530 {print; bad=1} END {exit !bad}'; then
+  echo "the files above are past 530 lines: split them along a seam"; exit 1
+fi
+
 step "cargo deny: licenses, banned and duplicate crates, sources (advisories need a network: see deny.toml)"
 if ! command -v cargo-deny >/dev/null; then
   echo "cargo-deny not found; installing it with cargo"

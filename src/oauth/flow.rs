@@ -16,10 +16,11 @@ use url::Url;
 
 use crate::binding::ServerBinding;
 use crate::key::AuthKey;
-use crate::oauth::flow_record::{self, RecordStatus};
 use crate::store::SharedRecords;
 use crate::token::{Generation, Secret};
+use record::RecordStatus;
 
+pub(crate) mod record;
 mod store;
 
 pub use store::FlowStore;
@@ -171,7 +172,7 @@ struct SharedFlow {
 
 impl SharedFlow {
     fn name(&self, pending: &PendingFlow) -> String {
-        flow_record::flow_name(pending.state.expose())
+        record::flow_name(pending.state.expose())
     }
 
     /// The record's bytes and status.
@@ -183,7 +184,7 @@ impl SharedFlow {
                 return None;
             }
         };
-        let (_, _, status) = flow_record::decode(&bytes)?;
+        let (_, _, status) = record::decode(&bytes)?;
         Some((bytes, status))
     }
 
@@ -200,7 +201,7 @@ impl SharedFlow {
         if !from(&status) {
             return false;
         }
-        let next = flow_record::encode(&self.key, pending, &to);
+        let next = record::encode(&self.key, pending, &to);
         self.records
             .compare_and_set_record(&self.name(pending), Some(&bytes), &next, self.ttl)
             .await

@@ -5,7 +5,6 @@ pub(crate) mod callback;
 pub(crate) mod discovery;
 pub(crate) mod exchange;
 pub(crate) mod flow;
-pub(crate) mod flow_record;
 pub(crate) mod grants;
 pub(crate) mod registration;
 pub(crate) mod scopes;

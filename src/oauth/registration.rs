@@ -27,6 +27,14 @@ use crate::store::SharedRecords;
 use crate::token::{Generation, Secret};
 use crate::url_policy::{UrlPolicy, UrlRefused};
 
+mod client;
+mod wire;
+
+pub use client::{ClientConfig, PreRegisteredClient};
+#[cfg(feature = "fuzzing")]
+pub(crate) use wire::parse_registration;
+use wire::*;
+
 /// Where a client registration came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -93,125 +101,6 @@ impl fmt::Debug for ClientRegistration {
     }
 }
 
-/// Client credentials registered by the operator at one authorization server.
-///
-/// They are used only with the issuer they name (compared exactly, RFC 8414 §3.3), and
-/// only with the pinned token endpoint if one is given: a hostile MCP server that names
-/// its own authorization server never receives the secret (or a PKCE verifier for
-/// these credentials). Elsewhere the registrar falls back to a Client ID Metadata
-/// Document or dynamic registration.
-///
-/// ```
-/// use tower_mcp_auth::{ClientAuthMethod, PreRegisteredClient, Secret};
-///
-/// let client = PreRegisteredClient::new("https://auth.example.com", "static-id")
-///     .with_secret(Secret::new("s3cr3t"), ClientAuthMethod::ClientSecretBasic)
-///     .with_token_endpoint("https://auth.example.com/oauth/token".parse().unwrap());
-/// assert!(!format!("{client:?}").contains("s3cr3t"));
-/// ```
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct PreRegisteredClient {
-    /// The issuer the client is registered at.
-    pub issuer: String,
-    /// If set, the only token endpoint the credentials are sent to.
-    pub token_endpoint: Option<Url>,
-    /// The client id.
-    pub client_id: String,
-    /// The client secret, for confidential clients.
-    pub client_secret: Option<Secret>,
-    /// How the client authenticates at the token endpoint.
-    pub auth_method: ClientAuthMethod,
-}
-
-impl PreRegisteredClient {
-    /// A public client (`none` authentication) registered at `issuer`.
-    pub fn new(issuer: impl Into<String>, client_id: impl Into<String>) -> Self {
-        Self {
-            issuer: issuer.into(),
-            token_endpoint: None,
-            client_id: client_id.into(),
-            client_secret: None,
-            auth_method: ClientAuthMethod::None,
-        }
-    }
-
-    /// A confidential client authenticating with `secret` by `method`.
-    pub fn with_secret(mut self, secret: Secret, method: ClientAuthMethod) -> Self {
-        self.client_secret = Some(secret);
-        self.auth_method = method;
-        self
-    }
-
-    /// Sends the credentials only to this token endpoint.
-    pub fn with_token_endpoint(mut self, token_endpoint: Url) -> Self {
-        self.token_endpoint = Some(token_endpoint);
-        self
-    }
-
-    /// Whether these credentials may be used at the authorization server `metadata`
-    /// describes.
-    fn fits(&self, metadata: &AuthorizationServerMetadata) -> Result<bool, RegistrationError> {
-        if self.issuer != metadata.issuer {
-            return Ok(false);
-        }
-        match (&self.token_endpoint, metadata.token_endpoint.as_deref()) {
-            (Some(pinned), Some(advertised)) if pinned.as_str() != advertised => {
-                Err(RegistrationError::TokenEndpointMismatch {
-                    issuer: metadata.issuer.clone(),
-                })
-            }
-            _ => Ok(true),
-        }
-    }
-}
-
-/// What the client is and wants, for [`Registrar::client_for`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ClientConfig {
-    /// Where the authorization server sends the browser back.
-    pub redirect_uri: Url,
-    /// The protected resource.
-    pub resource: String,
-    /// The client name shown on consent screens.
-    pub client_name: String,
-    /// Pre-registered credentials, each bound to its issuer.
-    pub pre_registered: Vec<PreRegisteredClient>,
-    /// This client's Client ID Metadata Document URL (https, with a path).
-    pub metadata_document: Option<Url>,
-}
-
-impl ClientConfig {
-    /// A client that registers dynamically unless told otherwise.
-    pub fn new(
-        redirect_uri: Url,
-        resource: impl Into<String>,
-        client_name: impl Into<String>,
-    ) -> Self {
-        Self {
-            redirect_uri,
-            resource: resource.into(),
-            client_name: client_name.into(),
-            pre_registered: Vec::new(),
-            metadata_document: None,
-        }
-    }
-
-    /// Uses pre-registered credentials at their issuer (first priority there). May be
-    /// called once per authorization server.
-    pub fn with_pre_registered(mut self, client: PreRegisteredClient) -> Self {
-        self.pre_registered.push(client);
-        self
-    }
-
-    /// Uses this Client ID Metadata Document URL where the server supports it.
-    pub fn with_metadata_document(mut self, url: Url) -> Self {
-        self.metadata_document = Some(url);
-        self
-    }
-}
-
 /// Why no client could be had.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -258,53 +147,6 @@ pub struct Registrar {
     records: Option<Arc<dyn SharedRecords>>,
 }
 
-/// How long a shared registration record lives without being used again: 90 days.
-const REGISTRATION_TTL: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
-
-fn record_name(cache_key: &str) -> String {
-    let digest = crate::crypto::sha256(&[cache_key.as_bytes()]);
-    format!("registration:{}", crate::crypto::hex(&digest))
-}
-
-fn encode(registration: &ClientRegistration) -> Vec<u8> {
-    json!({
-        "client_id": registration.client_id,
-        "client_secret": registration.client_secret.as_ref().map(Secret::expose),
-        "auth_method": match registration.auth_method {
-            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
-            ClientAuthMethod::ClientSecretPost => "client_secret_post",
-            _ => "none",
-        },
-        "issuer": registration.issuer,
-        "redirect_uri": registration.redirect_uri.as_str(),
-        "resource": registration.resource,
-        "token_endpoint": registration.token_endpoint,
-        "generation": registration.generation.0,
-    })
-    .to_string()
-    .into_bytes()
-}
-
-fn decode(bytes: &[u8]) -> Option<ClientRegistration> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let text = |name: &str| value.get(name)?.as_str().map(str::to_owned);
-    Some(ClientRegistration {
-        client_id: text("client_id")?,
-        client_secret: text("client_secret").map(Secret::new),
-        auth_method: match value.get("auth_method")?.as_str()? {
-            "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
-            "client_secret_post" => ClientAuthMethod::ClientSecretPost,
-            _ => ClientAuthMethod::None,
-        },
-        issuer: text("issuer")?,
-        redirect_uri: text("redirect_uri")?.parse().ok()?,
-        resource: text("resource")?,
-        token_endpoint: text("token_endpoint")?,
-        source: RegistrationSource::Dynamic,
-        generation: Generation(value.get("generation")?.as_u64()?),
-    })
-}
-
 impl fmt::Debug for Registrar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registrar")
@@ -349,42 +191,6 @@ fn registration_key(
 
 fn normalized(issuer: &str) -> &str {
     issuer.trim_end_matches('/')
-}
-
-#[derive(Deserialize)]
-struct RegistrationResponse {
-    client_id: String,
-    #[serde(default)]
-    client_secret: Option<String>,
-    #[serde(default)]
-    token_endpoint_auth_method: Option<String>,
-}
-
-/// A registration response (RFC 7591 §3.2.1): the client id, the secret and how the
-/// client authenticates (the server's answer, else what was asked for).
-pub(crate) fn parse_registration(
-    body: &[u8],
-    requested: &str,
-) -> Result<(String, Option<Secret>, ClientAuthMethod), RegistrationError> {
-    let registered: RegistrationResponse =
-        serde_json::from_slice(body).map_err(|_| RegistrationError::InvalidResponse)?;
-    let auth_method = match registered
-        .token_endpoint_auth_method
-        .as_deref()
-        .unwrap_or(requested)
-    {
-        "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
-        "client_secret_post" => ClientAuthMethod::ClientSecretPost,
-        _ => ClientAuthMethod::None,
-    };
-    if auth_method != ClientAuthMethod::None && registered.client_secret.is_none() {
-        return Err(RegistrationError::InvalidResponse);
-    }
-    Ok((
-        registered.client_id,
-        registered.client_secret.map(Secret::new),
-        auth_method,
-    ))
 }
 
 impl Registrar {

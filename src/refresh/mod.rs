@@ -38,12 +38,16 @@ use crate::single_flight::{Completer, SingleFlight};
 use crate::store::{CredentialStore, Lease, Swap};
 use crate::token::{Generation, TokenSet};
 
+mod builder;
 mod config;
+mod cooldown;
 mod hot;
 mod lease;
 
 pub(crate) use crate::token::ServeRule;
+pub use builder::RefreshCoordinatorBuilder;
 pub use config::RefreshConfig;
+use cooldown::{Cooldown, Need};
 use lease::Leased;
 
 type Outcome = Result<Arc<TokenSet>, Error>;
@@ -82,84 +86,6 @@ struct Counters {
     background_refreshes: AtomicU64,
     blocked_waits: AtomicU64,
     cooled_down: AtomicU64,
-}
-
-#[derive(Clone)]
-struct Cooldown {
-    generation: Generation,
-    until: Instant,
-    failures: u32,
-    error: Error,
-    /// The failure was a refresh ahead of expiry: it holds back other refreshes ahead
-    /// of expiry, not the first call that needs a new token.
-    ahead: bool,
-}
-
-/// Why a redemption runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Need {
-    /// Ahead of expiry, in the background: the current token still serves.
-    Ahead,
-    /// A caller needs a new token now.
-    Now,
-}
-
-/// Builds a [`RefreshCoordinator`].
-pub struct RefreshCoordinatorBuilder {
-    store: Arc<dyn CredentialStore>,
-    http: Option<AuthHttpClient>,
-    config: RefreshConfig,
-}
-
-impl RefreshCoordinatorBuilder {
-    /// Uses `http` for token requests (default: [`AuthHttpClient::new`]).
-    pub fn http_client(mut self, http: AuthHttpClient) -> Self {
-        self.http = Some(http);
-        self
-    }
-
-    /// Uses `config` (default: [`RefreshConfig::default`]).
-    pub fn config(mut self, config: RefreshConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Builds the coordinator.
-    pub fn build(self) -> RefreshCoordinator {
-        let config = self.config;
-        let cooldowns = moka::sync::Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_live(crate::limits::clamp(config.max_cooldown))
-            .build();
-        let hot = self.store.is_shared().then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                // What other processes wrote (a new login, a step-up) is seen within a
-                // second: one store read per key and second at most on the hot path.
-                .time_to_live(SHARED_CACHE_TTL)
-                .build()
-        });
-        RefreshCoordinator {
-            inner: Arc::new(Inner {
-                serve_rule: config.serve_rule(),
-                store: self.store,
-                http: self.http.unwrap_or_default(),
-                config,
-                flights: Arc::new(SingleFlight::new()),
-                cooldowns,
-                hot,
-                counters: Counters::default(),
-            }),
-        }
-    }
-}
-
-impl fmt::Debug for RefreshCoordinatorBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RefreshCoordinatorBuilder")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Keyed single-flight refresh of stored credentials. Cheap to clone; clones share
@@ -368,40 +294,6 @@ impl RefreshCoordinator {
         }
     }
 
-    fn cooling_down(&self, key: &AuthKey, generation: Generation, need: Need) -> Option<Error> {
-        let cooldown = self.inner.cooldowns.get(key)?;
-        let now = Instant::now();
-        if cooldown.generation != generation || now >= cooldown.until {
-            return None;
-        }
-        // A failure ahead of expiry (a reset, a 5xx) must not fail the calls that need
-        // a new token later: the first of them tries once; its failure, if any, cools
-        // the key down for everyone.
-        if cooldown.ahead && need == Need::Now {
-            return None;
-        }
-        self.inner
-            .counters
-            .cooled_down
-            .fetch_add(1, Ordering::Relaxed);
-        crate::metrics::count(crate::metrics::REFRESH_COOLDOWN_ANSWERS);
-        Some(match cooldown.error {
-            Error::Transient {
-                reason,
-                www_authenticate,
-                ..
-            } => Error::Transient {
-                reason: match reason {
-                    TransientReason::CoolingDown(_) => reason,
-                    other => TransientReason::CoolingDown(Box::new(other)),
-                },
-                retry_after: Some(cooldown.until - now),
-                www_authenticate,
-            },
-            other => other,
-        })
-    }
-
     fn spawn_redemption(
         &self,
         completer: Completer<AuthKey, Outcome>,
@@ -589,29 +481,6 @@ impl RefreshCoordinator {
         }
     }
 
-    /// How long `key` is still cooling down after failed redemptions (`None`: it is
-    /// not): refreshing is failing for this user, and a status page can say so.
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// # use tower_mcp_auth::{store::MemoryStore, AuthKey, Principal, RefreshCoordinator, ServerBinding};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let binding = ServerBinding::public_client(
-    ///     "https://mcp.example.com/mcp",
-    ///     "https://auth.example.com/token",
-    ///     "my-client",
-    /// )?;
-    /// let coordinator = RefreshCoordinator::new(Arc::new(MemoryStore::new()));
-    /// let key = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
-    /// assert_eq!(coordinator.cooldown_remaining(&key), None);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn cooldown_remaining(&self, key: &AuthKey) -> Option<Duration> {
-        let cooldown = self.inner.cooldowns.get(key)?;
-        cooldown.until.checked_duration_since(Instant::now())
-    }
-
     /// Drops `key`'s tokens from this coordinator's in-memory cache, so the next call
     /// reads the store: after deleting a user's credentials there (a sign-out).
     ///
@@ -630,69 +499,5 @@ impl RefreshCoordinator {
         if let Some(hot) = &self.inner.hot {
             hot.invalidate(key);
         }
-    }
-
-    /// Starts or clears the key's cooldown after a redemption of `trigger`.
-    fn record(&self, key: &AuthKey, trigger: Generation, outcome: &Outcome, need: Need) {
-        let cooldowns = &self.inner.cooldowns;
-        let label = match outcome {
-            Ok(_) => Some("refreshed"),
-            Err(Error::ReauthRequired {
-                reason: ReauthReason::InvalidGrant,
-                ..
-            }) => Some("invalid_grant"),
-            // No request was sent for these.
-            Err(Error::ReauthRequired {
-                reason: ReauthReason::NoCredentials | ReauthReason::NoRefreshToken,
-                ..
-            })
-            | Err(Error::Transient {
-                reason: TransientReason::CoolingDown(_),
-                ..
-            }) => None,
-            Err(Error::ReauthRequired { .. }) => Some("reauth_required"),
-            Err(_) => Some("failed"),
-        };
-        if let Some(label) = label {
-            crate::metrics::count_with(crate::metrics::REFRESH_OUTCOMES, "outcome", label);
-        }
-        let error = match outcome {
-            Ok(_) => return cooldowns.invalidate(key),
-            // Nothing left to redeem: later callers fail fast without any cooldown.
-            Err(Error::ReauthRequired {
-                reason:
-                    ReauthReason::InvalidGrant
-                    | ReauthReason::NoCredentials
-                    | ReauthReason::NoRefreshToken,
-                ..
-            }) => return,
-            // Answered from the cooldown without an attempt: nothing new to record.
-            Err(Error::Transient {
-                reason: TransientReason::CoolingDown(_),
-                ..
-            }) => return,
-            Err(error) => error,
-        };
-        let failures = cooldowns
-            .get(key)
-            .filter(|c| c.generation == trigger)
-            .map_or(1, |c| c.failures + 1);
-        let retry_after = match error {
-            Error::Transient { retry_after, .. } => *retry_after,
-            _ => None,
-        };
-        let wait = self.inner.config.cooldown_after(failures, retry_after);
-        debug!(?wait, failures, "cooling down");
-        crate::metrics::count(crate::metrics::REFRESH_COOLDOWNS);
-        cooldowns.insert(
-            key.clone(),
-            Cooldown {
-                generation: trigger,
-                until: crate::limits::instant_after(Instant::now(), wait),
-                failures,
-                error: error.clone(),
-                ahead: need == Need::Ahead,
-            },
-        );
     }
 }

@@ -3,7 +3,6 @@
 
 mod config;
 mod connect;
-mod connections;
 mod counters;
 mod edge;
 mod jwt;

@@ -21,6 +21,7 @@ use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
 use tower_mcp_auth::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer};
 use tower_mcp_auth::store::{CredentialStore, SharedRecords};
 use tower_mcp_auth::{AuthKey, BindingId, Principal};
+mod connections;
 mod endpoints;
 mod forward;
 mod upstream_oauth;
@@ -429,14 +430,14 @@ impl Gateway {
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .route("/readyz", axum::routing::get(ready))
             .route("/metrics", axum::routing::get(metrics))
-            .route("/connections", axum::routing::get(super::connections::list))
+            .route("/connections", axum::routing::get(connections::list))
             .route(
                 "/connections/{upstream}/connect",
-                axum::routing::get(super::connections::connect),
+                axum::routing::get(connections::connect),
             )
             .route(
                 "/connections/{upstream}/disconnect",
-                axum::routing::post(super::connections::disconnect),
+                axum::routing::post(connections::disconnect),
             )
             .route("/login", axum::routing::get(login_start))
             .route("/login/callback", axum::routing::get(login_callback))

@@ -14,7 +14,7 @@ use super::{
     SharedFlow,
 };
 use crate::key::AuthKey;
-use crate::oauth::flow_record::{self, RecordStatus};
+use crate::oauth::flow::record::{self, RecordStatus};
 use crate::store::SharedRecords;
 use crate::token::Secret;
 
@@ -124,11 +124,8 @@ impl FlowStore {
     /// The flow of `state` from the shared records, made local (cached here).
     async fn load_shared(&self, state: &str) -> Option<(AuthKey, Arc<Flow>)> {
         let records = self.records.as_ref()?;
-        let bytes = records
-            .get_record(&flow_record::flow_name(state))
-            .await
-            .ok()??;
-        let (key, pending, status) = flow_record::decode(&bytes)?;
+        let bytes = records.get_record(&record::flow_name(state)).await.ok()??;
+        let (key, pending, status) = record::decode(&bytes)?;
         let flow = Arc::new(Flow {
             pending: Arc::new(pending),
             outcome: watch::channel(match &status {
@@ -156,10 +153,7 @@ impl FlowStore {
     /// The open flow of `key` another replica published, made local.
     async fn shared_open_flow(&self, key: &AuthKey) -> Option<Arc<Flow>> {
         let records = self.records.as_ref()?;
-        let state = records
-            .get_record(&flow_record::key_name(key))
-            .await
-            .ok()??;
+        let state = records.get_record(&record::key_name(key)).await.ok()??;
         self.open_shared(key, &state).await
     }
 
@@ -180,20 +174,15 @@ impl FlowStore {
             return Published::Local;
         };
         let state = pending.state.expose();
-        let record = flow_record::encode(key, pending, &RecordStatus::Open);
+        let record = record::encode(key, pending, &RecordStatus::Open);
         let written = records
-            .compare_and_set_record(
-                &flow_record::flow_name(state),
-                None,
-                &record,
-                self.remembered,
-            )
+            .compare_and_set_record(&record::flow_name(state), None, &record, self.remembered)
             .await;
         if let Err(error) = written {
             tracing::warn!(%error, "flow record not written; the flow is local to this process");
             return Published::Local;
         }
-        let name = flow_record::key_name(key);
+        let name = record::key_name(key);
         let previous = records.get_record(&name).await.ok().flatten();
         // Another process may have named its flow since this one looked: an open one is
         // joined, never replaced (the compare-and-set below only guards the write).

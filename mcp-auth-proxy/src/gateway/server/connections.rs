@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, Form, Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use http::{HeaderMap, StatusCode};
 
-use super::server::{Gateway, Upstream};
+use super::{Gateway, Upstream};
 use tower_mcp_auth::{AuthKey, Principal};
 use tower_mcp_auth::{AuthorizationCause, CircuitState, escape_html};
 
@@ -119,8 +119,8 @@ async fn page_user(
         && !headers.contains_key(http::header::AUTHORIZATION)
     {
         return match login.user(headers, page) {
-            super::login::BrowserUser::Known(principal) => Ok(principal),
-            super::login::BrowserUser::SignIn(response) => Err(response),
+            super::super::login::BrowserUser::Known(principal) => Ok(principal),
+            super::super::login::BrowserUser::SignIn(response) => Err(response),
         };
     }
     gateway
