@@ -23,8 +23,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer, ServiceExt};
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request};
 use tower_mcp_auth::{
-    AuthHttpClient, ClientAuth, OboConfig, OboExchanger, OboGrant, OboHeaderLayer, Principal,
-    Secret, UserAssertion,
+    AuthHttpClient, OboExchanger, OboHeaderLayer, Principal, Secret, UserAssertion,
+    obo::ClientAuth, obo::OboConfig, obo::OboGrant,
 };
 
 const CLIENT: &str = "gateway";

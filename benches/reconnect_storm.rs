@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_mcp_auth::testing::{ReqwestTransport, TestUpstream};
-use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, CircuitState};
+use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, breaker::CircuitState};
 
 const CLIENTS: usize = 512;
 const HEALTHY: Duration = Duration::from_secs(1);
@@ -40,7 +40,7 @@ struct Transport {
     attempts: Arc<AtomicU64>,
 }
 
-impl<B: tower_mcp_auth::RequestBody> Service<http::Request<B>> for Transport {
+impl<B: tower_mcp_auth::layer::RequestBody> Service<http::Request<B>> for Transport {
     type Response = http::Response<Bytes>;
     type Error = reqwest::Error;
     type Future = <ReqwestTransport as Service<http::Request<B>>>::Future;

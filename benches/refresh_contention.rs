@@ -23,7 +23,8 @@ use aws_smithy_runtime::expiring_cache::ExpiringCache;
 use tower_mcp_auth::store::{CredentialStore, MemoryStore, Swap};
 use tower_mcp_auth::testing::{Fault, TestAuthServer};
 use tower_mcp_auth::{
-    AuthKey, Generation, Principal, RefreshConfig, RefreshCoordinator, ServerBinding, TokenSet,
+    AuthKey, Principal, RefreshConfig, RefreshCoordinator, ServerBinding, TokenSet,
+    store::Generation,
 };
 
 const CLIENT: &str = "bench-client";

@@ -28,9 +28,10 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_mcp_auth::store::MemoryStore;
 use tower_mcp_auth::testing::HeadlessBrowser;
 use tower_mcp_auth::{
-    AuthHttpClient, Authorizer, ClientAuth, ClientAuthMethod, Discovery, OAuthRetryLayer,
-    OboConfig, OboExchanger, OboGrant, OboHeaderLayer, PreRegisteredClient, Principal,
+    AuthHttpClient, Authorizer, OAuthRetryLayer, OboExchanger, OboHeaderLayer, Principal,
     RefreshCoordinator, Secret, SilentRefreshLayer, UrlPolicy, UserAssertion,
+    binding::ClientAuthMethod, oauth::Discovery, oauth::PreRegisteredClient, obo::ClientAuth,
+    obo::OboConfig, obo::OboGrant,
 };
 
 /// Where the (never contacted) redirect URI points, as in the reference clients.

@@ -18,8 +18,8 @@ use tower::{BoxError, Layer, ServiceExt};
 use tower_mcp_auth::store::{CredentialStore, RedisStore, SharedRecords, SqliteStore};
 use tower_mcp_auth::testing::{ReqwestTransport, jsonrpc_request};
 use tower_mcp_auth::{
-    AuthHttpClient, AuthorizationPrompt, Authorizer, OAuthRetryLayer, Principal,
-    RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
+    AuthHttpClient, Authorizer, OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefreshLayer,
+    UrlPolicy, layer::oauth_retry::AuthorizationPrompt,
 };
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use http::header::WWW_AUTHENTICATE;
 /// One authentication challenge.
 ///
 /// ```
-/// use tower_mcp_auth::Challenge;
+/// use tower_mcp_auth::oauth::Challenge;
 ///
 /// let challenges = Challenge::parse_all(r#"Basic realm="x", Bearer error="invalid_token", scope="a b""#);
 /// assert_eq!(challenges.len(), 2);
@@ -73,7 +73,7 @@ impl Challenge {
 /// The Bearer challenge of a response (RFC 6750 §3), with the MCP-relevant parameters.
 ///
 /// ```
-/// use tower_mcp_auth::BearerChallenge;
+/// use tower_mcp_auth::oauth::BearerChallenge;
 ///
 /// let mut headers = http::HeaderMap::new();
 /// headers.append("www-authenticate", r#"Basic realm="legacy""#.parse().unwrap());

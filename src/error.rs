@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::fault::{AuthorizationUrl, ReauthReason, StoreError, TransientReason};
+pub use crate::fault::{
+    AuthorizationUrl, CapacityReached, ConfigError, ReauthReason, StoreError, StoreWiped,
+    TransientReason,
+};
 use crate::oauth::grants::GrantError;
+pub use crate::url_policy::UrlRefused;
 
 /// An authorization failure a caller can act on.
 ///

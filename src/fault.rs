@@ -11,7 +11,7 @@ use std::time::Duration;
 /// origin and path; the query holds the flow's `state` and PKCE challenge.
 ///
 /// ```
-/// use tower_mcp_auth::AuthorizationUrl;
+/// use tower_mcp_auth::error::AuthorizationUrl;
 ///
 /// let url = AuthorizationUrl::from("https://auth.example.com/authorize?state=s3cr3t".parse::<url::Url>().unwrap());
 /// assert_eq!(url.as_str(), "https://auth.example.com/authorize?state=s3cr3t");
@@ -140,7 +140,7 @@ impl StoreError {
 /// again (empty, its counters above every value issued before).
 ///
 /// ```
-/// use tower_mcp_auth::{StoreError, StoreWiped};
+/// use tower_mcp_auth::{error::StoreError, error::StoreWiped};
 ///
 /// let error = StoreError::new(StoreWiped::new("a1b2"));
 /// assert!(error.wiped().is_some());

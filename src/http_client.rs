@@ -239,7 +239,7 @@ impl AuthHttpClient {
     ///
     /// ```no_run
     /// use bytes::Bytes;
-    /// use tower_mcp_auth::{AuthHttpClient, HttpError};
+    /// use tower_mcp_auth::{AuthHttpClient, oauth::HttpError};
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// let client = AuthHttpClient::reqwest();

@@ -156,7 +156,7 @@ impl BindingId {
     /// or a fixed one for a key no real binding has (a health probe's).
     ///
     /// ```
-    /// use tower_mcp_auth::BindingId;
+    /// use tower_mcp_auth::binding::BindingId;
     ///
     /// let probe = BindingId::from_bytes([0; 32]);
     /// assert_eq!(probe.as_bytes(), &[0; 32]);
@@ -197,7 +197,7 @@ impl fmt::Display for BindingId {
 /// let alice_acme = AuthKey::new(&Principal::new("acme", "alice"), binding.id());
 /// let alice_other = AuthKey::new(&Principal::new("other", "alice"), binding.id());
 /// assert_ne!(alice_acme, alice_other);
-/// # Ok::<(), tower_mcp_auth::ConfigError>(())
+/// # Ok::<(), tower_mcp_auth::error::ConfigError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthKey {

@@ -15,7 +15,8 @@
 //! 2025-03-26 fallbacks), client registration (pre-registered, Client ID Metadata
 //! Document, dynamic) and a PKCE flow persisted before its URL is shown, then either
 //! returns [`Error::AuthorizationRequired`] for a UI or hands the URL to an
-//! [`AuthorizationHandler`], waits for the callback ([`CallbackService`]) and replays
+//! [`AuthorizationHandler`](layer::oauth_retry::AuthorizationHandler), waits for the
+//! callback ([`CallbackService`](layer::callback::CallbackService)) and replays
 //! the request; a 403 `insufficient_scope` steps up, a bounded number of times.
 //!
 //! [`OboHeaderLayer`] serves server-side clients acting as their users: the user's
@@ -66,23 +67,40 @@
 //! # }
 //! ```
 //!
+//! # Where things are
+//!
+//! The root holds the four layers and the types every stack names. The rest lives in
+//! modules: [`layer`] (each layer's module, the callback endpoint, the retry and breaker
+//! helpers), [`oauth`] (discovery, registration, flows, the [`Authorizer`]), [`obo`]
+//! (On-Behalf-Of grants), [`refresh`], [`store`] (memory, SQLite, Redis, sealing),
+//! [`breaker`], [`binding`], [`client`] (the HTTP clients under the stack), [`error`]
+//! (every error type) and [`metrics`].
+//!
 //! # Features
 //!
-//! * `axum`: [`callback_router`], the OAuth callback endpoint as an axum `Router`.
-//! * `fuzzing`: [`fuzzing`], the parsers of untrusted input as fuzz targets.
+//! * `reqwest` (default): [`client::ReqwestService`], and reqwest as the client of
+//!   authorization-server calls; without it the crate runs on hyper alone.
+//! * `rmcp`: an rmcp `StreamableHttpClient` over any stack of these layers (`rmcp`).
+//! * `metrics`: counters through the `metrics` facade ([`metrics`]).
+//! * `axum`: `layer::callback::callback_router`, the OAuth start and callback endpoints
+//!   as an axum `Router`.
+//! * `sqlite`: `store::SqliteStore`, one file shared by the processes of a machine.
+//! * `redis`: `store::RedisStore`, credentials, leases, flows and registrations in Redis
+//!   for replicas on several machines.
+//! * `fuzzing`: `fuzzing`, the parsers of untrusted input as fuzz targets.
 //! * `test-util`: real loopback fixtures — an OAuth authorization server with rotating
 //!   refresh tokens and reuse detection, and an MCP server over Streamable HTTP — for
-//!   tests, benchmarks and examples ([`testing`]).
+//!   tests, benchmarks and examples (`testing`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![deny(unsafe_code)]
 
-mod binding;
-mod breaker;
+pub mod binding;
+pub mod breaker;
 mod challenge;
 pub mod client;
 mod crypto;
-mod error;
+pub mod error;
 mod fault;
 #[cfg(feature = "fuzzing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
@@ -92,9 +110,9 @@ mod key;
 pub mod layer;
 mod limits;
 pub mod metrics;
-mod oauth;
-mod obo;
-mod refresh;
+pub mod oauth;
+pub mod obo;
+pub mod refresh;
 mod replay;
 
 /// The README's code blocks, compiled as doctests so they stay true.
@@ -124,57 +142,22 @@ mod sync {
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 }
 
-pub use binding::{BindingSlot, ClientAuthMethod, DEFAULT_MAX_TENANTS, ServerBinding};
-pub use breaker::{BreakerConfig, BreakerSnapshot, CircuitState, Outcome, Rejection, Transition};
-pub use challenge::{BearerChallenge, Challenge};
-pub use error::Error;
-pub use fault::{
-    AuthorizationUrl, CapacityReached, ConfigError, ReauthReason, StoreError, StoreWiped,
-    TransientReason,
-};
-pub use http_client::{AuthHttpClient, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpError};
-pub use key::{AuthKey, BindingId, Principal};
-#[cfg(feature = "axum")]
-pub use layer::callback::callback_router;
+pub use binding::ServerBinding;
+pub use breaker::BreakerConfig;
+pub use error::{Error, ReauthReason, TransientReason};
+pub use http_client::AuthHttpClient;
+pub use key::{AuthKey, Principal};
 #[doc(inline)]
-pub use layer::callback::{
-    BrowserBinding, CallbackPage, CallbackPages, CallbackService, DEFAULT_START_PATH, DefaultPages,
-    StartCheck, escape_html,
-};
+pub use layer::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 #[doc(inline)]
-pub use layer::circuit_breaker::{
-    BreakerKeying, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, ClassifyOutcome,
-    DefaultClassifier, ServiceUnavailableOnOpen, ServiceUnavailableOnOpenLayer, UnavailableBody,
-};
-#[doc(inline)]
-pub use layer::oauth_retry::{
-    AuthorizationHandler, AuthorizationPrompt, OAuthRetry, OAuthRetryLayer,
-};
+pub use layer::oauth_retry::{OAuthRetry, OAuthRetryLayer};
 #[doc(inline)]
 pub use layer::obo::{OboHeader, OboHeaderLayer};
 #[doc(inline)]
 pub use layer::silent_refresh::{SilentRefresh, SilentRefreshLayer};
-pub use limits::MAX_LIFETIME;
-pub use oauth::authorize::{AuthorizationCause, Authorizer, AuthorizerBuilder};
-pub use oauth::callback::{AuthorizationCompleter, CallbackError, CallbackParams};
-pub use oauth::discovery::{
-    AuthorizationServerMetadata, Discovery, DiscoveryError, MAX_METADATA_BYTES,
-    ProtectedResourceMetadata, authorization_server_metadata_urls,
-    protected_resource_metadata_urls,
-};
-pub use oauth::exchange::{
-    ACCESS_TOKEN_TYPE, ClientAuth, ID_JAG_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_BEARER, JwtSigner,
-    KeyError, OboGrant, TOKEN_EXCHANGE,
-};
-pub use oauth::flow::{
-    AuthorizationRequest, FlowHandle, FlowOutcome, FlowStatus, FlowStore, PendingFlow,
-};
-pub use oauth::registration::{
-    ClientConfig, ClientRegistration, PreRegisteredClient, Registrar, RegistrationError,
-    RegistrationSource,
-};
-pub use obo::{OboConfig, OboError, OboExchanger, OboStats, OboToken, UserAssertion};
-pub use refresh::{RefreshConfig, RefreshCoordinator, RefreshCoordinatorBuilder, RefreshStats};
-pub use replay::{DEFAULT_MAX_REPLAY_BODY, ReplayBody, RequestBody};
-pub use token::{Generation, Secret, TokenSet};
-pub use url_policy::{UrlPolicy, UrlRefused};
+pub use oauth::Authorizer;
+pub use obo::{OboExchanger, UserAssertion};
+pub use refresh::{RefreshConfig, RefreshCoordinator};
+pub use replay::ReplayBody;
+pub use token::{Secret, TokenSet};
+pub use url_policy::UrlPolicy;

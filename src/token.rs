@@ -211,7 +211,7 @@ impl TokenSet {
         self
     }
 
-    /// Sets the expiry relative to `obtained_at` (clamped to [`MAX_LIFETIME`](crate::MAX_LIFETIME)).
+    /// Sets the expiry relative to `obtained_at` (clamped to [`MAX_LIFETIME`](crate::refresh::MAX_LIFETIME)).
     pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
         self.expires_at = Some(crate::limits::system_after(self.obtained_at, expires_in));
         self

@@ -13,9 +13,10 @@ use tower_mcp_auth::testing::{
     ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
 };
 use tower_mcp_auth::{
-    AuthHttpClient, AuthKey, AuthorizationCompleter, AuthorizationRequest, BearerChallenge,
-    CallbackError, CallbackParams, ClientConfig, FlowOutcome, FlowStore, Principal,
-    RefreshCoordinator, Registrar, ServerBinding, SilentRefreshLayer, UrlPolicy,
+    AuthHttpClient, AuthKey, Principal, RefreshCoordinator, ServerBinding, SilentRefreshLayer,
+    UrlPolicy, oauth::AuthorizationCompleter, oauth::AuthorizationRequest, oauth::BearerChallenge,
+    oauth::CallbackError, oauth::CallbackParams, oauth::ClientConfig, oauth::FlowOutcome,
+    oauth::FlowStore, oauth::Registrar,
 };
 use url::Url;
 

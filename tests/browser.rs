@@ -15,8 +15,10 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_mcp_auth::store::MemoryStore;
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request};
 use tower_mcp_auth::{
-    AuthorizationCause, AuthorizationPrompt, Authorizer, BrowserBinding, CallbackService,
-    OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefreshLayer, UrlPolicy, callback_router,
+    Authorizer, OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
+    layer::callback::BrowserBinding, layer::callback::CallbackService,
+    layer::callback::callback_router, layer::oauth_retry::AuthorizationPrompt,
+    oauth::AuthorizationCause,
 };
 use url::Url;
 
@@ -202,7 +204,7 @@ async fn chromium_signs_in_through_the_start_link_and_the_callback() {
     assert!(
         matches!(
             flow.outcome().await,
-            Some(tower_mcp_auth::FlowOutcome::Completed(_))
+            Some(tower_mcp_auth::oauth::FlowOutcome::Completed(_))
         ),
         "the screenshot's flow completed too"
     );
@@ -213,7 +215,10 @@ async fn chromium_signs_in_through_the_start_link_and_the_callback() {
 /// Chromium: the title a user reads, and the status the endpoint sends with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_reads_right_in_chromium() {
-    use tower_mcp_auth::{CallbackPage, CallbackPages, DefaultPages};
+    use tower_mcp_auth::{
+        layer::callback::CallbackPage, layer::callback::CallbackPages,
+        layer::callback::DefaultPages,
+    };
     let app = "Example <Chat>";
     let pages = [
         (

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use tower_mcp_auth::store::{CredentialStore, MemoryStore};
 use tower_mcp_auth::testing::{TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
-    AuthHttpClient, AuthKey, AuthorizationCompleter, AuthorizationRequest, BrowserBinding,
-    CallbackService, ClientConfig, FlowHandle, FlowOutcome, FlowStore, Principal, Registrar,
-    ServerBinding, UrlPolicy, callback_router,
+    AuthHttpClient, AuthKey, Principal, ServerBinding, UrlPolicy, layer::callback::BrowserBinding,
+    layer::callback::CallbackService, layer::callback::callback_router,
+    oauth::AuthorizationCompleter, oauth::AuthorizationRequest, oauth::ClientConfig,
+    oauth::FlowHandle, oauth::FlowOutcome, oauth::FlowStore, oauth::Registrar,
 };
 use url::Url;
 

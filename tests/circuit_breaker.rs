@@ -7,8 +7,9 @@ use std::time::Duration;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_mcp_auth::testing::{ReqwestTransport, TestUpstream};
 use tower_mcp_auth::{
-    BreakerConfig, BreakerKeying, CircuitBreaker, CircuitBreakerLayer, CircuitState, Error,
-    Principal, Rejection, ServiceUnavailableOnOpenLayer,
+    BreakerConfig, CircuitBreaker, CircuitBreakerLayer, Error, Principal, breaker::CircuitState,
+    breaker::Rejection, layer::circuit_breaker::BreakerKeying,
+    layer::circuit_breaker::ServiceUnavailableOnOpenLayer,
 };
 
 /// A non-pooling transport (a killed upstream must refuse the next call) that counts
@@ -19,7 +20,7 @@ struct Transport {
     attempts: Arc<AtomicU64>,
 }
 
-impl<B: tower_mcp_auth::RequestBody> Service<http::Request<B>> for Transport {
+impl<B: tower_mcp_auth::layer::RequestBody> Service<http::Request<B>> for Transport {
     type Response = http::Response<bytes::Bytes>;
     type Error = reqwest::Error;
     type Future = <ReqwestTransport as Service<http::Request<B>>>::Future;

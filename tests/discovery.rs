@@ -4,7 +4,8 @@ use serde_json::json;
 use tower::ServiceExt;
 use tower_mcp_auth::testing::{ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request};
 use tower_mcp_auth::{
-    AuthHttpClient, BearerChallenge, Discovery, DiscoveryError, UrlPolicy, UrlRefused,
+    AuthHttpClient, UrlPolicy, error::UrlRefused, oauth::BearerChallenge, oauth::Discovery,
+    oauth::DiscoveryError,
 };
 use url::Url;
 

@@ -16,8 +16,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tower::{Layer, ServiceExt};
 use tower_mcp_auth::testing::{ReqwestTransport, TestUpstream};
 use tower_mcp_auth::{
-    ClientAuth, Error, OboConfig, OboError, OboExchanger, OboGrant, OboHeaderLayer, Principal,
-    UserAssertion,
+    Error, OboExchanger, OboHeaderLayer, Principal, UserAssertion, obo::ClientAuth, obo::OboConfig,
+    obo::OboError, obo::OboGrant,
 };
 
 const IDP: &str = "https://idp.example.test";

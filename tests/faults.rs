@@ -63,7 +63,10 @@ fn redis_pair(redis: &RedisServer) -> (Arc<dyn CredentialStore>, Arc<dyn Credent
 }
 
 /// Stores an expired token set with a live refresh token; its generation.
-async fn expired_login(world: &World, store: &dyn CredentialStore) -> tower_mcp_auth::Generation {
+async fn expired_login(
+    world: &World,
+    store: &dyn CredentialStore,
+) -> tower_mcp_auth::store::Generation {
     let mut tokens = world.auth.issue(CLIENT_ID, "alice", Some("tools"));
     tokens.expires_at = Some(std::time::SystemTime::now() - Duration::from_secs(1));
     match store

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use tower_mcp_auth::{
-    AuthKey, AuthorizationRequest, FlowOutcome, FlowStore, Generation, Principal, ServerBinding,
+    AuthKey, Principal, ServerBinding, oauth::AuthorizationRequest, oauth::FlowOutcome,
+    oauth::FlowStore, store::Generation,
 };
 
 fn key(tenant: &str, user: &str) -> AuthKey {

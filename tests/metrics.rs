@@ -12,9 +12,9 @@ use tower_mcp_auth::testing::{
     HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, TestUpstream, jsonrpc_request,
 };
 use tower_mcp_auth::{
-    AuthKey, Authorizer, BreakerConfig, CircuitBreakerLayer, ClientAuth, OAuthRetryLayer,
-    OboConfig, OboExchanger, OboGrant, OboHeaderLayer, Principal, RefreshCoordinator, Secret,
-    ServerBinding, SilentRefreshLayer, UrlPolicy, UserAssertion, metrics as names,
+    AuthKey, Authorizer, BreakerConfig, CircuitBreakerLayer, OAuthRetryLayer, OboExchanger,
+    OboHeaderLayer, Principal, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer,
+    UrlPolicy, UserAssertion, metrics as names, obo::ClientAuth, obo::OboConfig, obo::OboGrant,
 };
 
 /// The value of the series `series` (name plus labels, as Prometheus renders it).

@@ -15,8 +15,8 @@ use tower_mcp_auth::testing::{
     HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
 };
 use tower_mcp_auth::{
-    AuthorizationPrompt, Authorizer, Error, OAuthRetry, OAuthRetryLayer, Principal,
-    RefreshCoordinator, SilentRefresh, SilentRefreshLayer, UrlPolicy,
+    Authorizer, Error, OAuthRetry, OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefresh,
+    SilentRefreshLayer, UrlPolicy, layer::oauth_retry::AuthorizationPrompt,
 };
 
 type Client = OAuthRetry<SilentRefresh<ReqwestTransport>>;
@@ -545,8 +545,9 @@ async fn a_client_rejected_during_the_code_exchange_is_registered_anew() {
                     let client = authorizer.bindings().get("acme").unwrap();
                     auth.forget_client(client.client_id());
                 }
-                let params =
-                    tower_mcp_auth::CallbackParams::from_query(location.query().unwrap_or(""));
+                let params = tower_mcp_auth::oauth::CallbackParams::from_query(
+                    location.query().unwrap_or(""),
+                );
                 let _ = completer.complete(&params).await;
                 Ok::<(), BoxError>(())
             }

@@ -11,8 +11,8 @@ use tower_mcp_auth::testing::{
     Fault, ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
 };
 use tower_mcp_auth::{
-    ClientAuth, Error, JwtSigner, OboConfig, OboError, OboExchanger, OboGrant, OboHeader,
-    OboHeaderLayer, Principal, Secret, UserAssertion,
+    Error, OboExchanger, OboHeader, OboHeaderLayer, Principal, Secret, UserAssertion,
+    obo::ClientAuth, obo::JwtSigner, obo::OboConfig, obo::OboError, obo::OboGrant,
 };
 
 const CLIENT: &str = "gateway";
@@ -458,7 +458,7 @@ async fn the_grants_and_client_authentications_on_the_wire() {
         wire,
         [
             (
-                tower_mcp_auth::JWT_BEARER,
+                tower_mcp_auth::obo::JWT_BEARER,
                 "basic",
                 Some("on_behalf_of"),
                 None,
@@ -466,7 +466,7 @@ async fn the_grants_and_client_authentications_on_the_wire() {
                 Some("mcp.tools")
             ),
             (
-                tower_mcp_auth::TOKEN_EXCHANGE,
+                tower_mcp_auth::obo::TOKEN_EXCHANGE,
                 "post",
                 None,
                 Some("mcp-server"),
@@ -474,7 +474,7 @@ async fn the_grants_and_client_authentications_on_the_wire() {
                 Some("mcp.tools")
             ),
             (
-                tower_mcp_auth::JWT_BEARER,
+                tower_mcp_auth::obo::JWT_BEARER,
                 "private_key_jwt",
                 None,
                 None,

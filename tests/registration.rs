@@ -5,8 +5,9 @@ use std::sync::Arc;
 use serde_json::json;
 use tower_mcp_auth::testing::TestAuthServer;
 use tower_mcp_auth::{
-    AuthHttpClient, AuthorizationServerMetadata, ClientAuthMethod, ClientConfig, Discovery,
-    PreRegisteredClient, Registrar, RegistrationSource, Secret, UrlPolicy,
+    AuthHttpClient, Secret, UrlPolicy, binding::ClientAuthMethod,
+    oauth::AuthorizationServerMetadata, oauth::ClientConfig, oauth::Discovery,
+    oauth::PreRegisteredClient, oauth::Registrar, oauth::RegistrationSource,
 };
 use url::Url;
 

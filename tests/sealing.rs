@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::RedisServer;
 use tower_mcp_auth::store::{CredentialStore, RedisStore, SealingKeys, SharedRecords, SqliteStore};
 use tower_mcp_auth::{
-    AuthKey, AuthorizationRequest, ClientAuthMethod, FlowStore, Principal, Secret, ServerBinding,
-    TokenSet,
+    AuthKey, Principal, Secret, ServerBinding, TokenSet, binding::ClientAuthMethod,
+    oauth::AuthorizationRequest, oauth::FlowStore,
 };
 
 const ACCESS: &str = "access-token-in-the-clear";

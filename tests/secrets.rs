@@ -9,8 +9,8 @@ use common::{CLIENT_ID, Harness, storm};
 use tower::{Layer, ServiceExt};
 use tower_mcp_auth::testing::{Fault, ReqwestTransport, jsonrpc_request};
 use tower_mcp_auth::{
-    ClientAuth, ClientAuthMethod, Error, OboConfig, OboExchanger, OboGrant, OboHeaderLayer,
-    Principal, RefreshConfig, Secret, ServerBinding, UserAssertion,
+    Error, OboExchanger, OboHeaderLayer, Principal, RefreshConfig, Secret, ServerBinding,
+    UserAssertion, binding::ClientAuthMethod, obo::ClientAuth, obo::OboConfig, obo::OboGrant,
 };
 
 #[derive(Clone, Default)]

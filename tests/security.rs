@@ -16,18 +16,19 @@ use tower_mcp_auth::testing::{
     HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, TestUpstream, jsonrpc_request,
 };
 use tower_mcp_auth::{
-    AuthHttpClient, AuthKey, AuthorizationCompleter, AuthorizationRequest, Authorizer,
-    BreakerConfig, CallbackError, CallbackParams, CircuitBreakerLayer, ClientAuth,
-    ClientAuthMethod, Discovery, DiscoveryError, Error, FlowStore, MAX_LIFETIME, OAuthRetryLayer,
-    OboConfig, OboError, OboExchanger, OboGrant, OboHeaderLayer, PreRegisteredClient, Principal,
-    RefreshConfig, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer, TokenSet,
-    UrlPolicy, UrlRefused, UserAssertion,
+    AuthHttpClient, AuthKey, Authorizer, BreakerConfig, CircuitBreakerLayer, Error,
+    OAuthRetryLayer, OboExchanger, OboHeaderLayer, Principal, RefreshConfig, RefreshCoordinator,
+    Secret, ServerBinding, SilentRefreshLayer, TokenSet, UrlPolicy, UserAssertion,
+    binding::ClientAuthMethod, error::UrlRefused, oauth::AuthorizationCompleter,
+    oauth::AuthorizationRequest, oauth::CallbackError, oauth::CallbackParams, oauth::Discovery,
+    oauth::DiscoveryError, oauth::FlowStore, oauth::PreRegisteredClient, obo::ClientAuth,
+    obo::OboConfig, obo::OboError, obo::OboGrant, refresh::MAX_LIFETIME,
 };
 
 const YEAR_AND_A_DAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// An authorizer for `server` on loopback http, its callback never reached.
-fn builder(server: String, store: Arc<MemoryStore>) -> tower_mcp_auth::AuthorizerBuilder {
+fn builder(server: String, store: Arc<MemoryStore>) -> tower_mcp_auth::oauth::AuthorizerBuilder {
     Authorizer::builder(server, store, "http://127.0.0.1:1/cb".parse().unwrap())
         .url_policy(loopback())
 }
@@ -283,7 +284,9 @@ async fn a_pinned_token_endpoint_refuses_a_different_one() {
     assert!(
         matches!(
             error,
-            Error::Registration(tower_mcp_auth::RegistrationError::TokenEndpointMismatch { .. })
+            Error::Registration(
+                tower_mcp_auth::oauth::RegistrationError::TokenEndpointMismatch { .. }
+            )
         ),
         "{error:?}"
     );

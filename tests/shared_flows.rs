@@ -17,8 +17,8 @@ use tower_mcp_auth::testing::{
     HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request,
 };
 use tower_mcp_auth::{
-    AuthorizationCause, AuthorizationPrompt, Authorizer, FlowOutcome, OAuthRetryLayer, Principal,
-    RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
+    Authorizer, OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
+    layer::oauth_retry::AuthorizationPrompt, oauth::AuthorizationCause, oauth::FlowOutcome,
 };
 
 /// A store both credentials and records live in.
@@ -246,7 +246,9 @@ async fn redis_a_flow_waiting_in_another_process_completes_here() {
 /// (started, claimed, completed), instead of failing every callback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_records_leave_flows_working_in_their_process() {
-    use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowStore, Generation, ServerBinding};
+    use tower_mcp_auth::{
+        AuthKey, ServerBinding, oauth::AuthorizationRequest, oauth::FlowStore, store::Generation,
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -351,7 +353,9 @@ async fn after_a_restart_stored_credentials_serve_the_first_request() {
 /// the user who just consented to consent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claimed_flow_of_another_process_is_joined() {
-    use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowStore, Generation, ServerBinding};
+    use tower_mcp_auth::{
+        AuthKey, ServerBinding, oauth::AuthorizationRequest, oauth::FlowStore, store::Generation,
+    };
     let open = sqlite("claimed-join");
     let (here, there) = (FlowStore::shared(open()), FlowStore::shared(open()));
     let binding =
@@ -394,7 +398,7 @@ async fn a_claimed_flow_of_another_process_is_joined() {
 /// named, and each started its own sign-in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_starting_at_once_share_one_flow() {
-    use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowStore, ServerBinding};
+    use tower_mcp_auth::{AuthKey, ServerBinding, oauth::AuthorizationRequest, oauth::FlowStore};
     let open = sqlite("concurrent-starts");
     let binding =
         ServerBinding::public_client("https://mcp.example/mcp", "https://as.example/token", "c")

@@ -457,7 +457,7 @@ async fn confidential_clients_authenticate_basic_or_post() {
     use tower::Layer;
     use tower_mcp_auth::testing::ReqwestTransport;
     use tower_mcp_auth::{
-        ClientAuthMethod, RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer,
+        RefreshCoordinator, Secret, ServerBinding, SilentRefreshLayer, binding::ClientAuthMethod,
     };
 
     for (method, expected) in [

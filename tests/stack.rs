@@ -10,8 +10,9 @@ use tower_mcp_auth::testing::{
     ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
 };
 use tower_mcp_auth::{
-    AuthKey, BreakerConfig, BreakerKeying, CircuitBreakerLayer, CircuitState, Error, Principal,
-    RefreshCoordinator, ServerBinding, SilentRefreshLayer,
+    AuthKey, BreakerConfig, CircuitBreakerLayer, Error, Principal, RefreshCoordinator,
+    ServerBinding, SilentRefreshLayer, breaker::CircuitState,
+    layer::circuit_breaker::BreakerKeying,
 };
 
 /// An authorization server, an MCP server, its binding, and a store holding alice's

@@ -9,10 +9,12 @@ use std::sync::{Arc, RwLock};
 use url::Url;
 
 use crate::fault::{CapacityReached, ConfigError};
-use crate::key::{BindingId, KeyHasher};
+use crate::key::KeyHasher;
 use crate::token::Secret;
 
 mod scope;
+
+pub use crate::key::BindingId;
 
 pub(crate) use scope::{Coverage, Scope, covers};
 
@@ -36,7 +38,7 @@ pub enum ClientAuthMethod {
 /// or below the resource's path.
 ///
 /// ```
-/// use tower_mcp_auth::{ClientAuthMethod, Secret, ServerBinding};
+/// use tower_mcp_auth::{binding::ClientAuthMethod, Secret, ServerBinding};
 ///
 /// let binding = ServerBinding::public_client(
 ///     "https://mcp.example.com/mcp",
@@ -51,7 +53,7 @@ pub enum ClientAuthMethod {
 /// assert!(binding.covers(&inside));
 /// assert!(!binding.covers(&elsewhere));
 /// assert!(!format!("{binding:?}").contains("s3cr3t"));
-/// # Ok::<(), tower_mcp_auth::ConfigError>(())
+/// # Ok::<(), tower_mcp_auth::error::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct ServerBinding {
@@ -192,7 +194,7 @@ impl fmt::Debug for ServerBinding {
 /// Clones share the slot.
 ///
 /// ```
-/// use tower_mcp_auth::{BindingSlot, ServerBinding};
+/// use tower_mcp_auth::{binding::BindingSlot, ServerBinding};
 ///
 /// let slot = BindingSlot::new("https://mcp.example.com/mcp")?;
 /// assert!(slot.get("acme").is_none());
@@ -204,7 +206,7 @@ impl fmt::Debug for ServerBinding {
 /// slot.set("acme", binding).unwrap();
 /// assert_eq!(slot.get("acme").unwrap().client_id(), "registered-client-id");
 /// assert!(slot.get("globex").is_none(), "registrations are per tenant");
-/// # Ok::<(), tower_mcp_auth::ConfigError>(())
+/// # Ok::<(), tower_mcp_auth::error::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct BindingSlot {

@@ -1,4 +1,6 @@
-//! The per-key circuit breaker state machine. Knows nothing of Tower.
+//! The per-key circuit breaker state machine behind
+//! [`CircuitBreakerLayer`](crate::CircuitBreakerLayer): its configuration, states and
+//! transitions. Knows nothing of Tower.
 //!
 //! Closed: calls pass; consecutive failures or a failure rate over a sliding window trip
 //! it. Open: calls fail fast until the open period (exponential backoff with jitter,
@@ -6,7 +8,7 @@
 //! at a time; success closes and resets, failure re-opens. Independently of the state,
 //! too many session starts (JSON-RPC `initialize`, or a response that created a session)
 //! in a window refuse further session starts for a cooldown (the reconnect storm guard,
-//! [`storm`]). 429 throttles are kept per principal by the layer, not here.
+//! `storm.rs`). 429 throttles are kept per principal by the layer, not here.
 //!
 //! - `config.rs`: [`BreakerConfig`]
 //! - `machine.rs`: the closed / open / half-open machine of one key
@@ -61,7 +63,7 @@ impl Rejection {
     /// A stable snake_case name, e.g. for a metrics label.
     ///
     /// ```
-    /// assert_eq!(tower_mcp_auth::Rejection::ProbeInFlight.label(), "probe_in_flight");
+    /// assert_eq!(tower_mcp_auth::breaker::Rejection::ProbeInFlight.label(), "probe_in_flight");
     /// ```
     pub fn label(self) -> &'static str {
         match self {
@@ -94,7 +96,7 @@ pub enum Outcome {
 /// [`CircuitBreakerLayer::on_transition`](crate::CircuitBreakerLayer::on_transition).
 ///
 /// ```
-/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, CircuitState};
+/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, breaker::CircuitState};
 ///
 /// let layer = CircuitBreakerLayer::new(BreakerConfig::default()).on_transition(|key, transition| {
 ///     if transition.to == CircuitState::Open {

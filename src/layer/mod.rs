@@ -22,6 +22,8 @@ macro_rules! inner_service_accessors {
 }
 pub(crate) use inner_service_accessors;
 
+pub use crate::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayBody, RequestBody};
+
 pub mod callback;
 pub mod circuit_breaker;
 mod hand_back;

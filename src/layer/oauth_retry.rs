@@ -40,8 +40,8 @@ pub struct AuthorizationPrompt {
 
 impl AuthorizationPrompt {
     /// The URL to open in the user's browser: the start link of the app's
-    /// [`CallbackService`](crate::CallbackService) when the authorizer has a
-    /// [`start_url`](crate::AuthorizerBuilder::start_url), else the authorization URL.
+    /// [`CallbackService`](crate::layer::callback::CallbackService) when the authorizer has a
+    /// [`start_url`](crate::oauth::AuthorizerBuilder::start_url), else the authorization URL.
     pub fn url(&self) -> &url::Url {
         self.flow.browser_url()
     }
@@ -84,7 +84,7 @@ enum Mode {
 /// Runs the interactive OAuth authorization when a request needs one, then replays it.
 ///
 /// Place it outside [`SilentRefreshLayer`](crate::SilentRefreshLayer), sharing the
-/// [`Authorizer`]'s [`BindingSlot`](crate::BindingSlot). For requests to the
+/// [`Authorizer`]'s [`BindingSlot`](crate::binding::BindingSlot). For requests to the
 /// authorizer's server:
 ///
 /// * a 401 response, or [`Error::ReauthRequired`] from silent refresh, starts (or joins)

@@ -39,7 +39,7 @@ use crate::store::BoxFuture;
 /// use bytes::Bytes;
 /// use http_body_util::Full;
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use tower_mcp_auth::{ClientAuth, Error, OboConfig, OboError, OboExchanger, OboGrant, OboHeaderLayer, Principal, Secret};
+/// use tower_mcp_auth::{obo::ClientAuth, Error, obo::OboConfig, obo::OboError, OboExchanger, obo::OboGrant, OboHeaderLayer, Principal, Secret};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -201,7 +201,7 @@ impl Authorizer {
     }
 
     /// A completer for this authorizer's flows, for the callback endpoint
-    /// ([`CallbackService`](crate::CallbackService)).
+    /// ([`CallbackService`](crate::layer::callback::CallbackService)).
     pub fn completer(&self) -> AuthorizationCompleter {
         AuthorizationCompleter::new(
             self.inner.flows.clone(),
@@ -395,7 +395,7 @@ impl Authorizer {
     ///
     /// ```no_run
     /// # use std::sync::Arc;
-    /// # use tower_mcp_auth::{store::MemoryStore, AuthorizationCause, Authorizer, Principal};
+    /// # use tower_mcp_auth::{store::MemoryStore, oauth::AuthorizationCause, Authorizer, Principal};
     /// # async fn run(authorizer: Authorizer) -> Result<(), tower_mcp_auth::Error> {
     /// let alice = Principal::new("acme", "alice");
     /// authorizer.restore_binding(&alice, &AuthorizationCause::challenge(None)).await?;

@@ -41,7 +41,7 @@ impl CallbackParams {
     /// Parses a callback's query string.
     ///
     /// ```
-    /// use tower_mcp_auth::CallbackParams;
+    /// use tower_mcp_auth::oauth::CallbackParams;
     ///
     /// let params = CallbackParams::from_query("code=abc&state=xyz&iss=https%3A%2F%2Fauth.example.com");
     /// assert_eq!(params.code.unwrap().expose(), "abc");
@@ -122,7 +122,7 @@ pub enum CallbackError {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tower_mcp_auth::{store::MemoryStore, AuthHttpClient, AuthorizationCompleter, CallbackError, CallbackParams, FlowStore};
+/// use tower_mcp_auth::{store::MemoryStore, AuthHttpClient, oauth::AuthorizationCompleter, oauth::CallbackError, oauth::CallbackParams, oauth::FlowStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {

@@ -112,7 +112,7 @@ pub enum DiscoveryError {
         found: String,
     },
     /// The authorization server is not among those the operator allows
-    /// ([`AuthorizerBuilder::allowed_authorization_servers`](crate::AuthorizerBuilder::allowed_authorization_servers)).
+    /// ([`AuthorizerBuilder::allowed_authorization_servers`](crate::oauth::AuthorizerBuilder::allowed_authorization_servers)).
     #[error("authorization server {issuer} is not allowed for this server")]
     AuthorizationServerNotAllowed {
         /// The issuer the MCP server named.
@@ -252,7 +252,7 @@ pub(crate) fn weigh_issuer(issuer: &AuthorizationServerMetadata) -> usize {
 /// Discovers and caches metadata. Clones share the caches.
 ///
 /// ```no_run
-/// use tower_mcp_auth::{AuthHttpClient, Discovery, UrlPolicy};
+/// use tower_mcp_auth::{AuthHttpClient, oauth::Discovery, UrlPolicy};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let discovery = Discovery::new(AuthHttpClient::new(), UrlPolicy::default());
@@ -384,7 +384,7 @@ impl Discovery {
     /// origin (2025-03-26 §2.3.3; the code flow still uses PKCE `S256`).
     ///
     /// ```
-    /// use tower_mcp_auth::{AuthHttpClient, Discovery, UrlPolicy};
+    /// use tower_mcp_auth::{AuthHttpClient, oauth::Discovery, UrlPolicy};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -119,7 +119,7 @@ impl JwtSigner {
     /// A signer from a PKCS#8 PEM private key: EC P-256 (ES256) or RSA (RS256).
     ///
     /// ```
-    /// use tower_mcp_auth::JwtSigner;
+    /// use tower_mcp_auth::obo::JwtSigner;
     ///
     /// assert!(JwtSigner::from_pkcs8_pem("not a key").is_err());
     /// ```

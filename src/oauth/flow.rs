@@ -41,7 +41,7 @@ pub struct AuthorizationRequest {
     /// Whether the callback must carry `iss` (RFC 9207): the authorization server
     /// advertised `authorization_response_iss_parameter_supported`.
     pub require_iss: bool,
-    /// The app's start endpoint ([`CallbackService`](crate::CallbackService)), if any:
+    /// The app's start endpoint ([`CallbackService`](crate::layer::callback::CallbackService)), if any:
     /// the browser is sent there (`?flow=<state>`), which sets the binding cookie and
     /// redirects to the authorization URL.
     pub start_endpoint: Option<Url>,

@@ -74,7 +74,7 @@ pub enum OboError {
 /// What to exchange the assertion for, where, and as which client.
 ///
 /// ```
-/// use tower_mcp_auth::{ClientAuth, OboConfig, OboGrant, Secret};
+/// use tower_mcp_auth::{obo::ClientAuth, obo::OboConfig, obo::OboGrant, Secret};
 ///
 /// let config = OboConfig::new(
 ///     "https://login.microsoftonline.com/tenant-id/oauth2/v2.0/token".parse().unwrap(),
@@ -146,7 +146,7 @@ impl OboConfig {
     /// cached, single-flight and retried as one exchange.
     ///
     /// ```
-    /// use tower_mcp_auth::{ClientAuth, OboConfig, OboGrant, Secret};
+    /// use tower_mcp_auth::{obo::ClientAuth, obo::OboConfig, obo::OboGrant, Secret};
     ///
     /// let config = OboConfig::new(
     ///     "https://idp.example.com/token".parse().unwrap(),

@@ -27,6 +27,10 @@ use crate::token::Secret;
 
 mod config;
 
+pub use crate::oauth::exchange::{
+    ACCESS_TOKEN_TYPE, ClientAuth, ID_JAG_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_BEARER, JwtSigner,
+    KeyError, OboGrant, TOKEN_EXCHANGE,
+};
 pub use config::{OboConfig, OboError, UserAssertion};
 
 /// The longest `Retry-After` honoured before the one retry.
@@ -101,7 +105,7 @@ pub struct OboStats {
 /// everything.
 ///
 /// ```no_run
-/// use tower_mcp_auth::{ClientAuth, OboConfig, OboExchanger, OboGrant, Principal, Secret, UserAssertion};
+/// use tower_mcp_auth::{obo::ClientAuth, obo::OboConfig, OboExchanger, obo::OboGrant, Principal, Secret, UserAssertion};
 ///
 /// # async fn run() -> Result<(), tower_mcp_auth::Error> {
 /// let exchanger = OboExchanger::new(OboConfig::new(

@@ -44,6 +44,7 @@ mod cooldown;
 mod hot;
 mod lease;
 
+pub use crate::limits::MAX_LIFETIME;
 pub(crate) use crate::token::ServeRule;
 pub use builder::RefreshCoordinatorBuilder;
 pub use config::RefreshConfig;

@@ -30,7 +30,7 @@ pub const DEFAULT_MAX_REPLAY_BODY: usize = 1 << 20;
 /// `UnsyncBoxBody` all are. Implemented for every such type; never implement it.
 ///
 /// ```
-/// fn accepts<B: tower_mcp_auth::RequestBody>() {}
+/// fn accepts<B: tower_mcp_auth::layer::RequestBody>() {}
 /// accepts::<http_body_util::Full<bytes::Bytes>>();
 /// accepts::<http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>>();
 /// accepts::<tower_mcp_auth::ReplayBody>();

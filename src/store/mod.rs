@@ -32,6 +32,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use crate::token::Generation;
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "redis"))))]
@@ -39,7 +40,7 @@ pub use sealing::{InvalidKeyId, SealReport, SealingKeys};
 
 use crate::fault::StoreError;
 use crate::key::AuthKey;
-use crate::token::{Generation, TokenSet};
+use crate::token::TokenSet;
 
 /// A boxed, `Send` future, as returned by the store traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -57,8 +58,8 @@ pub enum Swap {
 /// Small shared records (flows, client registrations) of a store several processes use:
 /// named byte values with a time to live and compare-and-set.
 ///
-/// [`FlowStore::shared`](crate::FlowStore::shared) and
-/// [`Registrar::with_records`](crate::Registrar::with_records) keep their state here, so a
+/// [`FlowStore::shared`](crate::oauth::FlowStore::shared) and
+/// [`Registrar::with_records`](crate::oauth::Registrar::with_records) keep their state here, so a
 /// callback that lands on another replica finds its flow, and restarts keep pending
 /// flows and client registrations. [`SqliteStore`] and [`RedisStore`] implement it.
 pub trait SharedRecords: Send + Sync + 'static {
@@ -164,7 +165,7 @@ pub trait CredentialStore: Send + Sync + 'static {
     /// // An in-memory store always answers at once; nothing is stored for alice yet.
     /// assert!(answered);
     /// assert_eq!(stored, Some(false));
-    /// # Ok::<(), tower_mcp_auth::ConfigError>(())
+    /// # Ok::<(), tower_mcp_auth::error::ConfigError>(())
     /// ```
     fn peek_now_unchecked_expiry(
         &self,
@@ -198,7 +199,7 @@ pub trait CredentialStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// When this process last found the store had lost its data (see
-    /// [`StoreWiped`](crate::StoreWiped)); `None`: never, or a store that cannot tell
+    /// [`StoreWiped`](crate::error::StoreWiped)); `None`: never, or a store that cannot tell
     /// (in-process stores, whose data lives and dies with the process). Readiness
     /// checks report it.
     fn lost_data_at(&self) -> Option<std::time::SystemTime> {

@@ -283,7 +283,7 @@ impl RedisStore {
 
     /// Checks the store's epoch: the first time, learns (or writes) it; later, a
     /// missing or different epoch means Redis lost everything since (a restart without
-    /// persistence, a flush): reported once as [`StoreWiped`](crate::StoreWiped), with
+    /// persistence, a flush): reported once as [`StoreWiped`](crate::error::StoreWiped), with
     /// a loud log line, after which the new epoch is the one known.
     async fn check_epoch(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();

@@ -16,7 +16,7 @@ use crate::store::BoxFuture;
 /// flow's redirect URI. There it hands the parameters to the
 /// [`AuthorizationCompleter`], as the callback endpoint would, or — made with
 /// [`through_callback`](Self::through_callback) — requests the redirect URI itself, with
-/// its cookies, so that a running [`CallbackService`](crate::CallbackService) completes
+/// its cookies, so that a running [`CallbackService`](crate::layer::callback::CallbackService) completes
 /// the flow.
 ///
 /// For authorization servers that consent without a form: the loopback
@@ -96,7 +96,7 @@ impl HeadlessBrowser {
     }
 
     /// Sends this header with every request, like the app's session a real browser
-    /// holds (for a [`CallbackService`](crate::CallbackService) start check).
+    /// holds (for a [`CallbackService`](crate::layer::callback::CallbackService) start check).
     pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
         self.headers.append(name, value);
         self

@@ -166,11 +166,11 @@ pub fn assert_all_ok(results: &[Result<String, BoxError>], user: &str) {
 /// Discovers the authorization server metadata behind `mcp` (loopback http allowed).
 pub async fn discover_authorization_server(
     mcp: &TestMcpServer,
-    challenge: Option<&tower_mcp_auth::BearerChallenge>,
-) -> Arc<tower_mcp_auth::AuthorizationServerMetadata> {
+    challenge: Option<&tower_mcp_auth::oauth::BearerChallenge>,
+) -> Arc<tower_mcp_auth::oauth::AuthorizationServerMetadata> {
     let policy = tower_mcp_auth::UrlPolicy::default().allow_loopback_http();
     let discovery =
-        tower_mcp_auth::Discovery::new(tower_mcp_auth::AuthHttpClient::reqwest(), policy);
+        tower_mcp_auth::oauth::Discovery::new(tower_mcp_auth::AuthHttpClient::reqwest(), policy);
     let server: url::Url = mcp.url().parse().unwrap();
     let resource = discovery
         .protected_resource(&server, challenge)

@@ -37,7 +37,7 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use sign_in::{SignIn, oauth_layers, orphaned};
 use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
 use tower_mcp_auth::layer::circuit_breaker::CircuitBreakerLayer;
-use tower_mcp_auth::{BreakerConfig, Error, RegistrationError, ReplayBody};
+use tower_mcp_auth::{BreakerConfig, Error, ReplayBody, oauth::RegistrationError};
 
 type Stack =
     BoxCloneSyncService<http::Request<ReplayBody>, http::Response<reqwest::Body>, BoxError>;

@@ -11,9 +11,10 @@ use tower::BoxError;
 use super::options::{BridgeOptions, Browser};
 use tower_mcp_auth::store::{CredentialStore, SharedRecords, SqliteStore};
 use tower_mcp_auth::{
-    AuthHttpClient, AuthorizationPrompt, Authorizer, BrowserBinding, CallbackService,
-    ClientAuthMethod, Discovery, Error, OAuthRetryLayer, PreRegisteredClient, Principal,
-    RefreshConfig, RefreshCoordinator, Secret, SilentRefreshLayer, UrlPolicy,
+    AuthHttpClient, Authorizer, Error, OAuthRetryLayer, Principal, RefreshConfig,
+    RefreshCoordinator, Secret, SilentRefreshLayer, UrlPolicy, binding::ClientAuthMethod,
+    layer::callback::BrowserBinding, layer::callback::CallbackService,
+    layer::oauth_retry::AuthorizationPrompt, oauth::Discovery, oauth::PreRegisteredClient,
 };
 
 /// How long one refresh-token redemption may take.
@@ -142,7 +143,7 @@ pub(super) async fn oauth_layers(
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .is_some_and(|peer| local_peer::same_user(peer.0, port))
     });
-    let app = tower_mcp_auth::callback_router("/callback", callback);
+    let app = tower_mcp_auth::layer::callback::callback_router("/callback", callback);
     tokio::spawn(async move {
         // Without the listener no sign-in can come back: say so where the user looks.
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();

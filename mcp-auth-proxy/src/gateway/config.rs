@@ -179,7 +179,7 @@ pub enum UpstreamAuth {
     },
     /// The caller's inbound JWT exchanged On-Behalf-Of the user for a token for the
     /// upstream (identity mode `jwt` only: the inbound token is the assertion).
-    Obo(Box<tower_mcp_auth::OboConfig>),
+    Obo(Box<tower_mcp_auth::obo::OboConfig>),
     /// A static header, its value from the environment.
     Header {
         /// The header.

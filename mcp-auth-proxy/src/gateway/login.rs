@@ -360,7 +360,7 @@ fn page(status: StatusCode, message: &str) -> Response {
         axum::response::Html(format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign-in</title></head>\
 <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto\"><p>{}</p></body></html>",
-            tower_mcp_auth::escape_html(message)
+            tower_mcp_auth::layer::callback::escape_html(message)
         )),
     )
         .into_response()

@@ -20,7 +20,7 @@ use tower_mcp_auth::Error;
 use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
 use tower_mcp_auth::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer};
 use tower_mcp_auth::store::{CredentialStore, SharedRecords};
-use tower_mcp_auth::{AuthKey, BindingId, Principal};
+use tower_mcp_auth::{AuthKey, Principal, binding::BindingId};
 mod connections;
 mod endpoints;
 mod forward;
@@ -31,8 +31,9 @@ use forward::{forward, json_error, principal, too_large};
 use upstream_oauth::{callback_service, connect_first, oauth_authorizer, retry_layer};
 
 use tower_mcp_auth::{
-    Authorizer, BreakerConfig, BrowserBinding, CallbackService, OAuthRetryLayer,
-    PreRegisteredClient, RefreshCoordinator, ReplayBody, SilentRefreshLayer, UrlPolicy,
+    Authorizer, BreakerConfig, OAuthRetryLayer, RefreshCoordinator, ReplayBody, SilentRefreshLayer,
+    UrlPolicy, layer::callback::BrowserBinding, layer::callback::CallbackService,
+    oauth::PreRegisteredClient,
 };
 
 type UpstreamService =
@@ -46,7 +47,7 @@ pub(crate) struct Upstream {
     /// The sign-in of an `oauth` upstream.
     pub(crate) authorizer: Option<Authorizer>,
     /// The upstream's circuit breakers (one per principal).
-    pub(crate) breaker: tower_mcp_auth::CircuitBreakerHandle,
+    pub(crate) breaker: tower_mcp_auth::layer::circuit_breaker::CircuitBreakerHandle,
     /// The refresh coordinator of an `oauth` upstream (its per-process token cache).
     pub(crate) coordinator: Option<RefreshCoordinator>,
     /// An `obo` upstream: the caller's inbound token goes to the stack as the
@@ -97,7 +98,7 @@ pub struct Gateway {
 pub enum GatewayError {
     /// The store could not be opened.
     #[error("store: {0}")]
-    Store(#[from] tower_mcp_auth::StoreError),
+    Store(#[from] tower_mcp_auth::error::StoreError),
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(#[from] tower_mcp_auth::client::ClientBuildError),
@@ -111,7 +112,7 @@ pub enum GatewayError {
         /// The upstream's name.
         upstream: String,
         /// What was wrong.
-        source: tower_mcp_auth::ConfigError,
+        source: tower_mcp_auth::error::ConfigError,
     },
 }
 
@@ -155,7 +156,7 @@ impl Gateway {
                 #[cfg(not(feature = "redis"))]
                 {
                     let _ = url;
-                    return Err(GatewayError::Store(tower_mcp_auth::StoreError::new(
+                    return Err(GatewayError::Store(tower_mcp_auth::error::StoreError::new(
                         std::io::Error::other("this build has no Redis support (feature `redis`)"),
                     )));
                 }
@@ -202,7 +203,7 @@ impl Gateway {
                     )
                     .map_err(|source| GatewayError::Upstream {
                         upstream: "login".into(),
-                        source: tower_mcp_auth::ConfigError::InvalidUrl {
+                        source: tower_mcp_auth::error::ConfigError::InvalidUrl {
                             field: "public_url",
                             source,
                         },
@@ -342,7 +343,7 @@ impl Gateway {
         config: &ProxyConfig,
     ) -> Result<tower_mcp_auth::store::SealReport, GatewayError> {
         let Some(keys) = &config.sealing else {
-            return Err(GatewayError::Store(tower_mcp_auth::StoreError::new(
+            return Err(GatewayError::Store(tower_mcp_auth::error::StoreError::new(
                 std::io::Error::other("no `[store] sealing_key_env` in the configuration"),
             )));
         };
@@ -360,9 +361,11 @@ impl Gateway {
                 .seal_existing()
                 .await?),
             #[cfg(not(feature = "redis"))]
-            StoreConfig::Redis(_) => Err(GatewayError::Store(tower_mcp_auth::StoreError::new(
-                std::io::Error::other("this build has no Redis support (feature `redis`)"),
-            ))),
+            StoreConfig::Redis(_) => {
+                Err(GatewayError::Store(tower_mcp_auth::error::StoreError::new(
+                    std::io::Error::other("this build has no Redis support (feature `redis`)"),
+                )))
+            }
         }
     }
 
@@ -443,7 +446,7 @@ impl Gateway {
             .route("/login/callback", axum::routing::get(login_callback))
             .with_state(self);
         for (name, service) in callbacks.iter() {
-            router = router.merge(tower_mcp_auth::callback_router(
+            router = router.merge(tower_mcp_auth::layer::callback::callback_router(
                 &format!("/oauth/{name}/callback"),
                 service.clone(),
             ));

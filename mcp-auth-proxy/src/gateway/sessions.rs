@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower_mcp_auth::Principal;
-use tower_mcp_auth::StoreError;
+use tower_mcp_auth::error::StoreError;
 use tower_mcp_auth::store::SharedRecords;
 
 /// How long an owner record lives in the store after the session's last renewal.

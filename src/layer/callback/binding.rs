@@ -21,7 +21,7 @@ const COOKIE_PREFIX: &str = "mcp_oauth_";
 /// on the same host (cookies ignore ports), non-ASCII ones included, are skipped.
 ///
 /// ```
-/// use tower_mcp_auth::BrowserBinding;
+/// use tower_mcp_auth::layer::callback::BrowserBinding;
 ///
 /// let binding = BrowserBinding::new(b"32 random bytes from your secret store");
 /// let cookie = format!("{}={}", binding.cookie_name("state-123"), binding.cookie_value("state-123"));
@@ -132,7 +132,7 @@ impl BrowserBinding {
     }
 
     /// The response that starts a flow in the browser: `302` to the authorization URL,
-    /// setting the flow's binding cookie. [`CallbackService`](crate::CallbackService)'s
+    /// setting the flow's binding cookie. [`CallbackService`](crate::layer::callback::CallbackService)'s
     /// start endpoint answers this; apps with a start route of their own use it there.
     pub fn start_response(&self, flow: &PendingFlow) -> Response<()> {
         let mut response = Response::new(());

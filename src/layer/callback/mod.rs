@@ -2,7 +2,7 @@
 //!
 //! The user's browser opens the flow's start link (`<start path>?flow=…`, the URL that
 //! [`OAuthRetryLayer`](crate::OAuthRetryLayer) hands out when the authorizer has a
-//! [`start_url`](crate::AuthorizerBuilder::start_url)). The start endpoint sets a
+//! [`start_url`](crate::oauth::AuthorizerBuilder::start_url)). The start endpoint sets a
 //! signed, one-shot cookie bound to the flow ([`BrowserBinding`]) and redirects to the
 //! authorization server. The callback acts only when that cookie is present and valid:
 //! a forged or replayed callback (login CSRF) and a forged `error=` (which would fail
@@ -53,7 +53,7 @@ pub type StartCheck = Arc<dyn Fn(&http::request::Parts, &Principal) -> bool + Se
 /// ```
 /// use std::sync::Arc;
 /// use tower::ServiceExt;
-/// use tower_mcp_auth::{store::MemoryStore, AuthHttpClient, AuthorizationCompleter, BrowserBinding, CallbackService, FlowStore, Principal};
+/// use tower_mcp_auth::{store::MemoryStore, AuthHttpClient, oauth::AuthorizationCompleter, layer::callback::BrowserBinding, layer::callback::CallbackService, oauth::FlowStore, Principal};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -106,7 +106,7 @@ impl CallbackService {
     }
 
     /// The path of the start endpoint (default [`DEFAULT_START_PATH`]); it must match
-    /// the path of the authorizer's [`start_url`](crate::AuthorizerBuilder::start_url).
+    /// the path of the authorizer's [`start_url`](crate::oauth::AuthorizerBuilder::start_url).
     pub fn with_start_path(mut self, path: impl Into<String>) -> Self {
         self.start_path = Arc::from(path.into());
         self
@@ -286,7 +286,7 @@ impl<B> tower::Service<Request<B>> for CallbackService {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tower_mcp_auth::{callback_router, store::MemoryStore, AuthHttpClient, AuthorizationCompleter, BrowserBinding, CallbackService, FlowStore};
+/// use tower_mcp_auth::{layer::callback::callback_router, store::MemoryStore, AuthHttpClient, oauth::AuthorizationCompleter, layer::callback::BrowserBinding, layer::callback::CallbackService, oauth::FlowStore};
 ///
 /// let completer = AuthorizationCompleter::new(FlowStore::new(), Arc::new(MemoryStore::new()), AuthHttpClient::new());
 /// let service = CallbackService::new(completer, BrowserBinding::new(b"key")).with_start_path("/oauth/start");

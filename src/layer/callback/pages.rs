@@ -75,7 +75,7 @@ impl CallbackPage<'_> {
 /// insert ([`escape_html`]): the error description comes from the authorization server.
 ///
 /// ```
-/// use tower_mcp_auth::{CallbackPage, CallbackPages, escape_html};
+/// use tower_mcp_auth::{layer::callback::CallbackPage, layer::callback::CallbackPages, layer::callback::escape_html};
 ///
 /// struct Plain;
 ///
@@ -197,7 +197,7 @@ impl CallbackPages for DefaultPages {
 /// `text` with `&`, `<`, `>`, `"` and `'` escaped for HTML text and attribute values.
 ///
 /// ```
-/// assert_eq!(tower_mcp_auth::escape_html("<b>\"x\" & 'y'</b>"), "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;");
+/// assert_eq!(tower_mcp_auth::layer::callback::escape_html("<b>\"x\" & 'y'</b>"), "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;");
 /// ```
 pub fn escape_html(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());

@@ -15,7 +15,7 @@ use crate::http_client::retry_after;
 /// ```
 /// use http::Response;
 /// use tower::BoxError;
-/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, ClassifyOutcome, DefaultClassifier, Outcome};
+/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, layer::circuit_breaker::ClassifyOutcome, layer::circuit_breaker::DefaultClassifier, breaker::Outcome};
 ///
 /// /// Also treats 408 Request Timeout as the upstream failing.
 /// #[derive(Clone)]
@@ -52,7 +52,7 @@ pub trait ClassifyOutcome<ResBody>: Clone + Send + Sync + 'static {
 ///
 /// ```
 /// use tower::BoxError;
-/// use tower_mcp_auth::{ClassifyOutcome, DefaultClassifier, Outcome};
+/// use tower_mcp_auth::{layer::circuit_breaker::ClassifyOutcome, layer::circuit_breaker::DefaultClassifier, breaker::Outcome};
 ///
 /// let unauthorized = http::Response::builder().status(401).body(()).unwrap();
 /// assert_eq!(DefaultClassifier.classify_response(&unauthorized), Outcome::Neutral);

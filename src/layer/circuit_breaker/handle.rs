@@ -9,7 +9,7 @@ use crate::breaker::BreakerSnapshot;
 /// Control and visibility of a [`CircuitBreakerLayer`](super::CircuitBreakerLayer)'s circuits.
 ///
 /// ```
-/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, CircuitState};
+/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, breaker::CircuitState};
 ///
 /// let layer = CircuitBreakerLayer::new(BreakerConfig::default());
 /// let handle = layer.handle();

@@ -14,7 +14,7 @@ pub type KeyFn = Arc<dyn Fn(&Uri, &Extensions) -> String + Send + Sync>;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tower_mcp_auth::{BreakerConfig, BreakerKeying, CircuitBreakerLayer};
+/// use tower_mcp_auth::{BreakerConfig, layer::circuit_breaker::BreakerKeying, CircuitBreakerLayer};
 ///
 /// // One circuit per host, whatever the port or scheme.
 /// let by_host = BreakerKeying::Custom(Arc::new(|uri: &http::Uri, _: &http::Extensions| {

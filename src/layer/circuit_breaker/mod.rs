@@ -18,7 +18,7 @@
 //! closed after opening) or has failures since its last success, it admits at most as
 //! many concurrent calls as failures it may still take before opening; further calls
 //! wait for one of those to finish (at most the probe timeout, then they fail with
-//! [`Rejection::Unproven`](crate::Rejection::Unproven)). A dead upstream hit by a wave of 1,000 calls sees
+//! [`Rejection::Unproven`](crate::breaker::Rejection::Unproven)). A dead upstream hit by a wave of 1,000 calls sees
 //! `consecutive_failures` of them, then the circuit opens and the rest fail fast; a
 //! healthy one is proven by the first answer and everyone proceeds.
 
@@ -126,7 +126,7 @@ impl Shared {
 /// use bytes::Bytes;
 /// use http_body_util::Full;
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use tower_mcp_auth::{BreakerConfig, BreakerKeying, CircuitBreakerLayer, Error};
+/// use tower_mcp_auth::{BreakerConfig, layer::circuit_breaker::BreakerKeying, CircuitBreakerLayer, Error};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {

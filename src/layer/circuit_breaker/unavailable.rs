@@ -17,7 +17,7 @@ use crate::error::Error;
 ///
 /// ```
 /// use tower::ServiceBuilder;
-/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, ServiceUnavailableOnOpenLayer};
+/// use tower_mcp_auth::{BreakerConfig, CircuitBreakerLayer, layer::circuit_breaker::ServiceUnavailableOnOpenLayer};
 ///
 /// let stack = ServiceBuilder::new()
 ///     .layer(ServiceUnavailableOnOpenLayer)

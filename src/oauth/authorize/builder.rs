@@ -93,13 +93,13 @@ impl AuthorizerBuilder {
         self
     }
 
-    /// The app's start endpoint (served by [`CallbackService`](crate::CallbackService),
+    /// The app's start endpoint (served by [`CallbackService`](crate::layer::callback::CallbackService),
     /// e.g. `https://app.example.com/oauth/start`): the URL handed to authorization
     /// handlers and in [`Error::AuthorizationRequired`](crate::Error::AuthorizationRequired) becomes this endpoint with
     /// `?flow=<state>`, which sets the browser-binding cookie the callback checks and
     /// redirects to the authorization server. Without it, browsers are sent to the
     /// authorization URL directly and the app must set the cookie itself
-    /// ([`BrowserBinding::start_response`](crate::BrowserBinding::start_response)).
+    /// ([`BrowserBinding::start_response`](crate::layer::callback::BrowserBinding::start_response)).
     pub fn start_url(mut self, start: Url) -> Self {
         self.start_endpoint = Some(start);
         self

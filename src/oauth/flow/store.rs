@@ -21,7 +21,7 @@ use crate::token::Secret;
 /// Flow state, by key and by `state`, in moka with a TTL (default 15 minutes).
 ///
 /// ```
-/// use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowOutcome, FlowStore, Generation, Principal, ServerBinding};
+/// use tower_mcp_auth::{AuthKey, oauth::AuthorizationRequest, oauth::FlowOutcome, oauth::FlowStore, store::Generation, Principal, ServerBinding};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -259,7 +259,7 @@ impl FlowStore {
     /// process: e.g. to learn whether the process serving its redirect URI is alive.
     ///
     /// ```
-    /// use tower_mcp_auth::{AuthKey, AuthorizationRequest, FlowStore, Principal, ServerBinding};
+    /// use tower_mcp_auth::{AuthKey, oauth::AuthorizationRequest, oauth::FlowStore, Principal, ServerBinding};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,7 +12,7 @@ use super::*;
 /// Document or dynamic registration.
 ///
 /// ```
-/// use tower_mcp_auth::{ClientAuthMethod, PreRegisteredClient, Secret};
+/// use tower_mcp_auth::{binding::ClientAuthMethod, oauth::PreRegisteredClient, Secret};
 ///
 /// let client = PreRegisteredClient::new("https://auth.example.com", "static-id")
 ///     .with_secret(Secret::new("s3cr3t"), ClientAuthMethod::ClientSecretBasic)

@@ -70,10 +70,10 @@ fn obo_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, Stri
     };
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     state.record(&grant_type, &client_id, client_auth, form);
-    let exchange = grant_type == crate::TOKEN_EXCHANGE;
+    let exchange = grant_type == crate::obo::TOKEN_EXCHANGE;
     let assertion = if exchange {
         let accepted = [
-            crate::ACCESS_TOKEN_TYPE,
+            crate::obo::ACCESS_TOKEN_TYPE,
             "urn:ietf:params:oauth:token-type:jwt",
         ];
         if !form
@@ -103,7 +103,7 @@ fn obo_grant(state: &AuthState, headers: &HeaderMap, form: &HashMap<String, Stri
         "expires_in": lifetime.as_secs(),
     });
     if exchange {
-        body["issued_token_type"] = json!(crate::ACCESS_TOKEN_TYPE);
+        body["issued_token_type"] = json!(crate::obo::ACCESS_TOKEN_TYPE);
     }
     if let Some(scope) = &grant.scope {
         body["scope"] = json!(scope);
@@ -227,7 +227,7 @@ async fn handle_token_request(
             .refresh_requests
             .fetch_add(1, Ordering::SeqCst);
     }
-    if grant_type == crate::JWT_BEARER || grant_type == crate::TOKEN_EXCHANGE {
+    if grant_type == crate::obo::JWT_BEARER || grant_type == crate::obo::TOKEN_EXCHANGE {
         state.counters.obo_exchanges.fetch_add(1, Ordering::SeqCst);
     }
     let (latency, fault) = {
@@ -270,7 +270,7 @@ async fn handle_token_request(
     match grant_type.as_str() {
         "refresh_token" => refresh_grant(&state, &headers, &form),
         "authorization_code" => code_grant(&state, &headers, &form),
-        crate::JWT_BEARER | crate::TOKEN_EXCHANGE => obo_grant(&state, &headers, &form),
+        crate::obo::JWT_BEARER | crate::obo::TOKEN_EXCHANGE => obo_grant(&state, &headers, &form),
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
 }

@@ -203,17 +203,17 @@ pub(super) fn upstream(
                     )
                 })?;
             let client_auth = match upstream.client_secret_env {
-                None => tower_mcp_auth::ClientAuth::None,
+                None => tower_mcp_auth::obo::ClientAuth::None,
                 Some(variable) => {
-                    tower_mcp_auth::ClientAuth::SecretBasic(tower_mcp_auth::Secret::new(
+                    tower_mcp_auth::obo::ClientAuth::SecretBasic(tower_mcp_auth::Secret::new(
                         src.env_secret(&variable, "upstream.client_secret_env")?,
                     ))
                 }
             };
             let grant = match upstream.grant.as_ref().map(|g| g.get_ref().as_str()) {
-                None | Some("token-exchange") => tower_mcp_auth::OboGrant::token_exchange(),
-                Some("jwt-bearer") => tower_mcp_auth::OboGrant::JwtBearer,
-                Some("entra-obo") => tower_mcp_auth::OboGrant::EntraOnBehalfOf,
+                None | Some("token-exchange") => tower_mcp_auth::obo::OboGrant::token_exchange(),
+                Some("jwt-bearer") => tower_mcp_auth::obo::OboGrant::JwtBearer,
+                Some("entra-obo") => tower_mcp_auth::obo::OboGrant::EntraOnBehalfOf,
                 Some(other) => {
                     let span = upstream
                         .grant
@@ -228,7 +228,7 @@ pub(super) fn upstream(
                     ));
                 }
             };
-            let mut config = tower_mcp_auth::OboConfig::new(
+            let mut config = tower_mcp_auth::obo::OboConfig::new(
                 token_endpoint,
                 client_id.into_inner(),
                 client_auth,

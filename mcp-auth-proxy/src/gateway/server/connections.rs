@@ -10,7 +10,9 @@ use http::{HeaderMap, StatusCode};
 
 use super::{Gateway, Upstream};
 use tower_mcp_auth::{AuthKey, Principal};
-use tower_mcp_auth::{AuthorizationCause, CircuitState, escape_html};
+use tower_mcp_auth::{
+    breaker::CircuitState, layer::callback::escape_html, oauth::AuthorizationCause,
+};
 
 /// How long the page waits on the store or the upstream's discovery for one upstream.
 const STATE_TIMEOUT: Duration = Duration::from_secs(5);

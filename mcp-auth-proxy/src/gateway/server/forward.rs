@@ -341,7 +341,7 @@ pub(super) async fn forward(
                     Some(authorizer) => authorizer
                         .start(
                             &principal_of_request,
-                            &tower_mcp_auth::AuthorizationCause::challenge(None),
+                            &tower_mcp_auth::oauth::AuthorizationCause::challenge(None),
                         )
                         .await
                         .ok(),

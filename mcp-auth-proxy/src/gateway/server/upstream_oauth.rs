@@ -16,18 +16,19 @@ pub(super) fn oauth_authorizer(
     ),
     store: &Arc<dyn CredentialStore>,
     records: &Arc<dyn SharedRecords>,
-) -> Result<Authorizer, tower_mcp_auth::ConfigError> {
+) -> Result<Authorizer, tower_mcp_auth::error::ConfigError> {
     // `ProxyConfig::parse` refuses an `oauth` upstream without a public URL.
-    let public = config
-        .public_url
-        .as_ref()
-        .ok_or(tower_mcp_auth::ConfigError::UnsupportedUrl {
-            field: "public_url",
-        })?;
+    let public =
+        config
+            .public_url
+            .as_ref()
+            .ok_or(tower_mcp_auth::error::ConfigError::UnsupportedUrl {
+                field: "public_url",
+            })?;
     let join = |path: String| {
         public
             .join(&path)
-            .map_err(|source| tower_mcp_auth::ConfigError::InvalidUrl {
+            .map_err(|source| tower_mcp_auth::error::ConfigError::InvalidUrl {
                 field: "public_url",
                 source,
             })
@@ -51,7 +52,7 @@ pub(super) fn oauth_authorizer(
         if let Some(secret) = &client.client_secret {
             registered = registered.with_secret(
                 secret.clone(),
-                tower_mcp_auth::ClientAuthMethod::ClientSecretBasic,
+                tower_mcp_auth::binding::ClientAuthMethod::ClientSecretBasic,
             );
         }
         builder = builder.pre_registered(registered);
@@ -73,7 +74,7 @@ pub(super) fn retry_layer(
     let upstream = name.to_owned();
     OAuthRetryLayer::wait(
         authorizer.clone(),
-        move |prompt: tower_mcp_auth::AuthorizationPrompt| {
+        move |prompt: tower_mcp_auth::layer::oauth_retry::AuthorizationPrompt| {
             tracing::info!(
                 upstream = %upstream,
                 subject = prompt.principal.subject(),
