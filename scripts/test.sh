@@ -143,7 +143,7 @@ cargo install --quiet --debug --locked --force --path mcp-auth-proxy --root targ
 target/install/bin/mcp-auth-proxy --version
 target/install/bin/mcp-auth-proxy check --config proxy.example.toml
 
-step "mcp-auth-proxy transparency: the suite's server scenarios against server-everything, directly and through the gateway"
+step "mcp-auth-proxy transparency: the suite's server scenarios against an upstream on the official TypeScript SDK (tests/external/conformance-server), directly and through the gateway"
 scripts/gateway-conformance.sh
 
 disk

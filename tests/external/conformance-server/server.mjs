@@ -219,6 +219,10 @@ function createServer(session) {
 
   // Not tied to the tools/call (no relatedRequestId): goes on the standalone GET stream.
   const askClient = async (label, ask) => {
+    // Diagnostics only (SDK internals): whether the request can be delivered right now.
+    const inner = session.transport._webStandardTransport ?? session.transport;
+    const attached = inner._streamMapping?.has('_GET_stream');
+    log(`[${session.id}] ${label} on the standalone stream (GET stream ${attached ? 'attached' : 'NOT attached'})`);
     try {
       return { result: await ask({ timeout: CLIENT_REQUEST_TIMEOUT_MS }) };
     } catch (err) {
@@ -503,6 +507,19 @@ app.delete('/mcp', async (req, res) => {
     log('DELETE /mcp failed:', err);
     if (!res.headersSent) jsonRpcError(res, 500, -32603, 'Internal server error');
   }
+});
+
+app.all('/mcp', (req, res) => {
+  res.set('Allow', 'GET, POST, DELETE');
+  jsonRpcError(res, 405, -32000, 'Method not allowed');
+});
+
+// express.json() failures would otherwise be answered with an HTML page.
+app.use((err, req, res, next) => {
+  if (res.headersSent) return next(err);
+  if (err.type === 'entity.parse.failed') return jsonRpcError(res, 400, -32700, 'Parse error');
+  log(`${req.method} ${req.path} failed:`, err);
+  jsonRpcError(res, err.status ?? 500, -32603, err.message);
 });
 
 const httpServer = app.listen(PORT, HOST, () => log(`listening on http://${HOST}:${PORT}/mcp`));
