@@ -22,6 +22,7 @@ use tower_mcp_auth::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer}
 use tower_mcp_auth::store::{CredentialStore, SharedRecords};
 use tower_mcp_auth::{AuthKey, Principal, binding::BindingId};
 mod connections;
+mod early_stream;
 mod endpoints;
 mod forward;
 mod upstream_oauth;
@@ -91,6 +92,8 @@ pub struct Gateway {
     edge: Arc<super::edge::EdgePolicy>,
     /// Which principal created each upstream session.
     sessions: super::sessions::SessionOwners,
+    /// Each new session's standalone stream, opened before its client asks.
+    early_streams: early_stream::EarlyStreams,
 }
 
 /// Why the gateway could not be built.
@@ -319,6 +322,7 @@ impl Gateway {
             jwt,
             login,
             sessions: super::sessions::SessionOwners::new(records),
+            early_streams: early_stream::EarlyStreams::default(),
             edge: Arc::new(super::edge::EdgePolicy::new(
                 config.public_url.as_ref(),
                 &config.allowed_hosts,

@@ -29,6 +29,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// An upstream's answer as the caller gets it: without the hop's own headers, and
+/// without cookies (the gateway's origin is shared by every upstream and its own
+/// sign-in pages: no upstream may set cookies there). Streamed as it arrives: SSE events
+/// are passed on one by one.
+pub(super) fn to_client(response: http::Response<reqwest::Body>) -> Response {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::SET_COOKIE);
+    Response::from_parts(parts, Body::new(body))
+}
+
 /// Where a caller's request goes: the configured URL, its query parameters kept, the
 /// caller's parameters added after them unless they name a configured one.
 fn upstream_url(configured: &url::Url, caller_query: Option<&str>) -> url::Url {
@@ -288,14 +299,63 @@ pub(super) async fn forward(
             .is_some_and(|session| gateway.url_elicitation_sessions.contains_key(session)),
         None => false,
     };
+    // The session's standalone stream: the one the gateway opened early, unless the
+    // client resumes an earlier one.
+    let standalone = parts.method == http::Method::GET && session.is_some();
+    if let (true, Some(session)) = (standalone, &session) {
+        if parts.headers.contains_key("last-event-id") {
+            gateway.early_streams.close(&name, session);
+        } else if let Some(stream) = gateway
+            .early_streams
+            .claim(&name, session, &principal_of_request)
+            .await
+        {
+            return stream;
+        }
+    }
+    let again = standalone.then(|| {
+        (
+            parts.uri.clone(),
+            parts.headers.clone(),
+            parts.extensions.clone(),
+        )
+    });
+    let early_extensions =
+        (parts.method == http::Method::POST && session.is_none()).then(|| parts.extensions.clone());
     let request = http::Request::from_parts(parts, body);
-    match upstream.service.oneshot(request).await {
+    let mut result = upstream.service.clone().oneshot(request).await;
+    if let (Ok(response), Some((uri, headers, extensions))) = (&result, again)
+        && response.status() == StatusCode::CONFLICT
+    {
+        // Another replica of the gateway may hold this session's early stream,
+        // unclaimed: it closes within `UNCLAIMED_FOR`; then this GET is the only one.
+        tokio::time::sleep(early_stream::UNCLAIMED_FOR + Duration::from_secs(1)).await;
+        let mut retry = http::Request::new(ReplayBody::empty());
+        *retry.uri_mut() = uri;
+        *retry.headers_mut() = headers;
+        *retry.extensions_mut() = extensions;
+        result = upstream.service.clone().oneshot(retry).await;
+    }
+    match result {
         Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            // The gateway's origin is shared by every upstream and its own sign-in
-            // pages: no upstream may set cookies there.
-            parts.headers.remove(header::SET_COOKIE);
+            if let Some(created) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|created| session.as_deref() != Some(*created))
+                && response.status().is_success()
+                && let Some(extensions) = early_extensions
+            {
+                gateway.early_streams.open(
+                    &name,
+                    &upstream,
+                    &url,
+                    created,
+                    principal_of_request.clone(),
+                    extensions,
+                );
+            }
+            let (parts, body) = response.into_parts();
             if let Some(created) = parts
                 .headers
                 .get("mcp-session-id")
@@ -315,6 +375,7 @@ pub(super) async fn forward(
                 && let Some(session) = &session
             {
                 gateway.sessions.forget(&name, session);
+                gateway.early_streams.close(&name, session);
             }
             if url_elicitation
                 && message.as_ref().is_some_and(Message::is_initialize)
@@ -327,8 +388,7 @@ pub(super) async fn forward(
                     .url_elicitation_sessions
                     .insert(session.to_owned(), ());
             }
-            // Streamed as it arrives: SSE events are passed on one by one.
-            Response::from_parts(parts, Body::new(body))
+            to_client(http::Response::from_parts(parts, body))
         }
         Err(error) => match Error::find(error.as_ref()) {
             Some(Error::AuthorizationRequired { url, .. }) => {

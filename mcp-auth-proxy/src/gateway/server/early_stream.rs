@@ -1,0 +1,154 @@
+//! Each session's standalone stream, opened upstream by the gateway itself as soon as
+//! the session exists.
+//!
+//! A client opens its GET stream and posts `tools/call` at once, and the two reach the
+//! upstream on different connections. Where the POST wins, a server that sends its
+//! sampling or elicitation request on the standalone stream finds none open yet: the
+//! request waits for a replay that may never come. The gateway's extra hop makes the
+//! GET the slower of the two more often. So when an upstream creates a session, the
+//! gateway opens the session's GET stream itself and leaves its body unread (what the
+//! server sends waits in the connection, in order), and the owner's first GET gets that
+//! stream. A stream nobody claims within [`UNCLAIMED_FOR`] is closed; a GET that
+//! resumes (`Last-Event-ID`) closes it and goes upstream as sent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::Response;
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+use tower_mcp_auth::{Principal, ReplayBody};
+
+use super::Upstream;
+use super::forward::to_client;
+
+/// How long an early stream waits for its session's first GET.
+pub(super) const UNCLAIMED_FOR: Duration = Duration::from_secs(5);
+
+/// How long an unclaimed early GET may wait for the upstream's answer (a server may
+/// hold its headers until the first event).
+const UNANSWERED_FOR: Duration = Duration::from_secs(30);
+
+/// Upstream name and session id.
+type Key = (String, String);
+
+struct Slot {
+    owner: Principal,
+    /// The upstream's answer to the early GET, once it came (`None`: refused or failed).
+    stream: oneshot::Receiver<Option<Response>>,
+}
+
+/// The early streams of this process's sessions, each until its owner claims it or
+/// [`UNCLAIMED_FOR`] passes.
+#[derive(Clone, Default)]
+pub(crate) struct EarlyStreams {
+    slots: Arc<Mutex<HashMap<Key, Slot>>>,
+}
+
+impl EarlyStreams {
+    /// Opens `session`'s standalone stream on `upstream` for `owner`, whose request
+    /// created the session (`extensions`: its principal and any OBO assertion).
+    pub(super) fn open(
+        &self,
+        name: &str,
+        upstream: &Upstream,
+        url: &url::Url,
+        session: &str,
+        owner: Principal,
+        extensions: http::Extensions,
+    ) {
+        let mut request = http::Request::new(ReplayBody::empty());
+        let (Ok(uri), Ok(session_header)) = (
+            url.as_str().parse::<http::Uri>(),
+            http::HeaderValue::from_str(session),
+        ) else {
+            return;
+        };
+        *request.uri_mut() = uri;
+        *request.extensions_mut() = extensions;
+        let headers = request.headers_mut();
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert("mcp-session-id", session_header);
+
+        let key = (name.to_owned(), session.to_owned());
+        let (mut sender, stream) = oneshot::channel();
+        self.lock().insert(key.clone(), Slot { owner, stream });
+        let service = upstream.service.clone();
+        let slots = self.clone();
+        tokio::spawn(async move {
+            let mut call = std::pin::pin!(service.oneshot(request));
+            let mut deadline = std::pin::pin!(tokio::time::sleep(UNANSWERED_FOR));
+            let mut waited = false;
+            let result = loop {
+                tokio::select! {
+                    result = &mut call => break result,
+                    // Closed (a resuming GET, the session's end): nobody will read it.
+                    () = sender.closed() => return,
+                    () = &mut deadline, if !waited => {
+                        waited = true;
+                        if slots.lock().remove(&key).is_some() {
+                            return;
+                        }
+                    }
+                }
+            };
+            let answer = match result {
+                Ok(response)
+                    if response.status().is_success()
+                        && response
+                            .headers()
+                            .get(http::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.starts_with("text/event-stream")) =>
+                {
+                    Some(to_client(response))
+                }
+                // No standalone stream there (405), or not now: the client's own GET
+                // goes upstream as it would without the gateway.
+                Ok(response) => {
+                    tracing::debug!(upstream = %key.0, status = %response.status(), "no early standalone stream");
+                    None
+                }
+                Err(error) => {
+                    tracing::debug!(upstream = %key.0, %error, "early standalone stream failed");
+                    None
+                }
+            };
+            // Claimed already and dropped by a resuming GET: the stream closes here.
+            let _ = sender.send(answer);
+            tokio::time::sleep(UNCLAIMED_FOR).await;
+            if slots.lock().remove(&key).is_some() {
+                tracing::debug!(upstream = %key.0, "early standalone stream unclaimed; closed");
+            }
+        });
+    }
+
+    /// The early stream of `session` for its owner's GET, waiting for the upstream's
+    /// answer if it has not come yet; `None` when there is none (never opened, refused
+    /// upstream, claimed, expired) or `principal` is not its owner.
+    pub(super) async fn claim(
+        &self,
+        name: &str,
+        session: &str,
+        principal: &Principal,
+    ) -> Option<Response> {
+        let slot = self.lock().remove(&(name.to_owned(), session.to_owned()))?;
+        if slot.owner != *principal {
+            return None;
+        }
+        slot.stream.await.ok().flatten()
+    }
+
+    /// Closes `session`'s early stream, if any: the session ended, or a GET resumes.
+    pub(super) fn close(&self, name: &str, session: &str) {
+        self.lock().remove(&(name.to_owned(), session.to_owned()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
