@@ -321,8 +321,8 @@ fn stdio(args: &[String]) -> ExitCode {
 }
 
 /// The process-wide Prometheus recorder for the crate's counters (`/metrics`).
-fn metrics_recorder() -> Option<mcp_auth_proxy::CounterExposition> {
-    let handle = mcp_auth_proxy::CounterRecorder::new().install();
+fn metrics_recorder() -> Option<mcp_auth_proxy::MetricsExposition> {
+    let handle = mcp_auth_proxy::MetricsRecorder::new().install();
     match &handle {
         Some(_) => tower_mcp_auth::metrics::describe(),
         None => tracing::warn!("another metrics recorder is installed; /metrics disabled"),

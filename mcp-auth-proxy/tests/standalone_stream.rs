@@ -195,3 +195,75 @@ async fn an_unclaimed_early_stream_is_closed_and_a_later_get_goes_upstream() {
     assert_eq!(response.status(), 200);
     assert_eq!(seen.opened.load(Ordering::SeqCst), 2);
 }
+
+/// The `/metrics` line of `name` whose labels include every one of `labels`, if any.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_streams_and_early_streams_from_the_first_request() {
+    let seen = Arc::new(Seen::default());
+    let upstream = upstream(seen.clone()).await;
+    let gateway = gateway("early-metrics", &upstream);
+    let endpoint = format!("{}/early/mcp", gateway.url);
+    let scrape = || async {
+        common::gateway::http()
+            .get(format!("{}/metrics", gateway.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+
+    let session = initialize(&endpoint).await;
+    let text = scrape().await;
+    let posts = [r#"upstream="early""#, r#"method="POST""#, r#"status="200""#];
+    assert_eq!(
+        metric(&text, "mcp_auth_proxy_requests_total", &posts),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mcp_auth_proxy_request_duration_seconds_count",
+            &posts[..2]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    let response = get(&endpoint, &session).send().await.unwrap();
+    let mut body = response.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    let text = scrape().await;
+    let early = [r#"upstream="early""#];
+    assert_eq!(
+        metric(&text, "mcp_auth_proxy_open_streams", &early),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mcp_auth_proxy_early_streams_total",
+            &[early[0], r#"outcome="claimed""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&scrape().await, "mcp_auth_proxy_open_streams", &early) != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

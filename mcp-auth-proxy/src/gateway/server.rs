@@ -77,7 +77,7 @@ pub struct Gateway {
     pub(crate) identity: Arc<IdentityConfig>,
     store: Arc<dyn CredentialStore>,
     max_body_bytes: usize,
-    metrics: Option<super::CounterExposition>,
+    metrics: Option<super::MetricsExposition>,
     /// The start and callback endpoints of the `oauth` upstreams, by upstream name.
     callbacks: Arc<HashMap<String, CallbackService>>,
     /// MCP sessions whose client declared URL-mode elicitation in `initialize`.
@@ -419,7 +419,8 @@ impl Gateway {
 
     /// Serves `/metrics` from `handle` (the crate's counters, Prometheus text format).
     /// The binary installs the recorder; a library user may install their own.
-    pub fn with_metrics(mut self, handle: super::CounterExposition) -> Self {
+    pub fn with_metrics(mut self, handle: super::MetricsExposition) -> Self {
+        super::telemetry::describe();
         self.metrics = Some(handle);
         self
     }

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tower_mcp_auth::{Principal, ReplayBody};
 
+use super::super::telemetry;
 use super::Upstream;
 use super::forward::to_client;
 
@@ -105,16 +106,18 @@ impl EarlyStreams {
                             .and_then(|v| v.to_str().ok())
                             .is_some_and(|v| v.starts_with("text/event-stream")) =>
                 {
-                    Some(to_client(response))
+                    Some(to_client(&key.0, response))
                 }
                 // No standalone stream there (405), or not now: the client's own GET
                 // goes upstream as it would without the gateway.
                 Ok(response) => {
                     tracing::debug!(upstream = %key.0, status = %response.status(), "no early standalone stream");
+                    telemetry::early_stream(&key.0, "refused");
                     None
                 }
                 Err(error) => {
                     tracing::debug!(upstream = %key.0, %error, "early standalone stream failed");
+                    telemetry::early_stream(&key.0, "refused");
                     None
                 }
             };
@@ -123,6 +126,7 @@ impl EarlyStreams {
             tokio::time::sleep(UNCLAIMED_FOR).await;
             if slots.lock().remove(&key).is_some() {
                 tracing::debug!(upstream = %key.0, "early standalone stream unclaimed; closed");
+                telemetry::early_stream(&key.0, "unclaimed");
             }
         });
     }
@@ -140,7 +144,9 @@ impl EarlyStreams {
         if slot.owner != *principal {
             return None;
         }
-        slot.stream.await.ok().flatten()
+        let stream = slot.stream.await.ok().flatten()?;
+        telemetry::early_stream(name, "claimed");
+        Some(stream)
     }
 
     /// Closes `session`'s early stream, if any: the session ended, or a GET resumes.

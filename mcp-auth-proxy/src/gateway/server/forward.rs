@@ -33,10 +33,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// without cookies (the gateway's origin is shared by every upstream and its own
 /// sign-in pages: no upstream may set cookies there). Streamed as it arrives: SSE events
 /// are passed on one by one.
-pub(super) fn to_client(response: http::Response<reqwest::Body>) -> Response {
+pub(super) fn to_client(upstream: &str, response: http::Response<reqwest::Body>) -> Response {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::SET_COOKIE);
+    let streaming = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !streaming {
+        return Response::from_parts(parts, Body::new(body));
+    }
+    // Open while the caller reads it: the guard goes with the body.
+    let open = super::super::telemetry::stream_opened(upstream);
+    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
+        let _ = &open;
+        frame
+    });
     Response::from_parts(parts, Body::new(body))
 }
 
@@ -178,6 +192,25 @@ pub(super) async fn forward(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    // Only configured names become labels: a caller cannot mint series.
+    let upstream = if gateway.upstreams.contains_key(&name) {
+        name.clone()
+    } else {
+        "unknown".to_owned()
+    };
+    let response = forward_request(gateway, name, peer, request).await;
+    super::super::telemetry::request(&upstream, &method, response.status(), started.elapsed());
+    response
+}
+
+async fn forward_request(
+    gateway: Gateway,
+    name: String,
+    peer: SocketAddr,
+    request: Request,
+) -> Response {
     let Some(upstream) = gateway.upstreams.get(&name).cloned() else {
         return json_error(
             StatusCode::NOT_FOUND,
@@ -285,6 +318,7 @@ pub(super) async fn forward(
             }
             Err(error) => {
                 tracing::warn!(upstream = %name, %error, "session owners unreadable");
+                super::super::telemetry::store_error("session_owner_read");
                 return json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
             }
         }
@@ -369,6 +403,7 @@ pub(super) async fn forward(
                 // Unrecorded, the session is unknown to the gateway: the caller's next
                 // request gets 404 and starts a new one.
                 tracing::warn!(upstream = %name, %error, "session owner not recorded");
+                super::super::telemetry::store_error("session_owner_write");
             }
             if deleting
                 && parts.status.is_success()
@@ -388,7 +423,7 @@ pub(super) async fn forward(
                     .url_elicitation_sessions
                     .insert(session.to_owned(), ());
             }
-            to_client(http::Response::from_parts(parts, body))
+            to_client(&name, http::Response::from_parts(parts, body))
         }
         Err(error) => match Error::find(error.as_ref()) {
             Some(Error::AuthorizationRequired { url, .. }) => {

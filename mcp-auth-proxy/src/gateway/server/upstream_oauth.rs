@@ -138,5 +138,6 @@ pub(super) fn connect_first(
     let elicitation_id = crate::crypto::hex(&crate::crypto::random_bytes::<16>());
     let (status, body) = connect::answer(name, url, message, url_elicitation, &elicitation_id);
     tracing::info!(upstream = %name, "no credentials for the upstream yet; sign-in link sent");
+    super::super::telemetry::sign_in_link(name);
     (status, axum::Json(body)).into_response()
 }
