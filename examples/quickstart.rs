@@ -1,19 +1,23 @@
-//! Quickstart: a real authorization server and MCP server on loopback, and a client
-//! stack — `OAuthRetryLayer` over `SilentRefreshLayer` — that logs in on the first call
-//! (discovery, dynamic registration, PKCE, callback), survives a revoked token and a
-//! 100-call refresh storm with a single refresh-token redemption, and logs in again
-//! when the refresh token itself is rejected.
+//! Quickstart: a real authorization server and MCP server on loopback, and the
+//! production client stack — `OAuthRetryLayer` over `SilentRefreshLayer` over
+//! `client::ReqwestService` — that signs in on the first call (discovery, dynamic
+//! registration, PKCE, the callback), survives a revoked token and a 100-call refresh
+//! storm with a single refresh-token redemption, and signs in again when the refresh
+//! token itself is rejected. Only the servers and the consenting "user" (a headless
+//! browser following the sign-in link) are test fixtures.
 //!
 //! Run: `cargo run --example quickstart`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_mcp_auth::client::ReqwestService;
 use tower_mcp_auth::store::MemoryStore;
 use tower_mcp_auth::testing::{
-    HeadlessBrowser, ReqwestTransport, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
+    HeadlessBrowser, TestAuthServer, TestMcpServer, jsonrpc_request, read_jsonrpc,
 };
 use tower_mcp_auth::{
     Authorizer, OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
@@ -48,7 +52,7 @@ async fn main() -> Result<(), BoxError> {
             coordinator.clone(),
             authorizer.bindings(),
         ))
-        .service(ReqwestTransport::new());
+        .service(ReqwestService::new()?);
 
     // 3. Alice has never logged in: her first call gets a 401 and the stack runs the
     //    whole authorization before replaying it.
@@ -60,8 +64,10 @@ async fn main() -> Result<(), BoxError> {
         async move {
             let mut request = jsonrpc_request(&url, 1, method, params);
             request.extensions_mut().insert(alice);
-            let response = client.oneshot(request).await?;
-            Ok::<Value, BoxError>(read_jsonrpc(&response)?)
+            // The answer streams (JSON or SSE); read it whole to take out the message.
+            let (parts, body) = client.oneshot(request).await?.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<Value, BoxError>(read_jsonrpc(&http::Response::from_parts(parts, body))?)
         }
     };
 
