@@ -1,12 +1,12 @@
 //! A proxy that adds auth transparently: an axum server takes the user from a header
-//! set by the front proxy, forwards MCP requests to the upstream MCP server through
+//! set by the front proxy (`server::PrincipalFromHeaderLayer`), forwards MCP requests to the upstream MCP server through
 //! `OAuthRetryLayer` (return early) + `SilentRefreshLayer` + the production reqwest
 //! client, and streams the upstream's answer back as it comes: an SSE event reaches
 //! the caller before the upstream has finished its response. The request body is
 //! axum's own `Body`, passed to the stack as it is.
 //!
 //! A user without credentials gets a JSON-RPC error naming the URL where they can
-//! sign in (the layers' `AuthorizationRequired`).
+//! sign in (the layers' `AuthorizationRequired`, answered by `server::error_response`).
 //!
 //! Run: `cargo run --example axum_proxy`
 
@@ -20,11 +20,11 @@ use serde_json::json;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_mcp_auth::client::ReqwestService;
+use tower_mcp_auth::server::{PrincipalFromHeaderLayer, error_response};
 use tower_mcp_auth::store::MemoryStore;
 use tower_mcp_auth::testing::{HeadlessBrowser, TestAuthServer, TestMcpServer};
 use tower_mcp_auth::{
-    Authorizer, Error, OAuthRetryLayer, Principal, RefreshCoordinator, SilentRefreshLayer,
-    UrlPolicy,
+    Authorizer, OAuthRetryLayer, RefreshCoordinator, SilentRefreshLayer, UrlPolicy,
 };
 
 type Upstream = BoxCloneSyncService<http::Request<Body>, http::Response<reqwest::Body>, BoxError>;
@@ -35,36 +35,19 @@ struct Proxy {
     upstream_url: http::Uri,
 }
 
-/// `POST|GET|DELETE /mcp`: the user from `x-user`, the request sent upstream.
+/// `POST|GET|DELETE /mcp`: the request (its principal set by the layer) sent upstream.
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
-    let Some(user) = request
-        .headers()
-        .get("x-user")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    else {
-        return (http::StatusCode::UNAUTHORIZED, "no user").into_response();
-    };
     let (mut parts, body) = request.into_parts();
     parts.uri = proxy.upstream_url.clone();
-    parts.headers.remove("x-user");
     parts.headers.remove(http::header::HOST);
-    let mut upstream = http::Request::from_parts(parts, body);
-    upstream
-        .extensions_mut()
-        .insert(Principal::new("acme", user));
-    match proxy.upstream.oneshot(upstream).await {
+    match proxy
+        .upstream
+        .oneshot(http::Request::from_parts(parts, body))
+        .await
+    {
         // The body streams through: axum polls reqwest's body frame by frame.
         Ok(response) => response.map(Body::new).into_response(),
-        Err(error) => match Error::find(error.as_ref()) {
-            Some(Error::AuthorizationRequired { url, .. }) => axum::Json(json!({
-                "jsonrpc": "2.0", "id": null,
-                "error": {"code": -32001, "message": format!("sign in first: {}", url.as_str()),
-                          "data": {"url": url.as_str()}},
-            }))
-            .into_response(),
-            _ => (http::StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
-        },
+        Err(error) => error_response(&error),
     }
 }
 
@@ -95,7 +78,9 @@ async fn main() -> Result<(), BoxError> {
     };
     let app = axum::Router::new()
         .route("/mcp", axum::routing::any(forward))
-        .with_state(proxy);
+        .with_state(proxy)
+        // Reachable only through the front proxy, which sets `x-user` on every request.
+        .layer(PrincipalFromHeaderLayer::new("acme", "x-user"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -73,8 +73,9 @@
 //! modules: [`layer`] (each layer's module, the callback endpoint, the retry and breaker
 //! helpers), [`oauth`] (discovery, registration, flows, the [`Authorizer`]), [`obo`]
 //! (On-Behalf-Of grants), [`refresh`], [`store`] (memory, SQLite, Redis, sealing),
-//! [`breaker`], [`binding`], [`client`] (the HTTP clients under the stack), [`error`]
-//! (every error type) and [`metrics`].
+//! [`breaker`], [`binding`], [`client`] (the HTTP clients under the stack), [`server`]
+//! (for the app in front: the caller from a trusted header, errors as answers),
+//! [`error`] (every error type) and [`metrics`].
 //!
 //! # Features
 //!
@@ -83,7 +84,7 @@
 //! * `rmcp`: an rmcp `StreamableHttpClient` over any stack of these layers (`rmcp`).
 //! * `metrics`: counters through the `metrics` facade ([`metrics`]).
 //! * `axum`: `layer::callback::callback_router`, the OAuth start and callback endpoints
-//!   as an axum `Router`.
+//!   as an axum `Router`, and `server::error_response`.
 //! * `sqlite`: `store::SqliteStore`, one file shared by the processes of a machine.
 //! * `redis`: `store::RedisStore`, credentials, leases, flows and registrations in Redis
 //!   for replicas on several machines.
@@ -114,6 +115,7 @@ pub mod oauth;
 pub mod obo;
 pub mod refresh;
 mod replay;
+pub mod server;
 
 /// The README's code blocks, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -29,6 +29,7 @@ pub mod circuit_breaker;
 mod hand_back;
 pub mod oauth_retry;
 pub mod obo;
+pub mod retry;
 pub mod silent_refresh;
 
 /// The request's [`Principal`](crate::Principal), or `default` inserted into the request
