@@ -14,27 +14,30 @@ use serde_json::json;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
-use super::config::{IdentityConfig, ProxyConfig, StoreConfig, UpstreamAuth};
-use super::connect::{self, Message};
-use tower_mcp_auth::Error;
-use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
-use tower_mcp_auth::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer};
-use tower_mcp_auth::store::{CredentialStore, SharedRecords};
-use tower_mcp_auth::{AuthKey, Principal, binding::BindingId};
 mod connections;
 mod early_stream;
 mod endpoints;
+mod error;
 mod forward;
 mod upstream_oauth;
+
+pub use error::GatewayError;
 
 use endpoints::{login_callback, login_start, metrics, ready};
 use forward::{forward, json_error, principal, too_large};
 use upstream_oauth::{callback_service, connect_first, oauth_authorizer, retry_layer};
 
+use super::config::{IdentityConfig, ProxyConfig, StoreConfig, UpstreamAuth};
+use super::connect::{self, Message};
+use tower_mcp_auth::binding::BindingId;
+use tower_mcp_auth::client::{HttpClientConfig, ReqwestService};
+use tower_mcp_auth::layer::callback::{BrowserBinding, CallbackService};
+use tower_mcp_auth::layer::circuit_breaker::{BreakerKeying, CircuitBreakerLayer};
+use tower_mcp_auth::oauth::PreRegisteredClient;
+use tower_mcp_auth::store::{CredentialStore, SharedRecords};
 use tower_mcp_auth::{
-    Authorizer, BreakerConfig, OAuthRetryLayer, RefreshCoordinator, ReplayBody, SilentRefreshLayer,
-    UrlPolicy, layer::callback::BrowserBinding, layer::callback::CallbackService,
-    oauth::PreRegisteredClient,
+    AuthKey, Authorizer, BreakerConfig, Error, OAuthRetryLayer, Principal, RefreshCoordinator,
+    ReplayBody, SilentRefreshLayer, UrlPolicy,
 };
 
 type UpstreamService =
@@ -94,29 +97,6 @@ pub struct Gateway {
     sessions: super::sessions::SessionOwners,
     /// Each new session's standalone stream, opened before its client asks.
     early_streams: early_stream::EarlyStreams,
-}
-
-/// Why the gateway could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    /// The store could not be opened.
-    #[error("store: {0}")]
-    Store(#[from] tower_mcp_auth::error::StoreError),
-    /// The HTTP client could not be built.
-    #[error(transparent)]
-    Client(#[from] tower_mcp_auth::client::ClientBuildError),
-    /// Browser sign-in (an `oauth` upstream, `login_client_id`) without `cookie_key`:
-    /// cookies signed with no key could be forged by anyone.
-    #[error("browser sign-in (an `oauth` upstream or `login_client_id`) needs `cookie_key`")]
-    MissingCookieKey,
-    /// An `oauth` upstream could not be set up (its URL refused by the URL policy, ...).
-    #[error("upstream `{upstream}`: {source}")]
-    Upstream {
-        /// The upstream's name.
-        upstream: String,
-        /// What was wrong.
-        source: tower_mcp_auth::error::ConfigError,
-    },
 }
 
 impl Gateway {
