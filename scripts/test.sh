@@ -124,6 +124,13 @@ cargo bench --bench obo_storm
 step "gateway bench (direct vs through mcp-auth-proxy; every call must be answered)"
 cargo bench -p mcp-auth-proxy --bench gateway
 
+step "the gateway against nginx (Debian's package): the same upstream directly, through nginx proxy_pass and through mcp-auth-proxy"
+if ! command -v nginx >/dev/null; then
+  echo "nginx not found; installing it from Debian"
+  apt-get update -qq && apt-get install -y -qq nginx
+fi
+cargo bench -p mcp-auth-proxy --bench versus_nginx
+
 step "bridge bench (a stdio client through mcp-auth-proxy stdio and through mcp-remote vs a direct HTTP client)"
 cargo bench -p mcp-auth-proxy --bench bridge
 

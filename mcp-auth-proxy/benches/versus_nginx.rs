@@ -1,0 +1,296 @@
+//! `mcp-auth-proxy` against the reverse proxy operators already run: the same MCP
+//! `tools/call` POSTed to one fast upstream (a fixed JSON-RPC answer from a tiny hyper
+//! server) directly, through nginx (`proxy_pass` with upstream keep-alive, one worker),
+//! and through the gateway's binary with `auth = "none"` and with `auth = "header"`.
+//! 64 concurrent callers on kept-alive connections, rounds of 3 s alternated twice;
+//! requests/s, p50 and p99 per path, and each proxy's ratio to nginx.
+//!
+//! Needs Debian's `nginx` (the test command installs it). Everything shares this
+//! machine's cores: the callers, the proxy and the upstream.
+//! Run: `cargo bench -p mcp-auth-proxy --bench versus_nginx`.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+
+const CALLERS: usize = 64;
+const ROUND: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 2;
+const ANSWER: &str =
+    r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
+const CALL: &str =
+    r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+
+/// The upstream: every request answered with [`ANSWER`], on its own runtime thread.
+fn upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_| async {
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(ANSWER.as_bytes())))
+                                .expect("response"),
+                        )
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+/// A child process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+fn wait_for(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nginx with one worker (`master_process off`), keep-alive to the upstream.
+fn nginx(dir: &Path, upstream: u16) -> (Running, u16) {
+    let port = free_port();
+    let d = dir.display();
+    let config = format!(
+        r#"daemon off;
+master_process off;
+error_log {d}/nginx-error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream mcp {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://mcp;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config).expect("nginx.conf");
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nginx must be installed (the test command installs Debian's package)");
+    wait_for(port);
+    (Running(child), port)
+}
+
+/// The gateway's binary, upstream auth `auth`.
+fn gateway(dir: &Path, upstream: u16, auth: &str) -> (Running, u16) {
+    let extra = match auth {
+        "header" => "header_name = \"authorization\"\nheader_value_env = \"BENCH_BEARER\"\n",
+        _ => "",
+    };
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n[store]\nsqlite = \"{}\"\n[identity]\nmode = \"anonymous\"\n\
+         [[upstream]]\nname = \"bench\"\nurl = \"http://127.0.0.1:{upstream}/mcp\"\nauth = \"{auth}\"\n{extra}",
+        dir.join(format!("gateway-{auth}.db")).display()
+    );
+    let path = dir.join(format!("gateway-{auth}.toml"));
+    std::fs::write(&path, config).expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("BENCH_BEARER", "Bearer bench-token")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gateway");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+    (Running(child), port)
+}
+
+struct Round {
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+async fn round(url: &str, http: &reqwest::Client) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (url, http, stop) = (url.to_owned(), http.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let response = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json, text/event-stream")
+                        .body(CALL)
+                        .send()
+                        .await
+                        .expect("answered");
+                    assert!(response.status().is_success(), "{}", response.status());
+                    let body = response.bytes().await.expect("body");
+                    assert_eq!(&body[..], ANSWER.as_bytes(), "the upstream's answer");
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep(ROUND).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for caller in callers {
+        latencies.extend(caller.await.expect("caller"));
+    }
+    Round {
+        requests: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("versus-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let upstream = upstream();
+    let (_nginx, nginx_port) = nginx(&dir, upstream);
+    let (_none, none_port) = gateway(&dir, upstream, "none");
+    let (_header, header_port) = gateway(&dir, upstream, "header");
+    let paths = [
+        ("direct", format!("http://127.0.0.1:{upstream}/mcp")),
+        (
+            "nginx proxy_pass",
+            format!("http://127.0.0.1:{nginx_port}/mcp"),
+        ),
+        (
+            "mcp-auth-proxy, auth none",
+            format!("http://127.0.0.1:{none_port}/bench/mcp"),
+        ),
+        (
+            "mcp-auth-proxy, auth header",
+            format!("http://127.0.0.1:{header_port}/bench/mcp"),
+        ),
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut results = runtime.block_on(async {
+        let http = tower_mcp_auth::client::ReqwestService::builder()
+            .expect("TLS roots")
+            .pool_max_idle_per_host(CALLERS)
+            .build()
+            .expect("client");
+        // Warm every path's connections, then alternate rounds.
+        for (_, url) in &paths {
+            round(url, &http).await;
+        }
+        let mut totals: Vec<Round> = paths
+            .iter()
+            .map(|_| Round {
+                requests: 0,
+                elapsed: Duration::ZERO,
+                latencies: Vec::new(),
+            })
+            .collect();
+        for _ in 0..ROUNDS {
+            for (i, (_, url)) in paths.iter().enumerate() {
+                let result = round(url, &http).await;
+                totals[i].requests += result.requests;
+                totals[i].elapsed += result.elapsed;
+                totals[i].latencies.extend(result.latencies);
+            }
+        }
+        totals
+    });
+    let rate = |r: &Round| r.requests as f64 / r.elapsed.as_secs_f64();
+    let nginx_rate = rate(&results[1]);
+    println!(
+        "versus nginx: {CALLERS} callers, {ROUNDS} alternated rounds of {}s per path",
+        ROUND.as_secs()
+    );
+    println!(
+        "{:<30} {:>10} {:>10} {:>10} {:>9}",
+        "path", "req/s", "p50", "p99", "x nginx"
+    );
+    for ((name, _), result) in paths.iter().zip(results.iter_mut()) {
+        result.latencies.sort();
+        let at = |p: f64| result.latencies[((result.latencies.len() - 1) as f64 * p) as usize];
+        println!(
+            "{:<30} {:>10.0} {:>8.2}ms {:>8.2}ms {:>9.2}",
+            name,
+            rate(result),
+            at(0.5).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3,
+            rate(result) / nginx_rate
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
