@@ -131,6 +131,9 @@ if ! command -v nginx >/dev/null; then
 fi
 cargo bench -p mcp-auth-proxy --bench versus_nginx
 
+step "streams bench (1,000 to 10,000 SSE streams through mcp-auth-proxy over HTTP/1.1 and h2c; every event must arrive in order)"
+cargo bench -p mcp-auth-proxy --bench streams
+
 step "bridge bench (a stdio client through mcp-auth-proxy stdio and through mcp-remote vs a direct HTTP client)"
 cargo bench -p mcp-auth-proxy --bench bridge
 

@@ -155,6 +155,10 @@ pub struct UpstreamConfig {
     pub url: url::Url,
     /// How the gateway authenticates to it.
     pub auth: UpstreamAuth,
+    /// HTTP/2 without TLS by prior knowledge (`h2c = true`): every caller's requests
+    /// and streams to this upstream share a few connections. Over https, HTTP/2 is
+    /// negotiated (ALPN) whenever the upstream offers it.
+    pub h2c: bool,
 }
 
 /// How the gateway authenticates to an upstream.

@@ -146,9 +146,20 @@ impl Gateway {
             }
         };
         // No overall timeout: SSE streams stay open as long as the upstream keeps them.
-        let http = ReqwestService::with_config(
+        let http1 = ReqwestService::with_config(
             &HttpClientConfig::new().connect_timeout(Duration::from_secs(10)),
         )?;
+        // For `h2c` upstreams: HTTP/2 from the first byte, many streams per connection.
+        let h2c = if config.upstreams.iter().any(|upstream| upstream.h2c) {
+            let client = ReqwestService::builder()?
+                .connect_timeout(Duration::from_secs(10))
+                .http2_prior_knowledge()
+                .build()
+                .map_err(|error| tower_mcp_auth::client::ClientBuildError::new(error.into()))?;
+            Some(ReqwestService::from_client(client))
+        } else {
+            None
+        };
         let jwt = match &config.identity {
             IdentityConfig::Jwt(identity) => {
                 let policy = if config.allow_loopback_http {
@@ -198,6 +209,10 @@ impl Gateway {
         let mut upstreams = HashMap::new();
         let mut callbacks = HashMap::new();
         for upstream in &config.upstreams {
+            let http = match (&h2c, upstream.h2c) {
+                (Some(h2c), true) => h2c.clone(),
+                _ => http1.clone(),
+            };
             // The breaker is keyed by upstream and principal: one user's failures never
             // refuse another's calls. No storm guard: the gateway forwards its callers'
             // sessions, and a caller that opens many sessions against a healthy server

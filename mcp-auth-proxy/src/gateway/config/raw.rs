@@ -119,6 +119,8 @@ pub(super) struct RawUpstream {
     pub(super) audience: Option<String>,
     pub(super) wait_seconds: Option<Spanned<u64>>,
     pub(super) client_metadata_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) h2c: Option<Spanned<bool>>,
 }
 
 /// Sealing keys from one environment variable: `id:hex` entries (64 hex digits: 32

@@ -247,9 +247,21 @@ pub(super) fn upstream(
             ));
         }
     };
+    let h2c = match upstream.h2c {
+        Some(h2c) if *h2c.get_ref() && url.scheme() != "http" => {
+            return Err(src.at(
+                h2c.span(),
+                "upstream.h2c: only for an http:// URL (over https, HTTP/2 is negotiated by itself)"
+                    .into(),
+            ));
+        }
+        Some(h2c) => *h2c.get_ref(),
+        None => false,
+    };
     Ok(UpstreamConfig {
         name: upstream.name.into_inner(),
         url,
         auth,
+        h2c,
     })
 }
