@@ -18,3 +18,4 @@ pub use config::{
 pub use exposition::{MetricsExposition, MetricsRecorder};
 pub use jwt::{DEFAULT_KEYS_MAX_STALE, DEFAULT_KEYS_REFRESH, JwtIdentity};
 pub use server::{Gateway, GatewayError};
+pub use telemetry::open_streams;

@@ -2,6 +2,7 @@
 //! [`MetricsRecorder`](super::MetricsRecorder); no-ops without a recorder). Labels take
 //! only bounded values: configured upstream names, a fixed set of methods, statuses.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -65,10 +66,14 @@ pub(crate) fn request(upstream: &str, method: &Method, status: StatusCode, elaps
         .record(elapsed.as_secs_f64());
 }
 
+/// Streams relayed now, across upstreams (what [`open_streams`] reads).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
 /// A stream relayed to a caller until the returned guard is dropped.
 pub(crate) fn stream_opened(upstream: &str) -> OpenStream {
     let gauge = metrics::gauge!(OPEN_STREAMS, "upstream" => upstream.to_owned());
     gauge.increment(1.0);
+    OPEN.fetch_add(1, Ordering::Relaxed);
     OpenStream(gauge)
 }
 
@@ -78,7 +83,18 @@ pub(crate) struct OpenStream(metrics::Gauge);
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+        OPEN.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The event streams this process's gateways relay to callers now, across upstreams:
+/// what the binary watches to hand memory back to the system after a peak.
+///
+/// ```
+/// assert_eq!(mcp_auth_proxy::open_streams(), 0);
+/// ```
+pub fn open_streams() -> usize {
+    OPEN.load(Ordering::Relaxed)
 }
 
 /// A sign-in link handed out for `upstream`.
