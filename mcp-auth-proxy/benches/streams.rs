@@ -1,6 +1,7 @@
 //! Many concurrent SSE streams through the `mcp-auth-proxy` binary: memory per open
-//! stream, every event delivered in order, and the latency of a plain call while the
-//! streams are open against the same call on an idle gateway. The upstream (a hyper
+//! stream, every event delivered in order, the latency of a plain call while the
+//! streams are open against the same call on an idle gateway, and the share of a core
+//! the gateway spends relaying their events. The upstream (a hyper
 //! server in this process) sends each stream an event a second, numbered. Run over
 //! HTTP/1.1 to the upstream (two descriptors per stream in the gateway) and over h2c
 //! (`h2c = true`: the upstream side shares a few connections), then the streams are
@@ -146,6 +147,18 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The CPU time process `pid` has used (user + system), in clock ticks of 10 ms.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // After the command name in parentheses: utime and stime are fields 14, 15.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
 /// p99 of `CALLS` sequential POSTs through the gateway.
 async fn call_p99(http: &reqwest::Client, url: &str) -> Duration {
     let mut times = Vec::with_capacity(CALLS);
@@ -251,7 +264,10 @@ async fn run(label: &str, h2c: bool, port: u16, pid: u32, counts: &[usize]) -> b
         }
         let opened = open.load(Ordering::Relaxed);
         // Three more events on every stream, then the call latency among them.
+        let (cpu_before, window) = (cpu_ticks(pid), Instant::now());
         tokio::time::sleep(Duration::from_secs(3)).await;
+        // The share of one core the gateway spends relaying the events.
+        let busy = (cpu_ticks(pid) - cpu_before) as f64 * 0.01 / window.elapsed().as_secs_f64();
         let busy_p99 = call_p99(&http, &url).await;
         let during = rss_kib(pid);
         for task in &streams {
@@ -262,12 +278,13 @@ async fn run(label: &str, h2c: bool, port: u16, pid: u32, counts: &[usize]) -> b
         let per_stream = (during.saturating_sub(before)) as f64 / opened.max(1) as f64;
         whole &= opened == count && lost.load(Ordering::Relaxed) == 0;
         println!(
-            "{label:<9} {count:>7} {opened:>7} {:>7} {per_stream:>9.1} {:>9} {:>9} {:>9.2}ms {:>9.2}ms",
+            "{label:<9} {count:>7} {opened:>7} {:>7} {per_stream:>9.1} {:>9} {:>9} {:>9.2}ms {:>9.2}ms {:>8.0}%",
             lost.load(Ordering::Relaxed),
             during / 1024,
             after / 1024,
             idle_p99.as_secs_f64() * 1e3,
             busy_p99.as_secs_f64() * 1e3,
+            busy * 100.0,
         );
     }
     whole

@@ -3,7 +3,9 @@
 //! server) directly, through nginx (`proxy_pass` with upstream keep-alive, one worker),
 //! and through the gateway's binary with `auth = "none"` and with `auth = "header"`.
 //! 64 concurrent callers on kept-alive connections, rounds of 3 s alternated twice;
-//! requests/s, p50 and p99 per path, and each proxy's ratio to nginx.
+//! requests/s, p50 and p99 per path, each proxy's ratio to nginx, and the CPU time each
+//! proxy process spent per request (user + system, from `/proc`): on shared cores the
+//! throughput ratio follows from it.
 //!
 //! Needs Debian's `nginx` (the test command installs it). Everything shares this
 //! machine's cores: the callers, the proxy and the upstream.
@@ -169,10 +171,24 @@ fn gateway(dir: &Path, upstream: u16, auth: &str) -> (Running, u16) {
     (Running(child), port)
 }
 
+/// The CPU time process `pid` has used (user + system), in clock ticks of 10 ms.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // After the command name in parentheses: utime and stime are fields 14, 15.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
 struct Round {
     requests: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// The proxy process's CPU time during the rounds (clock ticks of 10 ms).
+    cpu_ticks: u64,
 }
 
 async fn round(url: &str, http: &reqwest::Client) -> Round {
@@ -212,6 +228,7 @@ async fn round(url: &str, http: &reqwest::Client) -> Round {
         requests: latencies.len(),
         elapsed: started.elapsed(),
         latencies,
+        cpu_ticks: 0,
     }
 }
 
@@ -219,22 +236,25 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("versus-nginx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let upstream = upstream();
-    let (_nginx, nginx_port) = nginx(&dir, upstream);
-    let (_none, none_port) = gateway(&dir, upstream, "none");
-    let (_header, header_port) = gateway(&dir, upstream, "header");
+    let (nginx, nginx_port) = nginx(&dir, upstream);
+    let (none, none_port) = gateway(&dir, upstream, "none");
+    let (header, header_port) = gateway(&dir, upstream, "header");
     let paths = [
-        ("direct", format!("http://127.0.0.1:{upstream}/mcp")),
+        ("direct", format!("http://127.0.0.1:{upstream}/mcp"), None),
         (
             "nginx proxy_pass",
             format!("http://127.0.0.1:{nginx_port}/mcp"),
+            Some(nginx.0.id()),
         ),
         (
             "mcp-auth-proxy, auth none",
             format!("http://127.0.0.1:{none_port}/bench/mcp"),
+            Some(none.0.id()),
         ),
         (
             "mcp-auth-proxy, auth header",
             format!("http://127.0.0.1:{header_port}/bench/mcp"),
+            Some(header.0.id()),
         ),
     ];
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -249,7 +269,7 @@ fn main() {
             .build()
             .expect("client");
         // Warm every path's connections, then alternate rounds.
-        for (_, url) in &paths {
+        for (_, url, _) in &paths {
             round(url, &http).await;
         }
         let mut totals: Vec<Round> = paths
@@ -258,11 +278,14 @@ fn main() {
                 requests: 0,
                 elapsed: Duration::ZERO,
                 latencies: Vec::new(),
+                cpu_ticks: 0,
             })
             .collect();
         for _ in 0..ROUNDS {
-            for (i, (_, url)) in paths.iter().enumerate() {
+            for (i, (_, url, pid)) in paths.iter().enumerate() {
+                let cpu_before = pid.map_or(0, cpu_ticks);
                 let result = round(url, &http).await;
+                totals[i].cpu_ticks += pid.map_or(0, cpu_ticks) - cpu_before;
                 totals[i].requests += result.requests;
                 totals[i].elapsed += result.elapsed;
                 totals[i].latencies.extend(result.latencies);
@@ -277,19 +300,27 @@ fn main() {
         ROUND.as_secs()
     );
     println!(
-        "{:<30} {:>10} {:>10} {:>10} {:>9}",
-        "path", "req/s", "p50", "p99", "x nginx"
+        "{:<30} {:>10} {:>10} {:>10} {:>9} {:>14}",
+        "path", "req/s", "p50", "p99", "x nginx", "proxy CPU/req"
     );
-    for ((name, _), result) in paths.iter().zip(results.iter_mut()) {
+    for ((name, _, pid), result) in paths.iter().zip(results.iter_mut()) {
         result.latencies.sort();
         let at = |p: f64| result.latencies[((result.latencies.len() - 1) as f64 * p) as usize];
+        let cpu = match pid {
+            Some(_) => format!(
+                "{:.1} µs",
+                result.cpu_ticks as f64 * 10_000.0 / result.requests.max(1) as f64
+            ),
+            None => "-".to_owned(),
+        };
         println!(
-            "{:<30} {:>10.0} {:>8.2}ms {:>8.2}ms {:>9.2}",
+            "{:<30} {:>10.0} {:>8.2}ms {:>8.2}ms {:>9.2} {:>14}",
             name,
             rate(result),
             at(0.5).as_secs_f64() * 1e3,
             at(0.99).as_secs_f64() * 1e3,
-            rate(result) / nginx_rate
+            rate(result) / nginx_rate,
+            cpu
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
