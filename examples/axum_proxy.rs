@@ -80,7 +80,10 @@ async fn main() -> Result<(), BoxError> {
         .route("/mcp", axum::routing::any(forward))
         .with_state(proxy)
         // Reachable only through the front proxy, which sets `x-user` on every request.
-        .layer(PrincipalFromHeaderLayer::new("acme", "x-user"));
+        .layer(PrincipalFromHeaderLayer::new(
+            "acme",
+            http::HeaderName::from_static("x-user"),
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -12,9 +12,6 @@
 //! hold is reported as skipped, with the reason).
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +20,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{Full, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::cpu_ticks;
 
 const ANSWER: &str = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
 const CALLS: usize = 200;
@@ -95,45 +95,6 @@ fn tokio_stream_interval() -> impl futures::Stream<Item = ()> {
     )
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The gateway's binary in front of the upstream; its pid and port.
-fn gateway(dir: &Path, upstream: u16, h2c: bool) -> (Running, u16) {
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\n[store]\nsqlite = \"{}\"\n[identity]\nmode = \"anonymous\"\n\
-         [[upstream]]\nname = \"bench\"\nurl = \"http://127.0.0.1:{upstream}/mcp\"\nauth = \"none\"\nh2c = {h2c}\n",
-        dir.join(format!("gateway-{h2c}.db")).display()
-    );
-    let path = dir.join(format!("gateway-{h2c}.toml"));
-    std::fs::write(&path, config).expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gateway");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-    (Running(child), port)
-}
-
 /// The resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -143,18 +104,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .lines()
                 .find_map(|l| l.strip_prefix("VmRSS:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// The CPU time process `pid` has used (user + system), in clock ticks of 10 ms.
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // After the command name in parentheses: utime and stime are fields 14, 15.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
         })
         .unwrap_or(0)
 }
@@ -319,7 +268,13 @@ fn main() {
     );
     let mut whole = true;
     for h2c in [false, true] {
-        let (gateway, port) = gateway(&dir, upstream, h2c);
+        let (gateway, port) = common::gateway(
+            &dir,
+            &format!("h2c-{h2c}"),
+            upstream,
+            &format!("auth = \"none\"\nh2c = {h2c}\n"),
+            &[],
+        );
         let pid = gateway.0.id();
         let label = if h2c { "h2c" } else { "HTTP/1.1" };
         whole &= runtime.block_on(run(label, h2c, port, pid, &counts));

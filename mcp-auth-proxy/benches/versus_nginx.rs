@@ -12,15 +12,17 @@
 //! Run: `cargo bench -p mcp-auth-proxy --bench versus_nginx`.
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+
+mod common;
+use common::{Running, cpu_ticks};
 
 const CALLERS: usize = 64;
 const ROUND: Duration = Duration::from_secs(3);
@@ -64,16 +66,6 @@ fn upstream() -> u16 {
         });
     });
     port
-}
-
-/// A child process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn free_port() -> u16 {
@@ -136,53 +128,6 @@ http {{
     (Running(child), port)
 }
 
-/// The gateway's binary, upstream auth `auth`.
-fn gateway(dir: &Path, upstream: u16, auth: &str) -> (Running, u16) {
-    let extra = match auth {
-        "header" => "header_name = \"authorization\"\nheader_value_env = \"BENCH_BEARER\"\n",
-        _ => "",
-    };
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\n[store]\nsqlite = \"{}\"\n[identity]\nmode = \"anonymous\"\n\
-         [[upstream]]\nname = \"bench\"\nurl = \"http://127.0.0.1:{upstream}/mcp\"\nauth = \"{auth}\"\n{extra}",
-        dir.join(format!("gateway-{auth}.db")).display()
-    );
-    let path = dir.join(format!("gateway-{auth}.toml"));
-    std::fs::write(&path, config).expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("BENCH_BEARER", "Bearer bench-token")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gateway");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-    (Running(child), port)
-}
-
-/// The CPU time process `pid` has used (user + system), in clock ticks of 10 ms.
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // After the command name in parentheses: utime and stime are fields 14, 15.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
-}
-
 struct Round {
     requests: usize,
     elapsed: Duration,
@@ -237,8 +182,14 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let upstream = upstream();
     let (nginx, nginx_port) = nginx(&dir, upstream);
-    let (none, none_port) = gateway(&dir, upstream, "none");
-    let (header, header_port) = gateway(&dir, upstream, "header");
+    let (none, none_port) = common::gateway(&dir, "none", upstream, "auth = \"none\"\n", &[]);
+    let (header, header_port) = common::gateway(
+        &dir,
+        "header",
+        upstream,
+        "auth = \"header\"\nheader_name = \"authorization\"\nheader_value_env = \"BENCH_BEARER\"\n",
+        &[("BENCH_BEARER", "Bearer bench-token")],
+    );
     let paths = [
         ("direct", format!("http://127.0.0.1:{upstream}/mcp"), None),
         (

@@ -23,7 +23,7 @@ use crate::key::Principal;
 /// can claim any identity with it.
 ///
 /// ```
-/// use http::{Request, Response};
+/// use http::{HeaderName, Request, Response};
 /// use tower::{ServiceBuilder, ServiceExt};
 /// use tower_mcp_auth::Principal;
 /// use tower_mcp_auth::server::PrincipalFromHeaderLayer;
@@ -31,7 +31,10 @@ use crate::key::Principal;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower::BoxError> {
 /// let app = ServiceBuilder::new()
-///     .layer(PrincipalFromHeaderLayer::new("acme", "x-forwarded-user"))
+///     .layer(PrincipalFromHeaderLayer::new(
+///         "acme",
+///         HeaderName::from_static("x-forwarded-user"),
+///     ))
 ///     .service_fn(|request: Request<String>| async move {
 ///         let who = Principal::from_extensions(request.extensions()).unwrap();
 ///         assert_eq!(who.subject(), "alice");
@@ -52,16 +55,12 @@ pub struct PrincipalFromHeaderLayer {
 }
 
 impl PrincipalFromHeaderLayer {
-    /// Callers of `tenant`, named by `header`.
-    ///
-    /// # Panics
-    ///
-    /// If `header` is not a valid header name (a configuration mistake, found at
-    /// start-up).
-    pub fn new(tenant: impl Into<Arc<str>>, header: &str) -> Self {
+    /// Callers of `tenant`, named by `header` (a name from configuration parses with
+    /// `HeaderName::try_from`, whose error says what is wrong with it).
+    pub fn new(tenant: impl Into<Arc<str>>, header: HeaderName) -> Self {
         Self {
             tenant: tenant.into(),
-            header: HeaderName::try_from(header).expect("a valid header name"),
+            header,
         }
     }
 }
@@ -174,7 +173,7 @@ mod tests {
     use super::*;
 
     async fn status(request: Request<()>) -> StatusCode {
-        let layer = PrincipalFromHeaderLayer::new("acme", "x-user");
+        let layer = PrincipalFromHeaderLayer::new("acme", HeaderName::from_static("x-user"));
         let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
             let who = Principal::from_extensions(request.extensions()).cloned();
             assert_eq!(who, Some(Principal::new("acme", "alice")));

@@ -13,8 +13,6 @@ use metrics::{
     SharedString, Unit,
 };
 
-type Series = (String, Vec<(String, String)>);
-
 /// The upper bounds of every histogram's buckets, in seconds: request latencies from
 /// 1 ms to 30 s.
 const BUCKETS: [f64; 14] = [
@@ -73,9 +71,11 @@ impl HistogramFn for Buckets {
 
 #[derive(Default)]
 struct Registry {
-    counters: RwLock<BTreeMap<Series, Arc<AtomicU64>>>,
-    gauges: RwLock<BTreeMap<Series, Arc<AtomicF64>>>,
-    histograms: RwLock<BTreeMap<Series, Arc<Buckets>>>,
+    // `Key` orders by name first, so one name's series render together; a lookup by
+    // `Key` allocates nothing.
+    counters: RwLock<BTreeMap<Key, Arc<AtomicU64>>>,
+    gauges: RwLock<BTreeMap<Key, Arc<AtomicF64>>>,
+    histograms: RwLock<BTreeMap<Key, Arc<Buckets>>>,
     help: RwLock<HashMap<String, String>>,
 }
 
@@ -138,18 +138,12 @@ impl MetricsRecorder {
 }
 
 /// The series of `key`, created on first use in `map`.
-fn series<T: Default>(map: &RwLock<BTreeMap<Series, Arc<T>>>, key: &Key) -> Arc<T> {
-    let series: Series = (
-        key.name().to_owned(),
-        key.labels()
-            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-            .collect(),
-    );
-    if let Some(value) = map.read().unwrap_or_else(|p| p.into_inner()).get(&series) {
+fn series<T: Default>(map: &RwLock<BTreeMap<Key, Arc<T>>>, key: &Key) -> Arc<T> {
+    if let Some(value) = map.read().unwrap_or_else(|p| p.into_inner()).get(key) {
         return value.clone();
     }
     let mut map = map.write().unwrap_or_else(|p| p.into_inner());
-    map.entry(series).or_default().clone()
+    map.entry(key.clone()).or_default().clone()
 }
 
 impl Recorder for MetricsRecorder {
@@ -179,10 +173,10 @@ impl Recorder for MetricsRecorder {
 }
 
 /// `{a="x",b="y"}` (empty for no labels), values escaped; `extra` appended last.
-fn labels(out: &mut String, labels: &[(String, String)], extra: Option<(&str, &str)>) {
-    let all: Vec<(&str, &str)> = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+fn labels(out: &mut String, key: &Key, extra: Option<(&str, &str)>) {
+    let all: Vec<(&str, &str)> = key
+        .labels()
+        .map(|l| (l.key(), l.value()))
         .chain(extra)
         .collect();
     if all.is_empty() {
@@ -219,41 +213,44 @@ impl MetricsExposition {
         };
         let mut last = None;
         let counters = registry.counters.read().unwrap_or_else(|p| p.into_inner());
-        for ((name, series), value) in counters.iter() {
+        for (key, value) in counters.iter() {
+            let name = key.name();
             header(&mut out, &mut last, name, "counter");
             out.push_str(name);
-            labels(&mut out, series, None);
+            labels(&mut out, key, None);
             let _ = writeln!(out, " {}", value.load(Ordering::Relaxed));
         }
         let gauges = registry.gauges.read().unwrap_or_else(|p| p.into_inner());
-        for ((name, series), value) in gauges.iter() {
+        for (key, value) in gauges.iter() {
+            let name = key.name();
             header(&mut out, &mut last, name, "gauge");
             out.push_str(name);
-            labels(&mut out, series, None);
+            labels(&mut out, key, None);
             let _ = writeln!(out, " {}", value.load());
         }
         let histograms = registry
             .histograms
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        for ((name, series), buckets) in histograms.iter() {
+        for (key, buckets) in histograms.iter() {
+            let name = key.name();
             header(&mut out, &mut last, name, "histogram");
             let mut cumulative = 0;
             for (bound, count) in BUCKETS.iter().zip(&buckets.counts) {
                 cumulative += count.load(Ordering::Relaxed);
                 let _ = write!(out, "{name}_bucket");
-                labels(&mut out, series, Some(("le", &bound.to_string())));
+                labels(&mut out, key, Some(("le", &bound.to_string())));
                 let _ = writeln!(out, " {cumulative}");
             }
             let count = buckets.count.load(Ordering::Relaxed);
             let _ = write!(out, "{name}_bucket");
-            labels(&mut out, series, Some(("le", "+Inf")));
+            labels(&mut out, key, Some(("le", "+Inf")));
             let _ = writeln!(out, " {count}");
             let _ = write!(out, "{name}_sum");
-            labels(&mut out, series, None);
+            labels(&mut out, key, None);
             let _ = writeln!(out, " {}", buckets.sum.load());
             let _ = write!(out, "{name}_count");
-            labels(&mut out, series, None);
+            labels(&mut out, key, None);
             let _ = writeln!(out, " {count}");
         }
         out

@@ -46,6 +46,9 @@ type UpstreamService =
 /// One upstream as the gateway serves it.
 #[derive(Clone)]
 pub(crate) struct Upstream {
+    /// The configured name, shared by every metric series of this upstream (a label
+    /// costs a reference count, not an allocation, per request).
+    pub(crate) label: Arc<str>,
     url: url::Url,
     service: UpstreamService,
     /// The sign-in of an `oauth` upstream.
@@ -294,6 +297,7 @@ impl Gateway {
             upstreams.insert(
                 upstream.name.clone(),
                 Upstream {
+                    label: Arc::from(upstream.name.as_str()),
                     url: upstream.url.clone(),
                     service,
                     authorizer: authorizer_of_upstream,

@@ -42,7 +42,7 @@ pub(crate) fn describe() {
     );
     metrics::describe_counter!(
         EARLY_STREAMS,
-        "Standalone streams opened before the client asked: claimed, unclaimed or refused upstream."
+        "Standalone streams opened before the client asked: claimed, unclaimed, refused upstream or failed."
     );
 }
 
@@ -57,12 +57,17 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// One request answered.
-pub(crate) fn request(upstream: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+pub(crate) fn request(
+    upstream: metrics::SharedString,
+    method: &Method,
+    status: StatusCode,
+    elapsed: Duration,
+) {
     let method = method_label(method);
-    metrics::counter!(REQUESTS, "upstream" => upstream.to_owned(), "method" => method,
+    metrics::counter!(REQUESTS, "upstream" => upstream.clone(), "method" => method,
         "status" => status.as_str().to_owned())
     .increment(1);
-    metrics::histogram!(REQUEST_DURATION, "upstream" => upstream.to_owned(), "method" => method)
+    metrics::histogram!(REQUEST_DURATION, "upstream" => upstream, "method" => method)
         .record(elapsed.as_secs_f64());
 }
 

@@ -12,10 +12,12 @@
 //! resumes (`Last-Event-ID`) closes it and goes upstream as sent.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::Response;
+use futures_util::FutureExt as _;
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tower_mcp_auth::{Principal, ReplayBody};
@@ -40,11 +42,30 @@ struct Slot {
     stream: oneshot::Receiver<Option<Response>>,
 }
 
+/// How many sessions [`EarlyStreams::opened_here`] remembers (the oldest go first).
+const REMEMBERED_SESSIONS: u64 = 100_000;
+
 /// The early streams of this process's sessions, each until its owner claims it or
 /// [`UNCLAIMED_FOR`] passes.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct EarlyStreams {
     slots: Arc<Mutex<HashMap<Key, Slot>>>,
+    /// Sessions this process opened an early stream for, claimed or not: a 409 on their
+    /// GET is the upstream's own answer (the client has a stream already), not another
+    /// replica's unclaimed early stream worth waiting out.
+    opened: moka::sync::Cache<Key, ()>,
+}
+
+impl Default for EarlyStreams {
+    fn default() -> Self {
+        Self {
+            slots: Arc::default(),
+            opened: moka::sync::Cache::builder()
+                .max_capacity(REMEMBERED_SESSIONS)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+        }
+    }
 }
 
 impl EarlyStreams {
@@ -78,9 +99,11 @@ impl EarlyStreams {
         let key = (name.to_owned(), session.to_owned());
         let (mut sender, stream) = oneshot::channel();
         self.lock().insert(key.clone(), Slot { owner, stream });
+        self.opened.insert(key.clone(), ());
         let service = upstream.service.clone();
         let slots = self.clone();
-        tokio::spawn(async move {
+        let watched = (self.clone(), key.clone());
+        let early = async move {
             let mut call = std::pin::pin!(service.oneshot(request));
             let mut deadline = std::pin::pin!(tokio::time::sleep(UNANSWERED_FOR));
             let mut waited = false;
@@ -128,7 +151,23 @@ impl EarlyStreams {
                 tracing::debug!(upstream = %key.0, "early standalone stream unclaimed; closed");
                 telemetry::early_stream(&key.0, "unclaimed");
             }
+        };
+        tokio::spawn(async move {
+            if AssertUnwindSafe(early).catch_unwind().await.is_err() {
+                // The slot goes with it: the owner's GET then goes upstream itself.
+                let (slots, key) = watched;
+                slots.lock().remove(&key);
+                tracing::error!(upstream = %key.0, "early standalone stream task panicked");
+                telemetry::early_stream(&key.0, "failed");
+            }
         });
+    }
+
+    /// Whether this process opened `session`'s early stream (remembered for the
+    /// session's life, up to [`REMEMBERED_SESSIONS`] sessions).
+    pub(super) fn opened_here(&self, name: &str, session: &str) -> bool {
+        self.opened
+            .contains_key(&(name.to_owned(), session.to_owned()))
     }
 
     /// The early stream of `session` for its owner's GET, waiting for the upstream's
@@ -152,6 +191,13 @@ impl EarlyStreams {
     /// Closes `session`'s early stream, if any: the session ended, or a GET resumes.
     pub(super) fn close(&self, name: &str, session: &str) {
         self.lock().remove(&(name.to_owned(), session.to_owned()));
+    }
+
+    /// Forgets `session` altogether: it ended.
+    pub(super) fn end(&self, name: &str, session: &str) {
+        let key = (name.to_owned(), session.to_owned());
+        self.lock().remove(&key);
+        self.opened.invalidate(&key);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {

@@ -186,6 +186,20 @@ pub(crate) fn principal(
     }
 }
 
+/// What the upstream's stack reads from a request: the caller's principal and, for an
+/// `obo` upstream, the assertion to exchange. Nothing of the inbound request's own.
+fn request_extensions(
+    principal: Principal,
+    assertion: Option<tower_mcp_auth::UserAssertion>,
+) -> http::Extensions {
+    let mut extensions = http::Extensions::new();
+    extensions.insert(principal);
+    if let Some(assertion) = assertion {
+        extensions.insert(assertion);
+    }
+    extensions
+}
+
 pub(super) async fn forward(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
@@ -195,13 +209,13 @@ pub(super) async fn forward(
     let started = std::time::Instant::now();
     let method = request.method().clone();
     // Only configured names become labels: a caller cannot mint series.
-    let upstream = if gateway.upstreams.contains_key(&name) {
-        name.clone()
-    } else {
-        "unknown".to_owned()
-    };
+    let upstream = gateway
+        .upstreams
+        .get(&name)
+        .map(|upstream| metrics::SharedString::from(upstream.label.clone()))
+        .unwrap_or(metrics::SharedString::const_str("unknown"));
     let response = forward_request(gateway, name, peer, request).await;
-    super::super::telemetry::request(&upstream, &method, response.status(), started.elapsed());
+    super::super::telemetry::request(upstream, &method, response.status(), started.elapsed());
     response
 }
 
@@ -254,12 +268,11 @@ async fn forward_request(
         Ok(uri) => uri,
         Err(_) => return json_error(StatusCode::BAD_GATEWAY, "upstream URL"),
     };
-    parts.extensions = http::Extensions::new();
     let principal_of_request = principal.clone();
-    parts.extensions.insert(principal);
-    if let Some(assertion) = assertion {
-        parts.extensions.insert(assertion);
-    }
+    // Cheap to keep (a reference count): a second request of this caller (an early
+    // stream, a retried GET) is given the same extensions, built only when it is sent.
+    let assertion_of_request = assertion.clone();
+    parts.extensions = request_extensions(principal, assertion);
     // A POST carries one JSON-RPC message (capped by the body limit): read whole, it
     // goes upstream with its length (a stream would go chunked, which costs both ends),
     // and where the upstream has sign-in, a "connect first" answer can carry its id.
@@ -347,19 +360,13 @@ async fn forward_request(
             return stream;
         }
     }
-    let again = standalone.then(|| {
-        (
-            parts.uri.clone(),
-            parts.headers.clone(),
-            parts.extensions.clone(),
-        )
-    });
-    let early_extensions =
-        (parts.method == http::Method::POST && session.is_none()).then(|| parts.extensions.clone());
+    let again = standalone.then(|| (parts.uri.clone(), parts.headers.clone()));
+    let may_create_session = parts.method == http::Method::POST && session.is_none();
     let request = http::Request::from_parts(parts, body);
     let mut result = upstream.service.clone().oneshot(request).await;
-    if let (Ok(response), Some((uri, headers, extensions))) = (&result, again)
+    if let (Ok(response), Some((uri, headers)), Some(session)) = (&result, again, &session)
         && response.status() == StatusCode::CONFLICT
+        && !gateway.early_streams.opened_here(&name, session)
     {
         // Another replica of the gateway may hold this session's early stream,
         // unclaimed: it closes within `UNCLAIMED_FOR`; then this GET is the only one.
@@ -367,7 +374,8 @@ async fn forward_request(
         let mut retry = http::Request::new(ReplayBody::empty());
         *retry.uri_mut() = uri;
         *retry.headers_mut() = headers;
-        *retry.extensions_mut() = extensions;
+        *retry.extensions_mut() =
+            request_extensions(principal_of_request.clone(), assertion_of_request.clone());
         result = upstream.service.clone().oneshot(retry).await;
     }
     match result {
@@ -378,7 +386,7 @@ async fn forward_request(
                 .and_then(|v| v.to_str().ok())
                 .filter(|created| session.as_deref() != Some(*created))
                 && response.status().is_success()
-                && let Some(extensions) = early_extensions
+                && may_create_session
             {
                 gateway.early_streams.open(
                     &name,
@@ -386,7 +394,7 @@ async fn forward_request(
                     &url,
                     created,
                     principal_of_request.clone(),
-                    extensions,
+                    request_extensions(principal_of_request.clone(), assertion_of_request),
                 );
             }
             let (parts, body) = response.into_parts();
@@ -410,7 +418,7 @@ async fn forward_request(
                 && let Some(session) = &session
             {
                 gateway.sessions.forget(&name, session);
-                gateway.early_streams.close(&name, session);
+                gateway.early_streams.end(&name, session);
             }
             if url_elicitation
                 && message.as_ref().is_some_and(Message::is_initialize)
