@@ -237,6 +237,11 @@ impl AuthHttpClient {
     /// responses come back as errors carrying the status (and `Retry-After`), so callers
     /// classify them without reading bodies; other statuses are the caller's to read.
     ///
+    /// A connection that fails while it is set up (refused, TLS handshake) is tried
+    /// once more at once: the request never left, so even a refresh token in it cannot
+    /// have reached the server. Anything that fails after the connection stood is
+    /// returned, never resent.
+    ///
     /// ```no_run
     /// use bytes::Bytes;
     /// use tower_mcp_auth::{AuthHttpClient, oauth::HttpError};
@@ -257,7 +262,22 @@ impl AuthHttpClient {
         &self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, HttpError> {
-        let call = self.service.clone().oneshot(request);
+        let service = self.service.clone();
+        let call = async move {
+            let again = copy_of(&request);
+            match service.clone().oneshot(request).await {
+                // Refused or broken while connecting: no byte of the request left this
+                // process, so it cannot have reached the server (a refresh token
+                // included). Once, on a new connection, within the same timeout. A
+                // failure after the connection stood (a reset, a close mid-answer) may
+                // come after the server read the request: it is never sent again.
+                Err(error) if failed_connecting(&error) => {
+                    tracing::debug!(%error, "connecting to the authorization server failed; trying once more");
+                    service.oneshot(again).await
+                }
+                other => other,
+            }
+        };
         let response = match tokio::time::timeout(self.timeout, call).await {
             Err(_) => return Err(HttpError::Timeout(self.timeout)),
             Ok(Err(e)) => {
@@ -280,6 +300,41 @@ impl AuthHttpClient {
         }
         Ok(response)
     }
+}
+
+/// The request again: method, URI, version, headers and body (extensions are not
+/// carried: nothing below this client reads them).
+fn copy_of(request: &http::Request<Bytes>) -> http::Request<Bytes> {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether `error` came from setting up the connection (resolving, TCP connect, TLS
+/// handshake), before the request was written, as reqwest and hyper-util's client
+/// report it; anywhere in its chain of sources.
+pub(crate) fn failed_connecting(error: &BoxError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(error) = next {
+        #[cfg(feature = "reqwest")]
+        if error
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_connect)
+        {
+            return true;
+        }
+        if error
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 impl Default for AuthHttpClient {

@@ -266,3 +266,114 @@ async fn a_failed_refresh_ahead_of_expiry_costs_no_call() {
         "the failed one ahead of expiry, then one that worked"
     );
 }
+
+/// The transport's first connection is refused (a real reqwest connect error, from a
+/// port nothing listens on); the refresh goes out again at once on a new connection
+/// and succeeds: no failed call, no cooldown, one redemption at the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_tried_again_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let world = world().await;
+    let store: Arc<dyn CredentialStore> = Arc::new(tower_mcp_auth::store::MemoryStore::new());
+    let generation = expired_login(&world, &*store).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let reqwest = tower_mcp_auth::client::ReqwestService::new().unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    // The first attempt goes to the closed port, every other one where it was sent.
+    let transport = tower::service_fn(move |mut request: http::Request<_>| {
+        let reqwest = reqwest.clone();
+        if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            let uri = format!("http://127.0.0.1:{closed}{}", request.uri().path());
+            *request.uri_mut() = uri.parse().unwrap();
+        }
+        tower::ServiceExt::oneshot(reqwest, request)
+    });
+    let coordinator = RefreshCoordinator::builder(store)
+        .http_client(tower_mcp_auth::AuthHttpClient::from_http_service(transport))
+        .build();
+
+    let tokens = coordinator
+        .token(&world.key, &world.binding)
+        .await
+        .expect("the refresh succeeds on the second connection")
+        .expect("a token");
+    assert!(tokens.generation > generation);
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "refused once, then sent"
+    );
+    let stats = world.auth.stats();
+    assert_eq!((stats.refresh_requests, stats.refresh_successes), (1, 1));
+}
+
+/// A token endpoint that reads the whole request and then resets the connection: the
+/// request may have been redeemed, so the refresh token is never sent again. One
+/// request reaches the server; the caller gets a transient error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_the_request_was_read_is_not_resent() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Headers, then the form body (its length from Content-Length).
+                loop {
+                    let n = stream.read(&mut buffer).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    read.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&read).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if read.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                assert!(String::from_utf8_lossy(&read).contains("refresh_token="));
+                seen.fetch_add(1, Ordering::SeqCst);
+                // RST instead of FIN.
+                stream.set_zero_linger().unwrap();
+                drop(stream);
+            });
+        }
+    });
+    let client = tower_mcp_auth::AuthHttpClient::reqwest();
+    let request = http::Request::post(format!("http://127.0.0.1:{port}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(bytes::Bytes::from_static(
+            b"grant_type=refresh_token&refresh_token=rt-1",
+        ))
+        .unwrap();
+    let error = client
+        .send(request)
+        .await
+        .expect_err("the connection was reset");
+    assert!(
+        matches!(error, tower_mcp_auth::oauth::HttpError::Network(_)),
+        "{error:?}"
+    );
+    // Anything resent would have arrived by now: the client has returned.
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "sent once, never again");
+}

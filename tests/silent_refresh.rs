@@ -420,6 +420,42 @@ async fn no_credentials_surface_reauth_with_the_servers_challenge() {
     assert_eq!(h.auth.stats().refresh_requests, 0);
 }
 
+/// Once the server's challenge is known, a caller without usable credentials (never
+/// signed in, or the refresh token retired) gets `ReauthRequired` with that challenge
+/// and nothing is sent; new credentials in the store are used at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_nothing_is_sent_once_the_challenge_is_known() {
+    let h = Harness::new(RefreshConfig::default()).await;
+    let reauth = |result: &Result<String, tower::BoxError>| {
+        let error = result
+            .as_ref()
+            .err()
+            .and_then(|e| Error::find(e.as_ref()))
+            .cloned();
+        match error {
+            Some(error @ Error::ReauthRequired { .. }) => error,
+            other => panic!("expected ReauthRequired, got {other:?}"),
+        }
+    };
+    // The first call learns the challenge from the server's 401.
+    reauth(&h.whoami(&alice()).await);
+    assert_eq!(h.mcp.stats().requests, 1);
+    for _ in 0..5 {
+        let error = reauth(&h.whoami(&alice()).await);
+        assert!(
+            error.www_authenticate()[0]
+                .to_str()
+                .unwrap()
+                .contains("resource_metadata=")
+        );
+    }
+    assert_eq!(h.mcp.stats().requests, 1, "nothing sent without a token");
+    // Signed in (credentials written by another process, say): used at once.
+    h.login(&alice()).await;
+    assert!(h.whoami(&alice()).await.unwrap().contains("alice"));
+    assert_eq!(h.mcp.stats().requests, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_go_only_to_their_resource() {
     let h = Harness::new(RefreshConfig::default()).await;

@@ -124,10 +124,18 @@ async fn four_copies_after_expiry_make_one_refresh() {
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let url = mcp.url();
+    let refused_before = mcp.stats().unauthorized;
     let copies = (0..4).map(|_| ts_client(&url, &store, &jar));
     for done in futures::future::join_all(copies).await {
         assert_eq!(done["whoami"], "alice", "{done}");
     }
+    // Each copy read the store before its first request: none went without a token.
+    assert_eq!(
+        mcp.stats().unauthorized,
+        refused_before,
+        "{:?}",
+        mcp.stats()
+    );
     let stats = auth.stats();
     assert_eq!(stats.refresh_requests - refreshes_before, 1, "{stats:?}");
     assert_eq!(stats.invalid_grants, 0, "{stats:?}");

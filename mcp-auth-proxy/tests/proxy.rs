@@ -461,8 +461,11 @@ async fn oauth_upstream_connect_first_then_the_users_own_token_even_after_a_rest
     let registrations = auth.stats().registrations;
     drop(proxy);
     let _proxy = start("oauth", &config, &key);
+    let refused = mcp.stats().unauthorized;
     let (answer, _) = post_as(&endpoint, "alice", Some(&session), call).await;
     assert_eq!(answer["result"]["content"][0]["text"], "alice", "{answer}");
+    // The restarted gateway read the store before its first request upstream.
+    assert_eq!(mcp.stats().unauthorized, refused, "{:?}", mcp.stats());
     assert_eq!(auth.stats().code_exchanges, 1);
     assert_eq!(auth.stats().registrations, registrations);
 }

@@ -14,11 +14,15 @@ use tower_mcp_auth::{
     AuthHttpClient, Authorizer, Error, OAuthRetryLayer, Principal, RefreshConfig,
     RefreshCoordinator, Secret, SilentRefreshLayer, UrlPolicy, binding::ClientAuthMethod,
     layer::callback::BrowserBinding, layer::callback::CallbackService,
-    layer::oauth_retry::AuthorizationPrompt, oauth::Discovery, oauth::PreRegisteredClient,
+    layer::oauth_retry::AuthorizationPrompt, oauth::AuthorizationCause, oauth::Discovery,
+    oauth::PreRegisteredClient,
 };
 
 /// How long one refresh-token redemption may take.
 const REDEMPTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a starting copy waits for its binding before it serves the client.
+const RESTORE_WITHIN: Duration = Duration::from_secs(5);
 
 /// The sign-in this copy opened in the browser, so a request that waited it out in
 /// vain can abandon it: the next request then opens the browser again instead of
@@ -179,6 +183,22 @@ pub(super) async fn oauth_layers(
         .build();
     let silent = SilentRefreshLayer::new(refresh, authorizer.bindings())
         .with_default_principal(Principal::new("local", "user"));
+    // The binding (discovery, the stored client registration) before the first
+    // request, so a copy started with stored credentials sends them at once instead of
+    // collecting a 401 first. Bounded: a server that is slow or down must not hold up
+    // the session; without the binding, the first 401 makes it as before.
+    let (user, cause) = (
+        Principal::new("local", "user"),
+        AuthorizationCause::challenge(None),
+    );
+    let restore = authorizer.restore_binding(&user, &cause);
+    match tokio::time::timeout(RESTORE_WITHIN, restore).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "no binding before the first request"),
+        Err(_) => {
+            tracing::debug!("no binding within {RESTORE_WITHIN:?}; the first request makes it")
+        }
+    }
     Ok((oauth, silent, sign_in))
 }
 

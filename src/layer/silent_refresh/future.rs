@@ -259,7 +259,7 @@ where
         );
         return Some(finish(Ok(response), *this.sent_at, kept));
     };
-    let www_authenticate = response
+    let www_authenticate: Vec<HeaderValue> = response
         .headers()
         .get_all(header::WWW_AUTHENTICATE)
         .iter()
@@ -274,6 +274,7 @@ where
     else {
         return Some(finish(Ok(response), *this.sent_at, kept));
     };
+    layer.challenges.remember(binding.id(), &www_authenticate);
     let key = AuthKey::new(principal, binding.id());
     let coordinator = layer.coordinator.clone();
     let generation = carried.map(|stamp| stamp.generation);

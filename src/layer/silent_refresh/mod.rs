@@ -1,5 +1,6 @@
 //! Attach the stored bearer token; on a 401, refresh once (single-flight) and replay once.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -10,8 +11,8 @@ use tower::{BoxError, Layer, Service};
 use super::hand_back;
 use crate::binding::{BindingSlot, Coverage, ServerBinding};
 use crate::error::Error;
-use crate::fault::TransientReason;
-use crate::key::{AuthKey, Principal};
+use crate::fault::{ReauthReason, TransientReason};
+use crate::key::{AuthKey, BindingId, Principal};
 use crate::refresh::RefreshCoordinator;
 use crate::replay::{
     Buffering, DEFAULT_MAX_REPLAY_BODY, ReplayBody, ReplayTemplate, RequestBody, Unfinished,
@@ -71,6 +72,26 @@ pub struct SilentRefreshLayer {
     bindings: BindingSlot,
     default_principal: Option<Principal>,
     max_replay_body: usize,
+    challenges: Challenges,
+}
+
+/// The `WWW-Authenticate` of each server's last 401 (by binding): what a caller without
+/// credentials is told instead of sending a request only to be refused again.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Challenges(Arc<Mutex<HashMap<BindingId, Vec<HeaderValue>>>>);
+
+impl Challenges {
+    pub(super) fn remember(&self, binding: BindingId, challenge: &[HeaderValue]) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(&binding).is_none_or(|known| known != challenge) {
+            map.insert(binding, challenge.to_vec());
+        }
+    }
+
+    fn of(&self, binding: BindingId) -> Option<Vec<HeaderValue>> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&binding).cloned()
+    }
 }
 
 impl SilentRefreshLayer {
@@ -83,6 +104,7 @@ impl SilentRefreshLayer {
             bindings: bindings.into(),
             default_principal: None,
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
+            challenges: Challenges::default(),
         }
     }
 
@@ -305,6 +327,7 @@ where
             let refresh = RefreshContext {
                 coordinator: layer.coordinator.clone(),
                 binding,
+                challenges: layer.challenges.clone(),
             };
             (key, refresh)
         });
@@ -340,6 +363,7 @@ fn invalid_token_header() -> Error {
 struct RefreshContext {
     coordinator: RefreshCoordinator,
     binding: Arc<ServerBinding>,
+    challenges: Challenges,
 }
 
 struct Prepared {
@@ -366,11 +390,25 @@ where
     };
     let (mut request, replay) = buffered.map_err(|error| (error, None))?;
     let token = match &context {
-        Some((key, context)) => context
-            .coordinator
-            .token(key, &context.binding)
-            .await
-            .map_err(|error| (error.into(), replay.clone()))?,
+        Some((key, context)) => {
+            let token = context
+                .coordinator
+                .token(key, &context.binding)
+                .await
+                .map_err(|error| (error.into(), replay.clone()))?;
+            // Nothing usable stored (never signed in, or the refresh token was retired)
+            // and the server's challenge known from an earlier 401: it would only refuse
+            // again. Nothing is sent; the layer above starts the sign-in, and a later
+            // call finds the new credentials in the store. Without a known challenge
+            // the request goes out to learn it (its scope guides the sign-in).
+            if token.is_none()
+                && let Some(challenge) = context.challenges.of(context.binding.id())
+            {
+                let error = Error::reauth(ReauthReason::NoCredentials).with_challenge(challenge);
+                return Err((error.into(), replay));
+            }
+            token
+        }
         None => None,
     };
     let carried = match &token {

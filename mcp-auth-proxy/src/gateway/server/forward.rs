@@ -362,6 +362,24 @@ async fn forward_request(
     }
     let again = standalone.then(|| (parts.uri.clone(), parts.headers.clone()));
     let may_create_session = parts.method == http::Method::POST && session.is_none();
+    // The first request of a tenant since this process started: its binding (discovery
+    // and the stored client registration) first, so the credentials the store holds go
+    // with this request instead of after a 401. Failing here, the request goes without
+    // and the stack binds on the upstream's 401, as it would have.
+    if let Some(authorizer) = &upstream.authorizer
+        && authorizer
+            .bindings()
+            .get(principal_of_request.tenant())
+            .is_none()
+        && let Err(error) = authorizer
+            .restore_binding(
+                &principal_of_request,
+                &tower_mcp_auth::oauth::AuthorizationCause::challenge(None),
+            )
+            .await
+    {
+        tracing::debug!(upstream = %name, %error, "no binding before the first request");
+    }
     let request = http::Request::from_parts(parts, body);
     let mut result = upstream.service.clone().oneshot(request).await;
     if let (Ok(response), Some((uri, headers)), Some(session)) = (&result, again, &session)
