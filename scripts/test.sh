@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of tower-mcp-auth, in the order a failure is cheapest to see. Fails loudly
 # on the first failure. Needs the Rust toolchain (with rustfmt and clippy) and python3;
-# installs cargo-deny with cargo and chromium / redis-server / npm / python3-venv from Debian if missing, Authlib
+# installs cargo-deny with cargo and chromium / redis-server / nginx / npm / python3-venv from Debian if missing, Authlib
 # from PyPI (the external authorization server of tests/external_as.rs) and, through
 # npx, the MCP conformance suite with its own Node 22 from the npm registry.
 set -euo pipefail
@@ -117,6 +117,10 @@ cargo bench --bench reconnect_storm
 
 step "replica contention bench (real processes over memory, SQLite and Redis; exits non-zero if a shared store redeems twice)"
 cargo bench --bench replica_contention
+
+step "chaos soak, 60 s on SQLite and 60 s on Redis (replicas SIGKILLed, also mid-redemption; token endpoint 500s and resets; Redis restarted; exits non-zero on an avoidable invalid_grant, a lost credential or a call over 3 s)"
+cargo run --quiet --example chaos_soak -- --seconds 60 --store sqlite
+cargo run --quiet --example chaos_soak -- --seconds 60 --store redis
 
 step "OBO storm bench (exits non-zero unless our layer makes one exchange per user, scope and token lifetime)"
 cargo bench --bench obo_storm
