@@ -2,8 +2,11 @@
 //! call an MCP server as one user with rotating, 5-second tokens, while their world
 //! breaks around them:
 //!
-//! * every few seconds a random replica is SIGKILLed and started again;
-//! * now and then a replica is killed while it redeems (it holds the refresh lease);
+//! * every few seconds a random replica that is not redeeming is SIGKILLed and started
+//!   again;
+//! * every third redemption, its replica is killed midway (it holds the refresh lease),
+//!   but never the one that takes over from a killed holder: each dead holder costs the
+//!   others one lease TTL (2.5 s), and the bound on a call's time is per dead holder;
 //! * the token endpoint answers a 500 or resets the connection (a TCP proxy in front of
 //!   it drops a request's connection with a RST before the server reads it);
 //! * Redis (append-only file, fsync on every write) is killed and restarted once.
@@ -50,6 +53,9 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(5);
 /// The token endpoint's think time: a kill lands inside a redemption, not after it.
 const TOKEN_LATENCY: Duration = Duration::from_millis(250);
 const KILL_EVERY: Duration = Duration::from_secs(3);
+/// How long after killing a lease holder no other holder is killed: the lease's TTL
+/// (2.5 s) and a redemption.
+const DEAD_HOLDER_GAP: Duration = Duration::from_secs(4);
 const FAULT_EVERY: Duration = Duration::from_secs(4);
 /// How often a worker reports its calls.
 const TICK: Duration = Duration::from_millis(250);
@@ -69,6 +75,7 @@ async fn main() -> Result<(), BoxError> {
         replicas: 4,
         callers: 8,
         store: "redis".into(),
+        events: None,
     };
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
@@ -77,10 +84,11 @@ async fn main() -> Result<(), BoxError> {
             "--seconds" => options.seconds = value.parse()?,
             "--replicas" => options.replicas = value.parse()?,
             "--callers" => options.callers = value.parse()?,
+            "--events" => options.events = Some(value.into()),
             "--store" if value == "redis" || value == "sqlite" => options.store = value.clone(),
             _ => {
                 return Err(
-                    "usage: chaos_soak [--seconds N] [--replicas R] [--callers C] [--store redis|sqlite]"
+                    "usage: chaos_soak [--seconds N] [--replicas R] [--callers C] [--store redis|sqlite] [--events FILE]"
                         .into(),
                 );
             }
@@ -88,6 +96,14 @@ async fn main() -> Result<(), BoxError> {
     }
     let report = soak(&options).await?;
     println!("{report}");
+    if let Some(path) = &options.events {
+        let lines: String = report
+            .events
+            .iter()
+            .map(|(at, what)| format!("{:.3} {what}\n", at.as_secs_f64()))
+            .collect();
+        std::fs::write(path, lines)?;
+    }
     if report.passed() {
         Ok(())
     } else {
@@ -100,6 +116,8 @@ struct Options {
     replicas: usize,
     callers: usize,
     store: String,
+    /// A file for every event of the run, one per line.
+    events: Option<std::path::PathBuf>,
 }
 
 // ---------------------------------------------------------------- the soak (parent)
@@ -110,6 +128,9 @@ struct Report {
     ok: u64,
     failed: BTreeMap<String, u64>,
     longest_call: Duration,
+    /// Calls slower than 1 s and than 2 s.
+    over_1s: u64,
+    over_2s: u64,
     redemptions: u64,
     invalid_grants: u64,
     reuse_detected: u64,
@@ -123,6 +144,18 @@ struct Report {
     redis_restarts: u64,
     lost: u64,
     token_lifetimes: u64,
+    /// What happened when (since the start): kills, faults, restarts, reuse.
+    events: Vec<(Duration, String)>,
+    /// When the slowest call ended.
+    longest_call_at: Duration,
+    started: Option<Instant>,
+}
+
+impl Report {
+    fn event(&mut self, what: String) {
+        let at = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        self.events.push((at, what));
+    }
 }
 
 impl Report {
@@ -162,11 +195,28 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  longest call {:.2} s (bound {} s); credentials lost {}",
+            "  longest call {:.2} s (bound {} s); calls over 1 s {}, over 2 s {}; credentials lost {}",
             self.longest_call.as_secs_f64(),
             STALL_BOUND.as_secs(),
+            self.over_1s,
+            self.over_2s,
             self.lost
         )?;
+        // What came before the slowest call: the cause of a stall, when there is one.
+        let end = self.longest_call_at;
+        let from = end.saturating_sub(self.longest_call + Duration::from_secs(3));
+        writeln!(
+            f,
+            "  before the longest call (it ended at {:.2} s):",
+            end.as_secs_f64()
+        )?;
+        for (at, what) in self
+            .events
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= end)
+        {
+            writeln!(f, "    {:>8.2} s  {what}", at.as_secs_f64())?;
+        }
         write!(f, "  {}", if self.passed() { "PASSED" } else { "FAILED" })
     }
 }
@@ -284,12 +334,22 @@ async fn reset_proxy(upstream: std::net::SocketAddr, resets: Arc<AtomicU64>) -> 
 struct Replica {
     child: tokio::process::Child,
     /// It reported a redemption and has not reported calls since.
-    redeeming: bool,
+    /// When it last reported a redemption's start.
+    redeeming_since: Option<Instant>,
+}
+
+impl Replica {
+    /// Whether it may hold the refresh lease now (its redemption takes about
+    /// `TOKEN_LATENCY`).
+    fn may_hold_the_lease(&self) -> bool {
+        self.redeeming_since
+            .is_some_and(|since| since.elapsed() < TOKEN_LATENCY * 3)
+    }
 }
 
 enum Line {
     Redeeming(usize),
-    Tick(usize, String),
+    Tick(String),
 }
 
 async fn soak(options: &Options) -> Result<Report, BoxError> {
@@ -343,7 +403,7 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
             let mut reader = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 let line = match line.strip_prefix("tick") {
-                    Some(tick) => Line::Tick(index, tick.to_owned()),
+                    Some(tick) => Line::Tick(tick.to_owned()),
                     None if line == "redeeming" => Line::Redeeming(index),
                     None => continue,
                 };
@@ -354,7 +414,7 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
         });
         Ok(Replica {
             child,
-            redeeming: false,
+            redeeming_since: None,
         })
     };
     let mut replicas = (0..options.replicas)
@@ -369,6 +429,7 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
         ..Report::default()
     };
     let started = Instant::now();
+    report.started = Some(started);
     let until = started + Duration::from_secs(options.seconds);
     let mut next_kill = started + KILL_EVERY;
     let mut next_fault = started + FAULT_EVERY;
@@ -376,6 +437,7 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
         (options.store == "redis").then(|| started + Duration::from_secs(options.seconds) / 2);
     // Every third redemption a replica reports, its process is killed mid-way.
     let mut redemptions_heard = 0u64;
+    let mut last_holder_kill: Option<Instant> = None;
     // Kills whose victim may have been answered: checked once the answer is due.
     let mut kills_to_check: Vec<(Instant, u64, u64)> = Vec::new();
     let mut unexplained_successes = 0u64;
@@ -386,50 +448,67 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
         tokio::select! {
             Some(line) = heard.recv() => match line {
                 Line::Redeeming(index) => {
-                    replicas[index].redeeming = true;
+                    replicas[index].redeeming_since = Some(Instant::now());
                     redemptions_heard += 1;
-                    if redemptions_heard.is_multiple_of(3) {
+                    report.event(format!("replica {index} redeeming"));
+                    // Every third redemption is killed midway, but never the one that
+                    // takes over from a killed holder: each dead holder costs the others
+                    // one lease TTL, and the bound is per dead holder.
+                    let takeover = last_holder_kill
+                        .is_some_and(|at: Instant| at.elapsed() < DEAD_HOLDER_GAP);
+                    if redemptions_heard.is_multiple_of(3) && !takeover {
                         // Somewhere inside its redemption: before the server answers
                         // (it thinks for TOKEN_LATENCY) or just after.
                         let delay = rng.gen_range(0..TOKEN_LATENCY.as_millis() as u64 + 50);
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                         report.holder_kills += 1;
+                        last_holder_kill = Some(Instant::now());
                         kill(&mut replicas, index, &spawn, &auth, &store, &key, &mut kills_to_check, &mut report).await?;
                     }
                 }
-                Line::Tick(index, tick) => {
-                    replicas[index].redeeming = false;
+                Line::Tick(tick) => {
+                    let slowest = report.longest_call;
                     tally(&tick, &mut report);
+                    if report.longest_call > slowest {
+                        report.longest_call_at = started.elapsed();
+                    }
                 }
             },
             _ = monitor.tick() => {
                 let now = Instant::now();
                 if now >= next_kill {
                     next_kill = now + KILL_EVERY;
-                    let index = rng.gen_range(0..replicas.len());
-                    if replicas[index].redeeming {
-                        report.holder_kills += 1;
+                    // A crash of a replica that is not redeeming (holders die above).
+                    let bystanders: Vec<usize> = (0..replicas.len())
+                        .filter(|i| !replicas[*i].may_hold_the_lease())
+                        .collect();
+                    if !bystanders.is_empty() {
+                        let index = bystanders[rng.gen_range(0..bystanders.len())];
+                        kill(&mut replicas, index, &spawn, &auth, &store, &key, &mut kills_to_check, &mut report).await?;
                     }
-                    kill(&mut replicas, index, &spawn, &auth, &store, &key, &mut kills_to_check, &mut report).await?;
                 }
                 if now >= next_fault {
                     next_fault = now + FAULT_EVERY;
                     if rng.gen_bool(0.5) {
                         auth.fail_next(Fault::ServerError, 1);
                         report.faults_5xx += 1;
+                        report.event("the token endpoint's next answer: 500".into());
                     } else {
                         resets.fetch_add(1, Ordering::SeqCst);
                         report.resets += 1;
+                        report.event("the token endpoint's next request: reset".into());
                     }
                 }
                 if let (Some(at), Some(server)) = (redis_restart_at, redis.as_mut())
                     && now >= at
                 {
                     redis_restart_at = None;
+                    report.event("Redis killed".into());
                     server.kill().await;
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     server.restart().await?;
                     report.redis_restarts += 1;
+                    report.event("Redis back".into());
                 }
                 // A kill's redemption the server answered, while the store kept the
                 // generation the victim redeemed: the server rotated the token for a
@@ -458,8 +537,10 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
                     }
                     seen_reuse = stats.reuse_detected;
                     // The grant is revoked: the user signs in again.
+                    report.event("refresh token reuse: the grant is revoked".into());
                     sign_in_again(&auth, &store, &key).await?;
                     report.relogins += 1;
+                    report.event("signed in again".into());
                     seen_invalid = auth.stats().invalid_grants;
                 } else if stats.invalid_grants > seen_invalid {
                     // Not a reuse: a dead token presented (a retired one replayed).
@@ -519,6 +600,14 @@ async fn kill(
     let successes = auth.stats().refresh_successes;
     let _ = replicas[index].child.kill().await;
     report.kills += 1;
+    report.event(format!(
+        "replica {index} killed{}",
+        if replicas[index].may_hold_the_lease() {
+            " while redeeming"
+        } else {
+            ""
+        }
+    ));
     if let Some(generation) = load_generation(store, key).await {
         kills_to_check.push((Instant::now(), successes, generation));
     }
@@ -564,6 +653,8 @@ fn tally(tick: &str, report: &mut Report) {
             "max_ms" => {
                 report.longest_call = report.longest_call.max(Duration::from_millis(value));
             }
+            "over_1s" => report.over_1s += value,
+            "over_2s" => report.over_2s += value,
             cause => *report.failed.entry(cause.to_owned()).or_default() += value,
         }
     }
@@ -629,6 +720,11 @@ async fn worker(args: &[String]) -> Result<(), BoxError> {
                     *tally.entry(outcome).or_default() += 1;
                     let max = tally.entry("max_ms".into()).or_default();
                     *max = (*max).max(took);
+                    for (over, name) in [(1000, "over_1s"), (2000, "over_2s")] {
+                        if took > over {
+                            *tally.entry(name.into()).or_default() += 1;
+                        }
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
