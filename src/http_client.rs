@@ -302,8 +302,8 @@ impl AuthHttpClient {
     }
 }
 
-/// The request again: method, URI, version, headers and body (extensions are not
-/// carried: nothing below this client reads them).
+/// The request again: method, URI, version, headers and body. Extensions are not
+/// carried: the crate puts none on its requests to authorization servers.
 fn copy_of(request: &http::Request<Bytes>) -> http::Request<Bytes> {
     let mut copy = http::Request::new(request.body().clone());
     *copy.method_mut() = request.method().clone();

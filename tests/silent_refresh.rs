@@ -450,10 +450,64 @@ async fn without_credentials_nothing_is_sent_once_the_challenge_is_known() {
         );
     }
     assert_eq!(h.mcp.stats().requests, 1, "nothing sent without a token");
+    // The challenge is Alice's: Bob, of the same tenant, asks the server himself.
+    reauth(&h.whoami(&Principal::new("acme", "bob")).await);
+    assert_eq!(h.mcp.stats().requests, 2);
     // Signed in (credentials written by another process, say): used at once.
     h.login(&alice()).await;
     assert!(h.whoami(&alice()).await.unwrap().contains("alice"));
-    assert_eq!(h.mcp.stats().requests, 2);
+    assert_eq!(h.mcp.stats().requests, 3);
+}
+
+/// A server that answers some requests without a token (here `tools/list`) and refuses
+/// others: once it answered one, every request of its users goes out, a 401 or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_answers_without_a_token_always_gets_the_request() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let h = Harness::new(RefreshConfig::default()).await;
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = received.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |body: String| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if body.contains("tools/list") {
+                    let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
+                    return (http::StatusCode::OK, [("content-type", "application/json")], answer);
+                }
+                let challenge = "Bearer resource_metadata=\"http://127.0.0.1/.well-known/oauth-protected-resource\"";
+                (http::StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)], "")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let binding =
+        tower_mcp_auth::ServerBinding::public_client(&url, &h.auth.token_endpoint(), CLIENT_ID)
+            .unwrap();
+    let client = tower::Layer::layer(
+        &tower_mcp_auth::SilentRefreshLayer::new(h.coordinator.clone(), binding),
+        tower_mcp_auth::testing::ReqwestTransport::new(),
+    );
+    let call = |method: &'static str| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let mut request = jsonrpc_request(&url, 1, method, json!({}));
+            request.extensions_mut().insert(alice());
+            client.oneshot(request).await
+        }
+    };
+    assert_eq!(call("tools/list").await.unwrap().status(), 200);
+    for _ in 0..3 {
+        call("tools/call").await.unwrap_err();
+    }
+    assert_eq!(call("tools/list").await.unwrap().status(), 200);
+    assert_eq!(received.load(Ordering::SeqCst), 5, "every request went out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

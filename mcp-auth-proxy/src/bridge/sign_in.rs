@@ -187,14 +187,19 @@ pub(super) async fn oauth_layers(
     // request, so a copy started with stored credentials sends them at once instead of
     // collecting a 401 first. Bounded: a server that is slow or down must not hold up
     // the session; without the binding, the first 401 makes it as before.
-    let (user, cause) = (
-        Principal::new("local", "user"),
-        AuthorizationCause::challenge(None),
-    );
-    let restore = authorizer.restore_binding(&user, &cause);
+    // In a task of its own: past the wait it still finishes (a registration the server
+    // made is stored, not lost with a dropped future).
+    let binder = authorizer.clone();
+    let restore = tokio::spawn(async move {
+        let cause = AuthorizationCause::challenge(None);
+        binder
+            .restore_binding(&Principal::new("local", "user"), &cause)
+            .await
+    });
     match tokio::time::timeout(RESTORE_WITHIN, restore).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%error, "no binding before the first request"),
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::debug!(%error, "no binding before the first request"),
+        Ok(Err(error)) => tracing::warn!(%error, "the binding task failed"),
         Err(_) => {
             tracing::debug!("no binding within {RESTORE_WITHIN:?}; the first request makes it")
         }

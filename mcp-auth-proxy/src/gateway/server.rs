@@ -60,6 +60,9 @@ pub(crate) struct Upstream {
     /// An `obo` upstream: the caller's inbound token goes to the stack as the
     /// assertion to exchange.
     obo: bool,
+    /// Tenants whose binding could not be made before a request (discovery failed or
+    /// took too long): not tried again before each request for a while.
+    pub(crate) unbindable: moka::sync::Cache<String, ()>,
 }
 
 impl Upstream {
@@ -304,6 +307,10 @@ impl Gateway {
                     breaker: breaker_handle,
                     coordinator: coordinator_of_upstream,
                     obo: matches!(upstream.auth, UpstreamAuth::Obo(_)),
+                    unbindable: moka::sync::Cache::builder()
+                        .max_capacity(10_000)
+                        .time_to_live(Duration::from_secs(30))
+                        .build(),
                 },
             );
         }

@@ -93,6 +93,25 @@ where
     }
 }
 
+/// A request sent without a token succeeded: the server serves some requests without
+/// authorization, so its users' requests always go out.
+#[cold]
+fn answered_without_token<S>(
+    replay: &Option<(ReplayTemplate<UnresolvedUri>, Option<TokenStamp>)>,
+    shared: &Option<Arc<Shared<S>>>,
+) {
+    let (Some((template, _)), Some(shared)) = (replay, shared) else {
+        return;
+    };
+    let layer = &shared.layer;
+    if let Some(binding) = template
+        .principal()
+        .and_then(|principal| layer.bindings.id_for_principal(principal))
+    {
+        layer.challenges.answered(binding);
+    }
+}
+
 /// `result`, with the request to replay (and the token set it carried) attached when
 /// the layer above asked for it (`kept` is called only then).
 fn finish<R>(
@@ -147,6 +166,14 @@ where
         if let StateProj::Calling { call } = this.state.as_mut().project() {
             let response = ready!(call.poll(cx)).map_err(Into::into)?;
             if this.sent_at.is_none() && response.status() != StatusCode::UNAUTHORIZED {
+                if this
+                    .replay
+                    .as_ref()
+                    .is_some_and(|(_, carried)| carried.is_none())
+                    && response.status().is_success()
+                {
+                    answered_without_token(this.replay, this.shared);
+                }
                 return Poll::Ready(Ok(response));
             }
             if let Some(output) = on_response(&mut this, response) {
@@ -251,6 +278,13 @@ where
     let (replay, shared) = (&*this.replay, &*this.shared);
     let kept = || resolved(replay, shared);
     if response.status() != StatusCode::UNAUTHORIZED {
+        if replay
+            .as_ref()
+            .is_some_and(|(_, carried)| carried.is_none())
+            && response.status().is_success()
+        {
+            answered_without_token(replay, shared);
+        }
         return Some(finish(Ok(response), *this.sent_at, kept));
     }
     let (Some(shared), Some((template, carried))) = (shared, replay) else {
@@ -274,8 +308,10 @@ where
     else {
         return Some(finish(Ok(response), *this.sent_at, kept));
     };
-    layer.challenges.remember(binding.id(), &www_authenticate);
     let key = AuthKey::new(principal, binding.id());
+    if carried.is_none() {
+        layer.challenges.refused(&key, &www_authenticate);
+    }
     let coordinator = layer.coordinator.clone();
     let generation = carried.map(|stamp| stamp.generation);
     debug!(key = %key, "401 from the resource server; refreshing");

@@ -1,6 +1,6 @@
 //! Attach the stored bearer token; on a 401, refresh once (single-flight) and replay once.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -75,22 +75,70 @@ pub struct SilentRefreshLayer {
     challenges: Challenges,
 }
 
-/// The `WWW-Authenticate` of each server's last 401 (by binding): what a caller without
-/// credentials is told instead of sending a request only to be refused again.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Challenges(Arc<Mutex<HashMap<BindingId, Vec<HeaderValue>>>>);
+/// What a user without credentials is told instead of sending a request only to be
+/// refused: the `WWW-Authenticate` of the 401 their last request without a token got,
+/// kept [`CHALLENGE_KEPT_FOR`] (then one request goes out again). A server that answered
+/// any request without a token with success serves some requests without
+/// authorization: its users' requests always go out.
+#[derive(Clone)]
+pub(super) struct Challenges {
+    known: moka::sync::Cache<AuthKey, Arc<[HeaderValue]>>,
+    open: moka::sync::Cache<BindingId, ()>,
+}
+
+/// How long a user's last challenge stands for the server's answer.
+const CHALLENGE_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+/// How many users' challenges are kept (the oldest go first).
+const CHALLENGES_KEPT: u64 = 10_000;
+
+impl Default for Challenges {
+    fn default() -> Self {
+        Self {
+            known: moka::sync::Cache::builder()
+                .max_capacity(CHALLENGES_KEPT)
+                .time_to_live(CHALLENGE_KEPT_FOR)
+                .build(),
+            open: moka::sync::Cache::builder()
+                .max_capacity(CHALLENGES_KEPT)
+                .build(),
+        }
+    }
+}
+
+impl fmt::Debug for Challenges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Challenges")
+            .field("known", &self.known.entry_count())
+            .field("open", &self.open.entry_count())
+            .finish()
+    }
+}
 
 impl Challenges {
-    pub(super) fn remember(&self, binding: BindingId, challenge: &[HeaderValue]) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(&binding).is_none_or(|known| known != challenge) {
-            map.insert(binding, challenge.to_vec());
+    /// `key`'s request without a token got 401 with `challenge` (a Bearer one only:
+    /// anything else, or none, tells a client nothing to sign in with).
+    pub(super) fn refused(&self, key: &AuthKey, challenge: &[HeaderValue]) {
+        let bearer = challenge.iter().any(|value| {
+            value
+                .as_bytes()
+                .get(..6)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer"))
+        });
+        if bearer && !self.open.contains_key(&key.binding()) {
+            self.known.insert(key.clone(), challenge.into());
         }
     }
 
-    fn of(&self, binding: BindingId) -> Option<Vec<HeaderValue>> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&binding).cloned()
+    /// A request without a token to `binding` succeeded.
+    pub(super) fn answered(&self, binding: BindingId) {
+        self.open.insert(binding, ());
+    }
+
+    fn of(&self, key: &AuthKey) -> Option<Vec<HeaderValue>> {
+        if self.open.contains_key(&key.binding()) {
+            return None;
+        }
+        self.known.get(key).map(|challenge| challenge.to_vec())
     }
 }
 
@@ -402,7 +450,7 @@ where
             // call finds the new credentials in the store. Without a known challenge
             // the request goes out to learn it (its scope guides the sign-in).
             if token.is_none()
-                && let Some(challenge) = context.challenges.of(context.binding.id())
+                && let Some(challenge) = context.challenges.of(key)
             {
                 let error = Error::reauth(ReauthReason::NoCredentials).with_challenge(challenge);
                 return Err((error.into(), replay));

@@ -166,8 +166,10 @@ impl EarlyStreams {
     /// Whether this process opened `session`'s early stream (remembered for the
     /// session's life, up to [`REMEMBERED_SESSIONS`] sessions).
     pub(super) fn opened_here(&self, name: &str, session: &str) -> bool {
+        // `get`, not `contains_key`: a look keeps a live session remembered.
         self.opened
-            .contains_key(&(name.to_owned(), session.to_owned()))
+            .get(&(name.to_owned(), session.to_owned()))
+            .is_some()
     }
 
     /// The early stream of `session` for its owner's GET, waiting for the upstream's
