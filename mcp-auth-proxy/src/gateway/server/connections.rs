@@ -332,3 +332,32 @@ pub(crate) async fn disconnect(
     }
     Redirect::to("/connections").into_response()
 }
+
+/// The `/connections` forms' anti-forgery tokens: an HMAC of the principal.
+impl Gateway {
+    /// The token of `principal`'s `/connections` forms.
+    pub(crate) fn form_token(&self, principal: &Principal) -> String {
+        crate::crypto::hex(&self.form_tag(principal))
+    }
+
+    /// Whether `token` is `principal`'s form token.
+    pub(crate) fn form_token_matches(&self, principal: &Principal, token: &str) -> bool {
+        let expected = self.form_token(principal);
+        // Constant time: both are hex strings of one length.
+        expected.len() == token.len()
+            && expected
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+
+    fn form_tag(&self, principal: &Principal) -> [u8; 32] {
+        let mut data = Vec::new();
+        for field in [principal.tenant(), principal.subject()] {
+            data.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            data.extend_from_slice(field.as_bytes());
+        }
+        crate::crypto::hmac_sha256(&*self.form_key, &data)
+    }
+}

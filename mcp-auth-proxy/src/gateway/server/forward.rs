@@ -107,9 +107,6 @@ pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// How long a tenant's first request waits for its binding before it goes without.
-const BIND_WITHIN: Duration = Duration::from_secs(5);
-
 /// JSON-RPC's "invalid request" code, for the gateway's own refusals.
 const INVALID_REQUEST: i64 = -32600;
 /// JSON-RPC's "parse error" code.
@@ -365,35 +362,7 @@ async fn forward_request(
     }
     let again = standalone.then(|| (parts.uri.clone(), parts.headers.clone()));
     let may_create_session = parts.method == http::Method::POST && session.is_none();
-    // The first request of a tenant since this process started: its binding (discovery
-    // and the stored client registration, or a registration if none is stored) first,
-    // so the credentials the store holds go with this request instead of after a 401.
-    // Failing here (for at most `BIND_WITHIN`), the request goes without and the stack
-    // binds on the upstream's 401, as it would have; the tenant is not tried again
-    // before each request for a while.
-    let tenant = principal_of_request.tenant();
-    if let Some(authorizer) = &upstream.authorizer
-        && authorizer.bindings().get(tenant).is_none()
-        && !upstream.unbindable.contains_key(tenant)
-    {
-        // In a task of its own: past the wait it still finishes (a registration the
-        // server made is stored, not lost with a dropped future).
-        let (authorizer, principal) = (authorizer.clone(), principal_of_request.clone());
-        let restore = tokio::spawn(async move {
-            let cause = tower_mcp_auth::oauth::AuthorizationCause::challenge(None);
-            authorizer.restore_binding(&principal, &cause).await
-        });
-        let failure = match tokio::time::timeout(BIND_WITHIN, restore).await {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(error))) => Some(error.to_string()),
-            Ok(Err(_)) => Some("the binding task panicked".to_owned()),
-            Err(_) => Some(format!("no answer within {BIND_WITHIN:?}")),
-        };
-        if let Some(error) = failure {
-            tracing::debug!(upstream = %name, %error, "no binding before the first request");
-            upstream.unbindable.insert(tenant.to_owned(), ());
-        }
-    }
+    upstream_oauth::bind_before_first_request(&upstream, &name, &principal_of_request).await;
     let request = http::Request::from_parts(parts, body);
     let mut result = upstream.service.clone().oneshot(request).await;
     if let (Ok(response), Some((uri, headers)), Some(session)) = (&result, again, &session)

@@ -141,3 +141,43 @@ pub(super) fn connect_first(
     super::super::telemetry::sign_in_link(name);
     (status, axum::Json(body)).into_response()
 }
+
+/// How long a tenant's first request waits for its binding before it goes without.
+const BIND_WITHIN: Duration = Duration::from_secs(5);
+
+/// The first request of a tenant since this process started, to an `oauth` upstream:
+/// its binding (discovery and the stored client registration, or a registration if
+/// none is stored) first, so the credentials the store holds go with this request
+/// instead of after a 401. Failing here (for at most [`BIND_WITHIN`]), the request goes
+/// without and the stack binds on the upstream's 401, as it would have; the tenant is
+/// not tried again before each request for a while.
+pub(super) async fn bind_before_first_request(
+    upstream: &Upstream,
+    name: &str,
+    principal: &Principal,
+) {
+    let tenant = principal.tenant();
+    let Some(authorizer) = &upstream.authorizer else {
+        return;
+    };
+    if authorizer.bindings().get(tenant).is_some() || upstream.unbindable.contains_key(tenant) {
+        return;
+    }
+    // In a task of its own: past the wait it still finishes (a registration the server
+    // made is stored, not lost with a dropped future).
+    let (authorizer, owned) = (authorizer.clone(), principal.clone());
+    let restore = tokio::spawn(async move {
+        let cause = tower_mcp_auth::oauth::AuthorizationCause::challenge(None);
+        authorizer.restore_binding(&owned, &cause).await
+    });
+    let failure = match tokio::time::timeout(BIND_WITHIN, restore).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(error))) => Some(error.to_string()),
+        Ok(Err(_)) => Some("the binding task panicked".to_owned()),
+        Err(_) => Some(format!("no answer within {BIND_WITHIN:?}")),
+    };
+    if let Some(error) = failure {
+        tracing::debug!(upstream = %name, %error, "no binding before the first request");
+        upstream.unbindable.insert(tenant.to_owned(), ());
+    }
+}
