@@ -344,8 +344,10 @@ async fn reset_proxy(upstream: std::net::SocketAddr, resets: Arc<AtomicU64>) -> 
 struct Replica {
     child: tokio::process::Child,
     /// It reported a redemption and has not reported calls since.
-    /// When it last reported a redemption's start.
+    /// When it last reported a redemption's start, with the server's successful
+    /// refreshes and the stored generation then (before the server could answer it).
     redeeming_since: Option<Instant>,
+    redeeming_from: Option<(u64, u64)>,
 }
 
 impl Replica {
@@ -425,6 +427,7 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
         Ok(Replica {
             child,
             redeeming_since: None,
+            redeeming_from: None,
         })
     };
     let mut replicas = (0..options.replicas)
@@ -457,6 +460,9 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
             Some(line) = heard.recv() => match line {
                 Line::Redeeming(index) => {
                     replicas[index].redeeming_since = Some(Instant::now());
+                    replicas[index].redeeming_from = load_generation(&store, &key)
+                        .await
+                        .map(|generation| (auth.stats().refresh_successes, generation));
                     redemptions_heard += 1;
                     report.event(format!("replica {index} redeeming"));
                     // Every third redemption is killed midway, but never the one that
@@ -471,7 +477,7 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                         report.holder_kills += 1;
                         last_holder_kill = Some(Instant::now());
-                        kill(&mut replicas, index, &spawn, &auth, &store, &key, &mut ledger, &mut report).await?;
+                        kill(&mut replicas, index, &spawn, &mut ledger, &mut report).await?;
                     }
                 }
                 Line::Tick(tick) => {
@@ -492,7 +498,7 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
                         .collect();
                     if !bystanders.is_empty() {
                         let index = bystanders[rng.gen_range(0..bystanders.len())];
-                        kill(&mut replicas, index, &spawn, &auth, &store, &key, &mut ledger, &mut report).await?;
+                        kill(&mut replicas, index, &spawn, &mut ledger, &mut report).await?;
                     }
                 }
                 if now >= next_fault {
@@ -563,26 +569,24 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
 
 /// SIGKILLs replica `index` and starts it again; remembers what the server had
 /// answered, to tell later whether it redeemed for the dead process.
-#[allow(clippy::too_many_arguments)]
 async fn kill(
     replicas: &mut [Replica],
     index: usize,
     spawn: &impl Fn(usize) -> Result<Replica, BoxError>,
-    auth: &TestAuthServer,
-    store: &Arc<dyn CredentialStore>,
-    key: &AuthKey,
     ledger: &mut Ledger,
     report: &mut Report,
 ) -> Result<(), BoxError> {
-    let successes = auth.stats().refresh_successes;
+    // Counted from the redemption's start: the server may answer it just before the
+    // kill, while the holder has not stored the answer yet.
     let redeeming = replicas[index].may_hold_the_lease();
+    let from = replicas[index].redeeming_from;
     let _ = replicas[index].child.kill().await;
     report.kills += 1;
     report.event(format!(
         "replica {index} killed{}",
         if redeeming { " while redeeming" } else { "" }
     ));
-    if redeeming && let Some(generation) = load_generation(store, key).await {
+    if redeeming && let Some((successes, generation)) = from {
         ledger
             .to_check
             .push((Instant::now(), successes, generation));
