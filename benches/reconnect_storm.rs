@@ -3,17 +3,19 @@
 //! for everything) and our keyed `CircuitBreakerLayer`.
 //!
 //! Reported per strategy: calls that reached the dead upstream (total and per second),
-//! and once it is back, the time until the first call succeeds and until every client
-//! has succeeded again.
+//! once it is back, the time until the first call succeeds and until every client has
+//! succeeded again, and calls that hung (no answer within 10 s: dropped, and the client
+//! goes on).
 //!
 //! Run: `cargo bench --bench reconnect_storm`. Exits non-zero if our breaker lets more
 //! than one call per backoff window reach the dead upstream after it opened, if it lets
 //! through fewer than 100 times fewer calls than no breaker, or if its clients are not
 //! all back within 2 s of the upstream's return (default backoff: probes at most 1 s
-//! apart).
+//! apart), or if any of its calls hung; and if a strategy's run takes over a minute (a
+//! watchdog thread then says where it stands).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +32,66 @@ const OUTAGE: Duration = Duration::from_secs(4);
 const AFTER: Duration = Duration::from_secs(8);
 const RETRY_DELAY: Duration = Duration::from_millis(50);
 const TRIP_AFTER: u32 = 5;
+/// A call not answered within this (the HTTP client's own timeout is 5 s) is dropped
+/// and counted as hung: a strategy whose calls stop returning must not stall the bench.
+const CALL_BOUND: Duration = Duration::from_secs(10);
+
+/// The longest a strategy's run may take: its phases, then a call's 5 s timeout, then
+/// slack for a loaded machine. Past it the watchdog reports where the run stands and
+/// exits non-zero: the bench never hangs the test command.
+const RUN_BOUND: Duration = Duration::from_secs(60);
+
+/// Where the current run stands, for the watchdog (a thread of its own, outside the
+/// runtime: it reports even if the runtime stalls).
+struct Progress {
+    strategy: Mutex<&'static str>,
+    phase: Mutex<&'static str>,
+    started: Mutex<std::time::Instant>,
+    /// Per client: 0 between calls, 1 in a call, 2 done.
+    clients: Vec<AtomicU8>,
+    calls: AtomicUsize,
+}
+
+static PROGRESS: std::sync::LazyLock<Progress> = std::sync::LazyLock::new(|| Progress {
+    strategy: Mutex::new("starting"),
+    phase: Mutex::new("starting"),
+    started: Mutex::new(std::time::Instant::now()),
+    clients: (0..CLIENTS).map(|_| AtomicU8::new(0)).collect(),
+    calls: AtomicUsize::new(0),
+});
+
+fn phase(phase: &'static str) {
+    *PROGRESS.phase.lock().expect("progress") = phase;
+}
+
+fn watchdog() {
+    std::thread::spawn(|| {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let started = *PROGRESS.started.lock().expect("progress");
+            if started.elapsed() < RUN_BOUND {
+                continue;
+            }
+            let count = |state: u8| {
+                PROGRESS
+                    .clients
+                    .iter()
+                    .filter(|c| c.load(Ordering::SeqCst) == state)
+                    .count()
+            };
+            eprintln!(
+                "VIOLATION: the run of {:?} has taken over {RUN_BOUND:?}, in phase {:?}: clients in a call {}, between calls {}, done {}; calls made {}",
+                *PROGRESS.strategy.lock().expect("progress"),
+                *PROGRESS.phase.lock().expect("progress"),
+                count(1),
+                count(0),
+                count(2),
+                PROGRESS.calls.load(Ordering::SeqCst),
+            );
+            std::process::exit(2);
+        }
+    });
+}
 
 type Client = BoxCloneSyncService<http::Request<reqwest::Body>, http::Response<Bytes>, BoxError>;
 
@@ -103,9 +165,17 @@ struct Row {
     after_open: Option<u64>,
     first_success: Option<Duration>,
     all_recovered: Option<Duration>,
+    /// Calls dropped after [`CALL_BOUND`] without an answer.
+    hung: u64,
 }
 
 async fn run(strategy: &'static str) -> Row {
+    *PROGRESS.strategy.lock().expect("progress") = strategy;
+    *PROGRESS.started.lock().expect("progress") = std::time::Instant::now();
+    for client in &PROGRESS.clients {
+        client.store(0, Ordering::SeqCst);
+    }
+    phase("starting the upstream");
     let upstream = Arc::new(TestUpstream::start().await.expect("upstream"));
     let attempts = Arc::new(AtomicU64::new(0));
     let http = tower_mcp_auth::client::ReqwestService::builder()
@@ -125,27 +195,43 @@ async fn run(strategy: &'static str) -> Row {
     let end = start + HEALTHY + OUTAGE + AFTER;
     let restarted_at = start + HEALTHY + OUTAGE;
 
+    phase("healthy");
+    let hung = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
+        .map(|i| {
+            let (client, url, hung) = (client.clone(), url.clone(), hung.clone());
             tokio::spawn(async move {
                 let mut recovered: Option<Instant> = None;
+                let state = &PROGRESS.clients[i];
                 while Instant::now() < end {
                     let mut request = http::Request::new(reqwest::Body::from(""));
                     *request.uri_mut() = url.parse().expect("uri");
-                    let ok = matches!(client.clone().oneshot(request).await, Ok(r) if r.status().is_success());
+                    state.store(1, Ordering::SeqCst);
+                    PROGRESS.calls.fetch_add(1, Ordering::Relaxed);
+                    let ok = match tokio::time::timeout(CALL_BOUND, client.clone().oneshot(request))
+                        .await
+                    {
+                        Ok(answer) => matches!(answer, Ok(r) if r.status().is_success()),
+                        Err(_) => {
+                            hung.fetch_add(1, Ordering::SeqCst);
+                            false
+                        }
+                    };
+                    state.store(0, Ordering::SeqCst);
                     let now = Instant::now();
                     if ok && now >= restarted_at && recovered.is_none() {
                         recovered = Some(now);
                     }
                     tokio::time::sleep(RETRY_DELAY).await;
                 }
+                state.store(2, Ordering::SeqCst);
                 recovered
             })
         })
         .collect();
 
     tokio::time::sleep_until(start + HEALTHY).await;
+    phase("upstream down");
     upstream.stop();
     let at_stop = attempts.load(Ordering::Relaxed);
     tokio::time::sleep_until(restarted_at).await;
@@ -153,7 +239,9 @@ async fn run(strategy: &'static str) -> Row {
     let during_outage = at_restart - at_stop;
     let opened = opened_at.load(Ordering::SeqCst);
     let after_open = (opened != u64::MAX).then(|| at_restart - opened);
+    phase("restarting the upstream");
     upstream.restart().await.expect("restart");
+    phase("upstream back; waiting for the clients to finish");
 
     let mut recoveries = Vec::new();
     for task in tasks {
@@ -168,6 +256,7 @@ async fn run(strategy: &'static str) -> Row {
         after_open,
         first_success: recoveries.first().copied(),
         all_recovered: (recoveries.len() == CLIENTS).then(|| recoveries[CLIENTS - 1]),
+        hung: hung.load(Ordering::SeqCst),
     }
 }
 
@@ -186,6 +275,7 @@ fn windows_within(outage: Duration) -> u64 {
 }
 
 fn main() {
+    watchdog();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -207,22 +297,28 @@ fn main() {
         "reconnect storm: {CLIENTS} clients retrying every {RETRY_DELAY:?}; upstream down {OUTAGE:?}, then back (2 cores)"
     );
     println!(
-        "{:<28} {:>16} {:>14} {:>22} {:>24}",
-        "strategy", "calls reaching", "per second", "first success after", "all clients recovered"
+        "{:<28} {:>16} {:>14} {:>22} {:>24} {:>12}",
+        "strategy",
+        "calls reaching",
+        "per second",
+        "first success after",
+        "all clients recovered",
+        "calls hung"
     );
     println!(
-        "{:<28} {:>16} {:>14} {:>22} {:>24}",
-        "", "dead upstream", "", "restart", "after restart"
+        "{:<28} {:>16} {:>14} {:>22} {:>24} {:>12}",
+        "", "dead upstream", "", "restart", "after restart", "(> 10 s)"
     );
     for r in &rows {
         let show = |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{d:.2?}"));
         println!(
-            "{:<28} {:>16} {:>14.1} {:>22} {:>24}",
+            "{:<28} {:>16} {:>14.1} {:>22} {:>24} {:>12}",
             r.strategy,
             r.during_outage,
             r.during_outage as f64 / OUTAGE.as_secs_f64(),
             show(r.first_success),
-            show(r.all_recovered)
+            show(r.all_recovered),
+            r.hung
         );
     }
 
@@ -249,10 +345,10 @@ fn main() {
     let recovered_in_time = ours
         .all_recovered
         .is_some_and(|d| d <= Duration::from_secs(2));
-    if after_open > windows || ratio < 100.0 || !recovered_in_time {
+    if after_open > windows || ratio < 100.0 || !recovered_in_time || ours.hung > 0 {
         eprintln!(
             "VIOLATION: more than one attempt per backoff window, under 100x fewer calls than no breaker, \
-             or clients not back within 2 s"
+             clients not back within 2 s, or calls of ours that hung"
         );
         std::process::exit(1);
     }

@@ -38,13 +38,12 @@ use rand::Rng;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
-use tower::{BoxError, Layer, ServiceExt};
-use tower_mcp_auth::store::{CredentialStore, RedisStore, SqliteStore, Swap};
-use tower_mcp_auth::testing::{Fault, ReqwestTransport, TestAuthServer, TestMcpServer};
-use tower_mcp_auth::{
-    AuthHttpClient, AuthKey, Error, Principal, RefreshCoordinator, ServerBinding,
-    SilentRefreshLayer, UrlPolicy,
-};
+use tower::{BoxError, ServiceExt};
+use tower_mcp_auth::store::{CredentialStore, Swap};
+use tower_mcp_auth::testing::{Fault, TestAuthServer, TestMcpServer};
+use tower_mcp_auth::{AuthKey, Error, Principal, RefreshConfig, ServerBinding};
+
+mod replica;
 
 const CLIENT_ID: &str = "chaos-client";
 /// The longest a call may take, a dead lease holder's takeover included.
@@ -387,11 +386,7 @@ async fn soak(options: &Options) -> Result<Report, BoxError> {
     } else {
         dir.join("credentials.db").display().to_string()
     };
-    let store: Arc<dyn CredentialStore> = if options.store == "redis" {
-        Arc::new(RedisStore::builder(store_arg.as_str()).build()?)
-    } else {
-        Arc::new(SqliteStore::open(&store_arg)?)
-    };
+    let store = replica::shared_store(&store_arg)?;
     let binding = ServerBinding::public_client(&mcp.url(), &token_endpoint, CLIENT_ID)?;
     let key = AuthKey::new(&principal(), binding.id());
     let seeded = auth.issue(CLIENT_ID, "alice", Some("tools"));
@@ -731,23 +726,12 @@ async fn worker(args: &[String]) -> Result<(), BoxError> {
     };
     let callers: usize = callers.parse()?;
     let binding = ServerBinding::public_client(mcp, token_endpoint, client_id.clone())?;
-    let store: Arc<dyn CredentialStore> = if store.starts_with("redis://") {
-        Arc::new(RedisStore::builder(store.as_str()).build()?)
-    } else {
-        Arc::new(SqliteStore::open(store)?)
-    };
-    let coordinator = RefreshCoordinator::builder(store)
-        .http_client(AuthHttpClient::reqwest_with_policy(
-            UrlPolicy::default().allow_loopback_http(),
-        ))
-        .build();
-    let http = tower_mcp_auth::client::ReqwestService::builder()
-        .expect("TLS")
-        .pool_max_idle_per_host(callers)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let client = SilentRefreshLayer::new(coordinator.clone(), binding)
-        .layer(ReqwestTransport::from_client(http));
+    let (client, coordinator) = replica::replica_client(
+        replica::shared_store(store)?,
+        binding,
+        callers,
+        RefreshConfig::default(),
+    )?;
     let tally = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
     // Each caller's call in flight: when it began (ms since `epoch`, 0 for none). A call
     // still waiting when this process is killed is seen by the ticks before.

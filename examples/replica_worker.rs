@@ -21,13 +21,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use tower::{BoxError, Layer, ServiceExt};
-use tower_mcp_auth::store::{CredentialStore, MemoryStore, RedisStore, SqliteStore};
+use tower::{BoxError, ServiceExt};
+use tower_mcp_auth::store::{CredentialStore, MemoryStore};
 use tower_mcp_auth::testing::{ReqwestTransport, jsonrpc_request};
 use tower_mcp_auth::{
-    AuthHttpClient, AuthKey, Principal, RefreshConfig, RefreshCoordinator, Secret, ServerBinding,
-    SilentRefresh, SilentRefreshLayer, TokenSet, UrlPolicy,
+    AuthKey, Principal, RefreshConfig, RefreshCoordinator, Secret, ServerBinding, SilentRefresh,
+    TokenSet,
 };
+
+mod replica;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
@@ -60,9 +62,7 @@ async fn main() -> Result<(), BoxError> {
     };
     let binding = ServerBinding::public_client(mcp, token_endpoint, client_id.clone())?;
     let principal = Principal::new(tenant.as_str(), user.as_str());
-    let store: Arc<dyn CredentialStore> = if store.starts_with("redis://") {
-        Arc::new(RedisStore::builder(store.as_str()).build()?)
-    } else if let Some(seed) = store.strip_prefix("memory|") {
+    let store: Arc<dyn CredentialStore> = if let Some(seed) = store.strip_prefix("memory|") {
         let (access, refresh) = seed.split_once('|').ok_or("memory|<access>|<refresh>")?;
         let memory = MemoryStore::new();
         let mut tokens = TokenSet::new(Secret::new(access))
@@ -74,25 +74,17 @@ async fn main() -> Result<(), BoxError> {
             .await?;
         Arc::new(memory)
     } else {
-        Arc::new(SqliteStore::open(store)?)
+        replica::shared_store(store)?
     };
-    let coordinator = RefreshCoordinator::builder(store)
-        // The loopback test servers: resolved addresses on loopback are allowed.
-        .http_client(AuthHttpClient::reqwest_with_policy(
-            UrlPolicy::default().allow_loopback_http(),
-        ))
-        .config(match timeout {
+    let (client, coordinator) = replica::replica_client(
+        store,
+        binding,
+        callers,
+        match timeout {
             Some(timeout) => RefreshConfig::default().with_timeout(timeout),
             None => RefreshConfig::default(),
-        })
-        .build();
-    let http = tower_mcp_auth::client::ReqwestService::builder()
-        .expect("TLS")
-        .pool_max_idle_per_host(callers)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let client = SilentRefreshLayer::new(coordinator.clone(), binding)
-        .layer(ReqwestTransport::from_client(http));
+        },
+    )?;
     if let Some(at) = storm_at {
         return storm(client, principal, mcp.clone(), callers, at, &coordinator).await;
     }

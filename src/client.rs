@@ -361,6 +361,15 @@ mod reqwest_service {
 
         fn call(&mut self, request: http::Request<B>) -> Self::Future {
             let (mut parts, body) = request.into_parts();
+            // Bytes already in memory (the layers' replayable body) go as they are: one
+            // buffer with its length, no stream wrapped around them.
+            if let Some(bytes) = (&body as &dyn std::any::Any)
+                .downcast_ref::<crate::ReplayBody>()
+                .and_then(crate::ReplayBody::as_bytes)
+            {
+                let body = reqwest::Body::from(bytes.clone());
+                return self.send(http::Request::from_parts(parts, body));
+            }
             let body = match body.size_hint().exact() {
                 Some(0) => reqwest::Body::from(Bytes::new()),
                 length => {
@@ -375,7 +384,12 @@ mod reqwest_service {
                     reqwest::Body::wrap_stream(http_body_util::BodyDataStream::new(body))
                 }
             };
-            let request = http::Request::from_parts(parts, body);
+            self.send(http::Request::from_parts(parts, body))
+        }
+    }
+
+    impl ReqwestService {
+        fn send(&self, request: http::Request<reqwest::Body>) -> ReqwestFuture {
             let client = self.client.clone();
             ReqwestFuture {
                 inner: Box::pin(async move {

@@ -7,6 +7,12 @@
 //! proxy process spent per request (user + system, from `/proc`): on shared cores the
 //! throughput ratio follows from it.
 //!
+//! The gateway runs once more with one runtime worker, as nginx runs with one worker
+//! process. Two yardsticks more, each in a process of its own: a bare hyper proxy (no logic: the
+//! least a Rust proxy on hyper costs) and the gateway's own stack (axum and reqwest)
+//! with none of its checks. Between them and the gateway, what its logic costs; between
+//! them and nginx, what the stack costs.
+//!
 //! Needs Debian's `nginx` (the test command installs it). Everything shares this
 //! machine's cores: the callers, the proxy and the upstream.
 //! Run: `cargo bench -p mcp-auth-proxy --bench versus_nginx`.
@@ -21,6 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 
+mod bare_proxy;
 mod common;
 use common::{Running, cpu_ticks};
 
@@ -178,6 +185,7 @@ async fn round(url: &str, http: &reqwest::Client) -> Round {
 }
 
 fn main() {
+    bare_proxy::run_if_asked();
     let dir = std::env::temp_dir().join(format!("versus-nginx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let upstream = upstream();
@@ -190,12 +198,32 @@ fn main() {
         "auth = \"header\"\nheader_name = \"authorization\"\nheader_value_env = \"BENCH_BEARER\"\n",
         &[("BENCH_BEARER", "Bearer bench-token")],
     );
+    // One runtime worker, like nginx's one worker process (tokio reads the variable).
+    let (one_worker, one_worker_port) = common::gateway(
+        &dir,
+        "one-worker",
+        upstream,
+        "auth = \"none\"\n",
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    let (bare_hyper, bare_hyper_port) = bare_proxy::spawn("hyper", upstream);
+    let (bare_axum, bare_axum_port) = bare_proxy::spawn("axum-reqwest", upstream);
     let paths = [
         ("direct", format!("http://127.0.0.1:{upstream}/mcp"), None),
         (
             "nginx proxy_pass",
             format!("http://127.0.0.1:{nginx_port}/mcp"),
             Some(nginx.0.id()),
+        ),
+        (
+            "bare hyper proxy",
+            format!("http://127.0.0.1:{bare_hyper_port}/mcp"),
+            Some(bare_hyper.0.id()),
+        ),
+        (
+            "bare axum + reqwest proxy",
+            format!("http://127.0.0.1:{bare_axum_port}/mcp"),
+            Some(bare_axum.0.id()),
         ),
         (
             "mcp-auth-proxy, auth none",
@@ -206,6 +234,11 @@ fn main() {
             "mcp-auth-proxy, auth header",
             format!("http://127.0.0.1:{header_port}/bench/mcp"),
             Some(header.0.id()),
+        ),
+        (
+            "mcp-auth-proxy, none, 1 worker",
+            format!("http://127.0.0.1:{one_worker_port}/bench/mcp"),
+            Some(one_worker.0.id()),
         ),
     ];
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -245,6 +278,8 @@ fn main() {
         totals
     });
     let rate = |r: &Round| r.requests as f64 / r.elapsed.as_secs_f64();
+    // The proxy's CPU time per request, in µs (ticks of 10 ms).
+    let cpu_per_request = |r: &Round| r.cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64;
     let nginx_rate = rate(&results[1]);
     println!(
         "versus nginx: {CALLERS} callers, {ROUNDS} alternated rounds of {}s per path",
@@ -258,10 +293,7 @@ fn main() {
         result.latencies.sort();
         let at = |p: f64| result.latencies[((result.latencies.len() - 1) as f64 * p) as usize];
         let cpu = match pid {
-            Some(_) => format!(
-                "{:.1} µs",
-                result.cpu_ticks as f64 * 10_000.0 / result.requests.max(1) as f64
-            ),
+            Some(_) => format!("{:.1} µs", cpu_per_request(result)),
             None => "-".to_owned(),
         };
         println!(
@@ -272,6 +304,18 @@ fn main() {
             at(0.99).as_secs_f64() * 1e3,
             rate(result) / nginx_rate,
             cpu
+        );
+    }
+    // What the gateway's logic costs above its bare stack, per request.
+    let stack = cpu_per_request(&results[3]);
+    for (name, result) in [
+        ("auth none", &results[4]),
+        ("auth header", &results[5]),
+        ("none, 1 worker", &results[6]),
+    ] {
+        println!(
+            "mcp-auth-proxy, {name}: {:.1} µs of CPU per request above the bare axum + reqwest proxy",
+            cpu_per_request(result) - stack
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

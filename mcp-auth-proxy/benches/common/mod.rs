@@ -33,16 +33,21 @@ pub fn gateway(
     );
     let path = dir.join(format!("gateway-{tag}.toml"));
     std::fs::write(&path, config).expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"));
+    command
         .args(["serve", "--config"])
         .arg(&path)
         .envs(env.iter().copied())
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gateway");
-    // Its first line names the address it listens on.
+        .stderr(Stdio::null());
+    listening(command)
+}
+
+/// Starts `command` (stdout piped), a server whose first line on stdout is
+/// `listening on http://ADDRESS`; returns it and the port it listens on.
+pub fn listening(mut command: Command) -> (Running, u16) {
+    let mut child = command.spawn().expect("the server's process");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)

@@ -43,13 +43,16 @@ use tower_mcp_auth::{
 type UpstreamService =
     BoxCloneSyncService<http::Request<ReplayBody>, http::Response<reqwest::Body>, BoxError>;
 
-/// One upstream as the gateway serves it.
-#[derive(Clone)]
+/// One upstream as the gateway serves it (shared by every request to it).
 pub(crate) struct Upstream {
     /// The configured name, shared by every metric series of this upstream (a label
     /// costs a reference count, not an allocation, per request).
     pub(crate) label: Arc<str>,
     url: url::Url,
+    /// `url` as the request URI, parsed once (cloning it costs reference counts).
+    uri: http::Uri,
+    /// Its requests' metric series.
+    series: super::telemetry::RequestSeries,
     service: UpstreamService,
     /// The sign-in of an `oauth` upstream.
     pub(crate) authorizer: Option<Authorizer>,
@@ -82,8 +85,10 @@ impl Upstream {
 /// The gateway: its upstreams, identity rule and store.
 #[derive(Clone)]
 pub struct Gateway {
-    pub(crate) upstreams: Arc<HashMap<String, Upstream>>,
+    pub(crate) upstreams: Arc<HashMap<String, Arc<Upstream>>>,
     pub(crate) identity: Arc<IdentityConfig>,
+    /// The one principal of identity mode `anonymous`, built once (its hashes too).
+    anonymous: Option<Principal>,
     store: Arc<dyn CredentialStore>,
     max_body_bytes: usize,
     metrics: Option<super::MetricsExposition>,
@@ -297,11 +302,21 @@ impl Gateway {
                     )
                 }
             };
+            let uri = upstream
+                .url
+                .as_str()
+                .parse()
+                .map_err(|_| GatewayError::Upstream {
+                    upstream: upstream.name.clone(),
+                    source: tower_mcp_auth::error::ConfigError::UnsupportedUrl { field: "url" },
+                })?;
             upstreams.insert(
                 upstream.name.clone(),
-                Upstream {
+                Arc::new(Upstream {
                     label: Arc::from(upstream.name.as_str()),
                     url: upstream.url.clone(),
+                    uri,
+                    series: super::telemetry::RequestSeries::default(),
                     service,
                     authorizer: authorizer_of_upstream,
                     breaker: breaker_handle,
@@ -311,12 +326,18 @@ impl Gateway {
                         .max_capacity(10_000)
                         .time_to_live(Duration::from_secs(30))
                         .build(),
-                },
+                }),
             );
         }
         Ok(Self {
             upstreams: Arc::new(upstreams),
             identity: Arc::new(config.identity.clone()),
+            anonymous: match &config.identity {
+                IdentityConfig::Anonymous { tenant, subject } => {
+                    Some(Principal::new(tenant.as_str(), subject.as_str()))
+                }
+                _ => None,
+            },
             store,
             max_body_bytes: config.max_body_bytes,
             metrics: None,
@@ -385,6 +406,9 @@ impl Gateway {
         peer: SocketAddr,
         headers: &HeaderMap,
     ) -> Result<Principal, (StatusCode, &'static str)> {
+        if let Some(anonymous) = &self.anonymous {
+            return Ok(anonymous.clone());
+        }
         match &self.jwt {
             Some(verifier) => verifier
                 .principal(headers.get(header::AUTHORIZATION))
@@ -398,7 +422,8 @@ impl Gateway {
     }
 
     /// Serves `/metrics` from `handle` (the crate's counters, Prometheus text format).
-    /// The binary installs the recorder; a library user may install their own.
+    /// The binary installs the recorder; a library user may install their own, before
+    /// the first request (each upstream registers its request series at first use).
     pub fn with_metrics(mut self, handle: super::MetricsExposition) -> Self {
         super::telemetry::describe();
         self.metrics = Some(handle);
@@ -436,51 +461,48 @@ impl Gateway {
                 service.clone(),
             ));
         }
-        router.layer(
-            ServiceBuilder::new()
+        // The gateway's own checks, in one middleware (one boxed future per request).
+        let checks = move |request: Request, next: axum::middleware::Next| {
+            let (edge, login) = (edge.clone(), login.clone());
+            async move {
                 // Host and Origin first: a rebinding page or another site gets no further.
-                .layer(axum::middleware::from_fn(
-                    move |request: Request, next: axum::middleware::Next| {
-                        let edge = edge.clone();
-                        async move {
-                            match edge.check(request.headers(), request.uri()) {
-                                Ok(()) => next.run(request).await,
-                                Err(refusal) => {
-                                    tracing::warn!(
-                                        host = ?request.headers().get(header::HOST),
-                                        origin = ?request.headers().get(header::ORIGIN),
-                                        path = request.uri().path(),
-                                        "request refused at the edge: {}",
-                                        refusal.message()
-                                    );
-                                    json_error(refusal.status(), refusal.message())
-                                }
-                            }
-                        }
-                    },
-                ))
+                if let Err(refusal) = edge.check(request.headers(), request.uri()) {
+                    tracing::warn!(
+                        host = ?request.headers().get(header::HOST),
+                        origin = ?request.headers().get(header::ORIGIN),
+                        path = request.uri().path(),
+                        "request refused at the edge: {}",
+                        refusal.message()
+                    );
+                    return json_error(refusal.status(), refusal.message());
+                }
                 // A sign-in link opened by a browser that is not signed in: the login
                 // first, back to the link after (its start check then compares users).
-                .layer(axum::middleware::from_fn(
-                    move |request: Request, next: axum::middleware::Next| {
-                        let login = login.clone();
-                        async move {
-                            let path = request.uri().path();
-                            let is_start = path.starts_with("/oauth/") && path.ends_with("/start");
-                            match &login {
-                                Some(login) if is_start => {
-                                    match login.user(request.headers(), request.uri()) {
-                                        super::login::BrowserUser::Known(_) => {
-                                            next.run(request).await
-                                        }
-                                        super::login::BrowserUser::SignIn(response) => response,
-                                    }
-                                }
-                                _ => next.run(request).await,
-                            }
-                        }
-                    },
-                ))
+                let path = request.uri().path();
+                if let Some(login) = &login
+                    && path.starts_with("/oauth/")
+                    && path.ends_with("/start")
+                    && let super::login::BrowserUser::SignIn(response) =
+                        login.user(request.headers(), request.uri())
+                {
+                    return response;
+                }
+                // A declared length over the cap: the same JSON-RPC 413 as a streamed
+                // body that runs past it (tower-http's limit would answer in text).
+                let declared = request
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|length| length > max as u64) {
+                    return too_large();
+                }
+                next.run(request).await
+            }
+        };
+        router.layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(checks))
                 // Secrets never reach the trace output.
                 .layer(
                     tower_http::sensitive_headers::SetSensitiveHeadersLayer::new([
@@ -490,21 +512,6 @@ impl Gateway {
                     ]),
                 )
                 .layer(tower_http::trace::TraceLayer::new_for_http())
-                // A declared length over the cap: the same JSON-RPC 413 as a streamed
-                // body that runs past it (tower-http's limit would answer in text).
-                .layer(axum::middleware::from_fn(
-                    move |request: Request, next: axum::middleware::Next| async move {
-                        let declared = request
-                            .headers()
-                            .get(header::CONTENT_LENGTH)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<u64>().ok());
-                        if declared.is_some_and(|length| length > max as u64) {
-                            return too_large();
-                        }
-                        next.run(request).await
-                    },
-                ))
                 .layer(tower_http::limit::RequestBodyLimitLayer::new(max)),
         )
     }

@@ -2,10 +2,13 @@
 //! [`MetricsRecorder`](super::MetricsRecorder); no-ops without a recorder). Labels take
 //! only bounded values: configured upstream names, a fixed set of methods, statuses.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use metrics::{Counter, Histogram};
 
 /// Requests answered, by upstream, HTTP method and status.
 pub(crate) const REQUESTS: &str = "mcp_auth_proxy_requests_total";
@@ -56,7 +59,7 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// One request answered.
+/// One request answered, for a name that is no configured upstream.
 pub(crate) fn request(
     upstream: metrics::SharedString,
     method: &Method,
@@ -69,6 +72,52 @@ pub(crate) fn request(
     .increment(1);
     metrics::histogram!(REQUEST_DURATION, "upstream" => upstream, "method" => method)
         .record(elapsed.as_secs_f64());
+}
+
+/// The request series of one upstream, registered with the recorder at their first
+/// use and kept: a request then costs a read lock and two atomic updates, not a label
+/// set built and looked up in the recorder.
+#[derive(Default)]
+pub(crate) struct RequestSeries {
+    by_method_and_status: RwLock<HashMap<(&'static str, u16), Series>>,
+}
+
+/// The request counter and the duration histogram of one method and status.
+type Series = (Counter, Histogram);
+
+impl RequestSeries {
+    /// One request to `upstream` answered.
+    pub(crate) fn record(
+        &self,
+        upstream: &Arc<str>,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let key = (method_label(method), status.as_u16());
+        let seconds = elapsed.as_secs_f64();
+        if let Some((counter, histogram)) = self
+            .by_method_and_status
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            counter.increment(1);
+            histogram.record(seconds);
+            return;
+        }
+        let label = metrics::SharedString::from(upstream.clone());
+        let counter = metrics::counter!(REQUESTS, "upstream" => label.clone(), "method" => key.0,
+            "status" => status.as_str().to_owned());
+        let histogram =
+            metrics::histogram!(REQUEST_DURATION, "upstream" => label, "method" => key.0);
+        counter.increment(1);
+        histogram.record(seconds);
+        self.by_method_and_status
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, (counter, histogram));
+    }
 }
 
 /// Streams relayed now, across upstreams (what [`open_streams`] reads).

@@ -75,16 +75,13 @@ impl EarlyStreams {
         &self,
         name: &str,
         upstream: &Upstream,
-        url: &url::Url,
+        uri: http::Uri,
         session: &str,
         owner: Principal,
         extensions: http::Extensions,
     ) {
         let mut request = http::Request::new(ReplayBody::empty());
-        let (Ok(uri), Ok(session_header)) = (
-            url.as_str().parse::<http::Uri>(),
-            http::HeaderValue::from_str(session),
-        ) else {
+        let Ok(session_header) = http::HeaderValue::from_str(session) else {
             return;
         };
         *request.uri_mut() = uri;

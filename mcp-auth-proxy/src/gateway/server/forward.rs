@@ -56,11 +56,12 @@ pub(super) fn to_client(upstream: &str, response: http::Response<reqwest::Body>)
 
 /// Where a caller's request goes: the configured URL, its query parameters kept, the
 /// caller's parameters added after them unless they name a configured one.
-fn upstream_url(configured: &url::Url, caller_query: Option<&str>) -> url::Url {
-    let mut url = configured.clone();
+fn upstream_uri(upstream: &Upstream, caller_query: Option<&str>) -> Option<http::Uri> {
     let Some(query) = caller_query.filter(|q| !q.is_empty()) else {
-        return url;
+        return Some(upstream.uri.clone());
     };
+    let configured = &upstream.url;
+    let mut url = configured.clone();
     let fixed: Vec<String> = configured
         .query_pairs()
         .map(|(k, _)| k.into_owned())
@@ -72,7 +73,7 @@ fn upstream_url(configured: &url::Url, caller_query: Option<&str>) -> url::Url {
     if !added.is_empty() {
         url.query_pairs_mut().extend_pairs(added);
     }
-    url
+    url.as_str().parse().ok()
 }
 
 /// The caller's claims about the path a request took: the upstream learns nothing from
@@ -208,29 +209,37 @@ pub(super) async fn forward(
 ) -> Response {
     let started = std::time::Instant::now();
     let method = request.method().clone();
-    // Only configured names become labels: a caller cannot mint series.
-    let upstream = gateway
-        .upstreams
-        .get(&name)
-        .map(|upstream| metrics::SharedString::from(upstream.label.clone()))
-        .unwrap_or(metrics::SharedString::const_str("unknown"));
-    let response = forward_request(gateway, name, peer, request).await;
-    super::super::telemetry::request(upstream, &method, response.status(), started.elapsed());
+    let Some(upstream) = gateway.upstreams.get(&name).cloned() else {
+        let response = json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no upstream named `{name}`"),
+        );
+        // Only configured names become labels: a caller cannot mint series.
+        super::super::telemetry::request(
+            metrics::SharedString::const_str("unknown"),
+            &method,
+            response.status(),
+            started.elapsed(),
+        );
+        return response;
+    };
+    let response = forward_request(gateway, &upstream, name, peer, request).await;
+    upstream.series.record(
+        &upstream.label,
+        &method,
+        response.status(),
+        started.elapsed(),
+    );
     response
 }
 
 async fn forward_request(
     gateway: Gateway,
+    upstream: &Upstream,
     name: String,
     peer: SocketAddr,
     request: Request,
 ) -> Response {
-    let Some(upstream) = gateway.upstreams.get(&name).cloned() else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            &format!("no upstream named `{name}`"),
-        );
-    };
     // A cross-site `text/plain` or form POST needs no preflight; a JSON one does.
     if request.method() == http::Method::POST && !super::super::edge::is_json(request.headers()) {
         return json_error(
@@ -263,10 +272,9 @@ async fn forward_request(
         parts.headers.remove(header);
     }
     strip_hop_by_hop(&mut parts.headers);
-    let url = upstream_url(&upstream.url, parts.uri.query());
-    parts.uri = match url.as_str().parse() {
-        Ok(uri) => uri,
-        Err(_) => return json_error(StatusCode::BAD_GATEWAY, "upstream URL"),
+    parts.uri = match upstream_uri(upstream, parts.uri.query()) {
+        Some(uri) => uri,
+        None => return json_error(StatusCode::BAD_GATEWAY, "upstream URL"),
     };
     let principal_of_request = principal.clone();
     // Cheap to keep (a reference count): a second request of this caller (an early
@@ -361,8 +369,10 @@ async fn forward_request(
         }
     }
     let again = standalone.then(|| (parts.uri.clone(), parts.headers.clone()));
-    let may_create_session = parts.method == http::Method::POST && session.is_none();
-    upstream_oauth::bind_before_first_request(&upstream, &name, &principal_of_request).await;
+    // A POST without a session may create one: where its early stream would go.
+    let stream_uri =
+        (parts.method == http::Method::POST && session.is_none()).then(|| parts.uri.clone());
+    upstream_oauth::bind_before_first_request(upstream, &name, &principal_of_request).await;
     let request = http::Request::from_parts(parts, body);
     let mut result = upstream.service.clone().oneshot(request).await;
     if let (Ok(response), Some((uri, headers)), Some(session)) = (&result, again, &session)
@@ -387,12 +397,12 @@ async fn forward_request(
                 .and_then(|v| v.to_str().ok())
                 .filter(|created| session.as_deref() != Some(*created))
                 && response.status().is_success()
-                && may_create_session
+                && let Some(uri) = stream_uri
             {
                 gateway.early_streams.open(
                     &name,
-                    &upstream,
-                    &url,
+                    upstream,
+                    uri,
                     created,
                     principal_of_request.clone(),
                     request_extensions(principal_of_request.clone(), assertion_of_request),
