@@ -36,7 +36,7 @@ const TRIP_AFTER: u32 = 5;
 /// and counted as hung: a strategy whose calls stop returning must not stall the bench.
 const CALL_BOUND: Duration = Duration::from_secs(10);
 
-/// The longest a strategy's run may take: its phases, then a call's 5 s timeout, then
+/// The longest a strategy's run may take: its phases (13 s), then [`CALL_BOUND`], then
 /// slack for a loaded machine. Past it the watchdog reports where the run stands and
 /// exits non-zero: the bench never hangs the test command.
 const RUN_BOUND: Duration = Duration::from_secs(60);
@@ -175,6 +175,7 @@ async fn run(strategy: &'static str) -> Row {
     for client in &PROGRESS.clients {
         client.store(0, Ordering::SeqCst);
     }
+    PROGRESS.calls.store(0, Ordering::SeqCst);
     phase("starting the upstream");
     let upstream = Arc::new(TestUpstream::start().await.expect("upstream"));
     let attempts = Arc::new(AtomicU64::new(0));

@@ -236,8 +236,11 @@ mod reqwest_service {
 
     /// reqwest 0.13 as a tower service for any request body, streaming both ways.
     ///
-    /// Request bodies are streamed (their `Content-Length` kept when known), responses
-    /// come back as `http::Response<reqwest::Body>`, read as the server sends them.
+    /// A [`ReplayBody`](crate::ReplayBody) holding its bytes is sent as one buffer with
+    /// its length (reqwest may send such a request again by itself after an HTTP/2
+    /// refusal, which the server did not process); other request bodies are streamed,
+    /// their `Content-Length` kept when known. Responses come back as
+    /// `http::Response<reqwest::Body>`, read as the server sends them.
     /// No redirects, no overall timeout; connect and read timeouts from
     /// [`HttpClientConfig`].
     ///

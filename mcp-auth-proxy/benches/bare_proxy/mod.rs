@@ -3,9 +3,11 @@
 //! per request is measured like nginx's and the gateway's.
 //!
 //! - `hyper`: hyper's HTTP/1.1 server and hyper-util's pooled client, the request
-//!   streamed through unchanged but for its URI: the least a Rust proxy on hyper does.
-//! - `axum-reqwest`: the gateway's own stack (axum's server, the POST body read whole,
-//!   reqwest's client) with none of its checks: what the stack costs by itself.
+//!   streamed through unchanged but for its URI and `Host`: the least a Rust proxy on
+//!   hyper does.
+//! - `axum-reqwest`: the gateway's libraries (axum's server, the POST body read whole,
+//!   reqwest's client) without its routing, extractors, layers or checks: what the
+//!   libraries cost by themselves.
 //!
 //! Both print `listening on http://ADDRESS` first, like the gateway.
 
